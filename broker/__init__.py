@@ -1,0 +1,1 @@
+"""The zchat broker: a routing core (core.py) inside a ZeroMQ shell (server.py)."""

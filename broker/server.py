@@ -1,0 +1,158 @@
+"""The broker's ZeroMQ shell: a ROUTER and a PUB socket around BrokerCore.
+
+It only receives, asks the core, and sends. One thread owns both sockets.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from types import FrameType
+
+import zmq
+
+from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendTo
+
+log = logging.getLogger("zchat.broker")
+
+#: Messages handled per poll wake-up before timers get a look in.
+DRAIN_BATCH = 1000
+#: How long sockets may keep flushing at exit.
+LINGER_MS = 500
+#: Longest wait in poll, so that signals and the liveness sweep are never late.
+POLL_MS = 100
+#: Room on top of the body limit for the other frames, for libzmq's backstop.
+FRAME_OVERHEAD = 4096
+
+
+@dataclass(frozen=True)
+class BrokerSettings:
+    host: str = "127.0.0.1"
+    port: int = 5555
+    pub_port: int = 5556
+    heartbeat_ms: int = 2000
+    timeout_ms: int = 6000
+    max_body: int = 65536
+    #: Per-peer queue limit on both sockets; see docs/PROTOCOL.md, "Limits".
+    hwm: int = 10000
+
+
+def endpoint(host: str, port: int) -> str:
+    """A tcp endpoint for host and port; port 0 lets the system choose."""
+    shown = f"[{host}]" if ":" in host else host
+    return f"tcp://{shown}:{port if port else '*'}"
+
+
+def advertised(host: str, bound: str) -> str:
+    """What WELCOME tells clients: '*' as host when bound to every interface."""
+    if host in ("0.0.0.0", "*", "::", ""):
+        return "tcp://*:" + bound.rsplit(":", 1)[1]
+    return bound
+
+
+class BrokerServer:
+    def __init__(self, settings: BrokerSettings) -> None:
+        self.settings = settings
+        self.context = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.pub = self.context.socket(zmq.PUB)
+        # Mandatory routing: a send to a vanished peer raises instead of
+        # dropping silently, so the sender can be told.
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.MAXMSGSIZE, settings.max_body + FRAME_OVERHEAD)
+        for sock in (self.router, self.pub):
+            sock.setsockopt(zmq.LINGER, LINGER_MS)
+            sock.setsockopt(zmq.SNDHWM, settings.hwm)
+            sock.setsockopt(zmq.RCVHWM, settings.hwm)
+            if ":" in settings.host:
+                sock.setsockopt(zmq.IPV6, 1)
+        self.router.bind(endpoint(settings.host, settings.port))
+        self.pub.bind(endpoint(settings.host, settings.pub_port))
+        self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.core = BrokerCore(CoreConfig(
+            pub_endpoint=advertised(settings.host, self.pub_endpoint),
+            heartbeat_ms=settings.heartbeat_ms,
+            timeout_ms=settings.timeout_ms,
+            max_body=settings.max_body,
+        ))  # fmt: skip
+        self._stopping = False
+
+    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+        """Ask the loop to end; safe to call from a signal handler."""
+        self._stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGINT, self.stop)
+        signal.signal(signal.SIGTERM, self.stop)
+
+    def run(self) -> None:
+        log.info(
+            "zchat broker listening: commands on %s, broadcasts on %s; traffic is plain (not encrypted)",
+            self.router_endpoint, self.pub_endpoint,
+        )  # fmt: skip
+        sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
+        next_sweep = time.time() + sweep_every
+        router, core = self.router, self.core
+        try:
+            while not self._stopping:
+                if router.poll(POLL_MS):
+                    for _ in range(DRAIN_BATCH):
+                        try:
+                            frames = router.recv_multipart(zmq.NOBLOCK)
+                        except zmq.Again:
+                            break
+                        self.apply(core.receive(frames[0], frames[1:], time.time()))
+                now = time.time()
+                if now >= next_sweep:
+                    self.apply(core.expire(now))
+                    next_sweep = now + sweep_every
+            log.info("shutting down: telling %d clients", len(core.by_peer))
+            self.apply(core.shutdown(time.time()))
+        finally:
+            self.close()
+
+    def apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            kind = type(action)
+            if kind is Publish:
+                # PUB never blocks: a subscriber whose queue is full loses
+                # the message, and sees the gap in the sequence numbers.
+                self.pub.send_multipart(action.frames)  # type: ignore[union-attr]
+            elif kind is Forward:
+                self._forward(action)  # type: ignore[arg-type]
+            else:
+                assert isinstance(action, SendTo)
+                self._send(action.peer, action.frames)
+
+    def _forward(self, forward: Forward) -> None:
+        try:
+            self.router.send_multipart([forward.peer, *forward.frames], zmq.NOBLOCK)
+        except zmq.Again:
+            self.apply(self.core.undeliverable(forward, busy=True, now=time.time()))
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            self.apply(self.core.undeliverable(forward, busy=False, now=time.time()))
+        else:
+            self._send(forward.sender, forward.ack)
+
+    def _send(self, peer: bytes, frames: list[bytes]) -> None:
+        try:
+            self.router.send_multipart([peer, *frames], zmq.NOBLOCK)
+        except zmq.Again:
+            self.core.counters["dropped.busy"] += 1
+        except zmq.ZMQError as e:
+            if e.errno != zmq.EHOSTUNREACH:
+                raise
+            # A reply to a peer that is gone: the liveness sweep drops it.
+            self.core.counters["dropped.unreachable"] += 1
+
+    def close(self) -> None:
+        self.router.close()
+        self.pub.close()
+        self.context.term()
+        counters = ", ".join(f"{k}={v}" for k, v in sorted(self.core.counters.items()))
+        log.info("broker stopped (%s)", counters or "no traffic")

@@ -1,0 +1,1 @@
+"""The zchat client library and its terminal front ends."""

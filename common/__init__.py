@@ -1,0 +1,1 @@
+"""What broker and clients share: the wire protocol and the `zchat` command."""

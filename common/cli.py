@@ -1,0 +1,36 @@
+"""The `zchat` command: a click group whose subcommands live with their parts.
+
+Subcommands are imported only when run, so `zchat broker` never loads the
+terminal UI and `zchat connect` never loads the broker.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+#: command name -> "module:attribute" of a click command
+SUBCOMMANDS = {
+    "broker": "zchat.broker.cli:broker",
+}
+
+
+class LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *SUBCOMMANDS])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = SUBCOMMANDS.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="zchat")
+def main() -> None:
+    """zchat: real-time chat over ZeroMQ."""

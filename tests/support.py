@@ -1,0 +1,79 @@
+"""Test helpers: start real processes on loopback and wait with deadlines."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+ZCHAT = str(Path(sys.executable).parent / "zchat")
+LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
+
+
+def wait_for(check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01,
+             what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy, or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Broker:
+    """A `zchat broker` process of our own, on loopback and free ports."""
+
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    endpoint: str
+    pub_endpoint: str
+
+    @property
+    def port(self) -> int:
+        return int(self.endpoint.rsplit(":", 1)[1])
+
+    @property
+    def pub_port(self) -> int:
+        return int(self.pub_endpoint.rsplit(":", 1)[1])
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        return self.process.wait(timeout)
+
+
+def start_broker(log_dir: Path, *args: str, port: int = 0, pub_port: int = 0,
+                 timeout: float = 10.0) -> Broker:
+    """Start `zchat broker` on 127.0.0.1; ports 0 let the broker pick free ones."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"broker-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            [ZCHAT, "broker", "--host", "127.0.0.1", "--port", str(port),
+             "--pub-port", str(pub_port), "--log-level", "debug", *args],
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+
+    def listening() -> re.Match[str] | None:
+        if process.poll() is not None:
+            raise AssertionError(f"broker exited with {process.returncode}:\n{log_path.read_text()}")
+        return LISTENING.search(log_path.read_text(errors="replace"))
+
+    match = wait_for(listening, timeout, what="the broker to listen")
+    return Broker(process, log_path, match.group(1), match.group(2))
