@@ -12,32 +12,83 @@ from zchat.broker.server import BrokerServer, BrokerSettings
 
 
 @click.command()
-@click.option("--host", default="127.0.0.1", show_default=True, envvar="ZCHAT_HOST",
-              help="Interface to bind; 0.0.0.0 for every interface (containers).")
-@click.option("--port", default=5555, show_default=True, envvar="ZCHAT_PORT",
-              type=click.IntRange(0, 65535), help="ROUTER port for commands (0: any free port).")
-@click.option("--pub-port", default=5556, show_default=True, envvar="ZCHAT_PUB_PORT",
-              type=click.IntRange(0, 65535), help="PUB port for broadcasts and presence (0: any free port).")
-@click.option("--heartbeat-interval", default=2.0, show_default=True, envvar="ZCHAT_HEARTBEAT_INTERVAL",
-              type=click.FloatRange(0.05, 3600), help="Seconds between client heartbeats (told to clients).")
-@click.option("--heartbeat-timeout", default=6.0, show_default=True, envvar="ZCHAT_HEARTBEAT_TIMEOUT",
-              type=click.FloatRange(0.1, 86400), help="Seconds of silence after which a client is dropped.")
-@click.option("--max-message-size", default=65536, show_default=True, envvar="ZCHAT_MAX_MESSAGE_SIZE",
-              type=click.IntRange(1, 64 * 1024 * 1024), help="Largest message text in bytes.")
-@click.option("--log-level", default="info", show_default=True, envvar="ZCHAT_LOG_LEVEL",
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
-def broker(host: str, port: int, pub_port: int, heartbeat_interval: float, heartbeat_timeout: float,
-           max_message_size: int, log_level: str) -> None:
+@click.option(
+    "--host",
+    default="127.0.0.1",
+    show_default=True,
+    envvar="ZCHAT_HOST",
+    help="Interface to bind; 0.0.0.0 for every interface (containers).",
+)
+@click.option(
+    "--port",
+    default=5555,
+    show_default=True,
+    envvar="ZCHAT_PORT",
+    type=click.IntRange(0, 65535),
+    help="ROUTER port for commands (0: any free port).",
+)
+@click.option(
+    "--pub-port",
+    default=5556,
+    show_default=True,
+    envvar="ZCHAT_PUB_PORT",
+    type=click.IntRange(0, 65535),
+    help="PUB port for broadcasts and presence (0: any free port).",
+)
+@click.option(
+    "--heartbeat-interval",
+    default=2.0,
+    show_default=True,
+    envvar="ZCHAT_HEARTBEAT_INTERVAL",
+    type=click.FloatRange(0.05, 3600),
+    help="Seconds between client heartbeats (told to clients).",
+)
+@click.option(
+    "--heartbeat-timeout",
+    default=6.0,
+    show_default=True,
+    envvar="ZCHAT_HEARTBEAT_TIMEOUT",
+    type=click.FloatRange(0.1, 86400),
+    help="Seconds of silence after which a client is dropped.",
+)
+@click.option(
+    "--max-message-size",
+    default=65536,
+    show_default=True,
+    envvar="ZCHAT_MAX_MESSAGE_SIZE",
+    type=click.IntRange(1, 64 * 1024 * 1024),
+    help="Largest message text in bytes.",
+)
+@click.option(
+    "--log-level",
+    default="info",
+    show_default=True,
+    envvar="ZCHAT_LOG_LEVEL",
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+)
+def broker(
+    host: str,
+    port: int,
+    pub_port: int,
+    heartbeat_interval: float,
+    heartbeat_timeout: float,
+    max_message_size: int,
+    log_level: str,
+) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
     logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
+        level=log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
     settings = BrokerSettings(
-        host=host, port=port, pub_port=pub_port,
-        heartbeat_ms=int(heartbeat_interval * 1000), timeout_ms=int(heartbeat_timeout * 1000),
+        host=host,
+        port=port,
+        pub_port=pub_port,
+        heartbeat_ms=int(heartbeat_interval * 1000),
+        timeout_ms=int(heartbeat_timeout * 1000),
         max_body=max_message_size,
     )
     try:

@@ -10,8 +10,9 @@ from __future__ import annotations
 import logging
 import secrets
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable, NamedTuple, Union
+from typing import NamedTuple
 
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -53,7 +54,7 @@ class Forward(NamedTuple):
     ack: list[bytes]
 
 
-Action = Union[SendTo, Publish, Forward]
+Action = SendTo | Publish | Forward
 
 
 @dataclass(slots=True)

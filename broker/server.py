@@ -120,7 +120,7 @@ class BrokerServer:
             if kind is Publish:
                 # PUB never blocks: a subscriber whose queue is full loses
                 # the message, and sees the gap in the sequence numbers.
-                self.pub.send_multipart(action.frames)  # type: ignore[union-attr]
+                self.pub.send_multipart(action.frames)
             elif kind is Forward:
                 self._forward(action)  # type: ignore[arg-type]
             else:

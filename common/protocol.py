@@ -8,8 +8,9 @@ ProtocolError; encoders return lists of frames. Nothing here touches a socket.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from enum import IntEnum
-from typing import NamedTuple, Union
+from typing import NamedTuple
 
 SIGNATURE = b"ZCHAT/1"
 SIGNATURE_PREFIX = b"ZCHAT/"
@@ -83,7 +84,7 @@ class Bye(NamedTuple):
     msg_id: bytes
 
 
-ClientCommand = Union[Hello, Send, Who, Ping, Sync, Bye]
+ClientCommand = Hello | Send | Who | Ping | Sync | Bye
 
 # --- what the broker sends to one client (ROUTER -> DEALER) ------------------
 
@@ -151,8 +152,8 @@ class Synced(NamedTuple):
     msg_id: bytes
 
 
-ServerEvent = Union[Welcome, Ack, Error, Users, Pong, Message, Shutdown]
-PublishedEvent = Union[Message, Join, Leave, Synced, Shutdown]
+ServerEvent = Welcome | Ack | Error | Users | Pong | Message | Shutdown
+PublishedEvent = Message | Join | Leave | Synced | Shutdown
 
 
 class Published(NamedTuple):
@@ -255,9 +256,7 @@ def decode_command(frames: list[bytes]) -> ClientCommand:
         _need(frames, 5, "HELLO")
         name = _text(frames[3], "name", msg_id)
         if not valid_name(name):
-            raise ProtocolError(
-                Code.INVALID_NAME, "a name is 1-32 letters, digits, '_', '-' or '.'", msg_id
-            )
+            raise ProtocolError(Code.INVALID_NAME, "a name is 1-32 letters, digits, '_', '-' or '.'", msg_id)
         token = frames[4]
         if len(token) > 64 or not token.isascii():
             raise ProtocolError(Code.MALFORMED, "resume token must be at most 64 ASCII bytes", msg_id)
@@ -316,9 +315,7 @@ def encode_pong(msg_id: bytes, time_ms: bytes) -> list[bytes]:
     return [SIGNATURE, b"PONG", msg_id, time_ms]
 
 
-def encode_message(
-    msg_id: bytes, sender: bytes, target: bytes, time_ms: bytes, body: bytes
-) -> list[bytes]:
+def encode_message(msg_id: bytes, sender: bytes, target: bytes, time_ms: bytes, body: bytes) -> list[bytes]:
     return [SIGNATURE, b"MESSAGE", msg_id, sender, target, time_ms, body]
 
 
@@ -373,7 +370,7 @@ def _decode_users(f: list[bytes]) -> Users:
     return Users(f[2], tuple(names.split()))
 
 
-_EVENT_DECODERS = {
+_EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | PublishedEvent]]] = {
     b"WELCOME": (10, lambda f: Welcome(
         f[2], _text(f[3], "name"), _text(f[4], "token"), _text(f[5], "endpoint"),
         _int(f[6], "heartbeat"), _int(f[7], "timeout"), _int(f[8], "max body"), _int(f[9], "time"),

@@ -19,8 +19,9 @@ ZCHAT = str(Path(sys.executable).parent / "zchat")
 LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
 
 
-def wait_for(check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01,
-             what: str = "condition") -> T:
+def wait_for(
+    check: Callable[[], T | None], timeout: float = 10.0, interval: float = 0.01, what: str = "condition"
+) -> T:
     """Poll `check` until it returns something truthy, or fail after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
@@ -58,8 +59,9 @@ class Broker:
         return self.process.wait(timeout)
 
 
-def start_broker(log_dir: Path, *args: str, port: int = 0, pub_port: int = 0,
-                 timeout: float = 10.0) -> Broker:
+def start_broker(
+    log_dir: Path, *args: str, port: int = 0, pub_port: int = 0, timeout: float = 10.0
+) -> Broker:
     """Start `zchat broker` on 127.0.0.1; ports 0 let the broker pick free ones."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"broker-{time.monotonic_ns()}.log"

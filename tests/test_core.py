@@ -1,0 +1,167 @@
+"""The routing core, without sockets: frames and time in, actions out."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import pytest
+
+from zchat.broker.core import BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.common import protocol as p
+from zchat.common.protocol import Code
+
+PUB = "tcp://127.0.0.1:5556"
+
+
+@pytest.fixture
+def core() -> BrokerCore:
+    tokens = (f"token{i}" for i in itertools.count())
+    return BrokerCore(CoreConfig(PUB, heartbeat_ms=1000, timeout_ms=3000, max_body=100),
+                      new_token=lambda: next(tokens))  # fmt: skip
+
+
+def replies(actions: Sequence[object], peer: bytes) -> list[p.ServerEvent | p.PublishedEvent]:
+    return [p.decode_event(a.frames) for a in actions if isinstance(a, SendTo) and a.peer == peer]
+
+
+def published(actions: Sequence[object]) -> list[p.Published]:
+    return [p.decode_published(a.frames) for a in actions if isinstance(a, Publish)]
+
+
+def register(core: BrokerCore, peer: bytes, name: str, now: float = 0.0) -> Sequence[object]:
+    return list(core.receive(peer, p.encode_hello(b"h", name), now))
+
+
+def error_code(actions: Sequence[object], peer: bytes) -> int:
+    (event,) = replies(actions, peer)
+    assert isinstance(event, p.Error), event
+    return event.code
+
+
+def test_hello_welcomes_and_announces_the_join(core: BrokerCore) -> None:
+    actions = register(core, b"A", "alice", now=12.5)
+    (welcome,) = replies(actions, b"A")
+    assert welcome == p.Welcome(b"h", "alice", "token0", PUB, 1000, 3000, 100, 12500)
+    (join,) = published(actions)
+    assert join == p.Published(p.LOBBY_TOPIC, 1, p.Join("alice", 12500))
+
+
+def test_names_are_unique_without_regard_to_case(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    assert error_code(register(core, b"B", "ALICE"), b"B") == Code.NAME_TAKEN
+
+
+def test_private_message_goes_to_the_recipient_only_stamped_by_the_broker(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    register(core, b"C", "carol")
+    (forward,) = core.receive(b"A", p.encode_send(b"m1", "BOB", "hi"), 2.0)
+    assert isinstance(forward, Forward)
+    assert forward.peer == b"B" and forward.sender == b"A"
+    assert p.decode_event(forward.frames) == p.Message(b"m1", "alice", "bob", 2000, b"hi")
+    assert p.decode_event(forward.ack) == p.Ack(b"m1", 2000, "accepted")
+
+
+def test_extra_frames_cannot_forge_the_sender(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    frames = [*p.encode_send(b"m1", "bob", "hi"), b"carol", b"0"]
+    (forward,) = core.receive(b"A", frames, 1.0)
+    assert isinstance(forward, Forward)
+    message = p.decode_event(forward.frames)
+    assert isinstance(message, p.Message) and message.sender == "alice"
+
+
+def test_broadcast_is_published_in_sequence_and_acknowledged(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    actions = core.receive(b"A", p.encode_send(b"m1", "*", "hello"), 1.0)
+    (event,) = published(actions)
+    assert event == p.Published(p.LOBBY_TOPIC, 2, p.Message(b"m1", "alice", "*", 1000, b"hello"))
+    assert replies(actions, b"A") == [p.Ack(b"m1", 1000, "accepted")]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (p.encode_send(b"m", "nobody", "x"), Code.UNKNOWN_RECIPIENT),
+        (p.encode_send(b"m", "#room", "x"), Code.UNKNOWN_RECIPIENT),
+        (p.encode_send(b"m", "*", "x" * 101), Code.TOO_LARGE),
+        ([p.SIGNATURE, b"SEND", b"m", b"*", b"\xc3\x28"], Code.BAD_ENCODING),
+        ([p.SIGNATURE, b"SEND", b"m", b"*"], Code.MALFORMED),
+        ([p.SIGNATURE, b"DANCE", b"m"], Code.UNKNOWN_COMMAND),
+        ([b"ZCHAT/9", b"SEND"], Code.BAD_VERSION),
+        ([], Code.MALFORMED),
+        (p.encode_hello(b"m", "bob"), Code.ALREADY_REGISTERED),
+    ],
+)
+def test_bad_input_is_refused_with_its_code(core: BrokerCore, frames: list[bytes], code: Code) -> None:
+    register(core, b"A", "alice")
+    assert error_code(core.receive(b"A", frames, 1.0), b"A") == code
+    assert core.counters[f"refused.{code.name.lower()}"] == 1
+
+
+@pytest.mark.parametrize("name", ["", "a" * 33, "al ice", "*", "#x", "é"])
+def test_invalid_names_are_refused(core: BrokerCore, name: str) -> None:
+    assert error_code(register(core, b"A", name), b"A") == Code.INVALID_NAME
+
+
+@pytest.mark.parametrize("command", [b"SEND", b"PING", b"SYNC", b"BYE"])
+def test_commands_before_hello_are_refused(core: BrokerCore, command: bytes) -> None:
+    frames = p.encode_send(b"m", "*", "x") if command == b"SEND" else p.encode_simple(command, b"m")
+    assert error_code(core.receive(b"A", frames, 0.0), b"A") == Code.NOT_REGISTERED
+
+
+def test_who_lists_online_names_even_before_hello(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    register(core, b"A", "Alice")
+    assert replies(core.receive(b"X", p.encode_simple(b"WHO", b"w"), 0.0), b"X") == [
+        p.Users(b"w", ("Alice", "bob"))
+    ]
+
+
+def test_silent_client_is_dropped_after_the_timeout_and_its_name_freed(core: BrokerCore) -> None:
+    register(core, b"A", "alice", now=0.0)
+    register(core, b"B", "bob", now=0.0)
+    core.receive(b"B", p.encode_simple(b"PING", b"p"), 2.5)
+    assert core.expire(3.0) == []
+    (leave,) = published(core.expire(3.1))
+    assert leave.event == p.Leave("alice", 3100, "timeout")
+    assert replies(register(core, b"C", "alice", now=3.2), b"C")[0].name == "alice"  # type: ignore[union-attr]
+
+
+def test_bye_acknowledges_and_announces_quit(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    actions = core.receive(b"A", p.encode_simple(b"BYE", b"b"), 1.0)
+    assert replies(actions, b"A") == [p.Ack(b"b", 1000, "accepted")]
+    assert [e.event for e in published(actions)] == [p.Leave("alice", 1000, "quit")]
+
+
+def test_resume_token_moves_the_session_to_a_new_connection_silently(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    actions = core.receive(b"A2", p.encode_hello(b"h2", "alice", "token0"), 1.0)
+    assert published(actions) == []
+    assert replies(actions, b"A2")[0].token == "token0"  # type: ignore[union-attr]
+    assert error_code(core.receive(b"A", p.encode_simple(b"PING", b"p"), 1.0), b"A") == Code.NOT_REGISTERED
+    assert (
+        error_code(core.receive(b"X", p.encode_hello(b"h", "alice", "wrong"), 1.0), b"X") == Code.NAME_TAKEN
+    )
+
+
+def test_undeliverable_private_message_is_refused_to_the_sender(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    (forward,) = core.receive(b"A", p.encode_send(b"m1", "bob", "hi"), 1.0)
+    assert isinstance(forward, Forward)
+    assert error_code(core.undeliverable(forward, busy=True, now=1.0), b"A") == Code.RECIPIENT_BUSY
+    actions = core.undeliverable(forward, busy=False, now=1.0)
+    assert error_code(actions, b"A") == Code.UNKNOWN_RECIPIENT
+    assert [e.event for e in published(actions)] == [p.Leave("bob", 1000, "disconnected")]
+
+
+def test_shutdown_tells_every_client_and_refuses_what_follows(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    actions = core.shutdown(5.0)
+    assert replies(actions, b"A") == [p.Shutdown("the broker is shutting down")]
+    assert [e.event for e in published(actions)] == [p.Shutdown("the broker is shutting down")]
+    assert error_code(core.receive(b"A", p.encode_send(b"m", "*", "x"), 5.0), b"A") == Code.SHUTTING_DOWN
