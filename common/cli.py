@@ -13,6 +13,9 @@ import click
 #: command name -> "module:attribute" of a click command
 SUBCOMMANDS = {
     "broker": "zchat.broker.cli:broker",
+    "connect": "zchat.client.cli:connect",
+    "send": "zchat.client.cli:send",
+    "who": "zchat.client.cli:who",
 }
 
 

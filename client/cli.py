@@ -1,0 +1,97 @@
+"""`zchat connect`, `zchat send` and `zchat who`."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+from zchat.client import events as ev
+from zchat.client import oneshot
+from zchat.client.script import LineWriter, run_lines
+from zchat.client.session import DEFAULT_BROKER, Client, ConnectError
+from zchat.common.protocol import valid_name
+
+broker_option = click.option(
+    "--broker", default=DEFAULT_BROKER, show_default=True, envvar="ZCHAT_BROKER",
+    help="The broker's ROUTER endpoint.",
+)  # fmt: skip
+timeout_option = click.option(
+    "--connect-timeout", default=5.0, show_default=True, envvar="ZCHAT_CONNECT_TIMEOUT",
+    type=click.FloatRange(0.1, 600), help="Seconds to wait for the broker.",
+)  # fmt: skip
+
+
+def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    if not valid_name(value):
+        raise click.BadParameter("a name is 1-32 letters, digits, '_', '-' or '.'")
+    return value
+
+
+name_option = click.option("--name", required=True, envvar="ZCHAT_NAME", callback=check_name,
+                           help="Your name: 1-32 letters, digits, _ - .")  # fmt: skip
+
+
+def wants_colour(stream: object) -> bool:
+    return bool("NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty())
+
+
+def open_client(name: str, broker: str, connect_timeout: float, on_event: ev.Callback | None) -> Client:
+    try:
+        return Client(name, broker, connect_timeout=connect_timeout, on_event=on_event).connect()
+    except ConnectError as e:
+        raise click.ClickException(f"cannot join {broker} as {name}: {e}") from None
+
+
+@click.command()
+@name_option
+@broker_option
+@timeout_option
+@click.option("--json", "json_mode", is_flag=True, help="Line mode with one JSON object per event.")
+def connect(name: str, broker: str, connect_timeout: float, json_mode: bool) -> None:
+    """Chat: a terminal UI, or line mode when stdin is not a terminal."""
+    if sys.stdin.isatty() and sys.stdout.isatty() and not json_mode:
+        from zchat.client.tui import run_tui  # prompt_toolkit loads only here
+
+        sys.exit(run_tui(name, broker, connect_timeout, colour="NO_COLOR" not in os.environ))
+    writer = LineWriter(sys.stdout, name, json_mode, colour=not json_mode and wants_colour(sys.stdout))
+    client = open_client(name, broker, connect_timeout, writer)
+    sys.exit(run_lines(client, sys.stdin, writer, drain_timeout=30.0))
+
+
+@click.command()
+@name_option
+@broker_option
+@timeout_option
+@click.option("--to", "to", metavar="NAME", help="Send privately to NAME.")
+@click.option("--all", "everyone", is_flag=True, help="Send to everyone.")
+@click.argument("text", nargs=-1, required=True)
+def send(name: str, broker: str, connect_timeout: float, to: str | None, everyone: bool,
+         text: tuple[str, ...]) -> None:  # fmt: skip
+    """Send one message; exit 0 only when the broker accepted it."""
+    if bool(to) == everyone:
+        raise click.UsageError("give exactly one of --to NAME and --all")
+    client = open_client(name, broker, connect_timeout, on_event=lambda event: None)
+    try:
+        message = " ".join(text)
+        request = client.send(to, message) if to else client.broadcast(message)
+        outcome = request.wait(timeout=connect_timeout + 30)
+    finally:
+        client.close()
+    if isinstance(outcome, ev.Refusal):
+        raise click.ClickException(f"not sent: {outcome.text} ({outcome.code})")
+    click.echo(f"sent to {to or 'everyone'} (id {request.msg_id})")
+
+
+@click.command()
+@broker_option
+@timeout_option
+def who(broker: str, connect_timeout: float) -> None:
+    """Print who is online, one name per line."""
+    try:
+        names = oneshot.who(broker, connect_timeout)
+    except TimeoutError as e:
+        raise click.ClickException(str(e)) from None
+    for name in names:
+        click.echo(name)

@@ -1,0 +1,47 @@
+"""One thing the user asked the client to do, answered exactly once."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from zchat.client import events as ev
+
+
+class Request:
+    """A send or a WHO on its way; `wait()` gives its Ack, Refusal or Users."""
+
+    __slots__ = ("_done", "_outcome", "created", "kind", "msg_id", "target", "text")
+
+    def __init__(self, kind: str, msg_id: str, target: str = "", text: str = "") -> None:
+        self.kind = kind  # "send", "who" or "close"
+        self.msg_id = msg_id
+        self.target = target
+        self.text = text
+        self.created = time.monotonic()
+        self._done = threading.Event()
+        self._outcome: ev.Outcome | None = None
+
+    def resolve(self, outcome: ev.Outcome) -> bool:
+        """Record the answer; only the first one counts."""
+        if self._done.is_set():
+            return False
+        self._outcome = outcome
+        self._done.set()
+        return True
+
+    def refusal(self, code: int, text: str) -> ev.Refusal:
+        return ev.Refusal(self.msg_id, code, text, self.target, self.text)
+
+    def done(self) -> bool:
+        return self._done.is_set()
+
+    def wait(self, timeout: float | None = None) -> ev.Outcome:
+        """The answer; TimeoutError if none came within `timeout` seconds."""
+        if not self._done.wait(timeout):
+            raise TimeoutError(f"no answer to {self.msg_id} within {timeout}s")
+        assert self._outcome is not None
+        return self._outcome
+
+    def __repr__(self) -> str:
+        return f"Request({self.kind!r}, {self.msg_id!r}, to={self.target!r})"

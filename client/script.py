@@ -1,0 +1,72 @@
+"""Line mode: commands from stdin line by line, one event per line on stdout.
+
+Used when stdin is not a terminal, or with --json. It exits when stdin
+closes, once every message it sent has its answer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable
+from typing import TextIO
+
+from zchat.client import commands as cmd
+from zchat.client import events as ev
+from zchat.client.render import Renderer, to_json
+from zchat.client.session import Client
+
+
+class LineWriter:
+    """Writes events as lines; called from the poller thread and the main one."""
+
+    def __init__(self, out: TextIO, me: str, json_mode: bool, colour: bool = False) -> None:
+        self.out = out
+        self.json_mode = json_mode
+        self.renderer = Renderer(me, colour)
+        self.lock = threading.Lock()
+        self.refused = 0
+
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.Refusal) and event.code != ev.USAGE:
+            self.refused += 1
+        line = to_json(event) if self.json_mode else self.renderer.line(event)
+        if line is not None:
+            self.write(line)
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            self.out.write(line + "\n")
+            self.out.flush()
+
+
+def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_timeout: float) -> int:
+    """Run commands until input ends or /quit; 0 if every message was accepted."""
+    for line in lines:
+        command = cmd.parse(line)
+        if command is None:
+            continue
+        if isinstance(command, cmd.Quit):
+            break
+        execute(client, command, writer)
+    if not client.flush(drain_timeout):
+        writer(ev.Status(client.state, f"gave up waiting for answers after {drain_timeout:g}s"))
+        writer.refused += 1
+    client.close()
+    return 1 if writer.refused else 0
+
+
+def execute(client: Client, command: cmd.Command, writer: LineWriter) -> None:
+    """Send what a parsed line asks for; answers arrive later as events."""
+    if isinstance(command, cmd.Say):
+        client.broadcast(command.text)
+    elif isinstance(command, cmd.Private):
+        client.send(command.to, command.text)
+    elif isinstance(command, cmd.Who):
+        client.who()
+    elif isinstance(command, cmd.Help):
+        if writer.json_mode:
+            writer.write(to_json(ev.Status(client.state, cmd.HELP)))
+        else:
+            writer.write(cmd.HELP)
+    elif isinstance(command, cmd.Invalid):
+        writer(ev.Refusal("", ev.USAGE, command.reason))

@@ -1,0 +1,184 @@
+"""The zchat client library: `Client`, the user side of a chat connection.
+
+A Client starts a poller thread (poller.py) that owns its sockets. The user
+side hands it requests through a queue and a wake-up pipe, and gets events
+back by callback or by iteration, so it is safe to use from any thread.
+
+    with Client("alice", "tcp://127.0.0.1:5555") as chat:
+        chat.broadcast("hello").wait(5)
+        for event in chat.events(timeout=10):
+            print(event)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import secrets
+import threading
+from collections.abc import Callable, Iterator
+from types import TracebackType
+
+from zchat.client import events as ev
+from zchat.client.poller import Poller, Settings
+from zchat.client.request import Request
+from zchat.common.protocol import EVERYONE
+
+log = logging.getLogger("zchat.client")
+
+DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+
+
+class ConnectError(Exception):
+    """The first connection failed: broker unreachable or name refused."""
+
+
+class Client:
+    def __init__(
+        self,
+        name: str,
+        broker: str = DEFAULT_BROKER,
+        *,
+        connect_timeout: float = 5.0,
+        answer_timeout: float = 30.0,
+        max_queued: int = 1000,
+        on_event: Callable[[ev.Event], None] | None = None,
+    ) -> None:
+        """`on_event`, if given, is called on the poller thread: keep it quick.
+
+        Without it, events queue up for `events()` and `next_event()`.
+        """
+        self.name = name
+        self.broker = broker
+        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued)
+        self._on_event = on_event
+        self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._ids = itertools.count(1)
+        self._id_prefix = secrets.token_hex(4)
+        self._first = threading.Event()
+        self._failure: ev.Status | None = None
+        self._pending: list[Request] = []  # answered ones are pruned as it grows
+        self._pending_lock = threading.Lock()
+        self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
+        self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
+        self._closed = False
+
+    # --- lifetime ------------------------------------------------------------
+
+    def connect(self) -> Client:
+        """Start, and return once registered; ConnectError if that fails."""
+        self._thread.start()
+        self._first.wait(self._settings.connect_timeout + 5)
+        if self._failure is not None or not self._first.is_set():
+            detail = self._failure.detail if self._failure else "no answer"
+            self.close()
+            raise ConnectError(detail)
+        return self
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Say BYE, close the sockets and join the thread (bounded by `timeout`)."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._thread.is_alive():
+            self._submit(Request("close", self._new_id()))
+            self._thread.join(timeout)
+        os.close(self._wake_w)
+        os.close(self._wake_r)
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    @property
+    def state(self) -> ev.State:
+        return self._poller.state
+
+    # --- requests ------------------------------------------------------------
+
+    def send(self, to: str, text: str) -> Request:
+        """A private message to `to`; `.wait()` gives its Ack or Refusal."""
+        return self._submit(Request("send", self._new_id(), to, text))
+
+    def broadcast(self, text: str) -> Request:
+        """A message to everyone; `.wait()` gives its Ack or Refusal."""
+        return self._submit(Request("send", self._new_id(), EVERYONE, text))
+
+    def who(self) -> Request:
+        """Ask who is online; `.wait()` gives Users (or a Refusal)."""
+        return self._submit(Request("who", self._new_id()))
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every request so far has its answer; False on timeout."""
+        with self._pending_lock:
+            pending = list(self._pending)
+        for request in pending:
+            try:
+                request.wait(timeout)
+            except TimeoutError:
+                return False
+        return True
+
+    # --- events --------------------------------------------------------------
+
+    def next_event(self, timeout: float | None = None) -> ev.Event | None:
+        """The next event, or None if none came within `timeout` seconds."""
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def events(self, timeout: float | None = None) -> Iterator[ev.Event]:
+        """Events as they come, until the client closes or `timeout` passes with none."""
+        while True:
+            event = self.next_event(timeout)
+            if event is None:
+                return
+            yield event
+            if isinstance(event, ev.Status) and event.state is ev.State.CLOSED:
+                return
+
+    # --- internals -----------------------------------------------------------
+
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
+
+    def _submit(self, request: Request) -> Request:
+        if request.kind != "close":
+            if self._closed or not self._thread.is_alive():
+                request.resolve(request.refusal(ev.CLOSED, "the client is closed"))
+                return request
+            with self._pending_lock:
+                if len(self._pending) > 256:
+                    self._pending = [r for r in self._pending if not r.done()]
+                self._pending.append(request)
+        self._requests.put(request)
+        # A full pipe already holds wake-ups: the poller will look anyway.
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"!")
+        return request
+
+    def _emit(self, event: ev.Event) -> None:
+        if self._on_event is not None:
+            try:
+                self._on_event(event)
+            except Exception:
+                log.exception("the on_event callback failed on %r", event)
+        else:
+            self._events.put(event)
+
+    def _run(self) -> None:
+        self._poller.run(self._first_outcome)
+
+    def _first_outcome(self, failure: ev.Status | None) -> None:
+        self._failure = failure
+        self._first.set()
