@@ -1,0 +1,133 @@
+"""The `zchat` command as scripts use it: line mode, --json, send, who, broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+from tests.chat import chat
+from tests.support import ZCHAT, Broker, start_broker, wait_for
+from zchat.client import events as ev
+
+ENV = {**os.environ, "NO_COLOR": "1"}
+
+
+def zchat(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([ZCHAT, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def test_line_mode_reads_commands_and_prints_events(broker: Broker) -> None:
+    with chat("bob", broker.endpoint) as bob:
+        script = "hello everyone\n/msg bob psst\n@bob again\n/who\n/me waves\n"
+        result = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin=script)
+        assert result.returncode == 0, result.stderr
+        out = result.stdout
+        assert "<alice> hello everyone" in out
+        assert "[private] you -> bob: psst" in out
+        assert "online (2): alice, bob" in out
+        assert "* alice waves" in out
+        assert bob.message("psst").private and bob.message("again").private
+        assert not bob.message("hello everyone").private
+
+
+def test_json_mode_prints_one_object_per_event(broker: Broker) -> None:
+    with chat("bob", broker.endpoint) as bob:
+        script = "/msg bob hi\n/msg nobody x\n/who\nto all\n"
+        result = zchat("connect", "--name", "alice", "--broker", broker.endpoint, "--json", stdin=script)
+        events = [json.loads(line) for line in result.stdout.splitlines()]
+        by_type: dict[str, list[dict[str, object]]] = {}
+        for event in events:
+            by_type.setdefault(str(event["type"]), []).append(event)
+        assert {"type": "users", "names": ["alice", "bob"]} in events
+        private_ack = next(e for e in by_type["ack"] if e["to"] == "bob")
+        assert private_ack["status"] == "accepted" and str(private_ack["time"]).endswith("Z")
+        refusal = by_type["error"][0]
+        assert (refusal["code"], refusal["to"]) == (404, "nobody")
+        broadcast = next(e for e in by_type["message"] if e["text"] == "to all")
+        assert (broadcast["kind"], broadcast["from"], broadcast["to"]) == ("broadcast", "alice", "*")
+        assert by_type["status"][-1]["state"] == "closed"
+        assert result.returncode == 1  # one message was refused
+        bob.message("hi")
+
+
+def test_incoming_events_reach_a_json_script(broker: Broker) -> None:
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint, "--json"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert process.stdout is not None and process.stdin is not None
+    try:
+        assert json.loads(process.stdout.readline())["state"] == "online"
+        with chat("dave", broker.endpoint) as dave:
+            dave.client.send("carol", "psst carol").wait(5)
+            lines = []
+            while not any("psst carol" in line for line in lines):
+                lines.append(process.stdout.readline())
+            message = json.loads(lines[-1])
+            assert message["kind"] == "private" and message["from"] == "dave" and message["to"] == "carol"
+            assert message["id"] and message["time"]
+        process.stdin.close()
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+
+
+def test_send_exits_zero_only_when_accepted(broker: Broker) -> None:
+    with chat("bob", broker.endpoint) as bob:
+        ok = zchat("send", "--name", "alice", "--broker", broker.endpoint, "--to", "bob", "hi", "there")
+        assert ok.returncode == 0, ok.stderr
+        assert bob.message("hi there").sender == "alice"
+        refused = zchat("send", "--name", "alice", "--broker", broker.endpoint, "--to", "nobody", "hi")
+        assert refused.returncode == 1 and "nobody is not online (404)" in refused.stderr
+        everyone = zchat("send", "--name", "alice", "--broker", broker.endpoint, "--all", "to all")
+        assert everyone.returncode == 0 and bob.message("to all").target == "*"
+
+
+def test_who_prints_names_online(broker: Broker) -> None:
+    with chat("bob", broker.endpoint), chat("alice", broker.endpoint):
+        result = zchat("who", "--broker", broker.endpoint)
+        assert result.returncode == 0 and result.stdout.split() == ["alice", "bob"]
+
+
+def test_taken_name_exits_nonzero_with_a_clear_message(broker: Broker) -> None:
+    with chat("alice", broker.endpoint):
+        result = zchat("connect", "--name", "Alice", "--broker", broker.endpoint, stdin="hi\n")
+        assert result.returncode == 1 and "name alice is taken" in result.stderr
+
+
+def test_invalid_name_and_unreachable_broker_are_clear_errors(tmp_path: Path) -> None:
+    bad = zchat("connect", "--name", "no spaces", stdin="")
+    assert bad.returncode == 2 and "a name is 1-32 letters" in bad.stderr
+    gone = start_broker(tmp_path)
+    gone.stop()
+    result = zchat("connect", "--name", "alice", "--broker", gone.endpoint, "--connect-timeout", "1", stdin="")
+    assert result.returncode == 1 and "no answer from the broker" in result.stderr
+    who = zchat("who", "--broker", gone.endpoint, "--connect-timeout", "1")
+    assert who.returncode == 1 and "no answer" in who.stderr
+
+
+def test_broker_takes_options_from_the_environment_and_stops_on_sigint(tmp_path: Path) -> None:
+    log = tmp_path / "broker.log"
+    env = {**ENV, "ZCHAT_PORT": "0", "ZCHAT_PUB_PORT": "0", "ZCHAT_MAX_MESSAGE_SIZE": "5"}
+    with open(log, "wb") as out:
+        process = subprocess.Popen([ZCHAT, "broker"], stdout=out, stderr=subprocess.STDOUT, env=env)
+    try:
+        line = wait_for(lambda: "listening" in log.read_text() and log.read_text(), what="listening line")
+        endpoint = line.split("commands on ")[1].split(",")[0]
+        assert endpoint.startswith("tcp://127.0.0.1:")
+        with chat("alice", endpoint) as alice:
+            refusal = alice.client.broadcast("too long").wait(5)
+            assert isinstance(refusal, ev.Refusal) and refusal.code == 413
+        process.send_signal(signal.SIGINT)
+        assert process.wait(10) == 0
+        assert "broker stopped" in log.read_text()
+    finally:
+        process.kill()
+
+
+def test_broker_refuses_a_port_in_use_clearly(broker: Broker, tmp_path: Path) -> None:
+    result = zchat("broker", "--port", str(broker.port), "--pub-port", "0", timeout=15)
+    assert result.returncode == 1 and "cannot listen" in result.stderr
