@@ -1,0 +1,759 @@
+"""An independent ZCHAT/1 client, written from docs/PROTOCOL.md alone, against the real broker.
+
+Nothing here imports or reads the broker's code: `SpecClient` speaks the wire format with
+plain pyzmq DEALER and SUB sockets, the way an implementer in another language would.
+Section numbers in comments refer to docs/PROTOCOL.md.
+
+No test sleeps to synchronise: every wait polls the sockets against a deadline, and a
+negative ("X never arrives") is proven with a marker sent after X over the same path:
+ZeroMQ keeps order per connection, so whatever arrives before the marker is all there was.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+import zmq
+
+from tests.support import Broker, start_broker
+
+Frames = list[bytes]
+Q = TypeVar("Q", Frames, "Published")
+Context = zmq.Context[zmq.Socket[bytes]]
+
+SIGNATURE = b"ZCHAT/1"
+LOBBY = b"*\x00"  # section 6.1
+REPLIES = {b"WELCOME", b"ACK", b"ERROR", b"USERS", b"PONG"}  # carry the request's id (3.4)
+WAIT = 5.0  # seconds: the deadline for anything the broker should do "now"
+
+
+def own_topic(name: bytes) -> bytes:
+    """The client's own topic, `@` + name + NUL (section 6.1)."""
+    return b"@" + name + b"\x00"
+
+
+def assert_number(frame: bytes) -> int:
+    """A `number`: ASCII decimal digits, no sign, at most 20 digits (section 3.2)."""
+    assert frame.isdigit() and len(frame) <= 20, frame
+    return int(frame)
+
+
+def assert_time(frame: bytes) -> int:
+    """A `time` from the broker's clock: on loopback it is close to ours."""
+    millis = assert_number(frame)
+    assert abs(millis - time.time() * 1000) < 10_000, frame
+    return millis
+
+
+def pub_address(pub_endpoint: str, router_endpoint: str) -> str:
+    """Section 5.1: a `*` host in the pub endpoint means the host used for the ROUTER."""
+    scheme_host, port = pub_endpoint.rsplit(":", 1)
+    if scheme_host.endswith("//*"):
+        return f"{router_endpoint.rsplit(':', 1)[0]}:{port}"
+    return pub_endpoint
+
+
+@dataclass(frozen=True)
+class Welcome:
+    """The fields of a WELCOME (section 5.1)."""
+
+    id: bytes
+    name: bytes
+    token: bytes
+    pub_endpoint: str
+    heartbeat_ms: int
+    timeout_ms: int
+    max_body: int
+    time: int
+
+    @classmethod
+    def parse(cls, frames: Frames) -> Welcome:
+        assert frames[:2] == [SIGNATURE, b"WELCOME"], frames
+        assert len(frames) >= 10, frames  # 3.3: later versions may append fields
+        msg_id, name, token, pub, heartbeat, timeout, max_body, stamp = frames[2:10]
+        assert len(token) <= 64 and token.isascii(), token
+        return cls(
+            msg_id,
+            name,
+            token,
+            pub.decode("ascii"),
+            assert_number(heartbeat),
+            assert_number(timeout),
+            assert_number(max_body),
+            assert_time(stamp),
+        )
+
+
+@dataclass(frozen=True)
+class Published:
+    """A message from the PUB socket: topic | seq | "ZCHAT/1" | command | fields (section 3.1)."""
+
+    topic: bytes
+    seq: int
+    command: bytes
+    fields: Frames
+
+    @classmethod
+    def parse(cls, frames: Frames) -> Published:
+        assert len(frames) >= 4 and frames[2] == SIGNATURE, frames
+        return cls(frames[0], assert_number(frames[1]), frames[3], frames[4:])
+
+
+class SpecClient:
+    """A ZCHAT/1 client built from docs/PROTOCOL.md and nothing else.
+
+    One DEALER for commands, replies and private messages; after WELCOME, one SUB for
+    the topics it subscribes to. Whatever arrives is queued (`inbox` for the DEALER,
+    `feed` for the SUB) until a test takes it. While waiting, a registered client keeps
+    its heartbeats going (section 7.1) and swallows the PONGs to them.
+    """
+
+    def __init__(self, context: Context, endpoint: str, label: str = "c") -> None:
+        self.context = context
+        self.endpoint = endpoint
+        self.dealer = context.socket(zmq.DEALER)
+        self.dealer.setsockopt(zmq.LINGER, 0)
+        self.dealer.connect(endpoint)
+        self.sub: zmq.Socket[bytes] | None = None
+        self.welcome: Welcome | None = None
+        self.inbox: deque[Frames] = deque()
+        self.feed: deque[Published] = deque()
+        self.heartbeats = True
+        self._prefix = f"{label}-{secrets.token_hex(3)}-".encode()
+        self._counter = itertools.count(1)
+        self._pings: set[bytes] = set()
+        self._last_send = time.monotonic()
+
+    # -- sending -----------------------------------------------------------------------
+
+    def new_id(self) -> bytes:
+        """Section 3.4: a counter with a random prefix."""
+        return self._prefix + str(next(self._counter)).encode()
+
+    def send_raw(self, *frames: bytes) -> None:
+        self.dealer.send_multipart(list(frames))
+        self._last_send = time.monotonic()
+
+    def send(self, command: bytes, *fields: bytes) -> bytes:
+        """Send `"ZCHAT/1" | command | id | fields…` and return the id."""
+        msg_id = self.new_id()
+        self.send_raw(SIGNATURE, command, msg_id, *fields)
+        return msg_id
+
+    # -- receiving -----------------------------------------------------------------------
+
+    def _pump(self, wait: float) -> None:
+        """Wait up to `wait` seconds for input on either socket and queue it."""
+        if (
+            self.heartbeats
+            and self.welcome is not None
+            and time.monotonic() - self._last_send >= self.welcome.heartbeat_ms / 2000
+        ):
+            self._pings.add(self.send(b"PING"))
+        poller = zmq.Poller()
+        poller.register(self.dealer, zmq.POLLIN)
+        if self.sub is not None:
+            poller.register(self.sub, zmq.POLLIN)
+        ready = dict(poller.poll(int(wait * 1000)))
+        if self.dealer in ready:
+            while (frames := self._recv_nowait(self.dealer)) is not None:
+                if len(frames) >= 3 and frames[1] == b"PONG" and frames[2] in self._pings:
+                    self._pings.discard(frames[2])
+                else:
+                    self.inbox.append(frames)
+        if self.sub is not None and self.sub in ready:
+            while (frames := self._recv_nowait(self.sub)) is not None:
+                self.feed.append(Published.parse(frames))
+
+    @staticmethod
+    def _recv_nowait(socket: zmq.Socket[bytes]) -> Frames | None:
+        try:
+            return socket.recv_multipart(zmq.NOBLOCK)
+        except zmq.Again:
+            return None
+
+    def _find(self, queue: deque[Q], match: Callable[[Q], bool], timeout: float) -> Q | None:
+        """Take the first queued item that `match`es, pumping the sockets until `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            for item in queue:
+                if match(item):
+                    queue.remove(item)
+                    return item
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._pump(min(remaining, 0.05))
+
+    def _take(self, queue: deque[Q], match: Callable[[Q], bool], timeout: float, what: str) -> Q:
+        item = self._find(queue, match, timeout)
+        if item is None:
+            raise AssertionError(
+                f"timed out after {timeout}s waiting for {what}; "
+                f"DEALER: {list(self.inbox)}, SUB: {list(self.feed)}"
+            )
+        return item
+
+    def next(self, timeout: float = WAIT) -> Frames:
+        """The next message on the DEALER, whatever it is."""
+        return self._take(self.inbox, lambda _: True, timeout, "any message on the DEALER")
+
+    def delivery(self, command: bytes, timeout: float = WAIT) -> Frames:
+        """The first unread DEALER message with this command (MESSAGE, SHUTDOWN)."""
+        return self._take(self.inbox, lambda f: f[1:2] == [command], timeout, f"{command!r} on the DEALER")
+
+    def reply(self, msg_id: bytes, timeout: float = WAIT) -> Frames:
+        """The reply (WELCOME, ACK, ERROR, USERS, PONG) carrying `msg_id` (section 3.4)."""
+        frames = self._take(
+            self.inbox,
+            lambda f: len(f) >= 3 and f[1] in REPLIES and f[2] == msg_id,
+            timeout,
+            f"the reply to {msg_id!r}",
+        )
+        assert frames[0] == SIGNATURE, frames
+        return frames
+
+    def request(self, command: bytes, *fields: bytes) -> Frames:
+        return self.reply(self.send(command, *fields))
+
+    def error_code(self, msg_id: bytes) -> int:
+        """Wait for the reply to `msg_id`, which must be ERROR; return its code (section 5)."""
+        frames = self.reply(msg_id)
+        assert frames[1] == b"ERROR" and len(frames) >= 5, frames
+        frames[4].decode("utf-8")  # the reason is `text`
+        return assert_number(frames[3])
+
+    def next_error(self, msg_id: bytes) -> int:
+        """The next DEALER message must be ERROR for `msg_id`, or with an empty id when the
+        broker could not read one (section 5); return its code."""
+        frames = self.next()
+        assert frames[:2] == [SIGNATURE, b"ERROR"] and len(frames) >= 5, frames
+        assert frames[2] in (msg_id, b""), frames
+        frames[4].decode("utf-8")
+        return assert_number(frames[3])
+
+    def ack(self, msg_id: bytes) -> int:
+        """Wait for the ACK to `msg_id` (section 5.2); return its time."""
+        frames = self.reply(msg_id)
+        assert frames[1] == b"ACK" and len(frames) >= 5, frames
+        assert frames[4] == b"accepted", frames  # the only status of version 1
+        return assert_time(frames[3])
+
+    def who(self) -> list[bytes]:
+        """Section 4.3: the online names, as USERS lists them."""
+        frames = self.request(b"WHO")
+        assert frames[1] == b"USERS" and len(frames) >= 4, frames
+        return frames[3].split(b" ") if frames[3] else []
+
+    def published(
+        self, match: Callable[[Published], bool], timeout: float = WAIT, what: str = "a published message"
+    ) -> Published:
+        """The first unread SUB message that `match`es."""
+        return self._take(self.feed, match, timeout, what)
+
+    def lobby(self, command: bytes, *fields: bytes, timeout: float = WAIT) -> Published:
+        """The first unread lobby message with this command and these leading fields."""
+        return self.published(
+            lambda m: m.topic == LOBBY and m.command == command and m.fields[: len(fields)] == list(fields),
+            timeout,
+            f"{command!r} {fields!r} on the lobby",
+        )
+
+    def published_until(self, match: Callable[[Published], bool]) -> list[Published]:
+        """Everything the SUB received up to and including the first message that `match`es."""
+        marker = self.published(match, what="the marker")
+        before = list(itertools.takewhile(lambda m: m is not marker, self.feed))
+        for message in before:
+            self.feed.remove(message)
+        return [*before, marker]
+
+    # -- the protocol's steps ------------------------------------------------------------
+
+    def hello(self, name: bytes, token: bytes = b"") -> Welcome:
+        """Section 4.1: register `name` (or resume with `token`)."""
+        msg_id = self.send(b"HELLO", name, token)
+        welcome = Welcome.parse(self.reply(msg_id))
+        assert welcome.id == msg_id
+        self.welcome = welcome
+        return welcome
+
+    def subscribe(self, *topics: bytes) -> None:
+        """Section 4.5: connect the SUB, subscribe `topics`, own topic last, then SYNC."""
+        assert self.welcome is not None, "subscribe after WELCOME"
+        mine = own_topic(self.welcome.name)
+        self.sub = self.context.socket(zmq.SUB)
+        self.sub.setsockopt(zmq.LINGER, 0)
+        self.sub.connect(pub_address(self.welcome.pub_endpoint, self.endpoint))
+        for topic in [*topics, mine]:
+            self.sub.setsockopt(zmq.SUBSCRIBE, topic)
+        sync_ids: list[bytes] = []
+        synced: Published | None = None
+        deadline = time.monotonic() + WAIT
+        while synced is None:  # resend SYNC (a new id) every 100-500 ms until SYNCED arrives
+            assert time.monotonic() < deadline, f"no SYNCED on {mine!r}"
+            sync_ids.append(self.send(b"SYNC"))
+            synced = self._find(self.feed, lambda m: m.topic == mine and m.command == b"SYNCED", 0.2)
+        assert synced.seq == 0 and synced.fields[0] in sync_ids, synced  # sections 6.2, 4.5
+        for sync_id in sync_ids:
+            self.ack(sync_id)
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def connect(broker: Broker, zmq_context: Context) -> Callable[[], SpecClient]:
+    """A new, unregistered spec client on the broker."""
+    return lambda: SpecClient(zmq_context, broker.endpoint)
+
+
+@pytest.fixture
+def online(connect: Callable[[], SpecClient]) -> Callable[..., SpecClient]:
+    """A spec client registered under `name` and subscribed to `topics` (lobby by default)."""
+
+    def make(name: str, *topics: bytes) -> SpecClient:
+        client = connect()
+        client.hello(name.encode())
+        client.subscribe(*(topics or (LOBBY,)))
+        return client
+
+    return make
+
+
+def broadcast_marker(sender: SpecClient, text: bytes = b"marker") -> bytes:
+    """Send a broadcast and wait for its ACK: whatever was published earlier arrives before it."""
+    body = text + b"-" + secrets.token_hex(4).encode()
+    sender.ack(sender.send(b"SEND", b"*", body))
+    return body
+
+
+def is_marker(body: bytes) -> Callable[[Published], bool]:
+    return lambda m: m.topic == LOBBY and m.command == b"MESSAGE" and m.fields[4:5] == [body]
+
+
+# -- registration (4.1, 5.1, 3.5) ------------------------------------------------------------
+
+
+def test_hello_is_answered_by_welcome_with_every_field(
+    broker: Broker, connect: Callable[[], SpecClient]
+) -> None:
+    client = connect()
+    msg_id = client.send(b"HELLO", b"Alice", b"")
+    welcome = Welcome.parse(client.reply(msg_id))
+
+    assert welcome.id == msg_id
+    assert welcome.name == b"Alice"
+    assert 0 < len(welcome.token) <= 64
+    assert pub_address(welcome.pub_endpoint, broker.endpoint) == broker.pub_endpoint
+    assert (welcome.heartbeat_ms, welcome.timeout_ms) == (200, 1000)  # the fixture's 0.2 s / 1.0 s
+    assert welcome.max_body == 65536  # section 8 default
+    assert connect().who() == [b"Alice"]
+
+
+def test_names_are_unique_without_regard_to_case(connect: Callable[[], SpecClient]) -> None:
+    connect().hello(b"Alice")
+    for other in (b"alice", b"ALICE", b"Alice", b"aLiCe"):
+        client = connect()
+        assert client.error_code(client.send(b"HELLO", other, b"")) == 409
+    assert connect().who() == [b"Alice"]  # the name as registered is what others see
+
+
+@pytest.mark.parametrize(
+    "name",
+    [b"", b"a b", b"x" * 33, b"bob!", b"*", b"@bob", b"#room", b"bo\x00b", "zoë".encode(), b"tab\t"],
+    ids=["empty", "space", "33-chars", "bang", "star", "at", "hash", "nul", "non-ascii", "tab"],
+)
+def test_invalid_names_are_refused_with_422(connect: Callable[[], SpecClient], name: bytes) -> None:
+    client = connect()
+    assert client.error_code(client.send(b"HELLO", name, b"")) == 422
+    assert client.error_code(client.send(b"PING")) == 403  # not registered
+    assert connect().who() == []
+
+
+def test_name_not_utf8_is_refused(connect: Callable[[], SpecClient]) -> None:
+    # Ambiguous in the spec: 422 (breaks section 3.2) or 415 (not UTF-8, section 9)?
+    # Both are refusals; this broker answers 415.
+    client = connect()
+    assert client.error_code(client.send(b"HELLO", b"\xff", b"")) in (415, 422)
+    assert connect().who() == []
+
+
+def test_names_at_the_edges_of_the_rules_are_accepted(connect: Callable[[], SpecClient]) -> None:
+    for name in (b"x" * 32, b"A", b"Az09_-.", b"..."):
+        assert connect().hello(name).name == name
+
+
+def test_second_hello_same_name_welcomes_again_another_name_410(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    alice = online("alice")
+    assert alice.hello(b"alice").name == b"alice"
+    assert alice.error_code(alice.send(b"HELLO", b"mallory", b"")) == 410
+    assert connect().who() == [b"alice"]
+
+
+# -- private messages and forging (4.2, 5.3) -------------------------------------------------
+
+
+def test_private_message_reaches_its_recipient_only(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    bob = online("bob")
+    carol = online("carol", b"", b"@bob\x00", b"@alice\x00", LOBBY)  # subscribed to everything
+
+    msg_id = alice.send(b"SEND", b"bob", b"secret \xe2\x9c\x93")
+    ack_time = alice.ack(msg_id)
+
+    message = bob.delivery(b"MESSAGE")
+    assert message[:5] == [SIGNATURE, b"MESSAGE", msg_id, b"alice", b"bob"], message
+    assert message[6] == b"secret \xe2\x9c\x93"
+    assert abs(assert_time(message[5]) - ack_time) < 1000
+
+    # Markers sent after the secret, over the same paths: a private one on carol's DEALER and
+    # a broadcast on the PUB. Whatever precedes them is everything carol could have received.
+    alice.ack(alice.send(b"SEND", b"carol", b"private marker"))
+    marker = broadcast_marker(alice)
+    first = carol.next()
+    assert first[1] == b"MESSAGE" and first[6] == b"private marker", first
+    for client in (carol, bob, alice):
+        for published in client.published_until(is_marker(marker)):
+            assert not any(b"secret" in field for field in published.fields), published
+            assert published.command != b"MESSAGE" or published.fields[2] == b"*", published
+
+
+def test_private_target_in_any_case_and_to_oneself(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    bob = online("Bob")
+
+    msg_id = alice.send(b"SEND", b"BOB", b"hi")
+    alice.ack(msg_id)
+    message = bob.delivery(b"MESSAGE")
+    assert message[2:4] == [msg_id, b"alice"] and message[6] == b"hi", message
+    assert message[4] == b"Bob", message  # the recipient's name as registered (3.5)
+
+    to_self = alice.send(b"SEND", b"alice", b"note to self")
+    alice.ack(to_self)
+    message = alice.delivery(b"MESSAGE")
+    assert message[2:5] == [to_self, b"alice", b"alice"] and message[6] == b"note to self", message
+
+
+def test_sender_cannot_be_forged(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    bob = online("bob")
+
+    # SEND has no sender field; frames after `body` are ignored (section 3.3).
+    forged = alice.send(b"SEND", b"bob", b"hello", b"mallory", b"sender=mallory", b"carol")
+    alice.ack(forged)
+    message = bob.delivery(b"MESSAGE")
+    assert message[2:5] == [forged, b"alice", b"bob"] and message[6] == b"hello", message
+
+    # A client cannot send MESSAGE (it is not a client command), nor take another name.
+    fake = alice.send(b"MESSAGE", b"mallory", b"bob", b"0", b"fake")
+    assert alice.error_code(fake) == 405
+    assert alice.error_code(alice.send(b"HELLO", b"mallory", b"")) == 410
+    later = alice.send(b"SEND", b"bob", b"later")
+    alice.ack(later)
+    message = bob.next()  # nothing arrived between the two genuine messages
+    assert message[1:5] == [b"MESSAGE", later, b"alice", b"bob"], message
+
+
+# -- broadcast, SYNC and presence (4.5, 6) ----------------------------------------------------
+
+
+def test_sync_is_acked_and_synced_on_own_topic(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    client.hello(b"alice")
+    client.subscribe(LOBBY)  # asserts ACK + SYNCED on "@alice\0" with seq 0 and the same id
+    msg_id = client.send(b"SYNC")
+    client.ack(msg_id)
+    synced = client.published(lambda m: m.topic == b"@alice\x00")
+    assert (synced.seq, synced.command, synced.fields[:1]) == (0, b"SYNCED", [msg_id])
+
+
+def test_broadcast_reaches_everyone_on_the_lobby_in_sequence(online: Callable[..., SpecClient]) -> None:
+    clients = [online("alice"), online("bob"), online("carol")]
+    alice = clients[0]
+    sent = [alice.send(b"SEND", b"*", f"hello {n}".encode()) for n in range(3)]
+    times = [alice.ack(msg_id) for msg_id in sent]
+    bob_id = clients[1].send(b"SEND", b"*", b"from bob")
+    clients[1].ack(bob_id)
+
+    expected = [(msg_id, b"alice", f"hello {n}".encode()) for n, msg_id in enumerate(sent)]
+    expected.append((bob_id, b"bob", b"from bob"))
+    sequences = []
+    for client in clients:
+        seen = [client.lobby(b"MESSAGE") for _ in expected]
+        assert [(m.fields[0], m.fields[1], m.fields[4]) for m in seen] == expected
+        assert all(m.fields[2] == b"*" for m in seen)
+        assert [assert_time(m.fields[3]) for m in seen[:3]] == times
+        first = seen[0].seq
+        assert [m.seq for m in seen] == [first, first + 1, first + 2, first + 3]  # section 6.2
+        sequences.append(first)
+    assert len(set(sequences)) == 1  # one counter per topic, the same for every subscriber
+
+
+def test_presence_join_leave_and_who(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    assert connect().who() == []  # WHO before HELLO, on an empty broker: USERS with empty names
+    watcher = online("watcher")  # its own JOIN went out before its SUB was live (section 4.5)
+
+    bob = connect()
+    bob.hello(b"bob")
+    join = watcher.lobby(b"JOIN", b"bob")
+    assert len(join.fields) >= 2
+    assert_time(join.fields[1])
+    connect().hello(b"Alice")
+    assert watcher.lobby(b"JOIN", b"Alice").seq == join.seq + 1
+    assert connect().who() == [b"Alice", b"bob", b"watcher"]  # sorted without regard to case
+
+    bye = bob.send(b"BYE")
+    bob.ack(bye)
+    leave = watcher.lobby(b"LEAVE", b"bob")
+    assert leave.seq == join.seq + 2 and leave.fields[2] == b"quit"
+    assert_time(leave.fields[1])
+    assert connect().who() == [b"Alice", b"watcher"]
+
+
+# -- errors for bad input (8, 9, 10) ----------------------------------------------------------
+
+
+def test_unknown_recipient_404(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    assert alice.error_code(alice.send(b"SEND", b"nobody", b"hi")) == 404
+    assert alice.error_code(alice.send(b"SEND", b"not a name!", b"hi")) == 404  # section 9
+
+
+def test_unknown_command_405(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    assert alice.error_code(alice.send(b"FROBNICATE", b"x")) == 405
+    assert alice.error_code(alice.send(b"send", b"*", b"lower case")) == 405  # commands are upper case
+
+
+def test_other_version_426_in_version_1_framing(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    for signature in (b"ZCHAT/2", b"ZCHAT/10", b"ZCHAT/1.1", b"ZCHAT/1 "):  # any other `ZCHAT/…` (10)
+        msg_id = client.new_id()
+        client.send_raw(signature, b"HELLO", msg_id, b"alice", b"")
+        assert client.next_error(msg_id) == 426  # the broker answers with an empty id here
+    assert connect().who() == []
+
+
+def test_wrong_signature_or_missing_frames_400(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    client.hello(b"alice")
+    for signature in (b"ZCHAT1", b"zchat/1", b"HELLO", b" ZCHAT/1"):
+        msg_id = client.new_id()
+        client.send_raw(signature, b"WHO", msg_id)
+        assert client.next_error(msg_id) == 400, signature  # the broker answers with an empty id here
+    assert client.error_code(client.send(b"SEND", b"alice")) == 400  # no body
+    assert client.error_code(client.send(b"SEND")) == 400  # no target, no body
+    fresh = connect()
+    assert fresh.error_code(fresh.send(b"HELLO", b"bob")) == 400  # no token frame
+    assert fresh.error_code(fresh.send(b"HELLO")) == 400
+    for bad_id in (b"", b"has space", b"x" * 65, b"\xff"):  # section 3.2 `id`
+        client.send_raw(SIGNATURE, b"WHO", bad_id)
+        assert client.next_error(b"") == 400, bad_id
+    client.send_raw(SIGNATURE, b"WHO")  # no id at all: ERROR with an empty id (section 5)
+    assert client.error_code(b"") == 400
+    assert connect().who() == [b"alice"]
+
+
+@pytest.mark.parametrize("command", [b"SEND", b"PING", b"SYNC", b"BYE"])
+def test_commands_before_hello_403(connect: Callable[[], SpecClient], command: bytes) -> None:
+    client = connect()
+    fields = [b"*", b"hello"] if command == b"SEND" else []
+    assert client.error_code(client.send(command, *fields)) == 403
+
+
+def test_too_large_body_413(tmp_path: Path, zmq_context: Context) -> None:
+    small = start_broker(tmp_path, "--max-message-size", "16")
+    try:
+        alice = SpecClient(zmq_context, small.endpoint)
+        assert alice.hello(b"alice").max_body == 16
+        alice.ack(alice.send(b"SEND", b"alice", b"x" * 16))
+        alice.ack(alice.send(b"SEND", b"*", "é".encode() * 8))  # bytes count, not characters
+        assert alice.error_code(alice.send(b"SEND", b"alice", b"x" * 17)) == 413
+        assert alice.error_code(alice.send(b"SEND", b"*", "é".encode() * 9)) == 413
+
+        # A frame beyond max-body + 4096 is cut off by ZeroMQ: no reply, and the broker lives on.
+        huge = SpecClient(zmq_context, small.endpoint)
+        huge.send(b"SEND", b"*", b"x" * (16 + 4096 + 1024))
+        assert SpecClient(zmq_context, small.endpoint).who() == [b"alice"]
+        assert small.process.poll() is None
+    finally:
+        assert small.stop() == 0
+
+
+def test_body_not_utf8_415(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    bob = online("bob")
+    assert alice.error_code(alice.send(b"SEND", b"bob", b"\xff\xfe bad")) == 415
+    assert alice.error_code(alice.send(b"SEND", b"*", b"caf\xc3")) == 415
+    alice.ack(alice.send(b"SEND", b"bob", b"good"))
+    assert bob.next()[6] == b"good"  # the refused message was not delivered
+    marker = broadcast_marker(alice)
+    assert [m.fields[4] for m in bob.published_until(is_marker(marker))] == [marker]
+
+
+def test_garbage_never_crashes_the_broker(broker: Broker, connect: Callable[[], SpecClient]) -> None:
+    rng = random.Random(20240501)
+    garbage: list[Frames] = [
+        [b""],
+        [b"", b""],
+        [b"", b"", b"", b""],
+        [SIGNATURE],
+        [SIGNATURE, b""],
+        [SIGNATURE, b"", b""],
+        [SIGNATURE, b"\xff\xfe"],
+        [SIGNATURE, b"HELLO", b"id", b"\xff\xfe", b""],
+        [b"ZCHAT/"],
+        [b"\x00" * 7],
+        *([rng.randbytes(rng.randint(1, 300)) for _ in range(rng.randint(1, 6))] for _ in range(40)),
+    ]
+    for registered in (False, True):
+        client = connect()
+        if registered:
+            client.hello(b"alice")
+        for frames in garbage:
+            client.send_raw(*frames)
+            reply = client.next()  # section 8: answered with ERROR, never a crash
+            assert reply[:2] == [SIGNATURE, b"ERROR"] and reply[3][:1] == b"4", (frames, reply)
+            reply[4].decode("utf-8")
+        assert client.who() == ([b"alice"] if registered else [])
+    assert broker.process.poll() is None
+
+
+# -- liveness (4.4, 7) ------------------------------------------------------------------------
+
+
+def test_ping_is_answered_by_pong(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    msg_id = alice.send(b"PING")
+    pong = alice.reply(msg_id)
+    assert pong[:3] == [SIGNATURE, b"PONG", msg_id] and len(pong) >= 4, pong
+    assert_time(pong[3])
+
+
+def test_ping_from_an_unknown_connection_403(connect: Callable[[], SpecClient]) -> None:
+    stranger = connect()
+    assert stranger.error_code(stranger.send(b"PING")) == 403
+
+
+def test_silent_client_is_dropped_and_then_gets_403(online: Callable[..., SpecClient]) -> None:
+    watcher = online("watcher")
+    silent = online("silent")
+    silent.heartbeats = False  # and nobody pumps it: it sends nothing from now on
+    started = time.monotonic()
+    leave = watcher.lobby(b"LEAVE", b"silent", timeout=WAIT)
+    assert leave.fields[2] == b"timeout"
+    assert time.monotonic() - started < 1.0 + 1.0  # within timeout-ms (1 s), with slack
+    assert silent.error_code(silent.send(b"PING")) == 403  # section 4.4: register again
+    assert watcher.who() == [b"watcher"]
+
+
+CHILD = """
+import sys, time, zmq
+dealer = zmq.Context().socket(zmq.DEALER)
+dealer.connect(sys.argv[1])
+dealer.send_multipart([b"ZCHAT/1", b"HELLO", b"k-0", sys.argv[2].encode(), b""])
+assert dealer.recv_multipart()[1] == b"WELCOME"
+for n in range(1, 10**9):
+    dealer.send_multipart([b"ZCHAT/1", b"PING", b"k-%d" % n])
+    time.sleep(0.05)
+"""
+
+
+def test_killed_client_leaves_with_timeout_and_frees_its_name(
+    broker: Broker, online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    watcher = online("watcher")
+    child = subprocess.Popen([sys.executable, "-c", CHILD, broker.endpoint, "zombie"])
+    try:
+        watcher.lobby(b"JOIN", b"zombie", timeout=30)
+        assert child.poll() is None  # it registered and is heartbeating
+        child.send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        leave = watcher.lobby(b"LEAVE", b"zombie", timeout=10)
+        assert leave.fields[2] == b"timeout", leave
+        assert time.monotonic() - killed < 1.0 + 1.0  # timeout-ms is 1 s; allow 1 s of slack
+    finally:
+        child.kill()
+        child.wait(10)
+    assert connect().hello(b"zombie").name == b"zombie"
+    assert watcher.lobby(b"JOIN", b"zombie").fields[0] == b"zombie"
+
+
+# -- shutdown (5.4) and resume (4.1) ----------------------------------------------------------
+
+
+def test_sigterm_sends_shutdown_and_exits_0(
+    broker: Broker, online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    alice = online("alice")
+    bob = connect()
+    bob.hello(b"bob")
+    broker.process.send_signal(signal.SIGTERM)
+    for client in (alice, bob):
+        shutdown = client.delivery(b"SHUTDOWN")
+        assert shutdown[0] == SIGNATURE and len(shutdown) >= 3, shutdown
+        shutdown[2].decode("utf-8")
+    published = alice.lobby(b"SHUTDOWN")
+    assert len(published.fields) >= 1
+    assert broker.process.wait(10) == 0
+
+
+def test_resume_takes_over_the_session_silently(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    watcher = online("watcher")
+    first = online("alice")
+    assert first.welcome is not None
+    token = first.welcome.token
+    joined = watcher.lobby(b"JOIN", b"alice")
+
+    stranger = connect()  # a wrong token does not take the session
+    assert stranger.error_code(stranger.send(b"HELLO", b"alice", b"not-the-token")) == 409
+
+    second = connect()
+    welcome = second.hello(b"alice", token)
+    assert (welcome.name, welcome.token) == (b"alice", token)
+    second.subscribe(LOBBY)
+
+    marker = broadcast_marker(watcher)
+    seen = watcher.published_until(is_marker(marker))
+    assert [(m.command, m.seq) for m in seen if m.topic == LOBBY] == [(b"MESSAGE", joined.seq + 1)]
+    assert watcher.who() == [b"alice", b"watcher"]
+
+    # The new connection holds the session; the old one is forgotten.
+    msg_id = watcher.send(b"SEND", b"alice", b"to the new connection")
+    watcher.ack(msg_id)
+    assert second.delivery(b"MESSAGE")[2] == msg_id
+    first.heartbeats = False
+    ping = first.send(b"PING")
+    reply = first.next()  # the first thing on the old DEALER: not the message, but a refusal
+    assert reply[1:4] == [b"ERROR", ping, b"403"], reply
+
+
+def test_resume_after_the_session_ended_registers_anew(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    watcher = online("watcher")
+    first = connect()
+    token = first.hello(b"alice").token
+    first.ack(first.send(b"BYE"))
+    watcher.lobby(b"LEAVE", b"alice")
+    again = connect()
+    assert again.hello(b"alice", token).name == b"alice"
+    watcher.lobby(b"JOIN", b"alice")
