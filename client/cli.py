@@ -95,3 +95,33 @@ def who(broker: str, connect_timeout: float) -> None:
         raise click.ClickException(str(e)) from None
     for name in names:
         click.echo(name)
+
+
+@click.command()
+@name_option
+@broker_option
+@timeout_option
+@click.option("--chat-with", metavar="NAME", help="Talk to NAME privately and to everyone publicly.")
+@click.option(
+    "--every",
+    default=5.0,
+    show_default=True,
+    type=click.FloatRange(0.05, 3600),
+    help="Seconds between rounds of talk.",
+)
+@click.option(
+    "--rounds",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Stop after this many rounds (0: run until stopped).",
+)
+def bot(name: str, broker: str, connect_timeout: float, chat_with: str | None, every: float,
+        rounds: int) -> None:  # fmt: skip
+    """A greeter and echo bot (see client/bot.py to write your own)."""
+    from zchat.client.bot import run_bot
+
+    try:
+        sys.exit(run_bot(name, broker, connect_timeout, chat_with, every, rounds))
+    except ConnectError as e:
+        raise click.ClickException(f"cannot join {broker} as {name}: {e}") from None

@@ -12,6 +12,7 @@ import click
 
 #: command name -> "module:attribute" of a click command
 SUBCOMMANDS = {
+    "bot": "zchat.client.cli:bot",
     "broker": "zchat.broker.cli:broker",
     "connect": "zchat.client.cli:connect",
     "send": "zchat.client.cli:send",

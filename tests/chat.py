@@ -17,10 +17,12 @@ class Watcher:
         self.client = client
         self.seen: list[ev.Event] = []
 
-    def expect(self, match: Callable[[ev.Event], bool], timeout: float = 10.0, what: str = "event") -> ev.Event:
-        for event in self.seen:
-            if match(event):
-                return event
+    def expect(
+        self, match: Callable[[ev.Event], bool], timeout: float = 10.0, what: str = "event"
+    ) -> ev.Event:
+        for seen in self.seen:
+            if match(seen):
+                return seen
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             event = self.client.next_event(left)
@@ -32,7 +34,9 @@ class Watcher:
         raise AssertionError(f"{self.client.name}: no {what} within {timeout}s; saw {self.seen}")
 
     def message(self, text: str, timeout: float = 10.0) -> ev.Message:
-        event = self.expect(lambda e: isinstance(e, ev.Message) and e.text == text, timeout, f"message {text!r}")
+        event = self.expect(
+            lambda e: isinstance(e, ev.Message) and e.text == text, timeout, f"message {text!r}"
+        )
         assert isinstance(event, ev.Message)
         return event
 
@@ -40,7 +44,9 @@ class Watcher:
         return [e for e in self.seen if isinstance(e, ev.Message)]
 
     def state(self, state: ev.State, timeout: float = 10.0) -> ev.Status:
-        event = self.expect(lambda e: isinstance(e, ev.Status) and e.state is state, timeout, f"state {state}")
+        event = self.expect(
+            lambda e: isinstance(e, ev.Status) and e.state is state, timeout, f"state {state}"
+        )
         assert isinstance(event, ev.Status)
         return event
 

@@ -16,7 +16,9 @@ ENV = {**os.environ, "NO_COLOR": "1"}
 
 
 def zchat(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([ZCHAT, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=ENV)
+    return subprocess.run(
+        [ZCHAT, *args], input=stdin, capture_output=True, text=True, timeout=timeout, env=ENV
+    )
 
 
 def test_line_mode_reads_commands_and_prints_events(broker: Broker) -> None:
@@ -63,7 +65,7 @@ def test_incoming_events_reach_a_json_script(broker: Broker) -> None:
         assert json.loads(process.stdout.readline())["state"] == "online"
         with chat("dave", broker.endpoint) as dave:
             dave.client.send("carol", "psst carol").wait(5)
-            lines = []
+            lines: list[str] = []
             while not any("psst carol" in line for line in lines):
                 lines.append(process.stdout.readline())
             message = json.loads(lines[-1])
@@ -103,7 +105,9 @@ def test_invalid_name_and_unreachable_broker_are_clear_errors(tmp_path: Path) ->
     assert bad.returncode == 2 and "a name is 1-32 letters" in bad.stderr
     gone = start_broker(tmp_path)
     gone.stop()
-    result = zchat("connect", "--name", "alice", "--broker", gone.endpoint, "--connect-timeout", "1", stdin="")
+    result = zchat(
+        "connect", "--name", "alice", "--broker", gone.endpoint, "--connect-timeout", "1", stdin=""
+    )
     assert result.returncode == 1 and "no answer from the broker" in result.stderr
     who = zchat("who", "--broker", gone.endpoint, "--connect-timeout", "1")
     assert who.returncode == 1 and "no answer" in who.stderr
@@ -115,7 +119,7 @@ def test_broker_takes_options_from_the_environment_and_stops_on_sigint(tmp_path:
     with open(log, "wb") as out:
         process = subprocess.Popen([ZCHAT, "broker"], stdout=out, stderr=subprocess.STDOUT, env=env)
     try:
-        line = wait_for(lambda: "listening" in log.read_text() and log.read_text(), what="listening line")
+        line = wait_for(lambda: log.read_text() if "listening" in log.read_text() else None, what="listening")
         endpoint = line.split("commands on ")[1].split(",")[0]
         assert endpoint.startswith("tcp://127.0.0.1:")
         with chat("alice", endpoint) as alice:
