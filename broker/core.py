@@ -64,6 +64,9 @@ class Session:
     name_bytes: bytes
     token: str
     last_seen: float
+    #: JOIN goes out at READY, once the client hears the lobby: whatever
+    #: others answer to a JOIN then reaches the newcomer.
+    announced: bool = False
 
 
 @dataclass
@@ -113,10 +116,14 @@ class BrokerCore:
         if kind is p.Sync:
             # Per-client topics carry no sequence (0): nothing is counted there.
             synced = [p.private_topic(session.name), b"0", *p.encode_synced(command.msg_id)]
-            return [
-                Publish(synced),
-                SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now))),
-            ]
+            return [Publish(synced), SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))]
+        if kind is p.Ready:
+            ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+            if session.announced:
+                return [ack]
+            session.announced = True
+            join = p.encode_join(session.name_bytes, p.now_ms(now))
+            return [ack, Publish(self._published(p.LOBBY_TOPIC, join))]
         # Bye: the client leaves on purpose.
         ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
         return [ack, *self._drop(session, now, "quit")]
@@ -168,9 +175,7 @@ class BrokerCore:
         self.by_key[key] = session
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, len(self.by_key))
-        welcome = SendTo(peer, self._welcome(hello.msg_id, session, now))
-        join = Publish(self._published(p.LOBBY_TOPIC, p.encode_join(session.name_bytes, p.now_ms(now))))
-        return [welcome, join]
+        return [SendTo(peer, self._welcome(hello.msg_id, session, now))]
 
     def _welcome(self, msg_id: bytes, session: Session, now: float) -> list[bytes]:
         c = self.config
@@ -219,6 +224,8 @@ class BrokerCore:
         del self.by_key[p.name_key(session.name)]
         self.counters[f"left.{reason}"] += 1
         log.info("%s left (%s; %d online)", session.name, reason, len(self.by_key))
+        if not session.announced:
+            return []  # nobody was told it joined
         leave = p.encode_leave(session.name_bytes, p.now_ms(now), reason)
         return [Publish(self._published(p.LOBBY_TOPIC, leave))]
 

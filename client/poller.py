@@ -178,6 +178,7 @@ class Poller:
         self.was_online = True
         assert self.welcome is not None
         self._set_state(State.ONLINE, f"online as {self.welcome.name} at {self.s.broker}")
+        self._send(p.encode_simple(b"READY", self.new_id().encode()), now)  # now others may see us join
         if first:
             self._first(None)
         # Unanswered messages go again with their ids; recipients drop repeats.

@@ -13,7 +13,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 SIGNATURE = b"ZCHAT/1"
-SIGNATURE_PREFIX = b"ZCHAT/"
+OTHER_VERSION_RE = re.compile(rb"ZCHAT/[0-9]{1,3}")
 
 #: The target of a broadcast to everyone (the lobby) and its PUB topic.
 EVERYONE = "*"
@@ -80,11 +80,15 @@ class Sync(NamedTuple):
     msg_id: bytes
 
 
+class Ready(NamedTuple):
+    msg_id: bytes
+
+
 class Bye(NamedTuple):
     msg_id: bytes
 
 
-ClientCommand = Hello | Send | Who | Ping | Sync | Bye
+ClientCommand = Hello | Send | Who | Ping | Sync | Ready | Bye
 
 # --- what the broker sends to one client (ROUTER -> DEALER) ------------------
 
@@ -211,9 +215,11 @@ def _check_signature(frames: list[bytes]) -> None:
         raise ProtocolError(Code.MALFORMED, "empty message")
     signature = frames[0]
     if signature != SIGNATURE:
-        if signature.startswith(SIGNATURE_PREFIX):
-            raise ProtocolError(Code.BAD_VERSION, "this broker speaks ZCHAT/1 only")
-        raise ProtocolError(Code.MALFORMED, "first frame must be the signature ZCHAT/1")
+        # Answer with the request's id when there is a readable one.
+        msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
+        if OTHER_VERSION_RE.fullmatch(signature):
+            raise ProtocolError(Code.BAD_VERSION, "this broker speaks ZCHAT/1 only", msg_id)
+        raise ProtocolError(Code.MALFORMED, "first frame must be the signature ZCHAT/1", msg_id)
     if len(frames) < 2:
         raise ProtocolError(Code.MALFORMED, "missing command frame")
 
@@ -254,7 +260,7 @@ def decode_command(frames: list[bytes]) -> ClientCommand:
     if command == b"HELLO":
         msg_id = _msg_id(frames, "HELLO")
         _need(frames, 5, "HELLO")
-        name = _text(frames[3], "name", msg_id)
+        name = frames[3].decode("latin-1")  # any bytes: a non-ASCII name is invalid, not garbled
         if not valid_name(name):
             raise ProtocolError(Code.INVALID_NAME, "a name is 1-32 letters, digits, '_', '-' or '.'", msg_id)
         token = frames[4]
@@ -265,6 +271,8 @@ def decode_command(frames: list[bytes]) -> ClientCommand:
         return Who(_msg_id(frames, "WHO"))
     if command == b"SYNC":
         return Sync(_msg_id(frames, "SYNC"))
+    if command == b"READY":
+        return Ready(_msg_id(frames, "READY"))
     if command == b"BYE":
         return Bye(_msg_id(frames, "BYE"))
     msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
@@ -284,7 +292,7 @@ def encode_send(msg_id: bytes, target: str, text: str) -> list[bytes]:
 
 
 def encode_simple(command: bytes, msg_id: bytes) -> list[bytes]:
-    """WHO, PING, SYNC and BYE carry only a message id."""
+    """WHO, PING, SYNC, READY and BYE carry only a message id."""
     return [SIGNATURE, command, msg_id]
 
 

@@ -40,10 +40,10 @@ def test_two_bots_converse_privately_and_in_public(broker: Broker, tmp_path: Pat
     first, first_log = start_bot(tmp_path, broker, "ann", "--chat-with", "ben", "--every", "0.2")
     second, second_log = start_bot(tmp_path, broker, "ben", "--chat-with", "ann", "--every", "0.2")
     try:
-        wait_for(lambda: "[private] ben -> you: echo: hello ben, this is private message" in first_log.read_text(),
-                 timeout=20, what="ann to get ben's echo")  # fmt: skip
-        ann = first_log.read_text()
-        assert "[private] ben -> you: hello ann, this is private message" in ann
+        expected = ("[private] ben -> you: hello ann, this is private message",
+                    "[private] ben -> you: echo: hello ben, this is private message")  # fmt: skip
+        wait_for(lambda: all(line in first_log.read_text() for line in expected), timeout=20,
+                 what="ben's private message and echo at ann")  # fmt: skip
         wait_for(
             lambda: "<ann> ann here, public message" in second_log.read_text(), what="ann's broadcast at ben"
         )

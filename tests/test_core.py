@@ -30,7 +30,9 @@ def published(actions: Sequence[object]) -> list[p.Published]:
 
 
 def register(core: BrokerCore, peer: bytes, name: str, now: float = 0.0) -> Sequence[object]:
-    return list(core.receive(peer, p.encode_hello(b"h", name), now))
+    """HELLO, then the READY that makes the client's JOIN public."""
+    actions = core.receive(peer, p.encode_hello(b"h", name), now)
+    return [*actions, *core.receive(peer, p.encode_simple(b"READY", b"r"), now)]
 
 
 def error_code(actions: Sequence[object], peer: bytes) -> int:
@@ -39,17 +41,27 @@ def error_code(actions: Sequence[object], peer: bytes) -> int:
     return event.code
 
 
-def test_hello_welcomes_and_announces_the_join(core: BrokerCore) -> None:
-    actions = register(core, b"A", "alice", now=12.5)
-    (welcome,) = replies(actions, b"A")
-    assert welcome == p.Welcome(b"h", "alice", "token0", PUB, 1000, 3000, 100, 12500)
-    (join,) = published(actions)
-    assert join == p.Published(p.LOBBY_TOPIC, 1, p.Join("alice", 12500))
+def test_hello_welcomes_and_ready_announces_the_join_once(core: BrokerCore) -> None:
+    hello = core.receive(b"A", p.encode_hello(b"h", "alice"), 12.5)
+    assert replies(hello, b"A") == [p.Welcome(b"h", "alice", "token0", PUB, 1000, 3000, 100, 12500)]
+    assert published(hello) == []  # the newcomer cannot hear the lobby yet
+    sync = core.receive(b"A", p.encode_simple(b"SYNC", b"s1"), 12.6)
+    assert replies(sync, b"A") == [p.Ack(b"s1", 12600, "accepted")]
+    assert published(sync) == [p.Published(p.private_topic("alice"), 0, p.Synced(b"s1"))]
+    ready = core.receive(b"A", p.encode_simple(b"READY", b"r1"), 12.7)
+    assert replies(ready, b"A") == [p.Ack(b"r1", 12700, "accepted")]
+    assert published(ready) == [p.Published(p.LOBBY_TOPIC, 1, p.Join("alice", 12700))]
+    assert published(core.receive(b"A", p.encode_simple(b"READY", b"r2"), 12.8)) == []
+
+
+def test_a_client_never_ready_leaves_unannounced(core: BrokerCore) -> None:
+    core.receive(b"A", p.encode_hello(b"h", "alice"), 0.0)
+    assert published(core.receive(b"A", p.encode_simple(b"BYE", b"b"), 1.0)) == []
 
 
 def test_names_are_unique_without_regard_to_case(core: BrokerCore) -> None:
     register(core, b"A", "alice")
-    assert error_code(register(core, b"B", "ALICE"), b"B") == Code.NAME_TAKEN
+    assert error_code(core.receive(b"B", p.encode_hello(b"h", "ALICE"), 0.0), b"B") == Code.NAME_TAKEN
 
 
 def test_private_message_goes_to_the_recipient_only_stamped_by_the_broker(core: BrokerCore) -> None:
@@ -103,10 +115,10 @@ def test_bad_input_is_refused_with_its_code(core: BrokerCore, frames: list[bytes
 
 @pytest.mark.parametrize("name", ["", "a" * 33, "al ice", "*", "#x", "é"])
 def test_invalid_names_are_refused(core: BrokerCore, name: str) -> None:
-    assert error_code(register(core, b"A", name), b"A") == Code.INVALID_NAME
+    assert error_code(core.receive(b"A", p.encode_hello(b"h", name), 0.0), b"A") == Code.INVALID_NAME
 
 
-@pytest.mark.parametrize("command", [b"SEND", b"PING", b"SYNC", b"BYE"])
+@pytest.mark.parametrize("command", [b"SEND", b"PING", b"SYNC", b"READY", b"BYE"])
 def test_commands_before_hello_are_refused(core: BrokerCore, command: bytes) -> None:
     frames = p.encode_send(b"m", "*", "x") if command == b"SEND" else p.encode_simple(command, b"m")
     assert error_code(core.receive(b"A", frames, 0.0), b"A") == Code.NOT_REGISTERED
