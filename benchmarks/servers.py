@@ -1,0 +1,81 @@
+"""Start and stop the servers under test: `zchat broker` or the ceiling forwarder."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+ROOT = Path(__file__).resolve().parent.parent
+ZCHAT = str(Path(sys.executable).parent / "zchat")
+LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
+KINDS = ("ceiling", "zchat")
+
+
+@dataclass
+class Server:
+    """A server process of our own on 127.0.0.1, on ports it chose."""
+
+    kind: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    endpoint: str
+    pub_endpoint: str
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            return self.process.wait(5)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.stop()
+
+
+def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) -> Server:
+    """Start the zchat broker (`kind` "zchat") or the forwarder ("ceiling")."""
+    if kind == "zchat":
+        command = [ZCHAT, "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0",
+                   "--log-level", "info", *args]  # fmt: skip
+    elif kind == "ceiling":
+        command = [sys.executable, "-m", "benchmarks.ceiling", "--host", "127.0.0.1", *args]
+    else:
+        raise ValueError(f"unknown server kind {kind!r}")
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{kind}-{time.monotonic_ns()}.log"
+    with open(log_path, "wb") as log_file:
+        process = subprocess.Popen(
+            command, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )  # fmt: skip
+    deadline = time.monotonic() + timeout
+    while True:
+        match = LISTENING.search(log_path.read_text(errors="replace"))
+        if match:
+            return Server(kind, process, log_path, match.group(1), match.group(2))
+        if process.poll() is not None:
+            raise RuntimeError(f"{kind} exited with {process.returncode}:\n{log_path.read_text()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            process.wait(5)
+            raise TimeoutError(f"{kind} did not start listening within {timeout}s")
+        time.sleep(0.02)

@@ -1,0 +1,221 @@
+"""The mode switch of the load clients: ZCHAT/1 or the ceiling's bare frames.
+
+A load client asks its `Wire` how to register, how to send, and what a
+message it received is, so the same load code drives the zchat broker and the
+raw forwarder in ceiling.py.
+
+Message bodies are `b"<seq> <send time, ns> <padding>"` in both modes: the
+receiver checks the sequence number and measures latency from the time stamp
+(CLOCK_MONOTONIC, shared by all processes of the machine).
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from zchat.common.protocol import LOBBY_TOPIC, SIGNATURE
+
+#: What a received message is.
+ACK, ERROR, DELIVERY, PONG, OTHER = range(5)
+#: Size of a message body, as a short chat line.
+BODY_SIZE = 64
+#: The body of a marker broadcast (not counted; see fanout.py).
+MARKER = b"M"
+_PAD = b"x" * BODY_SIZE
+_SNDMORE = int(zmq.SNDMORE)
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def send_frames(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """`send_multipart` without its costs: pyzmq's version type-checks every frame and
+    ORs enum flags per frame (see pyzmq_calls.py: about 4x the time of this loop)."""
+    send = sock.send
+    last = len(frames) - 1
+    for i in range(last):
+        send(frames[i], _SNDMORE)
+    send(frames[last])
+
+
+def recv_frames(sock: zmq.Socket[bytes]) -> list[bytes]:
+    """One whole message without blocking (raises zmq.Again if none).
+
+    `recv_multipart` asks `getsockopt(zmq.RCVMORE)` after each frame, and
+    pyzmq builds a SocketOption enum on every such call; a Frame carries the
+    flag itself (see pyzmq_calls.py: about a third of the time).
+    """
+    recv = sock.recv
+    frame = recv(_NOBLOCK, copy=False)
+    frames = [frame.bytes]
+    while frame.more:
+        frame = recv(_NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return frames
+
+
+def body(seq: int, stamp_ns: int) -> bytes:
+    head = b"%d %d " % (seq, stamp_ns)
+    return head + _PAD[: max(0, BODY_SIZE - len(head))]
+
+
+def parse_body(data: bytes) -> tuple[int, int]:
+    """(sequence number, send time in ns) of a body made by `body`."""
+    seq, stamp, _ = data.split(b" ", 2)
+    return int(seq), int(stamp)
+
+
+class Wire:
+    """How a load client talks to the server under test."""
+
+    kind = ""
+    #: Whether the server answers every command (ACK or ERROR).
+    acks = False
+
+    def dealer(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, name: bytes) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)  # the load clients bound their windows themselves
+        sock.setsockopt(zmq.RCVHWM, 0)
+        self._identify(sock, name)
+        sock.connect(endpoint)
+        return sock
+
+    def subscriber(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
+        sock = ctx.socket(zmq.SUB)
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.SUBSCRIBE, LOBBY_TOPIC)
+        sock.connect(endpoint)
+        return sock
+
+    def _identify(self, sock: zmq.Socket[bytes], name: bytes) -> None:
+        pass
+
+    def hello(self, name: bytes) -> list[bytes]:
+        raise NotImplementedError
+
+    def welcomed(self, frames: list[bytes]) -> bool:
+        raise NotImplementedError
+
+    def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
+        raise NotImplementedError
+
+    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
+        """(ACK, id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"")."""
+        raise NotImplementedError
+
+    def published(self, frames: list[bytes]) -> bytes | None:
+        """The body of a broadcast received on a SUB, or None for anything else."""
+        raise NotImplementedError
+
+
+class ZchatWire(Wire):
+    """ZCHAT/1 as in docs/PROTOCOL.md, with raw frames for speed."""
+
+    kind = "zchat"
+    acks = True
+
+    def hello(self, name: bytes) -> list[bytes]:
+        return [SIGNATURE, b"HELLO", b"h-" + name, name, b""]
+
+    def welcomed(self, frames: list[bytes]) -> bool:
+        if len(frames) > 1 and frames[1] == b"ERROR":
+            raise RuntimeError(f"registration refused: {frames!r}")
+        return len(frames) > 1 and frames[1] == b"WELCOME"
+
+    def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
+        return [SIGNATURE, b"SEND", msg_id, target, data]
+
+    def ping(self, msg_id: bytes) -> list[bytes]:
+        return [SIGNATURE, b"PING", msg_id]
+
+    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
+        command = frames[1] if len(frames) > 2 else b""
+        if command == b"ACK":
+            return ACK, frames[2]
+        if command == b"MESSAGE" and len(frames) >= 7:
+            return DELIVERY, frames[6]
+        if command == b"ERROR" and len(frames) >= 4:
+            return ERROR, frames[3]
+        if command == b"PONG":
+            return PONG, frames[2]
+        return OTHER, b""
+
+    def published(self, frames: list[bytes]) -> bytes | None:
+        if len(frames) >= 9 and frames[3] == b"MESSAGE":
+            return frames[8]
+        return None  # JOIN, LEAVE, SHUTDOWN...
+
+
+class CeilingWire(Wire):
+    """The forwarder's frames: [to, body] in, [from, body] out; no replies.
+
+    A client's routing id is its name, so a client registers by sending a
+    message to itself: when it comes back, the forwarder can route to it.
+    """
+
+    kind = "ceiling"
+    acks = False
+
+    def _identify(self, sock: zmq.Socket[bytes], name: bytes) -> None:
+        sock.setsockopt(zmq.ROUTING_ID, name)
+
+    def hello(self, name: bytes) -> list[bytes]:
+        return [name, b"HELLO"]
+
+    def welcomed(self, frames: list[bytes]) -> bool:
+        return len(frames) == 2 and frames[1] == b"HELLO"
+
+    def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
+        return [target, data]
+
+    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
+        if len(frames) == 2:
+            return DELIVERY, frames[1]
+        return OTHER, b""
+
+    def published(self, frames: list[bytes]) -> bytes | None:
+        return frames[2] if len(frames) == 3 else None
+
+
+def make_wire(kind: str) -> Wire:
+    wires: dict[str, type[Wire]] = {"zchat": ZchatWire, "ceiling": CeilingWire}
+    return wires[kind]()
+
+
+def register(
+    wire: Wire, socks: list[zmq.Socket[bytes]], names: list[bytes], timeout: float, window: int = 256
+) -> tuple[int, int]:
+    """Register every socket (HELLO, or the ceiling's hello to itself), `window` at a time.
+
+    Returns the time of the first HELLO and of the last answer, in ns.
+    """
+    poller = zmq.Poller()
+    index = {}
+    for i, sock in enumerate(socks):
+        poller.register(sock, zmq.POLLIN)
+        index[sock] = i
+    first = time.monotonic_ns()
+    deadline = first + int(timeout * 1e9)
+    done = [False] * len(socks)
+    sent = welcomed = 0
+    last = first
+    while welcomed < len(socks):
+        while sent < len(socks) and sent - welcomed < window:
+            send_frames(socks[sent], wire.hello(names[sent]))
+            sent += 1
+        if time.monotonic_ns() > deadline:
+            raise TimeoutError(f"only {welcomed} of {len(socks)} clients registered in {timeout}s")
+        for sock, _ in poller.poll(50):
+            i = index[sock]
+            for _ in range(64):
+                try:
+                    frames = recv_frames(sock)
+                except zmq.Again:
+                    break
+                if not done[i] and wire.welcomed(frames):
+                    done[i] = True
+                    welcomed += 1
+                    last = time.monotonic_ns()
+    return first, last
