@@ -1,0 +1,119 @@
+"""Idle registered clients: HELLO once, then a PING every heartbeat interval.
+
+Each client starts heartbeating as soon as its WELCOME arrives, so clients
+registered early are never dropped while the others register. The worker
+reports "ready" when all its clients are registered and keeps heartbeating
+until the coordinator says "stop"; then it waits for the last PONGs.
+"""
+
+from __future__ import annotations
+
+import heapq
+import time
+from collections import Counter
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any
+
+import zmq
+
+from benchmarks.wire import ERROR, PONG, ZchatWire, recv_frames, send_frames
+from benchmarks.workers import expect
+
+#: HELLOs outstanding at once per worker.
+REGISTER_WINDOW = 200
+DRAIN_BATCH = 256
+STOP_DRAIN_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class IdleSpec:
+    endpoint: str
+    first: int
+    count: int
+    heartbeat: float
+    #: Longest the worker lives, whatever happens.
+    budget: float
+
+
+def idle_worker(spec: IdleSpec, conn: Connection, shared: Any) -> None:
+    wire = ZchatWire()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    ctx.set(zmq.MAX_SOCKETS, spec.count + 16)
+    try:
+        conn.send(("result", _run(spec, wire, ctx, conn)))
+    finally:
+        ctx.destroy(linger=0)
+
+
+def _run(
+    spec: IdleSpec, wire: ZchatWire, ctx: zmq.Context[zmq.Socket[bytes]], conn: Connection
+) -> dict[str, Any]:
+    n = spec.count
+    names = [b"idle%d" % (spec.first + i) for i in range(n)]
+    socks = [wire.dealer(ctx, spec.endpoint, name) for name in names]
+    poller = zmq.Poller()
+    index: dict[zmq.Socket[bytes], int] = {}
+    for i, sock in enumerate(socks):
+        poller.register(sock, zmq.POLLIN)
+        index[sock] = i
+    poller.register(conn.fileno(), zmq.POLLIN)
+    conn.send(("connected", None))
+    expect(conn, "register", spec.budget)
+    interval = int(spec.heartbeat * 1e9)
+    welcomed = [False] * n
+    schedule: list[tuple[int, int]] = []  # (next PING due, client)
+    errors: Counter[str] = Counter()
+    hellos = n_welcomed = pings = pongs = others = 0
+    first_hello = time.monotonic_ns()
+    last_welcome = 0
+    deadline = first_hello + int(spec.budget * 1e9)
+    stopping = False
+    stop_deadline = 0
+    while True:
+        now = time.monotonic_ns()
+        if now > deadline:
+            raise TimeoutError(f"idle worker ran out of time ({n_welcomed}/{n} registered)")
+        if stopping and (pongs + sum(errors.values()) >= pings or now > stop_deadline):
+            break
+        while hellos < n and hellos - n_welcomed < REGISTER_WINDOW:
+            send_frames(socks[hellos], wire.hello(names[hellos]))
+            hellos += 1
+        while not stopping and schedule and schedule[0][0] <= now:
+            due, i = heapq.heappop(schedule)
+            send_frames(socks[i], wire.ping(b"p%d" % pings))
+            pings += 1
+            heapq.heappush(schedule, (due + interval, i))
+        timeout = 50
+        if schedule and not stopping:
+            timeout = max(1, min(timeout, (schedule[0][0] - time.monotonic_ns()) // 1_000_000 + 1))
+        for sock, _ in poller.poll(timeout):
+            if not isinstance(sock, zmq.Socket):
+                kind, _payload = conn.recv()
+                if kind != "stop":
+                    raise RuntimeError(f"unexpected {kind!r} from the coordinator")
+                stopping = True
+                stop_deadline = time.monotonic_ns() + int(STOP_DRAIN_SECONDS * 1e9)
+                continue
+            i = index[sock]
+            for _ in range(DRAIN_BATCH):
+                try:
+                    frames = recv_frames(sock)
+                except zmq.Again:
+                    break
+                if not welcomed[i] and wire.welcomed(frames):
+                    welcomed[i] = True
+                    n_welcomed += 1
+                    last_welcome = time.monotonic_ns()
+                    heapq.heappush(schedule, (last_welcome + interval, i))
+                    if n_welcomed == n:
+                        conn.send(("ready", {"first_hello_ns": first_hello, "last_welcome_ns": last_welcome}))
+                    continue
+                what, payload = wire.classify(frames)
+                if what == PONG:
+                    pongs += 1
+                elif what == ERROR:
+                    errors[payload.decode()] += 1
+                else:
+                    others += 1
+    return {"clients": n, "pings": pings, "pongs": pongs, "refused": dict(errors), "other": others}
