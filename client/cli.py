@@ -37,11 +37,11 @@ def wants_colour(stream: object) -> bool:
     return bool("NO_COLOR" not in os.environ and hasattr(stream, "isatty") and stream.isatty())
 
 
-def open_client(name: str, broker: str, connect_timeout: float, on_event: ev.Callback | None) -> Client:
+def start(client: Client) -> Client:
     try:
-        return Client(name, broker, connect_timeout=connect_timeout, on_event=on_event).connect()
+        return client.connect()
     except ConnectError as e:
-        raise click.ClickException(f"cannot join {broker} as {name}: {e}") from None
+        raise click.ClickException(f"cannot join {client.broker} as {client.name}: {e}") from None
 
 
 @click.command()
@@ -56,8 +56,15 @@ def connect(name: str, broker: str, connect_timeout: float, json_mode: bool) -> 
 
         sys.exit(run_tui(name, broker, connect_timeout, colour="NO_COLOR" not in os.environ))
     writer = LineWriter(sys.stdout, name, json_mode, colour=not json_mode and wants_colour(sys.stdout))
-    client = open_client(name, broker, connect_timeout, writer)
-    sys.exit(run_lines(client, sys.stdin, writer, drain_timeout=30.0))
+    client = Client(name, broker, connect_timeout=connect_timeout, on_event=writer)
+    try:
+        start(client)
+        code = run_lines(client, sys.stdin, writer, drain_timeout=30.0)
+    except KeyboardInterrupt:  # Ctrl-C: leave properly, then exit as interrupted
+        code = 130
+    finally:
+        client.close()
+    sys.exit(code)
 
 
 @click.command()
@@ -72,7 +79,7 @@ def send(name: str, broker: str, connect_timeout: float, to: str | None, everyon
     """Send one message; exit 0 only when the broker accepted it."""
     if bool(to) == everyone:
         raise click.UsageError("give exactly one of --to NAME and --all")
-    client = open_client(name, broker, connect_timeout, on_event=lambda event: None)
+    client = start(Client(name, broker, connect_timeout=connect_timeout, on_event=lambda event: None))
     try:
         message = " ".join(text)
         request = client.send(to, message) if to else client.broadcast(message)

@@ -135,3 +135,20 @@ def test_broker_takes_options_from_the_environment_and_stops_on_sigint(tmp_path:
 def test_broker_refuses_a_port_in_use_clearly(broker: Broker, tmp_path: Path) -> None:
     result = zchat("broker", "--port", str(broker.port), "--pub-port", "0", timeout=15)
     assert result.returncode == 1 and "cannot listen" in result.stderr
+
+
+def test_ctrl_c_in_line_mode_leaves_properly(broker: Broker) -> None:
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    assert process.stdout is not None
+    try:
+        with chat("watcher", broker.endpoint) as watcher:
+            assert "online as carol" in process.stdout.readline()
+            process.send_signal(signal.SIGINT)
+            assert process.wait(10) == 130
+            leave = watcher.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave")
+            assert isinstance(leave, ev.Presence) and (leave.name, leave.reason) == ("carol", "quit")
+    finally:
+        process.kill()
