@@ -20,6 +20,10 @@ def _n(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f}"
 
 
+def _get(row: Row | None, key: str) -> Any:
+    return row[key] if row else None
+
+
 def _ms(us: float | None) -> str:
     return "-" if us is None else f"{us / 1000:.2f}"
 
@@ -82,7 +86,7 @@ def private_table(rows: list[Row]) -> str:
         ref = z or c
         assert ref is not None
         body.append([
-            str(ref["pairs"]), _n(z and z["msgs_per_s"]), _n(c and c["msgs_per_s"]), _ratio(z),
+            str(ref["pairs"]), _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")), _ratio(z),
             f"{z['server_cpu_pct']} ({z['server_main_thread_pct']})" if z else "-",
             f"{c['server_cpu_pct']} ({c['server_main_thread_pct']})" if c else "-",
             f"{z['load_cpu_pct']} / {z['machine_cpu_pct']}" if z else "-",
@@ -99,8 +103,8 @@ def broadcast_table(rows: list[Row]) -> str:
         ref = z or c
         assert ref is not None
         body.append([
-            str(ref["subscribers"]), _n(z and z["deliveries_per_s"]), _n(c and c["deliveries_per_s"]), _ratio(z),
-            _n(z and z["msgs_per_s"]), _n(c and c["msgs_per_s"]),
+            str(ref["subscribers"]), _n(_get(z, "deliveries_per_s")), _n(_get(c, "deliveries_per_s")), _ratio(z),
+            _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")),
             f"{z['server_cpu_pct']} ({z['server_main_thread_pct']})" if z else "-",
             f"{c['server_cpu_pct']} ({c['server_main_thread_pct']})" if c else "-",
             f"{z['load_cpu_pct']} / {z['machine_cpu_pct']}" if z else "-",
@@ -120,9 +124,9 @@ def latency_table(rows: list[Row]) -> str:
         cl = (c or {}).get("latency") or {}
         body.append([
             ref["kind"], f"{_n(ref['offered_per_s'])} ({ref['load']})",
-            _n(z and z["msgs_per_s"]), _ms(zl.get("p50_us")), _ms(zl.get("p99_us")), _ms(zl.get("p999_us")),
+            _n(_get(z, "msgs_per_s")), _ms(zl.get("p50_us")), _ms(zl.get("p99_us")), _ms(zl.get("p999_us")),
             _ms(zl.get("max_us")),
-            _n(c and c["msgs_per_s"]), _ms(cl.get("p50_us")), _ms(cl.get("p99_us")), _ms(cl.get("p999_us")),
+            _n(_get(c, "msgs_per_s")), _ms(cl.get("p50_us")), _ms(cl.get("p99_us")), _ms(cl.get("p999_us")),
             _ratio(z), _loss(z, c),
         ])  # fmt: skip
     return _table(["kind", "offered msg/s", "zchat achieved", "p50 ms", "p99 ms", "p99.9 ms", "max ms",
@@ -132,11 +136,11 @@ def latency_table(rows: list[Row]) -> str:
 
 def idle_table(rows: list[Row]) -> str:
     body = [[
-        _n(r["clients"]), f"{r['register_s']:.2f}", _n(r["registered_per_s"]),
+        _n(r["clients"]), f"{r['register_s']:.2f}", _n(r["registered_per_s"]), _n(r["register_cpu_us_per_client"]),
         f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})", f"{r['rss_mib']}", f"{r['rss_before_mib']}",
         f"{r['heartbeat_s']:g}", _n(r["pings"]), _n(r["pongs"]), str(r["dropped"]), f"{r['lost']} / {r['duplicated']}",
     ] for r in rows]  # fmt: skip
-    return _table(["clients", "register s", "registered/s", "broker CPU % (main)", "RSS MiB", "RSS empty MiB",
+    return _table(["clients", "register s", "registered/s", "broker CPU us/registration", "broker CPU % (main)", "RSS MiB", "RSS empty MiB",
                    "heartbeat s", "PINGs", "PONGs", "dropped", "lost / dup"], body)  # fmt: skip
 
 

@@ -130,6 +130,9 @@ class ZchatWire(Wire):
     def ping(self, msg_id: bytes) -> list[bytes]:
         return [SIGNATURE, b"PING", msg_id]
 
+    def ready(self, msg_id: bytes) -> list[bytes]:
+        return [SIGNATURE, b"READY", msg_id]
+
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
         command = frames[1] if len(frames) > 2 else b""
         if command == b"ACK":

@@ -94,10 +94,11 @@ class Crew:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{len(waiting)} workers sent no {kind!r} within {timeout}s")
-            for conn in multiprocessing.connection.wait(list(waiting), left):
-                i = waiting.pop(conn)  # type: ignore[call-overload]
+            ready = set(multiprocessing.connection.wait(list(waiting), left))
+            for conn in [c for c in waiting if c in ready]:
+                i = waiting.pop(conn)
                 try:
-                    got, payload = conn.recv()  # type: ignore[union-attr]
+                    got, payload = conn.recv()
                 except EOFError:
                     raise WorkerFailed(f"worker {i} exited (code {self.procs[i].exitcode})") from None
                 if got == "error":

@@ -190,8 +190,11 @@ def run_idle(
         jobs = [(idle_worker, IdleSpec(server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups]
         with Crew(jobs) as crew:
             crew.gather("connected", SETUP_TIMEOUT)
+            registering = CpuMeter([server.pid])
+            registering.start()
             crew.tell("register")
             ready = crew.gather("ready", SETUP_TIMEOUT)
+            registering.stop()
             registered = time.monotonic_ns()
             time.sleep(heartbeat)  # every client has sent a PING by now: the steady state
             meter = CpuMeter([server.pid, *crew.pids])
@@ -203,7 +206,7 @@ def run_idle(
             results = crew.gather("result", budget)
         left = server.log().count(" left (")
     first = min(r["first_hello_ns"] for r in ready)
-    last = max(r["last_welcome_ns"] for r in ready)
+    last = max(r["last_ready_ns"] for r in ready)
     register_s = (last - first) / 1e9
     pings = sum(r["pings"] for r in results)
     pongs = sum(r["pongs"] for r in results)
@@ -214,6 +217,8 @@ def run_idle(
         "heartbeat_s": heartbeat,
         "register_s": round(register_s, 3),
         "registered_per_s": round(clients / register_s) if register_s > 0 else None,
+        #: Broker CPU time per registration (HELLO, READY), less sensitive to a busy machine than the wall time.
+        "register_cpu_us_per_client": round(registering.percent[0] / 100 * registering.wall / clients * 1e6),
         "settle_s": round((time.monotonic_ns() - registered) / 1e9, 1),
         "window_s": round(meter.wall, 2),
         **meter.figures(),
