@@ -1,7 +1,229 @@
-"""The interactive terminal UI (prompt_toolkit). Placeholder until it lands."""
+"""The interactive terminal UI: a prompt_toolkit prompt with events printed above it.
+
+Events arrive on the client's poller thread and are written through
+`patch_stdout`, which redraws the input line below them, so nothing the user
+is typing is ever clobbered. The prompt shows the connection state.
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
+import threading
+from collections.abc import Iterable
+from types import FrameType
+
+from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import CompleteEvent, Completer, Completion
+from prompt_toolkit.document import Document
+from prompt_toolkit.formatted_text import StyleAndTextTuples
+from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.patch_stdout import patch_stdout
+from prompt_toolkit.styles import Style
+
+from zchat.client import commands as cmd
+from zchat.client import events as ev
+from zchat.client.render import Renderer, colour_of
+from zchat.client.session import Client, ConnectError
+
+#: Seconds to wait, on the way out, for answers to messages just sent.
+DRAIN_TIMEOUT = 3.0
+PRIVATE_WORDS = ("/msg", "/m", "/tell")
+STYLE = Style.from_dict({"reconnecting": "fg:ansiyellow bold", "offline": "fg:ansired bold"})
+
+
+class Roster:
+    """The names known to be online, kept from Users and Presence events."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self._names: set[str] = set()
+        self._lock = threading.Lock()  # written on the poller thread, read on the UI one
+
+    def update(self, event: ev.Event) -> None:
+        with self._lock:
+            if isinstance(event, ev.Users):
+                self._names = set(event.names)
+            elif isinstance(event, ev.Presence):
+                if event.event == "join":
+                    self._names.add(event.name)
+                else:
+                    self._names.discard(event.name)
+            elif isinstance(event, ev.Message):
+                self._names.add(event.sender)
+
+    def others(self) -> list[str]:
+        with self._lock:
+            return sorted(self._names - {self.me}, key=str.lower)
+
+
+class ChatCompleter(Completer):
+    """Command words at the start of a line; names after `@`, `/msg ` and elsewhere."""
+
+    def __init__(self, roster: Roster) -> None:
+        self.roster = roster
+
+    def get_completions(self, document: Document, complete_event: CompleteEvent) -> Iterable[Completion]:
+        before = document.text_before_cursor
+        if " " not in before:
+            if before.startswith("/"):
+                for word in cmd.WORDS:
+                    suffix = " " if word in ("/msg", "/me") else ""
+                    yield from self._matching([word], before, suffix)
+                return
+            if before.startswith("@"):
+                yield from self._matching(self.roster.others(), before[1:], suffix=" ")
+                return
+        word = document.get_word_before_cursor(WORD=True)
+        first, _, rest = before.partition(" ")
+        if first.lower() in PRIVATE_WORDS and " " not in rest:
+            yield from self._matching(self.roster.others(), rest, suffix=" ")
+        elif word and not word.startswith(("/", "@")):
+            yield from self._matching(self.roster.others(), word, suffix="")
+
+    @staticmethod
+    def _matching(candidates: Iterable[str], typed: str, suffix: str) -> Iterable[Completion]:
+        for candidate in candidates:
+            if candidate.lower().startswith(typed.lower()) and candidate != typed:
+                yield Completion(candidate + suffix, start_position=-len(typed), display=candidate)
+
+
+class Screen:
+    """Where events go: a line each above the prompt, and a redraw on state changes."""
+
+    def __init__(self, me: str, colour: bool) -> None:
+        self.renderer = Renderer(me, colour)
+        self.roster = Roster(me)
+        self.session: PromptSession[str] | None = None
+        self.quiet = False  # set on the way out: the closing status is noise
+        self._held: list[str] | None = []  # lines from before the connection was made
+        self._lock = threading.RLock()
+
+    def __call__(self, event: ev.Event) -> None:
+        """The client's on_event: runs on the poller thread."""
+        self.roster.update(event)
+        line = None if self.quiet else self.renderer.line(event)
+        if line is not None:
+            with self._lock:
+                if self._held is not None:
+                    self._held.append(line)
+                else:
+                    self.write(line)
+        if isinstance(event, ev.Status) and self.session is not None:
+            self.session.app.invalidate()  # thread-safe: the prompt shows the state
+
+    def release(self, show: bool) -> None:
+        """Print (or drop, when connecting failed) the lines held until now."""
+        with self._lock:
+            held, self._held = self._held or [], None
+            for line in held if show else ():
+                self.write(line)
+
+    def write(self, text: str) -> None:
+        # sys.stdout is patch_stdout's proxy while the prompt runs: it prints above it.
+        with self._lock:
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+
+
+def prompt_for(client: Client, colour: bool) -> StyleAndTextTuples:
+    name_style = f"fg:ansi{_ANSI_NAMES[colour_of(client.name)]}" if colour else ""
+    state = client.state
+    fragments: StyleAndTextTuples = [(name_style, client.name)]
+    if state is ev.State.RECONNECTING or state is ev.State.CONNECTING:
+        fragments.append(("class:reconnecting", f" ({state.value})"))
+    elif state is not ev.State.ONLINE:
+        fragments.append(("class:offline", f" ({state.value})"))
+    fragments.append(("", "> "))
+    return fragments
+
+
+#: SGR codes of render.PALETTE to prompt_toolkit's colour names, so the prompt matches the lines.
+_ANSI_NAMES = {31: "red", 32: "green", 33: "yellow", 34: "blue", 35: "magenta", 36: "cyan",
+               91: "brightred", 92: "brightgreen", 93: "brightyellow", 94: "brightblue",
+               95: "brightmagenta", 96: "brightcyan"}  # fmt: skip
+
+
+def execute(client: Client, command: cmd.Command, screen: Screen) -> None:
+    """Send what a parsed line asks for; answers arrive later as events."""
+    if isinstance(command, cmd.Say):
+        client.broadcast(command.text)
+    elif isinstance(command, cmd.Private):
+        client.send(command.to, command.text)
+    elif isinstance(command, cmd.Who):
+        client.who()
+    elif isinstance(command, cmd.Help):
+        screen.write(cmd.HELP)
+    elif isinstance(command, cmd.Invalid):
+        screen(ev.Refusal("", ev.USAGE, command.reason))
+
+
+class _Hangup(Exception):
+    """SIGTERM or SIGHUP: leave as if the user had quit."""
+
 
 def run_tui(name: str, broker: str, connect_timeout: float, colour: bool) -> int:
-    raise NotImplementedError("the terminal UI is being written; use line mode (pipe stdin)")
+    """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
+    screen = Screen(name, colour)
+    client = Client(name, broker, connect_timeout=connect_timeout, on_event=screen)
+    try:
+        client.connect()
+    except ConnectError as e:
+        screen.quiet = True
+        screen.release(show=False)  # the message below says it all
+        print(f"zchat: cannot join {broker} as {name}: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        client.close()
+        return 130
+    try:
+        return _chat(client, screen, colour)
+    finally:
+        screen.quiet = True
+        client.close()
+
+
+def _chat(client: Client, screen: Screen, colour: bool) -> int:
+    session: PromptSession[str] = PromptSession(
+        lambda: prompt_for(client, colour),
+        history=InMemoryHistory(),
+        completer=ChatCompleter(screen.roster),
+        complete_while_typing=False,
+        style=STYLE,
+        include_default_pygments_style=False,
+    )
+    screen.session = session
+    hangup = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        hangup.set()
+        app = session.app
+        if app.is_running and app.loop is not None:
+            # Ask the prompt to finish from inside its own loop: prompt() raises _Hangup.
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=_Hangup()) if app.is_running else None)
+        else:
+            raise _Hangup
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        with patch_stdout(raw=True):
+            screen.release(show=True)
+            client.who()  # fills the roster for completion, and shows who is here
+            while not hangup.is_set():
+                try:
+                    line = session.prompt()
+                except (EOFError, KeyboardInterrupt, _Hangup):
+                    break
+                command = cmd.parse(line)
+                if isinstance(command, cmd.Quit):
+                    break
+                if command is not None:
+                    execute(client, command, screen)
+            if client.state is ev.State.ONLINE and not hangup.is_set():
+                client.flush(DRAIN_TIMEOUT)  # a line typed just before /quit still goes
+    except (_Hangup, KeyboardInterrupt):
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 1 if client.state is ev.State.OFFLINE else 0

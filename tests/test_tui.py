@@ -1,0 +1,329 @@
+"""The terminal UI in a real terminal: `zchat connect` inside a private tmux server.
+
+Each test drives alice's UI with keystrokes, as a person would, while bob is a
+Client in the test; assertions read the screen with capture-pane.
+"""
+
+from __future__ import annotations
+
+import secrets
+import shlex
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from tests.support import ZCHAT, Broker, wait_for
+from zchat.client import events as ev
+from zchat.client.commands import ACTION_PREFIX
+from zchat.client.render import colour_of
+from zchat.client.session import Client
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+
+DEADLINE = 15.0
+E = TypeVar("E")
+T = TypeVar("T")
+
+
+class Terminal:
+    """One tmux server of our own (its own socket), with one 120x40 window."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.socket = f"zchat-test-{secrets.token_hex(6)}"
+        # The pane stays after its process exits, so what it printed last can be read.
+        self.config = tmp_path / "tmux.conf"
+        self.config.write_text("set -g remain-on-exit on\nset -g history-limit 1000\n")
+        # Written by the pane's shell: tmux's #{pane_dead_status} sometimes stays empty.
+        self.status_file = tmp_path / "exit-status"
+        self.started = False
+
+    def tmux(self, *args: str) -> str:
+        result = subprocess.run(
+            ["tmux", "-L", self.socket, "-f", str(self.config), *args],
+            capture_output=True, text=True, timeout=DEADLINE, check=True,
+        )  # fmt: skip
+        return result.stdout
+
+    def start(self, *argv: str, colour: bool = False) -> None:
+        env = "env -u NO_COLOR" if colour else "env NO_COLOR=1"
+        status, partial = shlex.quote(str(self.status_file)), shlex.quote(f"{self.status_file}.partial")
+        command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
+        self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", command)
+        self.started = True
+
+    def keys(self, *keys: str) -> None:
+        """Named keys: Enter, Tab, Up, C-c..."""
+        self.tmux("send-keys", "-t", "t", *keys)
+
+    def type(self, text: str) -> None:
+        """Literal text, without Enter."""
+        self.tmux("send-keys", "-t", "t", "-l", text)
+
+    def screen(self, escapes: bool = False) -> str:
+        """The scrollback and the visible screen (tmux may scroll a dead pane's lines off)."""
+        return self.tmux("capture-pane", "-p", "-S", "-", "-t", "t", *(["-e"] if escapes else []))
+
+    def lines(self) -> list[str]:
+        return [line.rstrip() for line in self.screen().splitlines() if line.strip()]
+
+    def input_line(self) -> str:
+        lines = self.lines()
+        return lines[-1] if lines else ""
+
+    def wait(self, check: Callable[[], T | None], what: str, timeout: float = DEADLINE) -> T:
+        """wait_for, with the screen in the failure message."""
+        try:
+            return wait_for(check, timeout, 0.05, what)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; the screen:\n{self.screen()}") from None
+
+    def wait_screen(self, text: str) -> str:
+        def showing() -> str | None:
+            screen = self.screen()
+            return screen if text in screen else None
+
+        return self.wait(showing, f"{text!r} on screen")
+
+    def wait_input(self, text: str) -> None:
+        self.wait(lambda: self.input_line() == text, f"input line {text!r}")
+
+    def exit_status(self) -> int | None:
+        return int(self.status_file.read_text()) if self.status_file.exists() else None
+
+    def wait_exit(self) -> int:
+        def exited() -> tuple[int] | None:
+            status = self.exit_status()
+            return None if status is None else (status,)  # a tuple: 0 is an exit status too
+
+        return self.wait(exited, "the process to exit")[0]
+
+    def close(self) -> None:
+        if self.started:
+            self.started = False
+            subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=DEADLINE)
+
+
+class Peer:
+    """Another user, driven from the test through the Client library."""
+
+    def __init__(self, name: str, endpoint: str) -> None:
+        self.client = Client(name, endpoint, connect_timeout=DEADLINE).connect()
+        self.seen: list[ev.Event] = []
+
+    def expect(self, what: str, kind: type[E], **fields: object) -> E:
+        """The first event of this kind with these field values, waiting for it if need be."""
+
+        def found() -> E | None:
+            for seen in self.seen:
+                if isinstance(seen, kind) and all(getattr(seen, k) == v for k, v in fields.items()):
+                    return seen
+            event = self.client.next_event(0.05)
+            if event is not None:
+                self.seen.append(event)
+            return None
+
+        return wait_for(found, DEADLINE, 0, what)
+
+    def count(self, text: str) -> int:
+        """How many messages with this text came so far."""
+        while (event := self.client.next_event(0)) is not None:
+            self.seen.append(event)
+        return sum(1 for e in self.seen if isinstance(e, ev.Message) and e.text == text)
+
+    def message(self, text: str) -> ev.Message:
+        return self.expect(f"message {text!r}", ev.Message, text=text)
+
+
+@pytest.fixture
+def terminal(tmp_path: Path) -> Iterator[Terminal]:
+    term = Terminal(tmp_path)
+    yield term
+    term.close()
+
+
+@pytest.fixture
+def bob(broker: Broker) -> Iterator[Peer]:
+    peer = Peer("bob", broker.endpoint)
+    yield peer
+    peer.client.close()
+
+
+def start_alice(terminal: Terminal, broker: Broker, colour: bool = False) -> None:
+    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, colour=colour)
+    terminal.wait_input("alice>")  # capture-pane drops the prompt's trailing space
+    terminal.wait_screen("online (")  # the first /who has come back: completion knows the names
+
+
+def test_incoming_messages_appear_above_a_half_typed_line(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    terminal.type("hello wor")
+    terminal.wait_input("alice> hello wor")
+    bob.client.broadcast("hi everyone").wait(DEADLINE)
+    bob.client.send("alice", "just for you").wait(DEADLINE)
+
+    def shown_above_intact_input() -> list[str] | None:
+        # Polled: between printing a line and redrawing the prompt, the input is briefly gone.
+        *above, last = terminal.lines() or [""]
+        broadcast = any(line.endswith("<bob> hi everyone") for line in above)
+        private = any(line.endswith("[private] bob -> you: just for you") for line in above)
+        return above if broadcast and private and last == "alice> hello wor" else None
+
+    terminal.wait(shown_above_intact_input, "the messages above the intact input line")
+    terminal.type("ld")
+    terminal.keys("Enter")
+    message = bob.message("hello world")
+    assert (message.sender, message.private) == ("alice", False)
+    terminal.wait_screen("<alice> hello world")
+    terminal.wait_input("alice>")
+
+
+def test_private_messages_actions_and_who(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    for line in ("/msg bob hi", "@bob psst", "/me waves", "/who", "/help"):
+        terminal.type(line)
+        terminal.keys("Enter")
+    assert bob.message("hi").private and bob.message("psst").private
+    assert bob.message(ACTION_PREFIX + "waves").sender == "alice"
+    for shown in (
+        "[private] you -> bob: hi",
+        "[private] you -> bob: psst",
+        "* alice waves",
+        "/msg NAME TEXT",
+    ):
+        terminal.wait_screen(shown)
+    # Once when the UI started, once for the /who typed.
+    terminal.wait(lambda: terminal.screen().count("online (2): alice, bob") == 2, "/who's answer")
+
+
+def test_unknown_recipient_and_unknown_command_are_reported(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    terminal.type("/msg nobody hello")
+    terminal.keys("Enter")
+    terminal.wait_screen("not sent to nobody")
+    terminal.type("/frobnicate")
+    terminal.keys("Enter")
+    terminal.wait_screen("unknown command /frobnicate")
+    terminal.wait_input("alice>")
+
+
+def test_tab_completes_command_words_and_online_names(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    terminal.type("/wh")
+    terminal.keys("Tab")
+    terminal.wait_input("alice> /who")
+    terminal.keys("Enter")
+    terminal.wait_screen("online (2): alice, bob")
+    terminal.type("@b")
+    terminal.keys("Tab")
+    terminal.wait_input("alice> @bob")
+    terminal.type("yo")  # the completion added the space after the name
+    terminal.keys("Enter")
+    assert bob.message("yo").private
+    terminal.type("/msg b")
+    terminal.keys("Tab")
+    terminal.wait_input("alice> /msg bob")
+    terminal.type("again")
+    terminal.keys("Enter")
+    assert bob.message("again").private
+
+
+def test_a_name_that_joins_later_completes(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    carol = Peer("carol", broker.endpoint)
+    try:
+        terminal.wait_screen("carol joined")
+        terminal.type("/msg ca")
+        terminal.keys("Tab")
+        terminal.wait_input("alice> /msg carol")
+    finally:
+        carol.client.close()
+
+
+def test_up_arrow_recalls_the_previous_line(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    terminal.type("first line")
+    terminal.keys("Enter")
+    bob.message("first line")
+    terminal.wait_input("alice>")
+    terminal.keys("Up")
+    terminal.wait_input("alice> first line")
+    terminal.keys("Enter")
+    wait_for(lambda: bob.count("first line") == 2, DEADLINE, 0.05, "the line sent again")
+
+
+@pytest.mark.parametrize("keys", [("/quit", "Enter"), ("C-d",), ("C-c",)], ids=["quit", "ctrl-d", "ctrl-c"])
+def test_leaving_exits_zero_and_says_goodbye(
+    terminal: Terminal, broker: Broker, bob: Peer, keys: tuple[str, ...]
+) -> None:
+    start_alice(terminal, broker)
+    bob.expect("alice joined", ev.Presence, name="alice", event="join")
+    if keys[0].startswith("/"):
+        terminal.type(keys[0])
+        keys = keys[1:]
+    terminal.keys(*keys)
+    assert terminal.wait_exit() == 0, terminal.screen()
+    # A clean goodbye, not a heartbeat timeout: the client was closed.
+    bob.expect("alice to quit", ev.Presence, name="alice", event="leave", reason="quit")
+
+
+def test_closing_the_terminal_says_goodbye(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    bob.expect("alice joined", ev.Presence, name="alice", event="join")
+    terminal.close()  # the pane's process gets SIGHUP
+    bob.expect("alice to quit", ev.Presence, name="alice", event="leave", reason="quit")
+
+
+def test_prompt_shows_the_connection_state(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    terminal.type("half")
+    broker.stop()
+    terminal.wait(
+        lambda: terminal.input_line() == "alice (reconnecting)> half", "the prompt to show the state"
+    )
+    terminal.keys("C-u")
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    assert terminal.wait_exit() == 0
+
+
+def test_a_taken_name_exits_non_zero_with_a_clear_message(terminal: Terminal, broker: Broker) -> None:
+    alice = Client("alice", broker.endpoint, connect_timeout=DEADLINE).connect()
+    try:
+        terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint)
+        assert terminal.wait_exit() == 1
+        screen = terminal.screen()
+        assert "cannot join" in screen and "the name alice is taken" in screen, screen
+        assert "alice>" not in screen  # no UI was started
+    finally:
+        alice.close()
+
+
+def test_an_unreachable_broker_exits_non_zero_after_the_timeout(terminal: Terminal, broker: Broker) -> None:
+    endpoint = broker.endpoint
+    broker.stop()
+    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", endpoint, "--connect-timeout", "0.5")
+    assert terminal.wait_exit() == 1
+    screen = terminal.screen()
+    assert f"cannot join {endpoint} as alice" in screen and "alice>" not in screen, screen
+
+
+def test_names_have_colours_without_no_color(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker, colour=True)
+    bob.client.broadcast("in colour").wait(DEADLINE)
+    terminal.wait_screen("in colour")
+    screen = terminal.screen(escapes=True)
+    assert f"\x1b[{colour_of('bob')}mbob" in screen, repr(screen)
+    assert f"\x1b[{colour_of('alice')}malice" in screen, repr(screen)  # the prompt too
+
+
+def test_no_color_means_no_colour(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    bob.client.broadcast("plain").wait(DEADLINE)
+    terminal.wait_screen("<bob> plain")
+    assert "\x1b[" not in terminal.screen(escapes=True).replace("\x1b[39m", "").replace("\x1b[49m", "")
