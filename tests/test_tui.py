@@ -54,6 +54,7 @@ class Terminal:
         command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
         self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", command)
         self.started = True
+        self.socket_path = Path(self.tmux("display-message", "-p", "#{socket_path}").strip())
 
     def keys(self, *keys: str) -> None:
         """Named keys: Enter, Tab, Up, C-c..."""
@@ -105,6 +106,7 @@ class Terminal:
         if self.started:
             self.started = False
             subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=DEADLINE)
+            self.socket_path.unlink(missing_ok=True)  # tmux leaves it behind
 
 
 class Peer:
