@@ -197,9 +197,12 @@ class Poller:
         delay = min(MAX_BACKOFF, 0.1 * 2 ** (self.attempt - 1)) * random.uniform(0.8, 1.2)
         self.next_attempt_at = now + delay
         self.phase = "backoff"
-        self._set_state(
-            State.RECONNECTING, f"{detail}; reconnecting in {delay:.1f}s (attempt {self.attempt})"
-        )
+        self.state = State.RECONNECTING
+        # Every step of a short outage is shown; of a long one, about one a minute.
+        if self.attempt <= 5 or self.attempt % 12 == 0:
+            self.emit(
+                ev.Status(self.state, f"{detail}; reconnecting in {delay:.1f}s (attempt {self.attempt})")
+            )
 
     def _give_up(self, detail: str) -> None:
         self._set_state(State.OFFLINE, detail)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterable
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
@@ -33,6 +33,9 @@ class LineWriter:
         if line is not None:
             self.write(line)
 
+    def show_help(self) -> None:
+        self.write(to_json(ev.Status(ev.State.ONLINE, cmd.HELP)) if self.json_mode else cmd.HELP)
+
     def write(self, line: str) -> None:
         with self.lock:
             self.out.write(line + "\n")
@@ -55,7 +58,15 @@ def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_ti
     return 1 if writer.refused else 0
 
 
-def execute(client: Client, command: cmd.Command, writer: LineWriter) -> None:
+class Output(Protocol):
+    """Where a front end shows events and help: LineWriter here, the TUI's Screen."""
+
+    def __call__(self, event: ev.Event) -> None: ...
+
+    def show_help(self) -> None: ...
+
+
+def execute(client: Client, command: cmd.Command, out: Output) -> None:
     """Send what a parsed line asks for; answers arrive later as events."""
     if isinstance(command, cmd.Say):
         client.broadcast(command.text)
@@ -64,9 +75,6 @@ def execute(client: Client, command: cmd.Command, writer: LineWriter) -> None:
     elif isinstance(command, cmd.Who):
         client.who()
     elif isinstance(command, cmd.Help):
-        if writer.json_mode:
-            writer.write(to_json(ev.Status(client.state, cmd.HELP)))
-        else:
-            writer.write(cmd.HELP)
+        out.show_help()
     elif isinstance(command, cmd.Invalid):
-        writer(ev.Refusal("", ev.USAGE, command.reason))
+        out(ev.Refusal("", ev.USAGE, command.reason))

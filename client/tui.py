@@ -24,6 +24,7 @@ from prompt_toolkit.styles import Style
 from zchat.client import commands as cmd
 from zchat.client import events as ev
 from zchat.client.render import Renderer, colour_of
+from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
 
 #: Seconds to wait, on the way out, for answers to messages just sent.
@@ -119,6 +120,9 @@ class Screen:
             for line in held if show else ():
                 self.write(line)
 
+    def show_help(self) -> None:
+        self.write(cmd.HELP)
+
     def write(self, text: str) -> None:
         # sys.stdout is patch_stdout's proxy while the prompt runs: it prints above it.
         with self._lock:
@@ -142,20 +146,6 @@ def prompt_for(client: Client, colour: bool) -> StyleAndTextTuples:
 _ANSI_NAMES = {31: "red", 32: "green", 33: "yellow", 34: "blue", 35: "magenta", 36: "cyan",
                91: "brightred", 92: "brightgreen", 93: "brightyellow", 94: "brightblue",
                95: "brightmagenta", 96: "brightcyan"}  # fmt: skip
-
-
-def execute(client: Client, command: cmd.Command, screen: Screen) -> None:
-    """Send what a parsed line asks for; answers arrive later as events."""
-    if isinstance(command, cmd.Say):
-        client.broadcast(command.text)
-    elif isinstance(command, cmd.Private):
-        client.send(command.to, command.text)
-    elif isinstance(command, cmd.Who):
-        client.who()
-    elif isinstance(command, cmd.Help):
-        screen.write(cmd.HELP)
-    elif isinstance(command, cmd.Invalid):
-        screen(ev.Refusal("", ev.USAGE, command.reason))
 
 
 class _Hangup(Exception):
