@@ -64,12 +64,20 @@ def summarize(raw: str, rate: int, seconds: float, top: int = 15) -> dict[str, A
     own: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     samples = 0
+    common: list[str] | None = None  # the frames every sample shares: entry point to main loop
     for line in raw.splitlines():
         stack, _, count_text = line.rpartition(" ")
         if not stack or not count_text.isdigit():
             continue
         count = int(count_text)
         frames = [_frame_name(f) for f in stack.split(";")]
+        if common is None:
+            common = frames[:-1]
+        else:
+            shared = 0
+            while shared < min(len(common), len(frames) - 1) and common[shared] == frames[shared]:
+                shared += 1
+            del common[shared:]
         samples += count
         own[frames[-1]] += count
         for name in set(frames):
@@ -85,7 +93,7 @@ def summarize(raw: str, rate: int, seconds: float, top: int = 15) -> dict[str, A
         "rate_hz": rate,
         #: Share of the wall time the main thread was seen busy (py-spy skips idle samples).
         "busy_pct": round(100 * samples / (rate * seconds), 1) if seconds else None,
-        "main_loop": [name for name, n in inclusive.most_common() if n == samples],
+        "main_loop": common or [],
         "own": table(own),
         "inclusive": table(inclusive),
     }

@@ -255,10 +255,11 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
             if not mine:
                 continue
             x = [r["offered_per_s"] for r in mine]
-            for pct, marker in (("p50_us", "o"), ("p99_us", "s"), ("p999_us", "^")):
+            for pct, marker, color in (("p50_us", "o", "tab:blue"), ("p99_us", "s", "tab:orange"),
+                                       ("p999_us", "^", "tab:red")):  # fmt: skip
                 y = [r["latency"][pct] / 1000 for r in mine]
                 label = f"{target} {pct[:-3].replace('p999', 'p99.9')}"
-                ax.plot(x, y, styles[target], marker=marker, label=label)
+                ax.plot(x, y, styles[target], marker=marker, color=color, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_title(f"{kind} messages")
@@ -276,8 +277,11 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
 
 def document(results: dict[str, Any], plot: Path | None, docs_dir: Path) -> str:
     """docs/BENCHMARKS.md: how to run, what is measured, the figures."""
-    intro = (Path(__file__).parent / "BENCHMARKS-intro.md").read_text()
-    parts = [intro.rstrip(), ""]
+    here = Path(__file__).parent
+    parts = [(here / "BENCHMARKS-intro.md").read_text().rstrip(), ""]
+    findings = here / "BENCHMARKS-findings.md"
+    if findings.exists():
+        parts += [findings.read_text().rstrip(), ""]
     if plot:
         rel = os.path.relpath(plot, docs_dir)
         parts += ["## Latency against offered load", "", f"![latency against offered load]({rel})", ""]
