@@ -1,0 +1,34 @@
+# zchat in a container: `docker run --rm --network host IMAGE broker --host 0.0.0.0`.
+#
+# Two ways to build, both with the classic builder (docker-compose 1.x) and with BuildKit:
+#   * online (default):  docker build -t zchat .
+#       pip fetches zchat's dependencies from PyPI and builds zchat from this source tree.
+#   * offline:           pip wheel . -w wheels && docker build --build-arg BASE_IMAGE=zchat-base:local -t zchat .
+#       when the build context has wheels/*.whl (zchat and all its dependencies, built for the
+#       image's Python), they are installed with --no-index: no network is used at all.
+# PIP_ARGS adds options to that pip install (an --index-url, a proxy, ...).
+ARG BASE_IMAGE=python:3.11-slim
+
+FROM ${BASE_IMAGE} AS build
+ARG PIP_ARGS=
+COPY . /src
+RUN set -eu; \
+    export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1; \
+    python3 -m venv /opt/zchat; \
+    if ls /src/wheels/*.whl >/dev/null 2>&1; then \
+        /opt/zchat/bin/pip install --no-index --find-links /src/wheels $PIP_ARGS zchat; \
+    else \
+        /opt/zchat/bin/pip install $PIP_ARGS /src; \
+    fi; \
+    /opt/zchat/bin/zchat --help >/dev/null
+
+FROM ${BASE_IMAGE}
+COPY --from=build /opt/zchat /opt/zchat
+RUN groupadd --gid 10001 zchat \
+    && useradd --uid 10001 --gid 10001 --home-dir /home/zchat --create-home \
+       --shell /usr/sbin/nologin zchat
+ENV PATH=/opt/zchat/bin:$PATH PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+USER 10001:10001
+WORKDIR /home/zchat
+ENTRYPOINT ["zchat"]
+CMD ["--help"]
