@@ -33,6 +33,14 @@ def _ratio(row: Row | None) -> str:
     return "-" if ratio is None else f"{ratio:.2f}"
 
 
+def _cost(z: Row | None, c: Row | None) -> str:
+    """Server main-thread microseconds per message, zchat / ceiling (and their ratio)."""
+    zc, cc = _get(z, "server_main_us_per_msg"), _get(c, "server_main_us_per_msg")
+    text = f"{'-' if zc is None else f'{zc:.1f}'} / {'-' if cc is None else f'{cc:.1f}'}"
+    ratio = _get(z, "cost_ratio_to_ceiling")
+    return text + (f" ({ratio:.1f}x)" if ratio else "")
+
+
 def _loss(*rows: Row | None) -> str:
     present = [r for r in rows if r]
     lost = sum(r["lost"] for r in present)
@@ -51,7 +59,8 @@ def _refused(*rows: Row | None) -> str:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---:" for _ in header) + "|"]
+    align = [":---", *("---:" for _ in header[1:])]  # text first, figures right-aligned
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     return "\n".join(lines)
 
@@ -86,15 +95,15 @@ def private_table(rows: list[Row]) -> str:
         ref = z or c
         assert ref is not None
         body.append([
-            str(ref["pairs"]), _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")), _ratio(z),
+            str(ref["pairs"]), _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")), _ratio(z), _cost(z, c),
             f"{z['server_cpu_pct']} ({z['server_main_thread_pct']})" if z else "-",
             f"{c['server_cpu_pct']} ({c['server_main_thread_pct']})" if c else "-",
             f"{z['load_cpu_pct']} / {z['machine_cpu_pct']}" if z else "-",
             _loss(z, c), _refused(z, c),
         ])  # fmt: skip
-    return _table(["pairs", "zchat msg/s", "ceiling msg/s", "ratio", "zchat CPU % (main thread)",
-                   "ceiling CPU % (main)", "zchat run: load / machine CPU %", "lost / dup", "refused"],
-                  body)  # fmt: skip
+    return _table(["pairs", "zchat msg/s", "ceiling msg/s", "ratio", "server us/msg, main thread: zchat / ceiling",
+                   "zchat CPU % (main)", "ceiling CPU % (main)", "zchat run: load / machine CPU %", "lost / dup",
+                   "refused"], body)  # fmt: skip
 
 
 def broadcast_table(rows: list[Row]) -> str:
@@ -104,14 +113,14 @@ def broadcast_table(rows: list[Row]) -> str:
         assert ref is not None
         body.append([
             str(ref["subscribers"]), _n(_get(z, "deliveries_per_s")), _n(_get(c, "deliveries_per_s")), _ratio(z),
-            _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")),
+            _n(_get(z, "msgs_per_s")), _n(_get(c, "msgs_per_s")), _cost(z, c),
             f"{z['server_cpu_pct']} ({z['server_main_thread_pct']})" if z else "-",
             f"{c['server_cpu_pct']} ({c['server_main_thread_pct']})" if c else "-",
             f"{z['load_cpu_pct']} / {z['machine_cpu_pct']}" if z else "-",
             _loss(z, c),
         ])  # fmt: skip
-    return _table(["SUBs", "zchat deliveries/s", "ceiling deliveries/s", "ratio", "zchat msg/s",
-                   "ceiling msg/s", "zchat CPU % (main)", "ceiling CPU % (main)",
+    return _table(["SUBs", "zchat deliveries/s", "ceiling deliveries/s", "ratio", "zchat msg/s", "ceiling msg/s",
+                   "server us/msg, main thread: zchat / ceiling", "zchat CPU % (main)", "ceiling CPU % (main)",
                    "zchat run: load / machine CPU %", "lost / dup"], body)  # fmt: skip
 
 
@@ -137,11 +146,13 @@ def latency_table(rows: list[Row]) -> str:
 def idle_table(rows: list[Row]) -> str:
     body = [[
         _n(r["clients"]), f"{r['register_s']:.2f}", _n(r["registered_per_s"]), _n(r["register_cpu_us_per_client"]),
-        f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})", f"{r['rss_mib']}", f"{r['rss_before_mib']}",
+        f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})", f"{r.get('server_main_us_per_ping', '-')}",
+        f"{r['rss_mib']}", f"{r['rss_before_mib']}",
         f"{r['heartbeat_s']:g}", _n(r["pings"]), _n(r["pongs"]), str(r["dropped"]), f"{r['lost']} / {r['duplicated']}",
     ] for r in rows]  # fmt: skip
-    return _table(["clients", "register s", "registered/s", "broker CPU us/registration", "broker CPU % (main)", "RSS MiB", "RSS empty MiB",
-                   "heartbeat s", "PINGs", "PONGs", "dropped", "lost / dup"], body)  # fmt: skip
+    return _table(["clients", "register s", "registered/s", "broker CPU us/registration", "broker CPU % (main)",
+                   "us/PING, main", "RSS MiB", "RSS empty MiB", "heartbeat s", "PINGs", "PONGs", "dropped",
+                   "lost / dup"], body)  # fmt: skip
 
 
 def targets_table(rows: list[Row]) -> str:

@@ -41,6 +41,8 @@ def add_ratios(results: dict[str, Any]) -> None:
             else:
                 mine, theirs = row[figure], other[figure]
             row["ratio_to_ceiling"] = round(mine / theirs, 3) if theirs else None
+            mine, theirs = row.get("server_main_us_per_msg"), other.get("server_main_us_per_msg")
+            row["cost_ratio_to_ceiling"] = round(mine / theirs, 2) if mine and theirs else None
 
 
 def _check(name: str, value: float | None, target: str, met: bool | None, unit: str = "") -> dict[str, Any]:

@@ -49,6 +49,20 @@ def _sum(results: list[dict[str, Any]], key: str) -> int | None:
     return None if any(v is None for v in values) else sum(values)
 
 
+def _cost(meter: CpuMeter, per_second: float) -> dict[str, float | None]:
+    """Server CPU time per message, in microseconds: all threads, and the main (Python) thread alone.
+
+    Unlike the rates, this hardly depends on how much CPU the load processes
+    left the server, so it compares servers fairly on a small machine.
+    """
+    if per_second <= 0:
+        return {"server_us_per_msg": None, "server_main_us_per_msg": None}
+    return {
+        "server_us_per_msg": round(meter.percent[0] / 100 / per_second * 1e6, 2),
+        "server_main_us_per_msg": round(meter.main_thread_pct / 100 / per_second * 1e6, 2),
+    }
+
+
 def _refused(results: list[dict[str, Any]]) -> dict[str, int]:
     total: Counter[str] = Counter()
     for r in results:
@@ -110,6 +124,7 @@ def run_private(
         "elapsed_s": round(elapsed, 3),
         "msgs_per_s": round(delivered / elapsed),
         **meter.figures(),
+        **_cost(meter, delivered / elapsed),
         "latency": _histogram(results),
         "profile": sampled,
     }
@@ -171,6 +186,7 @@ def run_broadcast(
         "msgs_per_s": round(pub["sent"] / elapsed),
         "deliveries_per_s": round(delivered / elapsed),
         **meter.figures(),
+        **_cost(meter, pub["sent"] / elapsed),
         "latency": _histogram(subs),
         "profile": sampled,
     }
@@ -224,6 +240,7 @@ def run_idle(
         **meter.figures(),
         "rss_mib": round(rss_after / 2**20, 1),
         "rss_before_mib": round(rss_before / 2**20, 1),
+        "server_main_us_per_ping": round(meter.main_thread_pct / 100 / (clients / heartbeat) * 1e6, 1),
         "pings": pings,
         "pongs": pongs,
         "refused": refused,
