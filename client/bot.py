@@ -91,6 +91,8 @@ def run_bot(name: str, broker: str, connect_timeout: float, chat_with: str | Non
         pass
     finally:
         client.close()
+        for event in client.events(timeout=0):  # what came meanwhile, down to "closed"
+            bot.log(event)
     return 0
 
 

@@ -1,0 +1,107 @@
+"""The docker-compose demo, really run: engine, image, `up`, a host client, `down`.
+
+The engine is the private one of docker/engine.sh (no Docker Hub here: a
+local Debian base image; host networking: nothing leaves loopback).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.chat import chat
+from tests.support import wait_for
+from zchat.client import events as ev
+
+ROOT = Path(__file__).resolve().parent.parent
+ENGINE = ROOT / "docker" / "engine.sh"
+COMPOSE = shutil.which("docker-compose")
+IMAGE = "zchat:latest"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    result = subprocess.run(args, capture_output=True, text=True, env=env, timeout=timeout, cwd=ROOT)
+    if result.returncode:
+        raise AssertionError(
+            f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}"
+        )
+    return result.stdout
+
+
+@pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (.ci/run installs it)")
+def test_user_facing_compose_file_is_valid() -> None:
+    run(str(COMPOSE), "config", "-q")  # what `docker-compose up` reads: the file and its override
+    run(str(COMPOSE), "-f", "docker-compose.yml", "-f", "docker-compose.host.yml", "config", "-q")
+
+
+@pytest.fixture(scope="module")
+def docker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+    """A running private engine with the zchat image built on the local base image."""
+    if COMPOSE is None or os.geteuid() != 0:
+        pytest.skip("no Docker engine can be started here: needs root and docker-compose")
+    started = subprocess.run([str(ENGINE), "base-image"], capture_output=True, text=True, timeout=900)
+    if started.returncode:
+        pytest.skip(f"no Docker engine could be started: {started.stderr.strip()[-500:]}")
+    env = dict(os.environ)
+    for line in started.stdout.splitlines():
+        if line.startswith("export DOCKER_HOST="):
+            env["DOCKER_HOST"] = line.split("=", 1)[1].strip("'\"")
+    context = tmp_path_factory.mktemp("image")
+    # Wheels built here: pip inside the build has no index to reach.
+    run(str(Path(sys.executable).parent / "pip"), "wheel", "-q", str(ROOT), "-w", str(context / "wheels"))
+    shutil.copy(ROOT / "Dockerfile", context / "Dockerfile")
+    run("/usr/bin/docker", "build", "-q", "--force-rm", "--build-arg", "BASE_IMAGE=zchat-base:local",
+        "-t", IMAGE, str(context), env=env, timeout=600)  # fmt: skip
+    yield env
+    subprocess.run([str(ENGINE), "stop"], capture_output=True, timeout=120)
+
+
+@pytest.mark.timeout(900)
+def test_compose_demo_bots_converse_and_a_host_client_joins(docker_env: dict[str, str]) -> None:
+    port, pub_port = free_port(), free_port()
+    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port)}
+    compose = [str(COMPOSE), "-p", f"zchat{uuid.uuid4().hex[:8]}", "-f", "docker-compose.yml",
+               "-f", "docker-compose.host.yml"]  # fmt: skip
+
+    def logs() -> str:
+        return run(*compose, "logs", "--no-color", env=env, timeout=60)
+
+    try:
+        run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
+        expected = (
+            "[private] bob -> you: hello alice, this is private message",  # at alice
+            "[private] alice -> you: echo: hello alice",  # bob echoes alice
+            "<bob> bob here, public message",
+            "<alice> alice here, public message",
+        )
+        wait_for(lambda: all(line in logs() for line in expected), timeout=120, interval=1,
+                 what="the bots to converse")  # fmt: skip
+        with chat("me", f"tcp://127.0.0.1:{port}") as me:
+            assert isinstance(me.client.who().wait(10), ev.Users)
+            assert {"alice", "bob"} <= set(me.expect(lambda e: isinstance(e, ev.Users)).names)  # type: ignore[union-attr]
+            me.client.send("alice", "hello from the host").wait(10)
+            assert me.message("echo: hello from the host", timeout=20).sender == "alice"
+        started = time.monotonic()
+        run(*compose, "stop", "--timeout", "10", env=env, timeout=120)
+        assert time.monotonic() - started < 30  # nobody waited for the kill after the grace period
+        stopped = logs()
+        assert "broker stopped" in stopped  # SIGTERM: clients told, sockets closed
+        assert stopped.count("-- closed") == 2  # both bots said BYE and closed
+        run(*compose, "down", "--timeout", "10", env=env, timeout=120)
+    finally:
+        subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
