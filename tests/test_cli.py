@@ -138,17 +138,17 @@ def test_broker_refuses_a_port_in_use_clearly(broker: Broker, tmp_path: Path) ->
 
 
 def test_ctrl_c_in_line_mode_leaves_properly(broker: Broker) -> None:
-    process = subprocess.Popen(
-        [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
-    )  # fmt: skip
-    assert process.stdout is not None
-    try:
-        with chat("watcher", broker.endpoint) as watcher:
+    with chat("watcher", broker.endpoint) as watcher:
+        process = subprocess.Popen(
+            [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+        )  # fmt: skip
+        assert process.stdout is not None
+        try:
             assert "online as carol" in process.stdout.readline()
             process.send_signal(signal.SIGINT)
             assert process.wait(10) == 130
             leave = watcher.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave")
             assert isinstance(leave, ev.Presence) and (leave.name, leave.reason) == ("carol", "quit")
-    finally:
-        process.kill()
+        finally:
+            process.kill()
