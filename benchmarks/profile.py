@@ -72,10 +72,10 @@ def summarize(raw: str, rate: int, seconds: float, top: int = 15) -> dict[str, A
         count = int(count_text)
         frames = [_frame_name(f) for f in stack.split(";")]
         if common is None:
-            common = frames[:-1]
+            common = list(frames)
         else:
             shared = 0
-            while shared < min(len(common), len(frames) - 1) and common[shared] == frames[shared]:
+            while shared < min(len(common), len(frames)) and common[shared] == frames[shared]:
                 shared += 1
             del common[shared:]
         samples += count

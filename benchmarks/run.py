@@ -21,6 +21,7 @@ from typing import Any
 from benchmarks import pyzmq_calls, report
 from benchmarks.machine import describe
 from benchmarks.procstat import raise_fd_limit, wait_quiet
+from benchmarks.repeat import choose
 from benchmarks.servers import KINDS
 from benchmarks.targets import add_ratios, evaluate, loss_summary
 from benchmarks.workloads import run_broadcast, run_idle, run_private
@@ -70,8 +71,9 @@ QUICK = Plan(
 class Progress:
     """Progress lines on stderr; `quiet` waits for the machine to calm down before a measurement."""
 
-    def __init__(self, quiet_pct: float, quiet_wait: float) -> None:
+    def __init__(self, quiet_pct: float, quiet_wait: float, repeat: int = 1) -> None:
         self.began = time.monotonic()
+        self.repeat = max(1, repeat)
         self.quiet_pct = quiet_pct
         self.quiet_wait = quiet_wait
 
@@ -79,12 +81,16 @@ class Progress:
         print(f"[{time.monotonic() - self.began:6.1f}s] {text}", file=sys.stderr, flush=True)
 
     def measure(self, fn: Callable[..., dict[str, Any]], *args: Any, **kwargs: Any) -> dict[str, Any]:
-        background = wait_quiet(self.quiet_pct, self.quiet_wait)
-        if background > self.quiet_pct and self.quiet_wait > 0:
-            self(f"the machine is busy with other work ({background} % CPU); measuring anyway")
-        row = fn(*args, **kwargs)
-        row["background_cpu_pct"] = background
-        return row
+        """Run one workload (`repeat` times; see repeat.py for which run is kept)."""
+        rows = []
+        for _ in range(self.repeat):
+            background = wait_quiet(self.quiet_pct, self.quiet_wait)
+            if background > self.quiet_pct and self.quiet_wait > 0:
+                self(f"the machine is busy with other work ({background} % CPU); measuring anyway")
+            row = fn(*args, **kwargs)
+            row["background_cpu_pct"] = background
+            rows.append(row)
+        return choose(rows)
 
 
 def _brief(row: dict[str, Any]) -> str:
@@ -246,6 +252,13 @@ def main(argv: list[str] | None = None) -> int:
         help="longest such wait (default 8 s, quick mode 0)",
     )
     parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each workload N times: report the best throughput, the median latency and idle CPU",
+    )
+    parser.add_argument(
         "--skip",
         action="append",
         default=[],
@@ -255,9 +268,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 8.0)
-    say = Progress(args.quiet_below, quiet_wait)
+    say = Progress(args.quiet_below, quiet_wait, args.repeat)
     raise_fd_limit(4 * max(plan.idle_clients) + 4096)
-    results: dict[str, Any] = {"meta": describe(quick=args.quick), "plan": asdict(plan)}
+    results: dict[str, Any] = {
+        "meta": describe(quick=args.quick),
+        "plan": {**asdict(plan), "repeat": args.repeat},
+    }
     with tempfile.TemporaryDirectory(prefix="zchat-bench-") as tmp:
         log_dir = Path(tmp)
         private: list[Any] = []
