@@ -24,13 +24,19 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def commit() -> str:
+def _git(*args: str) -> str:
     try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                             text=True, timeout=10, check=True)  # fmt: skip
+        out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10, check=True)
         return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+
+
+def source_state() -> str:
+    """The last commit of the broker's code (broker/, common/), "+dirty" if the files differ from it."""
+    head = _git("log", "-1", "--format=%h", "--", "broker", "common")
+    dirty = _git("status", "--porcelain", "--", "broker", "common")
+    return head + ("+dirty" if dirty and dirty != "unknown" else "")
 
 
 def describe(quick: bool) -> dict[str, Any]:
@@ -44,6 +50,7 @@ def describe(quick: bool) -> dict[str, Any]:
         "python": platform.python_version(),
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
-        "zchat_commit": commit(),
+        "zchat_commit": source_state(),
+        "repo_commit": _git("rev-parse", "--short", "HEAD"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

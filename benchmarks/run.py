@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import pyzmq_calls, report
-from benchmarks.machine import describe
+from benchmarks.machine import describe, source_state
 from benchmarks.procstat import raise_fd_limit, wait_quiet
 from benchmarks.repeat import choose
 from benchmarks.servers import KINDS
@@ -290,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
         count=2000 if args.quick else 20000, rounds=1 if args.quick else 3
     )
     results["meta"]["duration_s"] = round(time.monotonic() - say.began, 1)
+    results["meta"]["zchat_commit_end"] = source_state()
+    if results["meta"]["zchat_commit_end"] != results["meta"]["zchat_commit"]:
+        say("warning: the broker's source changed during the run; the figures mix two versions")
     add_ratios(results)
     results["targets"] = evaluate(results)
     results["loss"] = loss_summary(results)
