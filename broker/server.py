@@ -29,6 +29,7 @@ FRAME_OVERHEAD = 4096
 # Plain ints: pyzmq's flag enums cost microseconds per operation on the hot
 # path, and send_multipart/recv_multipart use them for every frame.
 NOBLOCK = int(zmq.NOBLOCK)
+ACK = b"ACK"
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
 
 
@@ -109,6 +110,8 @@ class BrokerServer:
             max_body=settings.max_body,
         ))  # fmt: skip
         self._stopping = False
+        #: ACKs held during one wake-up, per sender, to go out as one message each.
+        self._acks: dict[bytes, list[bytes]] = {}
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to end; safe to call from a signal handler."""
@@ -129,17 +132,22 @@ class BrokerServer:
         try:
             while not self._stopping:
                 if router.poll(POLL_MS):
+                    # One time for the whole wake-up: messages handled together
+                    # are accepted together, and their ACKs can be combined.
+                    now = time.time()
                     for _ in range(DRAIN_BATCH):
                         try:
                             peer, frames = receive(router)
                         except zmq.Again:
                             break
-                        self.apply(core.receive(peer, frames, time.time()))
+                        self.apply(core.receive(peer, frames, now))
+                    self._flush_acks()
                 now = time.time()
                 if now >= next_sweep:
                     self.apply(core.expire(now))
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
+            self._flush_acks()
             self.apply(core.shutdown(time.time()))
         finally:
             self.close()
@@ -156,7 +164,10 @@ class BrokerServer:
                 self._forward(action)  # type: ignore[arg-type]
             else:
                 assert isinstance(action, SendTo)
-                self._send(action.peer, action.frames)
+                if action.frames[1] == ACK:
+                    self._ack_later(action.peer, action.frames)
+                else:
+                    self._send(action.peer, action.frames)
 
     def _forward(self, forward: Forward) -> None:
         try:
@@ -168,9 +179,32 @@ class BrokerServer:
                 raise
             self.apply(self.core.undeliverable(forward, busy=False, now=time.time()))
         else:
-            self._send(forward.sender, forward.ack)
+            self._ack_later(forward.sender, forward.ack)
+
+    def _ack_later(self, peer: bytes, ack: list[bytes]) -> None:
+        """Hold an ACK to combine it with the sender's next ones (PROTOCOL.md 5.2)."""
+        held = self._acks.get(peer)
+        if held is None:
+            self._acks[peer] = ack
+        elif held[3] == ack[3] and held[4] == ack[4]:  # same time and status
+            held.append(ack[2])
+        else:
+            self._send_now(peer, held)
+            self._acks[peer] = ack
+
+    def _flush_acks(self) -> None:
+        for peer, held in self._acks.items():
+            self._send_now(peer, held)
+        self._acks.clear()
 
     def _send(self, peer: bytes, frames: list[bytes]) -> None:
+        """Any other reply: the peer's held ACKs go first, so replies keep their order."""
+        held = self._acks.pop(peer, None)
+        if held is not None:
+            self._send_now(peer, held)
+        self._send_now(peer, frames)
+
+    def _send_now(self, peer: bytes, frames: list[bytes]) -> None:
         try:
             send(self.router, peer, frames)
         except zmq.Again:

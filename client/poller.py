@@ -222,7 +222,11 @@ class Poller:
         self.last_recv = now
         event = p.decode_event(frames)
         kind = type(event)
-        if kind is p.Ack or kind is p.Error:
+        if kind is p.Ack:
+            assert isinstance(event, p.Ack)
+            for msg_id in event.ids():  # one ACK may answer several messages
+                self._answered(event._replace(msg_id=msg_id), now)
+        elif kind is p.Error:
             self._answered(event, now)  # type: ignore[arg-type]
         elif kind is p.Message:
             self._message(event)  # type: ignore[arg-type]

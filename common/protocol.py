@@ -108,6 +108,11 @@ class Ack(NamedTuple):
     msg_id: bytes
     time_ms: int
     status: str
+    #: Further messages of the same sender answered by this one ACK.
+    more_ids: tuple[bytes, ...] = ()
+
+    def ids(self) -> tuple[bytes, ...]:
+        return (self.msg_id, *self.more_ids)
 
 
 class Error(NamedTuple):
@@ -383,7 +388,7 @@ _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | Pu
         f[2], _text(f[3], "name"), _text(f[4], "token"), _text(f[5], "endpoint"),
         _int(f[6], "heartbeat"), _int(f[7], "timeout"), _int(f[8], "max body"), _int(f[9], "time"),
     )),
-    b"ACK": (5, lambda f: Ack(f[2], _int(f[3], "time"), _text(f[4], "status"))),
+    b"ACK": (5, lambda f: Ack(f[2], _int(f[3], "time"), _text(f[4], "status"), tuple(f[5:]))),
     b"ERROR": (5, lambda f: Error(f[2], _int(f[3], "code"), _text(f[4], "text"))),
     b"USERS": (4, _decode_users),
     b"PONG": (4, lambda f: Pong(f[2], _int(f[3], "time"))),

@@ -218,11 +218,18 @@ class SpecClient:
         """The reply (WELCOME, ACK, ERROR, USERS, PONG) carrying `msg_id` (section 3.4)."""
         frames = self._take(
             self.inbox,
-            lambda f: len(f) >= 3 and f[1] in REPLIES and f[2] == msg_id,
+            lambda f: len(f) >= 3 and f[1] in REPLIES and msg_id in answered_ids(f),
             timeout,
             f"the reply to {msg_id!r}",
         )
         assert frames[0] == SIGNATURE, frames
+        if frames[1] == b"ACK" and frames[2] != msg_id:  # answered within another's ACK
+            others = [i for i in answered_ids(frames) if i != msg_id]
+            self.inbox.appendleft([*frames[:2], others[0], *frames[3:5], *others[1:]])
+            return [*frames[:2], msg_id, *frames[3:5]]
+        if frames[1] == b"ACK" and len(frames) > 5:  # keep the others' answers for them
+            self.inbox.appendleft([*frames[:2], frames[5], *frames[3:5], *frames[6:]])
+            return frames[:5]
         return frames
 
     def request(self, command: bytes, *fields: bytes) -> Frames:
@@ -312,6 +319,11 @@ class SpecClient:
         assert synced.seq == 0 and synced.fields[0] in sync_ids, synced  # sections 6.2, 4.5
         for sync_id in sync_ids:
             self.ack(sync_id)
+
+
+def answered_ids(frames: Frames) -> list[bytes]:
+    """The ids a reply answers: its own, and for ACK the further ids (section 5.2)."""
+    return [frames[2], *frames[5:]] if frames[1] == b"ACK" else [frames[2]]
 
 
 # -- fixtures ----------------------------------------------------------------------------------
