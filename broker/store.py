@@ -1,0 +1,210 @@
+"""What the broker keeps: rooms, history, mailboxes, receipts, seen ids.
+
+The routing core asks a `Store` and never does I/O itself. `MemoryStore`
+keeps everything in dicts (tests, `--store :memory:`); sqlite_store.py keeps
+the same on disk. Writes become durable at `commit()`, which the shell calls
+once per wake-up, before it sends the acknowledgements of that wake-up.
+
+Users are named by their name key (lower case, see protocol.name_key).
+Rooms are named with their `#`; the lobby is "*".
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMessage:
+    room: str  # "#name" or "*" for a room message; "" for a private one
+    seq: int  # the room's sequence number; 0 for a private message
+    msg_id: bytes
+    sender: str  # as registered, with its case
+    target: str  # the room, or the recipient's name as registered
+    time_ms: int
+    body: bytes
+
+
+class StoreError(Exception):
+    """The store cannot be used (newer schema, corrupt or read-only file)."""
+
+
+class Store(Protocol):
+    # --- rooms and history ---------------------------------------------------
+    def add_room_message(self, message: StoredMessage) -> None: ...
+
+    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+        """The last `limit` messages of `room` with seq < before_seq, oldest first."""
+        ...
+
+    def last_seq(self, room: str) -> int:
+        """The highest seq stored for `room`, 0 if none: sequences go on after a restart."""
+        ...
+
+    def set_member(self, user: str, room: str, member: bool) -> None: ...
+
+    def rooms_of(self, user: str) -> set[str]: ...
+
+    def members(self, room: str) -> set[str]: ...
+
+    def room_sizes(self) -> dict[str, int]:
+        """Every room with at least one member, and its member count."""
+        ...
+
+    # --- users ---------------------------------------------------------------
+    def add_user(self, user: str) -> None:
+        """Remember that `user` has registered once: it may get mail when offline."""
+        ...
+
+    def is_known(self, user: str) -> bool: ...
+
+    # --- private messages for offline users ----------------------------------
+    def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
+
+    def mailbox(self, recipient: str) -> list[StoredMessage]:
+        """Undelivered private messages for `recipient`, in the order stored."""
+        ...
+
+    def mailbox_usage(self, recipient: str) -> tuple[int, int]:
+        """(messages, body bytes) waiting for `recipient`."""
+        ...
+
+    def delivered(self, recipient: str, sender: str, msg_id: bytes) -> bool:
+        """Remove a message from the mailbox; False if it was not there."""
+        ...
+
+    # --- delivery receipts owed to senders -----------------------------------
+    def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None: ...
+
+    def receipts(self, sender: str) -> list[tuple[bytes, str, int]]:
+        """(msg_id, recipient as registered, time_ms) of receipts not yet handed over."""
+        ...
+
+    def clear_receipt(self, sender: str, msg_id: bytes) -> None: ...
+
+    # --- duplicates ------------------------------------------------------------
+    def seen(self, sender: str, msg_id: bytes) -> str | None:
+        """The ACK status given to this (sender, id) before, or None if it is new."""
+        ...
+
+    def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None: ...
+
+    # --- search and retention --------------------------------------------------
+    def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
+        """Messages with all `words`, newest first, that `user` was allowed to see:
+        in the lobby and rooms it is a member of, and private ones to or from it."""
+        ...
+
+    def expire(self, before_ms: int) -> int:
+        """Forget messages, receipts and seen ids older than `before_ms`; return how many messages."""
+        ...
+
+    def commit(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+@dataclass
+class MemoryStore:
+    """A Store in memory: nothing survives the process."""
+
+    history: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
+    rooms: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
+    users: set[str] = field(default_factory=set)
+    mail: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
+    private: list[tuple[str, str, StoredMessage]] = field(default_factory=list)  # (sender, recipient, m)
+    owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
+    seen_ids: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
+
+    def add_room_message(self, message: StoredMessage) -> None:
+        self.history[message.room].append(message)
+
+    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+        older = [m for m in self.history.get(room, ()) if m.seq < before_seq]
+        return older[-limit:] if limit > 0 else []
+
+    def last_seq(self, room: str) -> int:
+        messages = self.history.get(room)
+        return messages[-1].seq if messages else 0
+
+    def set_member(self, user: str, room: str, member: bool) -> None:
+        if member:
+            self.rooms[room].add(user)
+        else:
+            self.rooms[room].discard(user)
+
+    def rooms_of(self, user: str) -> set[str]:
+        return {room for room, members in self.rooms.items() if user in members}
+
+    def members(self, room: str) -> set[str]:
+        return set(self.rooms.get(room, ()))
+
+    def room_sizes(self) -> dict[str, int]:
+        return {room: len(members) for room, members in self.rooms.items() if members}
+
+    def add_user(self, user: str) -> None:
+        self.users.add(user)
+
+    def is_known(self, user: str) -> bool:
+        return user in self.users
+
+    def enqueue(self, recipient: str, message: StoredMessage) -> None:
+        self.mail[recipient].append(message)
+        self.private.append((message.sender.lower(), recipient, message))
+
+    def mailbox(self, recipient: str) -> list[StoredMessage]:
+        return list(self.mail.get(recipient, ()))
+
+    def mailbox_usage(self, recipient: str) -> tuple[int, int]:
+        waiting = self.mail.get(recipient, [])
+        return len(waiting), sum(len(m.body) for m in waiting)
+
+    def delivered(self, recipient: str, sender: str, msg_id: bytes) -> bool:
+        waiting = self.mail.get(recipient, [])
+        for i, m in enumerate(waiting):
+            if m.msg_id == msg_id and m.sender.lower() == sender:
+                del waiting[i]
+                return True
+        return False
+
+    def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None:
+        self.owed[sender][msg_id] = (recipient, time_ms)
+
+    def receipts(self, sender: str) -> list[tuple[bytes, str, int]]:
+        return [(msg_id, who, t) for msg_id, (who, t) in self.owed.get(sender, {}).items()]
+
+    def clear_receipt(self, sender: str, msg_id: bytes) -> None:
+        self.owed.get(sender, {}).pop(msg_id, None)
+
+    def seen(self, sender: str, msg_id: bytes) -> str | None:
+        known = self.seen_ids.get((sender, msg_id))
+        return known[0] if known else None
+
+    def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
+        self.seen_ids[(sender, msg_id)] = (status, time_ms)
+
+    def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
+        wanted = [w.lower() for w in words.split()]
+        allowed = self.rooms_of(user) | {"*"}
+        candidates = [m for room in allowed for m in self.history.get(room, ())]
+        candidates += [m for s, r, m in self.private if user in (s, r)]
+        hits = [m for m in candidates if all(w in m.body.decode("utf-8", "replace").lower() for w in wanted)]
+        return sorted(hits, key=lambda m: m.time_ms, reverse=True)[:limit]
+
+    def expire(self, before_ms: int) -> int:
+        count = 0
+        for room, messages in self.history.items():
+            kept = [m for m in messages if m.time_ms >= before_ms]
+            count += len(messages) - len(kept)
+            self.history[room] = kept
+        self.private = [(s, r, m) for s, r, m in self.private if m.time_ms >= before_ms]
+        self.seen_ids = {k: v for k, v in self.seen_ids.items() if v[1] >= before_ms}
+        return count
+
+    def commit(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
