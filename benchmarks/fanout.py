@@ -27,6 +27,7 @@ from benchmarks.wire import (
     ACK,
     ERROR,
     MARKER,
+    acked,
     body,
     make_wire,
     parse_body,
@@ -126,7 +127,7 @@ def _publish(spec: PublisherSpec, kind: str, sock: zmq.Socket[bytes], shared: An
                 return
             what, payload = classify(frames)
             if what == ACK:
-                acks += 1
+                acks += acked(frames)
             elif what == ERROR:
                 errors[payload.decode()] += 1
 

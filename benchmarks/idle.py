@@ -21,7 +21,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks.wire import ACK, ERROR, PONG, ZchatWire, recv_frames, send_frames
+from benchmarks.wire import ACK, ERROR, PONG, ZchatWire, ack_ids, recv_frames, send_frames
 from benchmarks.workers import expect
 
 #: HELLOs outstanding at once per worker.
@@ -137,11 +137,14 @@ def _run(
                     send_frames(sock, wire.ready(b"r%d" % i))  # the WELCOME's place in `awaiting`
                     continue
                 what, payload = wire.classify(frames)
-                if what in (ACK, PONG, ERROR):
+                if what in (PONG, ERROR):
                     awaiting.answered(sock)
-                if what == ACK and payload.startswith(b"r"):
-                    n_ready += 1
-                    if n_ready == n:
+                if what == ACK:
+                    for msg_id in ack_ids(frames):
+                        awaiting.answered(sock)
+                        if msg_id.startswith(b"r"):
+                            n_ready += 1
+                    if n_ready == n and not last_ready:
                         last_ready = time.monotonic_ns()
                         conn.send(("ready", {"first_hello_ns": first_hello, "last_ready_ns": last_ready}))
                 elif what == PONG:

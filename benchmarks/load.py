@@ -23,6 +23,7 @@ from benchmarks.wire import (
     ACK,
     DELIVERY,
     ERROR,
+    acked,
     body,
     make_wire,
     parse_body,
@@ -159,9 +160,10 @@ def _pump(
                     if hist is not None:
                         hist.record(now - stamp)
                 elif what == ACK:
-                    acks += 1
-                    resolved[i] += 1
-                    total_resolved += 1
+                    k = acked(frames)
+                    acks += k
+                    resolved[i] += k
+                    total_resolved += k
                 elif what == ERROR:
                     errors[payload.decode()] += 1
                     resolved[i] += 1

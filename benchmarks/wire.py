@@ -102,7 +102,10 @@ class Wire:
         raise NotImplementedError
 
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
-        """(ACK, id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"")."""
+        """(ACK, first id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"").
+
+        An ACK may answer several commands: see `acked` and `ack_ids`.
+        """
         raise NotImplementedError
 
     def published(self, frames: list[bytes]) -> bytes | None:
@@ -180,6 +183,15 @@ class CeilingWire(Wire):
 
     def published(self, frames: list[bytes]) -> bytes | None:
         return frames[2] if len(frames) == 3 else None
+
+
+def acked(frames: list[bytes]) -> int:
+    """How many commands an ACK answers: its id, and every id after the status (PROTOCOL.md 5.2)."""
+    return max(1, len(frames) - 4)
+
+
+def ack_ids(frames: list[bytes]) -> list[bytes]:
+    return [frames[2], *frames[5:]]
 
 
 def make_wire(kind: str) -> Wire:
