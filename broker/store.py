@@ -11,6 +11,7 @@ Rooms are named with their `#`; the lobby is "*".
 
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -94,11 +95,18 @@ class Store(Protocol):
     # --- search and retention --------------------------------------------------
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
         """Messages with all `words`, newest first, that `user` was allowed to see:
-        in the lobby and rooms it is a member of, and private ones to or from it."""
+        in the lobby and rooms it is a member of now, and private ones to or from it
+        (delivered or not, until they expire).
+
+        Words match whole words, without regard to case; a word with punctuation inside
+        ("don't") matches its parts in a row; words with no letter or digit are ignored,
+        and a search with none left finds nothing."""
         ...
 
     def expire(self, before_ms: int) -> int:
-        """Forget messages, receipts and seen ids older than `before_ms`; return how many messages."""
+        """Forget messages, receipts and seen ids older than `before_ms`; return how many messages.
+
+        Undelivered private messages are kept, whatever their age."""
         ...
 
     def commit(self) -> None: ...
@@ -117,17 +125,18 @@ class MemoryStore:
     private: list[tuple[str, str, StoredMessage]] = field(default_factory=list)  # (sender, recipient, m)
     owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
     seen_ids: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)  # outlives expiry: sequences never go back
 
     def add_room_message(self, message: StoredMessage) -> None:
         self.history[message.room].append(message)
+        self.seqs[message.room] = max(message.seq, self.seqs.get(message.room, 0))
 
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         older = [m for m in self.history.get(room, ()) if m.seq < before_seq]
         return older[-limit:] if limit > 0 else []
 
     def last_seq(self, room: str) -> int:
-        messages = self.history.get(room)
-        return messages[-1].seq if messages else 0
+        return self.seqs.get(room, 0)
 
     def set_member(self, user: str, room: str, member: bool) -> None:
         if member:
@@ -186,11 +195,13 @@ class MemoryStore:
         self.seen_ids[(sender, msg_id)] = (status, time_ms)
 
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
-        wanted = [w.lower() for w in words.split()]
+        wanted = [t for t in map(_words, words.split()) if t]
+        if not wanted:
+            return []
         allowed = self.rooms_of(user) | {"*"}
         candidates = [m for room in allowed for m in self.history.get(room, ())]
         candidates += [m for s, r, m in self.private if user in (s, r)]
-        hits = [m for m in candidates if all(w in m.body.decode("utf-8", "replace").lower() for w in wanted)]
+        hits = [m for m in candidates if _has_all(_words(m.body.decode("utf-8", "replace")), wanted)]
         return sorted(hits, key=lambda m: m.time_ms, reverse=True)[:limit]
 
     def expire(self, before_ms: int) -> int:
@@ -199,8 +210,15 @@ class MemoryStore:
             kept = [m for m in messages if m.time_ms >= before_ms]
             count += len(messages) - len(kept)
             self.history[room] = kept
-        self.private = [(s, r, m) for s, r, m in self.private if m.time_ms >= before_ms]
+        kept_private = [
+            (s, r, m) for s, r, m in self.private if m.time_ms >= before_ms or m in self.mail.get(r, ())
+        ]
+        count += len(self.private) - len(kept_private)
+        self.private = kept_private
         self.seen_ids = {k: v for k, v in self.seen_ids.items() if v[1] >= before_ms}
+        for owed in self.owed.values():
+            for msg_id in [i for i, (_, t) in owed.items() if t < before_ms]:
+                del owed[msg_id]
         return count
 
     def commit(self) -> None:
@@ -208,3 +226,14 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+def _words(text: str) -> list[str]:
+    """Lower-case runs of letters and digits: what SQLite's FTS5 unicode61 tokenizer indexes."""
+    return re.findall(r"[^\W_]+", text.lower())
+
+
+def _has_all(words: list[str], wanted: list[list[str]]) -> bool:
+    """Every run of `wanted` appears in `words`, its words in a row."""
+    starts = range(len(words))
+    return all(any(words[i : i + len(run)] == run for i in starts) for run in wanted)

@@ -1,0 +1,262 @@
+"""The broker's Store on disk: one SQLite file, schema migrated on open.
+
+Same behaviour as store.MemoryStore; message bodies are indexed with FTS5 for
+`search`. Nothing is durable until `commit()`, which the shell calls once per wake-up.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from pathlib import Path
+
+from zchat.broker.store import StoredMessage, StoreError
+from zchat.common.protocol import name_key
+
+# One entry per schema version, applied in order; never edit a released one, append.
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    (
+        # room is "" for a private message; pending marks it as still in the recipient's mailbox
+        # (private messages stay after delivery so that search finds them until expiry).
+        """CREATE TABLE messages (
+            id INTEGER PRIMARY KEY, room TEXT NOT NULL, seq INTEGER NOT NULL, msg_id BLOB NOT NULL,
+            sender TEXT NOT NULL, sender_key TEXT NOT NULL, target TEXT NOT NULL, target_key TEXT NOT NULL,
+            time_ms INTEGER NOT NULL, body BLOB NOT NULL, pending INTEGER NOT NULL DEFAULT 0)""",
+        "CREATE INDEX messages_room ON messages (room, seq)",
+        "CREATE INDEX messages_mailbox ON messages (target_key, pending, id)",
+        "CREATE INDEX messages_time ON messages (time_ms)",
+        # Kept apart from messages so that a room's sequence goes on after expiry emptied it.
+        "CREATE TABLE room_seqs (room TEXT PRIMARY KEY, last_seq INTEGER NOT NULL) WITHOUT ROWID",
+        "CREATE TABLE members (room TEXT NOT NULL, user TEXT NOT NULL, PRIMARY KEY (room, user)) WITHOUT ROWID",
+        "CREATE INDEX members_user ON members (user)",
+        "CREATE TABLE users (user TEXT PRIMARY KEY) WITHOUT ROWID",
+        # A rowid table: receipts are handed over in the order they were owed.
+        """CREATE TABLE receipts (sender TEXT NOT NULL, msg_id BLOB NOT NULL, recipient TEXT NOT NULL,
+            time_ms INTEGER NOT NULL, PRIMARY KEY (sender, msg_id))""",
+        """CREATE TABLE seen (sender TEXT NOT NULL, msg_id BLOB NOT NULL, status TEXT NOT NULL,
+            time_ms INTEGER NOT NULL, PRIMARY KEY (sender, msg_id)) WITHOUT ROWID""",
+        # External content: the index reads the body from messages, no second copy. The triggers
+        # hand FTS the very same stored value on insert and delete, so even a body that is not
+        # UTF-8 is removed with the tokens it was indexed with. Diacritics are kept to match
+        # MemoryStore ("café" is not "cafe").
+        """CREATE VIRTUAL TABLE messages_fts USING fts5(body, content='messages', content_rowid='id',
+            tokenize='unicode61 remove_diacritics 0')""",
+        """CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+            INSERT INTO messages_fts (rowid, body) VALUES (new.id, new.body); END""",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body); END""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
+
+
+def fts_query(words: str) -> str | None:
+    """All `words`, each quoted as an FTS5 string so user text is never FTS syntax.
+
+    Words without a letter or digit would be empty phrases, which match nothing: they are
+    dropped (as MemoryStore ignores them); None if no word is left."""
+    kept = [w for w in words.split() if re.search(r"[^\W_]", w)]
+    return " AND ".join('"' + w.replace('"', '""') + '"' for w in kept) or None
+
+
+class SqliteStore:
+    """A Store in one SQLite file (or ":memory:")."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
+        name = os.fspath(path)
+        try:
+            if name != ":memory:":
+                Path(name).parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are ours, begun by _write() and ended by commit().
+            db = sqlite3.connect(name, isolation_level=None)
+        except (OSError, sqlite3.Error) as e:
+            raise StoreError(f"cannot open the store {name}: {e}") from e
+        try:
+            _prepare(db, name)
+        except sqlite3.Error as e:
+            db.close()
+            raise StoreError(f"cannot use the store {name}: {e}") from e
+        except StoreError:
+            db.close()
+            raise
+        return cls(db)
+
+    def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        # One transaction per wake-up, ended by commit(): a commit per write would sync per write.
+        if not self._db.in_transaction:
+            self._db.execute("BEGIN")
+        return self._db.execute(sql, params)
+
+    def _messages(self, sql: str, params: tuple[object, ...]) -> list[StoredMessage]:
+        return [StoredMessage(*row) for row in self._db.execute(sql, params)]
+
+    # --- rooms and history ---------------------------------------------------
+    def add_room_message(self, message: StoredMessage) -> None:
+        self._insert(message, message.room, pending=False)
+        self._write(
+            """INSERT INTO room_seqs VALUES (?, ?)
+            ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)""",
+            (message.room, message.seq),
+        )
+
+    def _insert(self, m: StoredMessage, target_key: str, pending: bool) -> None:
+        self._write(
+            "INSERT INTO messages VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (m.room, m.seq, m.msg_id, m.sender, name_key(m.sender), m.target, target_key, m.time_ms,
+             m.body, pending),
+        )  # fmt: skip
+
+    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+        if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
+            return []
+        newest = self._messages(
+            f"SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
+            (room, before_seq, limit),
+        )
+        return newest[::-1]
+
+    def last_seq(self, room: str) -> int:
+        row = self._db.execute("SELECT last_seq FROM room_seqs WHERE room = ?", (room,)).fetchone()
+        return int(row[0]) if row else 0
+
+    def set_member(self, user: str, room: str, member: bool) -> None:
+        if member:
+            self._write("INSERT OR IGNORE INTO members VALUES (?, ?)", (room, user))
+        else:
+            self._write("DELETE FROM members WHERE room = ? AND user = ?", (room, user))
+
+    def rooms_of(self, user: str) -> set[str]:
+        return {r for (r,) in self._db.execute("SELECT room FROM members WHERE user = ?", (user,))}
+
+    def members(self, room: str) -> set[str]:
+        return {u for (u,) in self._db.execute("SELECT user FROM members WHERE room = ?", (room,))}
+
+    def room_sizes(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT room, count(*) FROM members GROUP BY room"))
+
+    # --- users ---------------------------------------------------------------
+    def add_user(self, user: str) -> None:
+        self._write("INSERT OR IGNORE INTO users VALUES (?)", (user,))
+
+    def is_known(self, user: str) -> bool:
+        return self._db.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
+
+    # --- private messages for offline users ----------------------------------
+    def enqueue(self, recipient: str, message: StoredMessage) -> None:
+        self._insert(message, recipient, pending=True)
+
+    def mailbox(self, recipient: str) -> list[StoredMessage]:
+        return self._messages(
+            f"SELECT {_COLUMNS} FROM messages m WHERE target_key = ? AND pending ORDER BY id", (recipient,)
+        )
+
+    def mailbox_usage(self, recipient: str) -> tuple[int, int]:
+        count, size = self._db.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM messages WHERE target_key = ? AND pending",
+            (recipient,),
+        ).fetchone()
+        return int(count), int(size)
+
+    def delivered(self, recipient: str, sender: str, msg_id: bytes) -> bool:
+        # Delivered mail only leaves the mailbox: it stays searchable until expiry.
+        cursor = self._write(
+            """UPDATE messages SET pending = 0 WHERE id = (SELECT id FROM messages
+            WHERE target_key = ? AND pending AND sender_key = ? AND msg_id = ? ORDER BY id LIMIT 1)""",
+            (recipient, sender, msg_id),
+        )
+        return cursor.rowcount == 1
+
+    # --- delivery receipts owed to senders -----------------------------------
+    def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None:
+        # An upsert, not INSERT OR REPLACE: a receipt owed again keeps its place in the order.
+        self._write(
+            """INSERT INTO receipts VALUES (?, ?, ?, ?) ON CONFLICT (sender, msg_id)
+            DO UPDATE SET recipient = excluded.recipient, time_ms = excluded.time_ms""",
+            (sender, msg_id, recipient, time_ms),
+        )
+
+    def receipts(self, sender: str) -> list[tuple[bytes, str, int]]:
+        rows = self._db.execute(
+            "SELECT msg_id, recipient, time_ms FROM receipts WHERE sender = ? ORDER BY rowid", (sender,)
+        )
+        return [(bytes(i), str(who), int(t)) for i, who, t in rows]
+
+    def clear_receipt(self, sender: str, msg_id: bytes) -> None:
+        self._write("DELETE FROM receipts WHERE sender = ? AND msg_id = ?", (sender, msg_id))
+
+    # --- duplicates ------------------------------------------------------------
+    def seen(self, sender: str, msg_id: bytes) -> str | None:
+        row = self._db.execute(
+            "SELECT status FROM seen WHERE sender = ? AND msg_id = ?", (sender, msg_id)
+        ).fetchone()
+        return str(row[0]) if row else None
+
+    def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
+        self._write("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", (sender, msg_id, status, time_ms))
+
+    # --- search and retention --------------------------------------------------
+    def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
+        query = fts_query(words)
+        if query is None or limit <= 0:
+            return []
+        # Rooms by membership now; private messages (room "") to or from the user.
+        return self._messages(
+            f"""SELECT {_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
+            WHERE messages_fts MATCH ?
+              AND (m.room = '*' OR m.room IN (SELECT room FROM members WHERE user = ?)
+                   OR (m.room = '' AND ? IN (m.sender_key, m.target_key)))
+            ORDER BY m.time_ms DESC, m.id DESC LIMIT ?""",
+            (query, user, user, limit),
+        )
+
+    def expire(self, before_ms: int) -> int:
+        # Undelivered mail is kept whatever its age: the recipient has not had it yet.
+        # The delete trigger keeps the FTS index in step.
+        removed = self._write("DELETE FROM messages WHERE time_ms < ? AND NOT pending", (before_ms,)).rowcount
+        self._write("DELETE FROM seen WHERE time_ms < ?", (before_ms,))
+        self._write("DELETE FROM receipts WHERE time_ms < ?", (before_ms,))
+        return removed
+
+    def commit(self) -> None:
+        # In WAL mode with synchronous=NORMAL a COMMIT is written to the WAL file (the OS has it)
+        # but not fsynced: it survives the broker being killed (even SIGKILL), not a power loss.
+        if self._db.in_transaction:
+            self._db.execute("COMMIT")
+
+    def close(self) -> None:
+        self.commit()
+        self._db.close()
+
+
+def _prepare(db: sqlite3.Connection, name: str) -> None:
+    """Set the journal up and bring the schema to SCHEMA_VERSION, or refuse a newer one."""
+    if name != ":memory:":
+        # Raises "file is not a database" first thing for a corrupt file.
+        db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = NORMAL")  # see commit()
+    # IMMEDIATE takes the write lock before reading the version, so two brokers cannot both
+    # migrate; and it fails at once on a file we may read but not write.
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        found = db.execute("PRAGMA user_version").fetchone()[0]
+        if found > SCHEMA_VERSION:
+            raise StoreError(
+                f"the store {name} was written by a newer zchat "
+                f"(schema {found}, this one knows {SCHEMA_VERSION})"
+            )
+        for statements in MIGRATIONS[found:]:
+            for statement in statements:
+                db.execute(statement)
+        # Written even when unchanged: a read-only file fails here rather than at the first commit.
+        db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        db.execute("COMMIT")
+    finally:
+        if db.in_transaction:
+            db.execute("ROLLBACK")

@@ -1,0 +1,391 @@
+"""The Store contract, proved against MemoryStore and SqliteStore alike; then what only the file promises."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from zchat.broker.sqlite_store import SCHEMA_VERSION, SqliteStore
+from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreError
+
+FOREVER = 2**62  # a before_seq past every message
+
+
+def room_msg(
+    room: str, seq: int, body: str = "hello", sender: str = "Alice", time_ms: int = 0
+) -> StoredMessage:
+    return StoredMessage(room, seq, f"{room}{seq}".encode(), sender, room, time_ms or seq, body.encode())
+
+
+def private_msg(sender: str, target: str, n: int, body: str = "psst", time_ms: int = 0) -> StoredMessage:
+    return StoredMessage("", 0, f"p{n}".encode(), sender, target, time_ms or n, body.encode())
+
+
+def bodies(messages: list[StoredMessage]) -> list[str]:
+    return [m.body.decode() for m in messages]
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened: Store = MemoryStore() if request.param == "memory" else SqliteStore.open(tmp_path / "z.db")
+    yield opened
+    opened.close()
+
+
+# --- the contract, for both stores ----------------------------------------------
+
+
+def test_history_is_the_last_messages_before_seq_oldest_first(store: Store) -> None:
+    for seq in range(1, 6):
+        store.add_room_message(room_msg("#a", seq, f"a{seq}"))
+    store.add_room_message(room_msg("#b", 1, "b1"))
+    assert bodies(store.room_history("#a", FOREVER, 3)) == ["a3", "a4", "a5"]
+    assert bodies(store.room_history("#a", 4, 2)) == ["a2", "a3"]
+    assert bodies(store.room_history("#a", 2, 10)) == ["a1"]
+    assert store.room_history("#a", FOREVER, 0) == []
+    assert store.room_history("#nowhere", FOREVER, 5) == []
+    assert store.room_history("#b", FOREVER, 5) == [room_msg("#b", 1, "b1")]
+
+
+def test_last_seq_is_zero_for_a_new_room_and_the_highest_after(store: Store) -> None:
+    assert store.last_seq("#a") == 0
+    store.add_room_message(room_msg("#a", 1))
+    store.add_room_message(room_msg("#a", 2))
+    assert (store.last_seq("#a"), store.last_seq("#b")) == (2, 0)
+
+
+def test_last_seq_goes_on_after_expiry_emptied_the_room(store: Store) -> None:
+    store.add_room_message(room_msg("#a", 7, time_ms=100))
+    assert store.expire(before_ms=1000) == 1
+    assert store.room_history("#a", FOREVER, 10) == []
+    assert store.last_seq("#a") == 7
+
+
+def test_membership_and_room_sizes(store: Store) -> None:
+    store.set_member("alice", "#a", True)
+    store.set_member("alice", "#a", True)  # joining twice is joining once
+    store.set_member("bob", "#a", True)
+    store.set_member("bob", "#b", True)
+    store.set_member("bob", "#b", False)
+    store.set_member("carol", "#c", False)  # leaving a room one is not in is harmless
+    assert store.rooms_of("alice") == {"#a"}
+    assert store.rooms_of("bob") == {"#a"}
+    assert store.members("#a") == {"alice", "bob"}
+    assert store.members("#b") == set()
+    assert store.room_sizes() == {"#a": 2}
+
+
+def test_known_users(store: Store) -> None:
+    store.add_user("alice")
+    store.add_user("alice")
+    assert store.is_known("alice")
+    assert not store.is_known("bob")
+
+
+def test_mailbox_keeps_order_until_delivered(store: Store) -> None:
+    first, second = private_msg("Alice", "Bob", 1, "one"), private_msg("Carol", "Bob", 2, "three")
+    store.enqueue("bob", first)
+    store.enqueue("dave", private_msg("Alice", "Dave", 3, "x"))
+    store.enqueue("bob", second)
+    assert store.mailbox("bob") == [first, second]
+    assert store.mailbox_usage("bob") == (2, len("one") + len("three"))
+    assert store.delivered("bob", "alice", b"p1")  # the sender by its name key
+    assert not store.delivered("bob", "alice", b"p1")
+    assert store.mailbox("bob") == [second]
+    assert store.mailbox_usage("bob") == (1, 5)
+    assert store.mailbox_usage("erin") == (0, 0)
+    assert [m.target for m in store.mailbox("dave")] == ["Dave"]
+
+
+def test_delivered_needs_the_right_sender_and_recipient(store: Store) -> None:
+    store.enqueue("bob", private_msg("Alice", "Bob", 1))
+    assert not store.delivered("bob", "carol", b"p1")
+    assert not store.delivered("dave", "alice", b"p1")
+    assert len(store.mailbox("bob")) == 1
+
+
+def test_receipts_are_handed_over_in_order_until_cleared(store: Store) -> None:
+    store.add_receipt("alice", b"m1", "Bob", 10)
+    store.add_receipt("alice", b"m2", "Carol", 20)
+    store.add_receipt("dave", b"m3", "Bob", 30)
+    store.add_receipt("alice", b"m1", "Bob", 15)  # owed again: keeps its place
+    assert store.receipts("alice") == [(b"m1", "Bob", 15), (b"m2", "Carol", 20)]
+    store.clear_receipt("alice", b"m1")
+    store.clear_receipt("alice", b"never")
+    assert store.receipts("alice") == [(b"m2", "Carol", 20)]
+    assert store.receipts("erin") == []
+
+
+def test_seen_gives_back_the_status_remembered(store: Store) -> None:
+    assert store.seen("alice", b"m1") is None
+    store.remember("alice", b"m1", "OK", 10)
+    store.remember("alice", b"m2", "QUEUED", 10)
+    store.remember("alice", b"m2", "DELIVERED", 11)
+    assert (store.seen("alice", b"m1"), store.seen("alice", b"m2")) == ("OK", "DELIVERED")
+    assert store.seen("bob", b"m1") is None
+
+
+def test_search_needs_all_words_and_gives_newest_first(store: Store) -> None:
+    store.add_room_message(room_msg("*", 1, "the quick brown fox"))
+    store.add_room_message(room_msg("*", 2, "a quick word"))
+    store.add_room_message(room_msg("*", 3, "Quick, brown and done"))
+    assert bodies(store.search("alice", "quick brown", 10)) == [
+        "Quick, brown and done",
+        "the quick brown fox",
+    ]
+    assert bodies(store.search("alice", "QUICK", 2)) == ["Quick, brown and done", "a quick word"]
+    assert store.search("alice", "quick purple", 10) == []
+    assert store.search("alice", "quick", 0) == []
+
+
+def test_search_matches_whole_words(store: Store) -> None:
+    store.add_room_message(room_msg("*", 1, "hello world, don't panic"))
+    assert len(store.search("alice", "hello", 10)) == 1
+    assert len(store.search("alice", "world don't", 10)) == 1
+    assert store.search("alice", "hell", 10) == []
+    assert len(store.search("alice", "panic don't", 10)) == 1  # words in any order
+    assert store.search("alice", "don't't", 10) == []  # a word's parts must follow each other
+
+
+def test_search_skips_rooms_the_user_is_not_in_now(store: Store) -> None:
+    store.set_member("alice", "#a", True)
+    store.set_member("bob", "#b", True)
+    store.add_room_message(room_msg("#a", 1, "secret plan a", time_ms=10))
+    store.add_room_message(room_msg("#b", 1, "secret plan b", time_ms=20))
+    store.add_room_message(room_msg("*", 1, "secret lobby", time_ms=30))
+    assert bodies(store.search("alice", "secret", 10)) == ["secret lobby", "secret plan a"]
+    store.set_member("alice", "#a", False)
+    assert bodies(store.search("alice", "secret", 10)) == ["secret lobby"]
+
+
+def test_search_finds_private_messages_to_or_from_the_user_only(store: Store) -> None:
+    store.enqueue("bob", private_msg("Alice", "Bob", 1, "secret to bob"))
+    store.enqueue("alice", private_msg("Bob", "Alice", 2, "secret to alice"))
+    store.enqueue("dave", private_msg("Carol", "Dave", 3, "secret to dave"))
+    store.delivered("bob", "alice", b"p1")  # delivered mail stays searchable
+    assert bodies(store.search("bob", "secret", 10)) == ["secret to alice", "secret to bob"]
+    assert bodies(store.search("alice", "secret", 10)) == ["secret to alice", "secret to bob"]
+    assert bodies(store.search("erin", "secret", 10)) == []
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        '"',
+        "*",
+        "OR",
+        "AND",
+        "NOT",
+        "NEAR(",
+        "NEAR(x y",
+        "body:x",
+        "^x",
+        "-x",
+        'a"b',
+        "(",
+        "x*",
+        "' OR 1=1 --",
+    ],
+)
+def test_search_words_are_never_query_syntax(store: Store, words: str) -> None:
+    store.add_room_message(room_msg("*", 1, 'a"b or not near x and 1=1 body'))
+    store.search("alice", words, 10)  # must not raise
+    store.search("alice", f"x {words} body", 10)
+
+
+def test_search_treats_operators_as_plain_words(store: Store) -> None:
+    store.add_room_message(room_msg("*", 1, "this or that"))
+    store.add_room_message(room_msg("*", 2, "near the end"))
+    assert bodies(store.search("alice", "OR", 10)) == ["this or that"]
+    assert bodies(store.search("alice", "NEAR( end", 10)) == ["near the end"]
+    assert bodies(store.search("alice", 'this "that"', 10)) == ["this or that"]
+    assert store.search("alice", '" * (', 10) == []  # no word left: nothing, not everything
+
+
+def test_expire_forgets_old_messages_receipts_and_seen_ids_but_not_waiting_mail(store: Store) -> None:
+    store.add_room_message(room_msg("*", 1, "old news", time_ms=100))
+    store.add_room_message(room_msg("*", 2, "new news", time_ms=2000))
+    store.enqueue("bob", private_msg("Alice", "Bob", 1, "old delivered news", time_ms=100))
+    store.enqueue("bob", private_msg("Alice", "Bob", 2, "old waiting news", time_ms=100))
+    store.delivered("bob", "alice", b"p1")
+    store.remember("alice", b"old", "OK", 100)
+    store.remember("alice", b"new", "OK", 2000)
+    store.add_receipt("alice", b"old", "Bob", 100)
+    store.add_receipt("alice", b"new", "Bob", 2000)
+
+    assert store.expire(before_ms=1000) == 2
+    assert bodies(store.room_history("*", FOREVER, 10)) == ["new news"]
+    assert bodies(store.mailbox("bob")) == ["old waiting news"]
+    assert bodies(store.search("bob", "news", 10)) == ["new news", "old waiting news"]
+    assert (store.seen("alice", b"old"), store.seen("alice", b"new")) == (None, "OK")
+    assert store.receipts("alice") == [(b"new", "Bob", 2000)]
+    assert store.expire(before_ms=1000) == 0
+
+
+# --- the file ----------------------------------------------------------------------
+
+
+def fill(store: Store) -> None:
+    store.add_user("alice")
+    store.set_member("alice", "#a", True)
+    store.add_room_message(room_msg("#a", 1, "kept words"))
+    store.enqueue("bob", private_msg("Alice", "Bob", 1, "kept mail"))
+    store.add_receipt("alice", b"m1", "Bob", 10)
+    store.remember("alice", b"m1", "OK", 10)
+
+
+def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
+    fill(store := SqliteStore.open(tmp_path / "z.db"))
+    store.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert again.is_known("alice")
+    assert again.rooms_of("alice") == {"#a"}
+    assert bodies(again.room_history("#a", FOREVER, 10)) == ["kept words"]
+    assert again.last_seq("#a") == 1
+    assert bodies(again.mailbox("bob")) == ["kept mail"]
+    assert again.receipts("alice") == [(b"m1", "Bob", 10)]
+    assert again.seen("alice", b"m1") == "OK"
+    assert bodies(again.search("alice", "kept", 10)) == ["kept mail", "kept words"]
+    again.close()
+
+
+def test_writes_wait_for_commit(tmp_path: Path) -> None:
+    """One transaction per wake-up: another reader sees nothing until commit()."""
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("#a", 1))
+    store.add_user("alice")
+    reader = sqlite3.connect(tmp_path / "z.db")
+    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (0,)
+    store.commit()
+    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (1,)
+    reader.close()
+    store.close()
+
+
+CHILD = """
+import sys, time
+from zchat.broker.sqlite_store import SqliteStore
+from zchat.broker.store import StoredMessage
+store = SqliteStore.open(sys.argv[1])
+store.add_room_message(StoredMessage("*", 1, b"m1", "Alice", "*", 1, b"committed words"))
+store.commit()
+store.add_room_message(StoredMessage("*", 2, b"m2", "Alice", "*", 2, b"uncommitted words"))
+print("committed", flush=True)
+time.sleep(60)
+"""
+
+
+def killed_after_commit(path: Path) -> SqliteStore:
+    """Run a broker-like child that commits one message, writes another, and SIGKILL it."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        ready, _, _ = select.select([child.stdout], [], [], 20)
+        assert ready and child.stdout.readline() == "committed\n", "the child did not commit in time"
+        os.kill(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=10) == -signal.SIGKILL
+    finally:
+        child.kill()
+        child.wait(timeout=10)
+    return SqliteStore.open(path)
+
+
+def test_committed_data_survives_sigkill(tmp_path: Path) -> None:
+    store = killed_after_commit(tmp_path / "z.db")
+    assert bodies(store.room_history("*", FOREVER, 10))[:1] == ["committed words"]
+    assert bodies(store.search("alice", "committed", 10)) == ["committed words"]
+    store.close()
+
+
+def test_uncommitted_data_does_not_survive_sigkill(tmp_path: Path) -> None:
+    store = killed_after_commit(tmp_path / "z.db")
+    assert bodies(store.room_history("*", FOREVER, 10)) == ["committed words"]
+    assert store.last_seq("*") == 1
+    store.close()
+
+
+def test_file_is_in_wal_mode_with_the_schema_version(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path / "z.db").close()
+    db = sqlite3.connect(tmp_path / "z.db")
+    assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    db.close()
+
+
+def test_missing_parent_directories_are_created(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path / "var" / "lib" / "zchat" / "z.db").close()
+    assert (tmp_path / "var" / "lib" / "zchat" / "z.db").is_file()
+
+
+def test_memory_database_needs_no_file() -> None:
+    store = SqliteStore.open(":memory:")
+    fill(store)
+    store.commit()
+    assert bodies(store.search("alice", "kept", 10)) == ["kept mail", "kept words"]
+    store.close()
+
+
+def test_search_index_stays_in_step_after_expire(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    fill(store)
+    store.add_room_message(StoredMessage("#a", 2, b"bin", "Alice", "#a", 5, b"\xff\xfe not utf-8 \x80"))
+    store.delivered("bob", "alice", b"p1")
+    assert store.expire(before_ms=FOREVER) == 3
+    store.close()
+    db = sqlite3.connect(tmp_path / "z.db")
+    db.execute("INSERT INTO messages_fts (messages_fts) VALUES ('integrity-check')")  # raises if out of step
+    assert db.execute(
+        "SELECT count(*) FROM messages_fts WHERE messages_fts MATCH 'kept OR utf'"
+    ).fetchone() == (0,)
+    db.close()
+
+
+def test_store_written_by_a_newer_zchat_is_refused(tmp_path: Path) -> None:
+    db = sqlite3.connect(tmp_path / "z.db")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(
+        StoreError, match=rf"newer zchat \(schema {SCHEMA_VERSION + 1}, this one knows {SCHEMA_VERSION}\)"
+    ):
+        SqliteStore.open(tmp_path / "z.db")
+
+
+def test_corrupt_file_is_refused_naming_it(tmp_path: Path) -> None:
+    path = tmp_path / "z.db"
+    path.write_bytes(b"this is no database " * 500)
+    with pytest.raises(StoreError, match="not a database") as refused:
+        SqliteStore.open(path)
+    assert str(path) in str(refused.value)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a directory"])
+def test_unwritable_path_is_refused_naming_it(tmp_path: Path, where: str) -> None:
+    """Fails even for root, who writes through chmod: a file cannot hold a directory, nor a
+    directory be opened as a database."""
+    (tmp_path / "afile").write_text("")
+    path = tmp_path / "afile" / "z.db" if where == "under a file" else tmp_path
+    with pytest.raises(StoreError) as refused:
+        SqliteStore.open(path)
+    assert str(path) in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
+def test_read_only_file_is_refused_naming_it(tmp_path: Path) -> None:
+    directory = tmp_path / "ro"
+    SqliteStore.open(directory / "z.db").close()
+    (directory / "z.db").chmod(0o444)
+    directory.chmod(0o555)
+    try:
+        with pytest.raises(StoreError) as refused:
+            SqliteStore.open(directory / "z.db")
+        assert str(directory / "z.db") in str(refused.value)
+    finally:
+        directory.chmod(0o755)
