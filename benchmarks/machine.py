@@ -51,6 +51,7 @@ def describe(quick: bool) -> dict[str, Any]:
         "pyzmq": zmq.__version__,
         "libzmq": zmq.zmq_version(),
         "zchat_commit": source_state(),
+        "broker_source": "work tree",
         "repo_commit": _git("rev-parse", "--short", "HEAD"),
         "load_average": [round(x, 2) for x in os.getloadavg()],
     }

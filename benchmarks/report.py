@@ -83,7 +83,7 @@ def machine(meta: dict[str, Any]) -> str:
         f"- CPU: {meta['cpu_model']}, {meta['nproc']} cores (nproc); {meta['memory_gib']} GiB; "
         f"Linux {meta['kernel']}",
         f"- Python {meta['python']}, pyzmq {meta['pyzmq']}, libzmq {meta['libzmq']}",
-        f"- broker code at commit {meta['zchat_commit']}"
+        f"- broker: {meta.get('broker_source', 'work tree')} at commit {meta['zchat_commit']}"
         + (f" (**{meta['zchat_commit_end']} at the end: mixed versions**)"
            if meta.get("zchat_commit_end", meta["zchat_commit"]) != meta["zchat_commit"] else "")
         + f"; run {meta['date']}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -22,7 +23,7 @@ from benchmarks import pyzmq_calls, report
 from benchmarks.machine import describe, source_state
 from benchmarks.procstat import raise_fd_limit, wait_quiet
 from benchmarks.repeat import choose
-from benchmarks.servers import KINDS
+from benchmarks.servers import KINDS, SNAPSHOT_ENV, snapshot
 from benchmarks.targets import add_ratios, evaluate, loss_summary
 from benchmarks.workloads import run_broadcast, run_idle, run_private
 
@@ -252,6 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         help="longest such wait (default 8 s, quick mode 0)",
     )
     parser.add_argument(
+        "--broker-ref",
+        metavar="REF",
+        help="run the broker from a snapshot of this git commit (e.g. HEAD), not from the work tree",
+    )
+    parser.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -274,8 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         "meta": describe(quick=args.quick),
         "plan": {**asdict(plan), "repeat": args.repeat},
     }
+    sha = ""
     with tempfile.TemporaryDirectory(prefix="zchat-bench-") as tmp:
         log_dir = Path(tmp)
+        if args.broker_ref:
+            sha = snapshot(args.broker_ref, log_dir / "broker-snapshot")
+            os.environ[SNAPSHOT_ENV] = str(log_dir / "broker-snapshot")
+            results["meta"]["zchat_commit"] = sha
+            results["meta"]["broker_source"] = f"snapshot of {args.broker_ref}"
+            say(f"the broker runs from a snapshot of {args.broker_ref} ({sha})")
         private: list[Any] = []
         broadcast: list[Any] = []
         if "throughput" not in args.skip:
@@ -290,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         count=2000 if args.quick else 20000, rounds=1 if args.quick else 3
     )
     results["meta"]["duration_s"] = round(time.monotonic() - say.began, 1)
-    results["meta"]["zchat_commit_end"] = source_state()
+    results["meta"]["zchat_commit_end"] = sha if args.broker_ref else source_state()
     if results["meta"]["zchat_commit_end"] != results["meta"]["zchat_commit"]:
         say("warning: the broker's source changed during the run; the figures mix two versions")
     add_ratios(results)

@@ -1,4 +1,10 @@
-"""Start and stop the servers under test: `zchat broker` or the ceiling forwarder."""
+"""Start and stop the servers under test: `zchat broker` or the ceiling forwarder.
+
+The broker runs from the work tree (the installed `zchat` command), or, when
+the environment variable ZCHAT_BENCH_BROKER_DIR names a snapshot made by
+`snapshot()`, from that snapshot: a benchmark then measures one fixed commit
+even while someone edits broker/ in the work tree.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,9 @@ from pathlib import Path
 from types import TracebackType
 
 ROOT = Path(__file__).resolve().parent.parent
+SNAPSHOT_ENV = "ZCHAT_BENCH_BROKER_DIR"
+#: The packages a broker snapshot holds, as zchat.<name>.
+PACKAGES = ("broker", "common", "client")
 ZCHAT = str(Path(sys.executable).parent / "zchat")
 LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
 KINDS = ("ceiling", "zchat")
@@ -35,6 +44,12 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def check(self) -> None:
+        """Raise if the server has exited (it should run until we stop it)."""
+        if self.process.poll() is not None:
+            tail = "\n".join(self.log().splitlines()[-20:])
+            raise RuntimeError(f"{self.kind} exited with {self.process.returncode}:\n{tail}")
+
     def stop(self, timeout: float = 10.0) -> int:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -54,7 +69,7 @@ class Server:
 def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) -> Server:
     """Start the zchat broker (`kind` "zchat") or the forwarder ("ceiling")."""
     if kind == "zchat":
-        command = [ZCHAT, "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0",
+        command = [*_zchat_command(), "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0",
                    "--log-level", "info", *args]  # fmt: skip
     elif kind == "ceiling":
         command = [sys.executable, "-m", "benchmarks.ceiling", "--host", "127.0.0.1", *args]
@@ -79,3 +94,27 @@ def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) ->
             process.wait(5)
             raise TimeoutError(f"{kind} did not start listening within {timeout}s")
         time.sleep(0.02)
+
+
+def _zchat_command() -> list[str]:
+    snapshot_dir = os.environ.get(SNAPSHOT_ENV)
+    if not snapshot_dir:
+        return [ZCHAT]
+    # zchat is a namespace package: the snapshot, first on sys.path, provides zchat.broker etc.
+    code = f"import sys; sys.path.insert(0, {snapshot_dir!r}); from zchat.common.cli import main; main()"
+    return [sys.executable, "-c", code]
+
+
+def snapshot(ref: str, dest: Path) -> str:
+    """Extract broker/, common/ and client/ of git `ref` as dest/zchat/<package>; returns the commit."""
+    sha = subprocess.run(["git", "rev-parse", "--short", f"{ref}^{{commit}}"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30, check=True).stdout.strip()  # fmt: skip
+    listed = subprocess.run(["git", "ls-tree", "--name-only", sha], cwd=ROOT, capture_output=True, text=True,
+                            timeout=30, check=True).stdout.split()  # fmt: skip
+    present = [p for p in PACKAGES if p in listed]
+    archive = subprocess.run(["git", "archive", "--format=tar", sha, *present], cwd=ROOT, capture_output=True,
+                             timeout=60, check=True).stdout  # fmt: skip
+    target = dest / "zchat"
+    target.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["tar", "-x", "-C", str(target)], input=archive, timeout=60, check=True)
+    return sha

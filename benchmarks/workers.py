@@ -85,8 +85,12 @@ class Crew:
     def pids(self) -> list[int]:
         return [p.pid for p in self.procs if p.pid is not None]
 
-    def gather(self, kind: str, timeout: float) -> list[Any]:
-        """Wait for message `kind` from every worker; raise on an error or the deadline."""
+    def gather(self, kind: str, timeout: float, watch: Callable[[], None] | None = None) -> list[Any]:
+        """Wait for message `kind` from every worker; raise on an error or the deadline.
+
+        `watch` is called twice a second meanwhile: it raises to give up early
+        (when the server under test has died, say).
+        """
         deadline = time.monotonic() + timeout
         answers: dict[int, Any] = {}
         waiting = {conn: i for i, conn in enumerate(self.conns)}
@@ -94,7 +98,9 @@ class Crew:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"{len(waiting)} workers sent no {kind!r} within {timeout}s")
-            ready = set(multiprocessing.connection.wait(list(waiting), left))
+            if watch is not None:
+                watch()
+            ready = set(multiprocessing.connection.wait(list(waiting), min(left, 0.5)))
             for conn in [c for c in waiting if c in ready]:
                 i = waiting.pop(conn)
                 try:

@@ -94,7 +94,7 @@ def run_private(
             for group in groups
         ]
         with Crew(jobs) as crew:
-            crew.gather("ready", SETUP_TIMEOUT)
+            crew.gather("ready", SETUP_TIMEOUT, server.check)
             meter = CpuMeter([server.pid, *crew.pids])
             start_ns = time.monotonic_ns() + START_LEAD_NS
             crew.tell("go", start_ns)
@@ -103,7 +103,7 @@ def run_private(
             profiler = Profiler(server.pid, profile, duration) if profile else None
             time.sleep(duration)
             meter.stop()
-            results = crew.gather("result", duration + DRAIN_SECONDS + 30)
+            results = crew.gather("result", duration + DRAIN_SECONDS + 30, server.check)
             sampled = profiler.finish() if profiler else None
     first = min(r["first_send_ns"] for r in results if r["first_send_ns"])
     last = max(r["last_recv_ns"] for r in results)
@@ -150,7 +150,7 @@ def run_broadcast(
             for w, group in enumerate(groups)
         ]
         with Crew(jobs, shared) as crew:
-            crew.gather("ready", SETUP_TIMEOUT)
+            crew.gather("ready", SETUP_TIMEOUT, server.check)
             meter = CpuMeter([server.pid, *crew.pids])
             crew.tell("go", time.monotonic_ns() + START_LEAD_NS)
             deadline = time.monotonic() + MARKER_TIMEOUT + 10
@@ -162,7 +162,7 @@ def run_broadcast(
             profiler = Profiler(server.pid, profile, duration) if profile else None
             time.sleep(duration)
             meter.stop()
-            results = crew.gather("result", budget + 30)
+            results = crew.gather("result", budget + 30, server.check)
             sampled = profiler.finish() if profiler else None
     pub, subs = results[0], results[1:]
     last = max(r["last_recv_ns"] for r in subs)
@@ -205,11 +205,11 @@ def run_idle(
         rss_before = rss_bytes(server.pid)
         jobs = [(idle_worker, IdleSpec(server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups]
         with Crew(jobs) as crew:
-            crew.gather("connected", SETUP_TIMEOUT)
+            crew.gather("connected", SETUP_TIMEOUT, server.check)
             registering = CpuMeter([server.pid])
             registering.start()
             crew.tell("register")
-            ready = crew.gather("ready", SETUP_TIMEOUT)
+            ready = crew.gather("ready", SETUP_TIMEOUT, server.check)
             registering.stop()
             registered = time.monotonic_ns()
             time.sleep(heartbeat)  # every client has sent a PING by now: the steady state
@@ -219,7 +219,7 @@ def run_idle(
             meter.stop()
             rss_after = rss_bytes(server.pid)
             crew.tell("stop")
-            results = crew.gather("result", budget)
+            results = crew.gather("result", budget, server.check)
         left = server.log().count(" left (")
     first = min(r["first_hello_ns"] for r in ready)
     last = max(r["last_ready_ns"] for r in ready)
