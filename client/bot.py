@@ -34,11 +34,12 @@ class Bot:
     def handle(self, event: ev.Event) -> None:
         self.log(event)
         me = self.client.name.lower()
-        if isinstance(event, ev.Users):
+        lobby = isinstance(event, ev.Presence) and event.room == "*"  # rooms' comings and goings aside
+        if isinstance(event, ev.Users) and not event.room:
             self.online = {name.lower() for name in event.names}
-        elif isinstance(event, ev.Presence):
+        elif isinstance(event, ev.Presence) and lobby:
             (self.online.add if event.event == "join" else self.online.discard)(event.name.lower())
-        if isinstance(event, ev.Presence) and event.event == "join" and event.name.lower() != me:
+        if isinstance(event, ev.Presence) and lobby and event.event == "join" and event.name.lower() != me:
             self.client.broadcast(f"welcome, {event.name}! send me a private message and I echo it")
         elif (
             isinstance(event, ev.Message)

@@ -10,7 +10,7 @@ ACTION_PREFIX = "\x01ACTION "
 
 @dataclass(frozen=True)
 class Say:
-    text: str  # to everyone
+    text: str  # to the current room (the lobby: everyone)
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,42 @@ class Private:
 @dataclass(frozen=True)
 class Who:
     pass
+
+
+@dataclass(frozen=True)
+class Join:
+    room: str
+
+
+@dataclass(frozen=True)
+class Leave:
+    room: str  # "": the current room
+
+
+@dataclass(frozen=True)
+class Rooms:
+    pass
+
+
+@dataclass(frozen=True)
+class Names:
+    room: str  # "": the current room
+
+
+@dataclass(frozen=True)
+class SwitchRoom:
+    room: str  # "*": the lobby
+
+
+@dataclass(frozen=True)
+class History:
+    room: str  # "": the current room
+    count: int
+
+
+@dataclass(frozen=True)
+class Search:
+    words: str
 
 
 @dataclass(frozen=True)
@@ -39,19 +75,32 @@ class Invalid:
     reason: str
 
 
-Command = Say | Private | Who | Help | Quit | Invalid
+Command = (
+    Say | Private | Who | Join | Leave | Rooms | Names | SwitchRoom | History | Search | Help | Quit | Invalid
+)
 
 HELP = """\
 commands:
-  TEXT              say TEXT to everyone
+  TEXT              say TEXT in the current room (at first the lobby: everyone)
   /msg NAME TEXT    private message to NAME (also: @NAME TEXT)
   /me ACTION        say what you do, e.g. /me waves
+  /join #ROOM       join ROOM (its last messages first) and make it the current room
+  /leave [#ROOM]    leave ROOM (the current one if not given)
+  /room [#ROOM]     switch the current room (without ROOM: the lobby)
+  /rooms            the rooms, with their members
+  /names [#ROOM]    who of ROOM is online
+  /history [#ROOM] [N]  N earlier messages of ROOM (default 50)
+  /search WORDS     messages of your rooms and yours with all of WORDS
   /who              who is online
   /help             this help
   /quit             leave (also Ctrl-D)"""
 
 #: Command words for completion.
-WORDS = ("/msg", "/me", "/who", "/help", "/quit")
+WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/search", "/who", "/help",
+         "/quit")  # fmt: skip
+#: Command words whose argument is a room.
+ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history")
+HISTORY_COUNT = 50
 
 
 def parse(line: str) -> Command | None:
@@ -69,13 +118,37 @@ def parse(line: str) -> Command | None:
         return _private(rest, "/msg NAME TEXT")
     if word == "/me":
         return Say(ACTION_PREFIX + rest) if rest.strip() else Invalid("usage: /me ACTION")
-    if word in ("/who", "/names"):
+    args = rest.split()
+    if word == "/who":
         return Who()
+    if word in ("/join", "/j"):
+        return Join(args[0]) if len(args) == 1 else Invalid("usage: /join #ROOM")
+    if word in ("/leave", "/part"):
+        return Leave(args[0] if args else "") if len(args) <= 1 else Invalid("usage: /leave [#ROOM]")
+    if word == "/room":
+        return SwitchRoom(args[0] if args else "*") if len(args) <= 1 else Invalid("usage: /room [#ROOM]")
+    if word in ("/rooms", "/list"):
+        return Rooms()
+    if word == "/names":
+        return Names(args[0] if args else "") if len(args) <= 1 else Invalid("usage: /names [#ROOM]")
+    if word == "/history":
+        return _history(args)
+    if word == "/search":
+        return Search(rest.strip()) if rest.strip() else Invalid("usage: /search WORDS")
     if word in ("/help", "/?"):
         return Help()
     if word in ("/quit", "/exit", "/q"):
         return Quit()
     return Invalid(f"unknown command {word}; /help lists them")
+
+
+def _history(args: list[str]) -> Command:
+    room, count = "", HISTORY_COUNT
+    if args and not args[0].isdigit():
+        room, args = args[0], args[1:]
+    if len(args) > 1 or (args and not (args[0].isdigit() and int(args[0]) > 0)):
+        return Invalid("usage: /history [#ROOM] [N]")
+    return History(room, int(args[0]) if args else count)
 
 
 def _private(rest: str, usage: str) -> Command:

@@ -30,17 +30,29 @@ class State(str, Enum):
     CLOSED = "closed"
 
 
+def is_room(target: str) -> bool:
+    """The lobby "*" and "#name" rooms; any other target is a person."""
+    return target == "*" or target.startswith("#")
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     msg_id: str
     sender: str
-    target: str  # the recipient's name, or "*" for everyone
+    target: str  # the recipient's name, "*" for everyone, or a "#room"
     text: str
     time: datetime
+    history: bool = False  # from the room's history, not live
+    seq: int = 0  # the room's sequence number (0: private, or not known)
 
     @property
     def private(self) -> bool:
-        return self.target != "*"
+        return not is_room(self.target)
+
+    @property
+    def room(self) -> str:
+        """ "*" for the lobby, "#name" for a room, "" for a private message."""
+        return self.target if is_room(self.target) else ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +61,7 @@ class Presence:
     event: str  # "join" or "leave"
     time: datetime
     reason: str = ""
+    room: str = "*"
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +71,7 @@ class Ack:
     status: str
     target: str = ""
     text: str = ""
+    command: str = "send"  # or "enter", "exit", ...: what was acknowledged
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +86,37 @@ class Refusal:
 @dataclass(frozen=True, slots=True)
 class Users:
     names: tuple[str, ...]
+    room: str = ""  # set when answering names(room): the room's members online
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """The recipient's client has the private message `msg_id`."""
+
+    msg_id: str
+    recipient: str
+    time: datetime
+    text: str = ""  # what was sent, when this client still remembers it
+
+
+@dataclass(frozen=True, slots=True)
+class RoomList:
+    sizes: tuple[tuple[str, int], ...]  # every room with members, and how many
+    mine: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class History:
+    """The answer to history(): its messages were emitted just before, marked history."""
+
+    room: str
+    messages: tuple[Message, ...]
+    last_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Found:
+    messages: tuple[Message, ...]  # newest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +125,7 @@ class Status:
     detail: str
 
 
-Event = Message | Presence | Ack | Refusal | Users | Status
-#: The answer to one request: a send gets Ack or Refusal, WHO gets Users or Refusal.
-Outcome = Ack | Refusal | Users
+Event = Message | Presence | Ack | Refusal | Users | Status | Receipt | RoomList | History | Found
+#: The answer to one request: a send gets Ack or Refusal, WHO gets Users or Refusal, and so on.
+Outcome = Ack | Refusal | Users | RoomList | History | Found
 Callback = Callable[[Event], None]

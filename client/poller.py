@@ -15,7 +15,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import zmq
 
@@ -32,6 +32,7 @@ SYNC_RETRY = 0.2  # seconds between SYNC attempts (PROTOCOL.md 4.5)
 MAX_BACKOFF = 5.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
+SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {Code.NAME_TAKEN, Code.INVALID_NAME, Code.BAD_VERSION, Code.ALREADY_REGISTERED}
 
@@ -43,6 +44,20 @@ class Settings:
     connect_timeout: float
     answer_timeout: float
     max_queued: int
+    history_count: int = 50  # messages of a room shown on joining it
+
+
+@dataclass
+class Room:
+    """A room this client is a member of, and where its gapless join stands (PROTOCOL.md 13.3)."""
+
+    name: str
+    subscribed: bool = False  # on the current SUB socket
+    #: "syncing" (SYNC until SYNCED) -> "history" (HISTORY asked) -> "live".
+    phase: str = "syncing"
+    #: What arrived on the topic before the HISTORY reply: (seq, event), shown after it.
+    kept: list[tuple[int, p.PublishedEvent]] = field(default_factory=list)
+    seen_seq: int = 0  # the highest sequence number shown
 
 
 def pub_endpoint_for(advertised: str, broker: str) -> str:
@@ -88,6 +103,14 @@ class Poller:
         self.inflight: dict[bytes, Request] = {}
         self.waiting: deque[Request] = deque()
         self.seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self.rooms: dict[str, Room] = {}
+        self.room_syncs: dict[bytes, list[str]] = {}  # SYNC id -> rooms live once it is SYNCED
+        self.next_room_sync_at = 0.0
+        self.join_histories: dict[bytes, str] = {}  # HISTORY id -> room, asked on joining
+        self.rooms_id = b""  # the ROOMS asked after registering
+        self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
+        self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
+        self.sent: OrderedDict[bytes, str] = OrderedDict()  # id -> text of a private message
         #: Set once: None when registered, else why the first connect failed.
         self.first_outcome: list[ev.Status] = []
 
@@ -107,6 +130,8 @@ class Poller:
                 if self.wake_fd in ready:
                     os.read(self.wake_fd, 4096)
                     self._take_requests(now)
+                if self.receipts_due and self.dealer is not None and self.welcome is not None:
+                    self._confirm_received(now)
                 self._timers(now)
         except Exception as e:  # never die silently: the user must hear of it
             log.exception("client poller failed")
@@ -164,6 +189,11 @@ class Poller:
         self.sub.setsockopt(zmq.SUBSCRIBE, p.private_topic(welcome.name))
         self.poller.register(self.sub, zmq.POLLIN)
         self.lobby_seq = 0
+        for room in self.rooms.values():  # a new SUB: every room joins afresh after ROOMS
+            room.subscribed = False
+            room.kept.clear()
+        self.room_syncs.clear()
+        self.join_histories.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -179,6 +209,9 @@ class Poller:
         assert self.welcome is not None
         self._set_state(State.ONLINE, f"online as {self.welcome.name} at {self.s.broker}")
         self._send(p.encode_simple(b"READY", self.new_id().encode()), now)  # now others may see us join
+        # Membership lives on the broker (PROTOCOL.md 13.1): ask for it, then subscribe.
+        self.rooms_id = self.new_id().encode()
+        self._send(p.encode_command(b"ROOMS", self.rooms_id), now)
         if first:
             self._first(None)
         # Unanswered messages go again with their ids; recipients drop repeats.
@@ -229,11 +262,34 @@ class Poller:
         elif kind is p.Error:
             self._answered(event, now)  # type: ignore[arg-type]
         elif kind is p.Message:
-            self._message(event)  # type: ignore[arg-type]
+            assert isinstance(event, p.Message)
+            # Live or from the mailbox: confirm it, also when it is a repeat (PROTOCOL.md 13.4).
+            self.receipts_due.setdefault(event.sender, []).append(event.msg_id)
+            self._message(event)
         elif kind is p.Users:
-            request = self.inflight.pop(event.msg_id, None)  # type: ignore[union-attr]
+            assert isinstance(event, p.Users)
+            request = self.inflight.pop(event.msg_id, None)
             if request is not None:
-                self._answer(request, ev.Users(event.names))  # type: ignore[union-attr]
+                room = request.target if request.kind == "names" else ""
+                self._answer(request, ev.Users(event.names, room))
+        elif kind is p.Receipt:
+            assert isinstance(event, p.Receipt)
+            for msg_id in event.msg_ids:
+                text = self.sent.get(msg_id, "")
+                self.emit(ev.Receipt(msg_id.decode(), event.recipient, ev.from_ms(event.time_ms), text))
+        elif kind is p.History:
+            assert isinstance(event, p.History)
+            self._history(event)
+        elif kind is p.RoomList:
+            assert isinstance(event, p.RoomList)
+            if event.msg_id == self.rooms_id:
+                self._rejoin(event, now)
+            elif (request := self.inflight.pop(event.msg_id, None)) is not None:
+                self._answer(request, ev.RoomList(event.sizes, event.mine))
+        elif kind is p.Found:
+            assert isinstance(event, p.Found)
+            if (request := self.inflight.pop(event.msg_id, None)) is not None:
+                self._answer(request, ev.Found(tuple(self._record(r) for r in event.records)))
         elif kind is p.Welcome:
             assert isinstance(event, p.Welcome)
             if event.msg_id == self.hello_id and self.phase == "hello":
@@ -248,6 +304,9 @@ class Poller:
     def _from_sub(self, frames: list[bytes], now: float) -> None:
         published = p.decode_published(frames)
         event = published.event
+        if published.topic.startswith(b"#"):
+            self._from_room(published)
+            return
         if published.topic == p.LOBBY_TOPIC:
             if self.lobby_seq and published.seq > self.lobby_seq + 1:
                 missed = published.seq - self.lobby_seq - 1
@@ -263,13 +322,16 @@ class Poller:
             assert isinstance(event, p.Leave)
             self.emit(ev.Presence(event.name, "leave", ev.from_ms(event.time_ms), event.reason))
         elif kind is p.Synced:
+            assert isinstance(event, p.Synced)
             if self.phase == "sync":  # on our own topic: the subscription is live
                 self._online(now)
+            elif event.msg_id in self.room_syncs:
+                self._rooms_live(self.room_syncs.pop(event.msg_id), now)
         elif kind is p.Shutdown and self.dealer is not None:
             assert isinstance(event, p.Shutdown)
             self._lost(f"the broker is shutting down ({event.reason})", now)
 
-    def _message(self, message: p.Message) -> None:
+    def _message(self, message: p.Message, seq: int = 0) -> None:
         key = (message.sender.lower(), message.msg_id)
         if key in self.seen:
             return  # a resend of what we already have
@@ -278,7 +340,126 @@ class Poller:
             self.seen.popitem(last=False)
         text = message.body.decode("utf-8", "replace")
         self.emit(ev.Message(message.msg_id.decode(), message.sender, message.target, text,
-                             ev.from_ms(message.time_ms)))  # fmt: skip
+                             ev.from_ms(message.time_ms), seq=seq))  # fmt: skip
+
+    @staticmethod
+    def _record(record: p.Record) -> ev.Message:
+        return ev.Message(record.msg_id.decode(), record.sender, record.target,
+                          record.body.decode("utf-8", "replace"), ev.from_ms(record.time_ms),
+                          history=True, seq=record.seq)  # fmt: skip
+
+    # --- rooms (PROTOCOL.md 13) ------------------------------------------------
+
+    def _rejoin(self, listing: p.RoomList, now: float) -> None:
+        """After registering: subscribe to every room we are in, the broker's and ours."""
+        mine = {room.lower() for room in listing.mine}
+        for name in mine:
+            self.rooms.setdefault(name, Room(name))
+        for name in self.rooms:
+            if name not in mine:  # the broker forgot (a restart without a store): enter again
+                self._send(p.encode_command(b"ENTER", self.new_id().encode(), name), now)
+        self._watch([room for room in self.rooms.values() if not room.subscribed], now)
+
+    def _watch(self, rooms: list[Room], now: float) -> None:
+        """Subscribe, and SYNC until the subscriptions are live; the room's topic is kept meanwhile."""
+        if not rooms or self.sub is None:
+            return
+        for room in rooms:
+            self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_of(room.name))
+            room.subscribed = True
+            room.phase = "syncing"
+            room.kept.clear()
+        self._sync_rooms(now)
+
+    def _sync_rooms(self, now: float) -> None:
+        syncing = [name for name, room in self.rooms.items() if room.phase == "syncing"]
+        if not syncing:
+            self.room_syncs.clear()
+            return
+        sync_id = self.new_id().encode()
+        self.room_syncs[sync_id] = syncing
+        self.next_room_sync_at = now + SYNC_RETRY
+        self._send(p.encode_simple(b"SYNC", sync_id), now)
+
+    def _rooms_live(self, names: list[str], now: float) -> None:
+        for name in names:
+            room = self.rooms.get(name)
+            if room is not None and room.phase == "syncing":
+                room.phase = "history"
+                history_id = self.new_id().encode()
+                self.join_histories[history_id] = name
+                count = str(self.s.history_count)
+                self._send(p.encode_command(b"HISTORY", history_id, name, "0", count), now)
+        if not any(room.phase == "syncing" for room in self.rooms.values()):
+            self.room_syncs.clear()
+
+    def _history(self, reply: p.History) -> None:
+        records = sorted(reply.records, key=lambda r: r.seq)
+        name = self.join_histories.pop(reply.msg_id, None)
+        if name is None:  # asked by the user: /history
+            request = self.inflight.pop(reply.msg_id, None)
+            if request is None:
+                return
+            messages = tuple(self._record(r) for r in records)
+            for message in messages:
+                self.emit(message)
+            self._note_oldest(request.target, records)
+            self._answer(request, ev.History(request.target, messages, reply.last_seq))
+            return
+        room = self.rooms.get(name)
+        if room is None or room.phase != "history":
+            return
+        if reply.last_seq < room.seen_seq:  # the broker lost the room's numbers: count afresh
+            room.seen_seq = 0
+        # History up to last_seq, then what was kept from after it: no gap, no repeat.
+        for record in records:
+            if record.seq > room.seen_seq:
+                self.emit(self._record(record))
+        self._note_oldest(name, records)
+        room.seen_seq = max(room.seen_seq, reply.last_seq)
+        room.phase = "live"
+        kept, room.kept = room.kept, []
+        for seq, event in kept:
+            if seq > room.seen_seq:
+                room.seen_seq = seq
+                self._room_event(name, event, seq)
+
+    def _note_oldest(self, room: str, records: list[p.Record]) -> None:
+        if records and records[0].seq and records[0].seq < self.oldest.get(room, records[0].seq + 1):
+            self.oldest[room] = records[0].seq
+
+    def _from_room(self, published: p.Published) -> None:
+        name = published.topic[:-1].decode("utf-8", "replace")
+        room = self.rooms.get(name)
+        if room is None or not room.subscribed:
+            return  # left, or not yet ours
+        seq = published.seq
+        if room.phase != "live":
+            room.kept.append((seq, published.event))
+            return
+        if seq <= room.seen_seq:
+            return
+        if room.seen_seq and seq > room.seen_seq + 1:
+            missed = seq - room.seen_seq - 1
+            self.emit(
+                ev.Status(self.state, f"missed {missed} message(s) in {name}: this client read too slowly")
+            )
+        room.seen_seq = seq
+        self._room_event(name, published.event, seq)
+
+    def _room_event(self, name: str, event: p.PublishedEvent, seq: int) -> None:
+        if isinstance(event, p.Message):
+            self._message(event, seq)
+        elif isinstance(event, p.Join):
+            self.emit(ev.Presence(event.name, "join", ev.from_ms(event.time_ms), room=name))
+        elif isinstance(event, p.Leave):
+            self.emit(ev.Presence(event.name, "leave", ev.from_ms(event.time_ms), event.reason, room=name))
+
+    def _confirm_received(self, now: float) -> None:
+        """RECEIVED, one per sender for what this wake-up brought (PROTOCOL.md 13.4)."""
+        due, self.receipts_due = self.receipts_due, {}
+        for sender, ids in due.items():
+            self._send(p.encode_command(b"RECEIVED", self.new_id().encode(), sender, *ids), now)
 
     def _answered(self, answer: p.Ack | p.Error, now: float) -> None:
         msg_id = answer.msg_id
@@ -294,9 +475,8 @@ class Poller:
         request = self.inflight.pop(msg_id, None)
         if request is not None:
             if isinstance(answer, p.Ack):
-                outcome: ev.Outcome = ev.Ack(
-                    request.msg_id, ev.from_ms(answer.time_ms), answer.status, request.target, request.text
-                )
+                outcome: ev.Outcome = ev.Ack(request.msg_id, ev.from_ms(answer.time_ms), answer.status,
+                                             request.target, request.text, request.kind)  # fmt: skip
             else:
                 outcome = request.refusal(answer.code, answer.text)
             self._answer(request, outcome)
@@ -328,10 +508,37 @@ class Poller:
     def _transmit(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
         self.inflight[msg_id] = request
-        if request.kind == "who":
+        kind, target = request.kind, request.target
+        if kind == "send":
+            if not ev.is_room(target):  # remembered to show with its receipt
+                self.sent[msg_id] = request.text
+                if len(self.sent) > SENT_TEXTS:
+                    self.sent.popitem(last=False)
+            self._send(p.encode_send(msg_id, target, request.text), now)
+        elif kind == "who":
             self._send(p.encode_simple(b"WHO", msg_id), now)
-        else:
-            self._send(p.encode_send(msg_id, request.target, request.text), now)
+        elif kind == "enter":
+            self._send(p.encode_command(b"ENTER", msg_id, target), now)
+            room = self.rooms.setdefault(target, Room(target))
+            if not room.subscribed:
+                self._watch([room], now)
+        elif kind == "exit":
+            self._send(p.encode_command(b"EXIT", msg_id, target), now)
+            left = self.rooms.pop(target, None)
+            self.oldest.pop(target, None)
+            if left is not None and left.subscribed and self.sub is not None:
+                self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_of(target))
+        elif kind == "rooms":
+            self._send(p.encode_command(b"ROOMS", msg_id), now)
+        elif kind == "names":
+            self._send(p.encode_command(b"NAMES", msg_id, target), now)
+        elif kind == "history":
+            before = request.before
+            if before < 0:  # page back from the oldest shown
+                before = self.oldest.get(target, 0)
+            self._send(p.encode_command(b"HISTORY", msg_id, target, str(before), str(request.count)), now)
+        elif kind == "search":
+            self._send(p.encode_command(b"SEARCH", msg_id, request.text), now)
 
     def _begin_close(self, now: float) -> None:
         self.closing = True
@@ -356,6 +563,8 @@ class Poller:
             self._registering(now)
         else:
             self._heartbeat(now)
+            if self.room_syncs and now >= self.next_room_sync_at:
+                self._sync_rooms(now)
         self._expire_requests(now)
 
     def _registering(self, now: float) -> None:

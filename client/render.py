@@ -32,34 +32,82 @@ class Renderer:
         if isinstance(event, ev.Message):
             return self._message(event)
         if isinstance(event, ev.Presence):
-            verb = "joined" if event.event == "join" else f"left ({event.reason})"
-            return self._dim(f"{self._time(event.time)} -- {self._name(event.name)} {verb}")
+            return self._presence(event)
         if isinstance(event, ev.Ack):
-            if event.target == "*":
-                return None  # our own broadcast comes back from the broker: that line shows it
-            return f"{self._time(event.time)} {self._private_tag()} you -> {self._name(event.target)}: {event.text}"
+            return self._ack(event)
+        if isinstance(event, ev.Receipt):
+            what = f": {event.text}" if event.text else f" (id {event.msg_id})"
+            return self._dim(f"{self._time(event.time)} ✓ delivered to {self._name(event.recipient)}{what}")
+        if isinstance(event, ev.RoomList):
+            return self._rooms(event)
+        if isinstance(event, ev.History):
+            if not event.messages:
+                return self._dim(f"-- no earlier messages in {event.room}")
+            return self._dim(f"-- {len(event.messages)} earlier message(s) of {event.room} above")
+        if isinstance(event, ev.Found):
+            if not event.messages:
+                return "found nothing"
+            return "\n".join([f"found {len(event.messages)}, newest first:",
+                              *(f"  {self._message(m)}" for m in event.messages)])  # fmt: skip
         if isinstance(event, ev.Refusal):
             what = f"not sent to {event.target}" if event.target and event.target != "*" else "not sent"
             if event.code == ev.USAGE:
                 what = "error"
             return self._error(f"!! {what}: {event.text} ({event.code})")
         if isinstance(event, ev.Users):
-            return f"online ({len(event.names)}): {', '.join(event.names) or 'nobody'}"
+            where = f"in {event.room}" if event.room else "online"
+            return f"{where} ({len(event.names)}): {', '.join(event.names) or 'nobody'}"
         mark = "!!" if event.state in (ev.State.RECONNECTING, ev.State.OFFLINE) else "--"
         return self._dim(f"{mark} {event.detail}") if mark == "--" else self._error(f"{mark} {event.detail}")
 
     def _message(self, m: ev.Message) -> str:
-        stamp = self._time(m.time)
+        stamp = self._time(m.time, dated=m.history)
+        if m.history:
+            stamp += " " + self._dim("[history]")
         if m.text.startswith(ACTION_PREFIX):
             body = f"* {self._name(m.sender)} {m.text[len(ACTION_PREFIX) :]}"
         else:
             body = f"<{self._name(m.sender)}> {m.text}"
         if m.private:
+            if m.sender.lower() == self.me.lower() and m.target.lower() != self.me.lower():
+                return f"{stamp} {self._private_tag()} you -> {self._name(m.target)}: {m.text}"  # found
             return f"{stamp} {self._private_tag()} {self._name(m.sender)} -> you: {m.text}"
+        if m.room != "*":
+            return f"{stamp} {m.room} {body}"
         return f"{stamp} {body}"
 
-    def _time(self, t: datetime) -> str:
-        return self._dim(t.astimezone().strftime("[%H:%M:%S]"))
+    def _presence(self, p: ev.Presence) -> str | None:
+        if p.room != "*" and p.name.lower() == self.me.lower():
+            return None  # our own entering and leaving: the Ack to /join or /leave says it
+        where = "" if p.room == "*" else f" {p.room}"
+        verb = f"joined{where}" if p.event == "join" else f"left{where} ({p.reason})"
+        return self._dim(f"{self._time(p.time)} -- {self._name(p.name)} {verb}")
+
+    def _ack(self, a: ev.Ack) -> str | None:
+        if a.command == "enter":
+            return self._dim(f"-- you joined {a.target}")
+        if a.command == "exit":
+            return self._dim(f"-- you left {a.target}")
+        if a.command != "send" or ev.is_room(a.target):
+            return None  # our own room message comes back from the broker: that line shows it
+        line = f"{self._time(a.time)} {self._private_tag()} you -> {self._name(a.target)}: {a.text}"
+        if a.status == "stored":
+            line += self._dim(f" (stored: {a.target} is offline)")
+        return line
+
+    def _rooms(self, rooms: ev.RoomList) -> str:
+        if not rooms.sizes:
+            return "rooms: none yet; /join #name makes one"
+        mine = {room.lower() for room in rooms.mine}
+        listed = [
+            f"{room} ({count}{', yours' if room.lower() in mine else ''})" for room, count in rooms.sizes
+        ]
+        return f"rooms ({len(listed)}): {', '.join(listed)}"
+
+    def _time(self, t: datetime, dated: bool = False) -> str:
+        local = t.astimezone()
+        today = datetime.now(local.tzinfo).date() == local.date()
+        return self._dim(local.strftime("[%H:%M:%S]" if today or not dated else "[%Y-%m-%d %H:%M:%S]"))
 
     def _name(self, name: str) -> str:
         if not self.colour:
@@ -84,25 +132,53 @@ def to_json(event: ev.Event) -> str:
     """One JSON object for `--json`; README lists the fields."""
     data: dict[str, Any]
     if isinstance(event, ev.Message):
-        data = {"type": "message", "kind": "private" if event.private else "broadcast",
-                "id": event.msg_id, "from": event.sender, "to": event.target, "time": iso(event.time)}  # fmt: skip
-        if event.text.startswith(ACTION_PREFIX):
-            data.update(text=event.text[len(ACTION_PREFIX) :], action=True)
-        else:
-            data["text"] = event.text
+        data = message_json(event)
     elif isinstance(event, ev.Presence):
-        data = {"type": "presence", "event": event.event, "name": event.name, "time": iso(event.time)}
+        data = {"type": "presence", "event": event.event, "name": event.name, "room": event.room,
+                "time": iso(event.time)}  # fmt: skip
         if event.reason:
             data["reason"] = event.reason
     elif isinstance(event, ev.Ack):
         data = {"type": "ack", "id": event.msg_id, "to": event.target, "status": event.status,
                 "time": iso(event.time)}  # fmt: skip
+        if event.command != "send":
+            data["command"] = event.command
+    elif isinstance(event, ev.Receipt):
+        data = {"type": "receipt", "id": event.msg_id, "to": event.recipient, "time": iso(event.time)}
+    elif isinstance(event, ev.RoomList):
+        data = {"type": "rooms", "rooms": [{"room": room, "members": count} for room, count in event.sizes],
+                "mine": list(event.mine)}  # fmt: skip
+    elif isinstance(event, ev.History):
+        data = {
+            "type": "history",
+            "room": event.room,
+            "count": len(event.messages),
+            "last_seq": event.last_seq,
+        }
+    elif isinstance(event, ev.Found):
+        data = {"type": "found", "messages": [message_json(m) for m in event.messages]}
     elif isinstance(event, ev.Refusal):
         data = {"type": "error", "id": event.msg_id, "code": event.code, "text": event.text}
         if event.target:
             data["to"] = event.target
     elif isinstance(event, ev.Users):
         data = {"type": "users", "names": list(event.names)}
+        if event.room:
+            data["room"] = event.room
     else:
         data = {"type": "status", "state": event.state.value, "text": event.detail}
     return json.dumps(data, ensure_ascii=False)
+
+
+def message_json(m: ev.Message) -> dict[str, Any]:
+    kind = "private" if m.private else "broadcast" if m.room == "*" else "room"
+    data: dict[str, Any] = {"type": "message", "kind": kind, "id": m.msg_id, "from": m.sender, "to": m.target,
+                            "room": m.room, "time": iso(m.time)}  # fmt: skip
+    if m.text.startswith(ACTION_PREFIX):
+        data.update(text=m.text[len(ACTION_PREFIX) :], action=True)
+    else:
+        data["text"] = m.text
+    if m.history:
+        data["history"] = True
+        data["seq"] = m.seq
+    return data

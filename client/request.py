@@ -9,15 +9,19 @@ from zchat.client import events as ev
 
 
 class Request:
-    """A send or a WHO on its way; `wait()` gives its Ack, Refusal or Users."""
+    """A command on its way; `wait()` gives its answer (events.Outcome)."""
 
-    __slots__ = ("_done", "_outcome", "created", "kind", "msg_id", "target", "text")
+    __slots__ = ("_done", "_outcome", "before", "count", "created", "kind", "msg_id", "target", "text")
 
-    def __init__(self, kind: str, msg_id: str, target: str = "", text: str = "") -> None:
-        self.kind = kind  # "send", "who" or "close"
+    def __init__(self, kind: str, msg_id: str, target: str = "", text: str = "", before: int = 0,
+                 count: int = 0) -> None:  # fmt: skip
+        #: "send", "who", "close", "enter", "exit", "rooms", "names", "history" or "search".
+        self.kind = kind
         self.msg_id = msg_id
-        self.target = target
+        self.target = target  # a name or room (for "search": nothing; the words are the text)
         self.text = text
+        self.before = before  # history: the sequence number to page back from; -1: from the oldest seen
+        self.count = count
         self.created = time.monotonic()
         self._done = threading.Event()
         self._outcome: ev.Outcome | None = None

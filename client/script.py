@@ -14,6 +14,7 @@ from zchat.client import commands as cmd
 from zchat.client import events as ev
 from zchat.client.render import Renderer, to_json
 from zchat.client.session import Client
+from zchat.common.protocol import valid_room
 
 
 class LineWriter:
@@ -25,6 +26,7 @@ class LineWriter:
         self.renderer = Renderer(me, colour)
         self.lock = threading.Lock()
         self.refused = 0
+        self.room = "*"  # where plain text goes
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Refusal) and event.code != ev.USAGE:
@@ -61,6 +63,8 @@ def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_ti
 class Output(Protocol):
     """Where a front end shows events and help: LineWriter here, the TUI's Screen."""
 
+    room: str  # the current room: plain text goes there
+
     def __call__(self, event: ev.Event) -> None: ...
 
     def show_help(self) -> None: ...
@@ -69,11 +73,43 @@ class Output(Protocol):
 def execute(client: Client, command: cmd.Command, out: Output) -> None:
     """Send what a parsed line asks for; answers arrive later as events."""
     if isinstance(command, cmd.Say):
-        client.broadcast(command.text)
+        client.send(out.room, command.text)
     elif isinstance(command, cmd.Private):
         client.send(command.to, command.text)
     elif isinstance(command, cmd.Who):
         client.who()
+    elif isinstance(command, cmd.Join):
+        if not client.enter(command.room).done():  # refused at once when not a room name
+            out.room = command.room.lower()
+    elif isinstance(command, cmd.Leave):
+        room = (command.room or out.room).lower()
+        if room == "*":
+            out(ev.Refusal("", ev.USAGE, "the lobby cannot be left: /quit leaves the chat"))
+        elif not client.exit(room).done() and room == out.room:
+            out.room = "*"
+    elif isinstance(command, cmd.SwitchRoom):
+        room = command.room.lower()
+        if room != "*" and not valid_room(room):
+            out(
+                ev.Refusal(
+                    "", ev.USAGE, f"{command.room!r} is not a room: '#' and 1-32 letters, digits, _ - ."
+                )
+            )
+        else:
+            out.room = room
+            out(ev.Status(client.state, f"now talking in {'the lobby' if room == '*' else room}"))
+    elif isinstance(command, cmd.Rooms):
+        client.rooms()
+    elif isinstance(command, cmd.Names):
+        room = command.room or out.room
+        if room == "*":
+            client.who()
+        else:
+            client.names(room)
+    elif isinstance(command, cmd.History):
+        client.history(command.room or out.room, before=-1, count=command.count)
+    elif isinstance(command, cmd.Search):
+        client.search(command.words)
     elif isinstance(command, cmd.Help):
         out.show_help()
     elif isinstance(command, cmd.Invalid):

@@ -25,7 +25,7 @@ from types import TracebackType
 from zchat.client import events as ev
 from zchat.client.poller import Poller, Settings
 from zchat.client.request import Request
-from zchat.common.protocol import EVERYONE
+from zchat.common.protocol import EVERYONE, MAX_HISTORY, valid_room
 
 log = logging.getLogger("zchat.client")
 
@@ -45,15 +45,18 @@ class Client:
         connect_timeout: float = 5.0,
         answer_timeout: float = 30.0,
         max_queued: int = 1000,
+        history_count: int = 50,
         on_event: Callable[[ev.Event], None] | None = None,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
         Without it, events queue up for `events()` and `next_event()`.
+        `history_count` messages of a room are shown on joining it (and on
+        registering, for the rooms one is in).
         """
         self.name = name
         self.broker = broker
-        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued)
+        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count)
         self._on_event = on_event
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
@@ -116,6 +119,56 @@ class Client:
     def who(self) -> Request:
         """Ask who is online; `.wait()` gives Users (or a Refusal)."""
         return self._submit(Request("who", self._new_id()))
+
+    # --- rooms, history and search (PROTOCOL.md 13) ----------------------------
+
+    def enter(self, room: str) -> Request:
+        """Join `room` ("#name"): its last messages come as history, then live ones; `.wait()` gives Ack."""
+        return self._room_request("enter", room)
+
+    def exit(self, room: str) -> Request:
+        """Leave `room`; `.wait()` gives Ack (or a Refusal)."""
+        return self._room_request("exit", room)
+
+    def rooms(self) -> Request:
+        """Every room with members, and ours; `.wait()` gives RoomList."""
+        return self._submit(Request("rooms", self._new_id()))
+
+    def names(self, room: str) -> Request:
+        """Who of `room` is online ("*": the lobby); `.wait()` gives Users with its room."""
+        return self._room_request("names", room, lobby=True)
+
+    def history(self, room: str, before: int = 0, count: int = 50) -> Request:
+        """The `count` messages of `room` before sequence number `before` (0: the newest).
+
+        They come as Message events marked history, then `.wait()` gives History.
+        `before=-1` pages back from the oldest message shown so far.
+        """
+        return self._room_request(
+            "history", room, lobby=True, before=before, count=min(max(count, 1), MAX_HISTORY)
+        )
+
+    def search(self, words: str) -> Request:
+        """Messages of our rooms and our private ones with all of `words`; `.wait()` gives Found."""
+        if not words.strip():
+            return self._refused(Request("search", self._new_id()), "give words to search for")
+        return self._submit(Request("search", self._new_id(), text=words))
+
+    def _room_request(
+        self, kind: str, room: str, lobby: bool = False, before: int = 0, count: int = 0
+    ) -> Request:
+        room = room.lower()
+        request = Request(kind, self._new_id(), room, before=before, count=count)
+        if not (valid_room(room) or (lobby and room == EVERYONE)):
+            return self._refused(request, f"{room!r} is not a room: '#' and 1-32 letters, digits, _ - .")
+        return self._submit(request)
+
+    def _refused(self, request: Request, text: str) -> Request:
+        """Refused here, without asking the broker; shown like any refusal."""
+        refusal = ev.Refusal(request.msg_id, ev.USAGE, text)
+        if request.resolve(refusal):
+            self._emit(refusal)
+        return request
 
     def flush(self, timeout: float) -> bool:
         """Wait until every request so far has its answer; False on timeout."""

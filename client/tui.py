@@ -34,28 +34,48 @@ STYLE = Style.from_dict({"reconnecting": "fg:ansiyellow bold", "offline": "fg:an
 
 
 class Roster:
-    """The names known to be online, kept from Users and Presence events."""
+    """The names known to be online and the rooms known, kept from events."""
 
     def __init__(self, me: str) -> None:
         self.me = me
         self._names: set[str] = set()
+        self._rooms: set[str] = set()
         self._lock = threading.Lock()  # written on the poller thread, read on the UI one
 
     def update(self, event: ev.Event) -> None:
         with self._lock:
             if isinstance(event, ev.Users):
-                self._names = set(event.names)
+                if event.room:
+                    self._names |= set(event.names)  # a room's members are online too
+                    self._rooms.add(event.room)
+                else:
+                    self._names = set(event.names)
             elif isinstance(event, ev.Presence):
-                if event.event == "join":
+                if event.room != "*":
+                    self._rooms.add(event.room)  # leaving a room is not leaving the chat
+                    if event.event == "join":
+                        self._names.add(event.name)
+                elif event.event == "join":
                     self._names.add(event.name)
                 else:
                     self._names.discard(event.name)
             elif isinstance(event, ev.Message):
-                self._names.add(event.sender)
+                if not event.history:
+                    self._names.add(event.sender)
+                if event.room and event.room != "*":
+                    self._rooms.add(event.room)
+            elif isinstance(event, ev.RoomList):
+                self._rooms |= {room for room, _ in event.sizes} | set(event.mine)
+            elif isinstance(event, ev.Ack) and event.command == "enter":
+                self._rooms.add(event.target)
 
     def others(self) -> list[str]:
         with self._lock:
             return sorted(self._names - {self.me}, key=str.lower)
+
+    def rooms(self) -> list[str]:
+        with self._lock:
+            return sorted(self._rooms)
 
 
 class ChatCompleter(Completer):
@@ -69,7 +89,7 @@ class ChatCompleter(Completer):
         if " " not in before:
             if before.startswith("/"):
                 for word in cmd.WORDS:
-                    suffix = " " if word in ("/msg", "/me") else ""
+                    suffix = " " if word in ("/msg", "/me", *cmd.ROOM_WORDS, "/search") else ""
                     yield from self._matching([word], before, suffix)
                 return
             if before.startswith("@"):
@@ -79,6 +99,10 @@ class ChatCompleter(Completer):
         first, _, rest = before.partition(" ")
         if first.lower() in PRIVATE_WORDS and " " not in rest:
             yield from self._matching(self.roster.others(), rest, suffix=" ")
+        elif first.lower() in cmd.ROOM_WORDS and " " not in rest:
+            yield from self._matching(self.roster.rooms(), rest, suffix="")
+        elif word.startswith("#"):
+            yield from self._matching(self.roster.rooms(), word, suffix="")
         elif word and not word.startswith(("/", "@")):
             yield from self._matching(self.roster.others(), word, suffix="")
 
@@ -97,6 +121,7 @@ class Screen:
         self.roster = Roster(me)
         self.session: PromptSession[str] | None = None
         self.quiet = False  # set on the way out: the closing status is noise
+        self.room = "*"  # the current room: plain text goes there; the prompt shows it
         self._held: list[str] | None = []  # lines from before the connection was made
         self._lock = threading.RLock()
 
@@ -130,10 +155,12 @@ class Screen:
             sys.stdout.flush()
 
 
-def prompt_for(client: Client, colour: bool) -> StyleAndTextTuples:
+def prompt_for(client: Client, colour: bool, room: str = "*") -> StyleAndTextTuples:
     name_style = f"fg:ansi{_ANSI_NAMES[colour_of(client.name)]}" if colour else ""
     state = client.state
     fragments: StyleAndTextTuples = [(name_style, client.name)]
+    if room != "*":
+        fragments.append(("", f" {room}"))
     if state is ev.State.RECONNECTING or state is ev.State.CONNECTING:
         fragments.append(("class:reconnecting", f" ({state.value})"))
     elif state is not ev.State.ONLINE:
@@ -175,7 +202,7 @@ def run_tui(name: str, broker: str, connect_timeout: float, colour: bool) -> int
 
 def _chat(client: Client, screen: Screen, colour: bool) -> int:
     session: PromptSession[str] = PromptSession(
-        lambda: prompt_for(client, colour),
+        lambda: prompt_for(client, colour, screen.room),
         history=InMemoryHistory(),
         completer=ChatCompleter(screen.roster),
         complete_while_typing=False,
