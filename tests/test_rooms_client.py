@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import json
 import queue
+import shutil
 import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.chat import Watcher, chat
@@ -282,3 +284,40 @@ def test_line_mode_room_commands(broker: Broker) -> None:
         assert "-- you left #dev" in out
         assert bob.message("hi dev").room == "#dev"
         assert bob.message("hi lobby").room == "*"
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_tui_joins_a_room_shows_its_history_and_talks_there(broker: Broker, tmp_path: Path) -> None:
+    from tests.test_tui import Peer, Terminal, start_alice
+
+    terminal = Terminal(tmp_path)
+    bob = Peer("bob", broker.endpoint)
+    try:
+        ack(bob.client.enter("#dev").wait(DEADLINE))
+        ack(bob.client.send("#dev", "before you came").wait(DEADLINE))
+        start_alice(terminal, broker)
+        terminal.type("/join #dev")
+        terminal.keys("Enter")
+        terminal.wait_screen("-- you joined #dev")
+        terminal.wait_screen("[history] #dev <bob> before you came")
+        terminal.wait_input("alice #dev>")
+        terminal.type("hello dev")
+        terminal.keys("Enter")
+        assert bob.message("hello dev").room == "#dev"
+        terminal.wait_screen("#dev <alice> hello dev")
+        bob.client.send("#dev", "welcome").wait(DEADLINE)
+        terminal.wait_screen("#dev <bob> welcome")
+        terminal.type("/names #d")
+        terminal.keys("Tab")
+        terminal.wait_input("alice #dev> /names #dev")
+        terminal.keys("Enter")
+        terminal.wait_screen("in #dev (2): alice, bob")
+        terminal.type("/room")
+        terminal.keys("Enter")
+        terminal.wait_input("alice>")
+        terminal.type("in the lobby")
+        terminal.keys("Enter")
+        assert bob.message("in the lobby").room == "*"
+    finally:
+        bob.client.close()
+        terminal.close()
