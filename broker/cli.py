@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import logging
 import sys
+from pathlib import Path
 
 import click
+import platformdirs
 import zmq
 
 from zchat.broker.server import BrokerServer, BrokerSettings
+from zchat.broker.store import StoreError
+
+
+def default_store() -> str:
+    return str(Path(platformdirs.user_data_dir("zchat")) / "zchat.db")
 
 
 @click.command()
@@ -60,6 +67,22 @@ from zchat.broker.server import BrokerServer, BrokerSettings
     help="Largest message text in bytes.",
 )
 @click.option(
+    "--store",
+    default=None,
+    envvar="ZCHAT_STORE",
+    metavar="PATH",
+    help="SQLite file for rooms, history and mailboxes [default: zchat.db in the user data folder]; "
+    ":memory: keeps nothing.",
+)
+@click.option(
+    "--history-days",
+    default=30.0,
+    show_default=True,
+    envvar="ZCHAT_HISTORY_DAYS",
+    type=click.FloatRange(0.001, 36500),
+    help="Days of history to keep.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -73,6 +96,8 @@ def broker(
     heartbeat_interval: float,
     heartbeat_timeout: float,
     max_message_size: int,
+    store: str | None,
+    history_days: float,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -90,10 +115,14 @@ def broker(
         heartbeat_ms=int(heartbeat_interval * 1000),
         timeout_ms=int(heartbeat_timeout * 1000),
         max_body=max_message_size,
+        store=store or default_store(),
+        history_days=history_days,
     )
     try:
         server = BrokerServer(settings)
     except zmq.ZMQError as e:
         raise click.ClickException(f"cannot listen on {host} ports {port}/{pub_port}: {e}") from None
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
     server.install_signal_handlers()
     server.run()

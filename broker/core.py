@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
 
@@ -26,6 +27,9 @@ class CoreConfig:
     heartbeat_ms: int = 2000
     timeout_ms: int = 6000
     max_body: int = 65536
+    mailbox_messages: int = 1000
+    mailbox_bytes: int = 1 << 20
+    history_days: float = 30.0
 
 
 class SendTo(NamedTuple):
@@ -52,6 +56,7 @@ class Forward(NamedTuple):
     frames: list[bytes]
     sender: bytes
     ack: list[bytes]
+    sender_key: str
 
 
 Action = SendTo | Publish | Forward
@@ -64,6 +69,7 @@ class Session:
     name_bytes: bytes
     token: str
     last_seen: float
+    key: str
     #: JOIN goes out at READY, once the client hears the lobby: whatever
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
@@ -72,11 +78,15 @@ class Session:
 @dataclass
 class BrokerCore:
     config: CoreConfig
+    store: Store = field(default_factory=MemoryStore)
     new_token: Callable[[], str] = lambda: secrets.token_hex(16)
     by_peer: dict[bytes, Session] = field(default_factory=dict)
     by_key: dict[str, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
-    last_seq: dict[bytes, int] = field(default_factory=dict)
+    last_seq: dict[str, int] = field(default_factory=dict)  # per room; "*" is the lobby
+    #: Room members by name key, read once per room from the store and kept in step.
+    room_members: dict[str, set[str]] = field(default_factory=dict)
+    next_maintenance: float = 0.0
     shutting_down: bool = False
 
     # --- input ---------------------------------------------------------------
@@ -123,10 +133,11 @@ class BrokerCore:
                 return [ack]
             session.announced = True
             join = p.encode_join(session.name_bytes, p.now_ms(now))
-            return [ack, Publish(self._published(p.LOBBY_TOPIC, join))]
-        # Bye: the client leaves on purpose.
-        ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
-        return [ack, *self._drop(session, now, "quit")]
+            return [ack, Publish(self._published(p.EVERYONE, join))]
+        if kind is p.Bye:  # the client leaves on purpose
+            ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+            return [ack, *self._drop(session, now, "quit")]
+        return self._room_command(session, command, now)
 
     def _send(self, session: Session, command: p.Send, now: float) -> list[Action]:
         msg_id, target, body = command
@@ -134,21 +145,59 @@ class BrokerCore:
             return [self._refuse(session.peer, msg_id, Code.TOO_LARGE,
                                  f"message is {len(body)} bytes, the limit is {self.config.max_body}")]  # fmt: skip
         stamp = p.now_ms(now)
-        ack = p.encode_ack(msg_id, stamp)
-        if target == p.EVERYONE:
-            self.counters["broadcast"] += 1
-            message = p.encode_message(msg_id, session.name_bytes, b"*", stamp, body)
-            return [Publish(self._published(p.LOBBY_TOPIC, message)), SendTo(session.peer, ack)]
-        recipient = self.by_key.get(target.lower())
+        status = self.store.seen(session.key, msg_id)
+        if status is not None:  # a resend of what was accepted: answer again, deliver nothing
+            self.counters["duplicate"] += 1
+            return [SendTo(session.peer, p.encode_ack(msg_id, stamp, status.encode()))]
+        if target == p.EVERYONE or target.startswith("#"):
+            return self._to_room(session, msg_id, target.lower(), body, now)
+        key = target.lower()
+        recipient = self.by_key.get(key)
         if recipient is None:
+            if p.valid_name(target) and self.store.is_known(key):
+                stored = StoredMessage("", 0, msg_id, session.name, target, int(now * 1000), body)
+                return self._keep_for_later(session.peer, session.key, key, stored, now)
             if p.valid_name(target):
-                text = f"{target} is not online"
+                text = f"{target} is not online and has never been here"
             else:
-                text = f"{target!r} is neither a user name nor '*'"
+                text = f"{target!r} is neither a user name, a #room nor '*'"
             return [self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, text)]
         self.counters["private"] += 1
         message = p.encode_message(msg_id, session.name_bytes, recipient.name_bytes, stamp, body)
-        return [Forward(recipient.peer, message, session.peer, ack)]
+        return [Forward(recipient.peer, message, session.peer, p.encode_ack(msg_id, stamp), session.key)]
+
+    def _to_room(self, session: Session, msg_id: bytes, room: str, body: bytes, now: float) -> list[Action]:
+        if room != p.EVERYONE:
+            if not p.valid_room(room):
+                return [
+                    self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, f"{room!r} is not a room name")
+                ]
+            if session.key not in self._members(room):
+                return [self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")]
+        self.counters["broadcast"] += 1
+        stamp = p.now_ms(now)
+        published = self._published(
+            room, p.encode_message(msg_id, session.name_bytes, room.encode(), stamp, body)
+        )
+        time_ms = int(stamp)
+        self.store.add_room_message(
+            StoredMessage(room, int(published[1]), msg_id, session.name, room, time_ms, body)
+        )
+        self.store.remember(session.key, msg_id, "accepted", time_ms)
+        return [Publish(published), SendTo(session.peer, p.encode_ack(msg_id, stamp))]
+
+    def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
+                        now: float) -> list[Action]:  # fmt: skip
+        """A private message for a known user who is offline: into its mailbox."""
+        count, size = self.store.mailbox_usage(key)
+        c = self.config
+        if count >= c.mailbox_messages or size + len(message.body) > c.mailbox_bytes:
+            return [self._refuse(sender, message.msg_id, Code.RECIPIENT_BUSY,
+                                 f"the mailbox of {message.target} is full")]  # fmt: skip
+        self.counters["stored"] += 1
+        self.store.enqueue(key, message)
+        self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
+        return [SendTo(sender, p.encode_ack(message.msg_id, p.now_ms(now), b"stored"))]
 
     def _hello(self, peer: bytes, current: Session | None, hello: p.Hello, now: float) -> list[Action]:
         key = p.name_key(hello.name)
@@ -170,12 +219,30 @@ class BrokerCore:
                 log.info("%s resumed its session on a new connection", holder.name)
                 return [SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
-        session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now)
+        session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key)
         self.by_peer[peer] = session
         self.by_key[key] = session
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, len(self.by_key))
-        return [SendTo(peer, self._welcome(hello.msg_id, session, now))]
+        self.store.add_user(key)
+        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *self._waiting_for(session)]
+
+    def _waiting_for(self, session: Session) -> list[Action]:
+        """What was kept for a user while it was away: mail, then receipts."""
+        actions: list[Action] = []
+        for m in self.store.mailbox(session.key):
+            time_ms = str(m.time_ms).encode()
+            message = p.encode_message(m.msg_id, m.sender.encode(), m.target.encode(), time_ms, m.body)
+            actions.append(SendTo(session.peer, message))
+        by_recipient: dict[tuple[str, int], list[bytes]] = {}
+        for msg_id, recipient, when in self.store.receipts(session.key):
+            by_recipient.setdefault((recipient, when), []).append(msg_id)
+            self.store.clear_receipt(session.key, msg_id)
+        for (recipient, when), ids in by_recipient.items():
+            actions.append(
+                SendTo(session.peer, p.encode_receipt(recipient.encode(), str(when).encode(), ids))
+            )
+        return actions
 
     def _welcome(self, msg_id: bytes, session: Session, now: float) -> list[bytes]:
         c = self.config
@@ -184,7 +251,82 @@ class BrokerCore:
             c.heartbeat_ms, c.timeout_ms, c.max_body, int(now * 1000),
         ))  # fmt: skip
 
+    # --- rooms, history, search, receipts (PROTOCOL.md 13) ---------------------
+
+    def _room_command(self, session: Session, command: p.ClientCommand, now: float) -> list[Action]:
+        peer, msg_id = session.peer, command.msg_id
+        stamp = p.now_ms(now)
+        if isinstance(command, p.Enter | p.Exit):
+            return self._membership(session, command, now)
+        if isinstance(command, p.Rooms):
+            sizes = self.store.room_sizes()
+            return [SendTo(peer, p.encode_rooms(msg_id, sizes, self.store.rooms_of(session.key)))]
+        if isinstance(command, p.Names):
+            keys = self.by_key.keys() if command.room == p.EVERYONE else self._members(command.room)
+            names = sorted((self.by_key[k].name for k in keys if k in self.by_key), key=str.lower)
+            return [SendTo(peer, p.encode_users(msg_id, names))]
+        if isinstance(command, p.HistoryRequest):
+            room = command.room
+            if room != p.EVERYONE and session.key not in self._members(room):
+                return [self._refuse(peer, msg_id, Code.NOT_MEMBER, f"join {room} to read its history")]
+            last = self.last_seq.get(room)
+            last = self.store.last_seq(room) if last is None else last
+            before = command.before or last + 1
+            records = [_record(m) for m in self.store.room_history(room, before, command.limit)]
+            return [SendTo(peer, p.encode_history(msg_id, room, last, records))]
+        if isinstance(command, p.Search):
+            found = self.store.search(session.key, command.words, 50)
+            return [SendTo(peer, p.encode_found(msg_id, [_record(m) for m in found]))]
+        assert isinstance(command, p.Received)
+        return [SendTo(peer, p.encode_ack(msg_id, stamp)), *self._received(session, command, now)]
+
+    def _membership(self, session: Session, command: p.Enter | p.Exit, now: float) -> list[Action]:
+        room, entering = command.room, isinstance(command, p.Enter)
+        ack = SendTo(session.peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+        if room == p.EVERYONE:
+            return [
+                self._refuse(session.peer, command.msg_id, Code.MALFORMED, "everyone is always in the lobby")
+            ]
+        members = self._members(room)
+        if (session.key in members) == entering:
+            return [ack]  # nothing changes
+        self.store.set_member(session.key, room, entering)
+        if entering:
+            members.add(session.key)
+            event = p.encode_join(session.name_bytes, p.now_ms(now), room)
+        else:
+            members.discard(session.key)
+            event = p.encode_leave(session.name_bytes, p.now_ms(now), "left", room)
+        return [ack, Publish(self._published(room, event))]
+
+    def _received(self, session: Session, command: p.Received, now: float) -> list[Action]:
+        """The recipient's client has these messages: clear its mailbox, tell the sender."""
+        sender_key = command.sender.lower()
+        for msg_id in command.ids:
+            self.store.delivered(session.key, sender_key, msg_id)
+        time_ms = int(now * 1000)
+        sender = self.by_key.get(sender_key)
+        if sender is not None:
+            receipt = p.encode_receipt(session.name_bytes, str(time_ms).encode(), list(command.ids))
+            return [SendTo(sender.peer, receipt)]
+        for msg_id in command.ids:
+            self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
+        return []
+
+    def maintain(self, now: float) -> None:
+        """Retention: forget what is older than the configured history, hourly."""
+        if now < self.next_maintenance:
+            return
+        self.next_maintenance = now + 3600
+        expired = self.store.expire(int((now - self.config.history_days * 86400) * 1000))
+        if expired:
+            log.info("retention: %d messages older than %g days forgotten", expired, self.config.history_days)
+
     # --- events from the shell ----------------------------------------------
+
+    def forwarded(self, forward: Forward) -> None:
+        """A Forward reached its recipient's connection: a resend is a duplicate now."""
+        self.store.remember(forward.sender_key, forward.ack[2], "accepted", int(forward.ack[3]))
 
     def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
         """A Forward could not be handed to its recipient: tell the sender why."""
@@ -194,12 +336,16 @@ class BrokerCore:
             name = recipient.name if recipient else "the recipient"
             return [self._refuse(forward.sender, msg_id, Code.RECIPIENT_BUSY,
                                  f"{name} is not reading; message not delivered")]  # fmt: skip
-        refusal = self._refuse(forward.sender, msg_id, Code.UNKNOWN_RECIPIENT,
-                               "the recipient went offline; message not delivered")  # fmt: skip
-        actions: list[Action] = [refusal]
+        actions: list[Action] = []
         if recipient is not None:
             actions += self._drop(recipient, now, "disconnected")
-        return actions
+        # The recipient is gone but known: the message waits in its mailbox.
+        f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
+        kept = StoredMessage("", 0, f[2], f[3].decode(), f[4].decode(), int(f[5]), f[6])
+        return [
+            *self._keep_for_later(forward.sender, forward.sender_key, f[4].decode().lower(), kept, now),
+            *actions,
+        ]
 
     def expire(self, now: float) -> list[Action]:
         """Drop every client silent for longer than the timeout."""
@@ -214,7 +360,7 @@ class BrokerCore:
         self.shutting_down = True
         frames = p.encode_shutdown(reason)
         actions: list[Action] = [SendTo(peer, frames) for peer in self.by_peer]
-        actions.append(Publish(self._published(p.LOBBY_TOPIC, frames)))
+        actions.append(Publish(self._published(p.EVERYONE, frames)))
         return actions
 
     # --- helpers -------------------------------------------------------------
@@ -227,12 +373,22 @@ class BrokerCore:
         if not session.announced:
             return []  # nobody was told it joined
         leave = p.encode_leave(session.name_bytes, p.now_ms(now), reason)
-        return [Publish(self._published(p.LOBBY_TOPIC, leave))]
+        return [Publish(self._published(p.EVERYONE, leave))]
 
-    def _published(self, topic: bytes, message: list[bytes]) -> list[bytes]:
-        seq = self.last_seq.get(topic, 0) + 1
-        self.last_seq[topic] = seq
-        return [topic, str(seq).encode(), *message]
+    def _published(self, room: str, message: list[bytes]) -> list[bytes]:
+        """Topic and the room's next sequence number (continued from the store) first."""
+        seq = self.last_seq.get(room)
+        if seq is None:
+            seq = self.store.last_seq(room)
+        seq += 1
+        self.last_seq[room] = seq
+        return [p.topic_of(room), str(seq).encode(), *message]
+
+    def _members(self, room: str) -> set[str]:
+        members = self.room_members.get(room)
+        if members is None:
+            members = self.room_members[room] = self.store.members(room)
+        return members
 
     def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
         return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")
@@ -246,3 +402,7 @@ class BrokerCore:
     def _who(self, peer: bytes) -> str:
         session = self.by_peer.get(peer)
         return session.name if session else f"peer {peer.hex()}"
+
+
+def _record(m: StoredMessage) -> p.Record:
+    return p.Record(m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body)

@@ -14,6 +14,7 @@ from types import FrameType
 import zmq
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.broker.store import open_store
 
 log = logging.getLogger("zchat.broker")
 
@@ -68,6 +69,8 @@ class BrokerSettings:
     max_body: int = 65536
     #: Per-peer queue limit on both sockets; see docs/PROTOCOL.md, "Limits".
     hwm: int = 10000
+    store: str = ":memory:"
+    history_days: float = 30.0
 
 
 def endpoint(host: str, port: int) -> str:
@@ -86,6 +89,7 @@ def advertised(host: str, bound: str) -> str:
 class BrokerServer:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
+        store = open_store(settings.store)  # first: a bad store fails before any port is taken
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.pub = self.context.socket(zmq.PUB)
@@ -108,7 +112,8 @@ class BrokerServer:
             heartbeat_ms=settings.heartbeat_ms,
             timeout_ms=settings.timeout_ms,
             max_body=settings.max_body,
-        ))  # fmt: skip
+            history_days=settings.history_days,
+        ), store=store)  # fmt: skip
         self._stopping = False
         #: ACKs held during one wake-up, per sender, to go out as one message each.
         self._acks: dict[bytes, list[bytes]] = {}
@@ -145,6 +150,7 @@ class BrokerServer:
                 now = time.time()
                 if now >= next_sweep:
                     self.apply(core.expire(now))
+                    core.maintain(now)
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._flush_acks()
@@ -179,6 +185,7 @@ class BrokerServer:
                 raise
             self.apply(self.core.undeliverable(forward, busy=False, now=time.time()))
         else:
+            self.core.forwarded(forward)
             self._ack_later(forward.sender, forward.ack)
 
     def _ack_later(self, peer: bytes, ack: list[bytes]) -> None:
@@ -193,6 +200,7 @@ class BrokerServer:
             self._acks[peer] = ack
 
     def _flush_acks(self) -> None:
+        self.core.store.commit()  # an ACK promises the message is kept: store first
         for peer, held in self._acks.items():
             self._send_now(peer, held)
         self._acks.clear()
@@ -201,6 +209,7 @@ class BrokerServer:
         """Any other reply: the peer's held ACKs go first, so replies keep their order."""
         held = self._acks.pop(peer, None)
         if held is not None:
+            self.core.store.commit()
             self._send_now(peer, held)
         self._send_now(peer, frames)
 
@@ -216,6 +225,7 @@ class BrokerServer:
             self.core.counters["dropped.unreachable"] += 1
 
     def close(self) -> None:
+        self.core.store.close()
         self.router.close()
         self.pub.close()
         self.context.term()

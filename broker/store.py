@@ -17,6 +17,15 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 
+def open_store(path: str) -> Store:
+    """`:memory:` keeps nothing across restarts; anything else is an SQLite file."""
+    if path == ":memory:":
+        return MemoryStore()
+    from zchat.broker.sqlite_store import SqliteStore  # only brokers with a file need sqlite3
+
+    return SqliteStore.open(path)
+
+
 @dataclass(frozen=True, slots=True)
 class StoredMessage:
     room: str  # "#name" or "*" for a room message; "" for a private one
@@ -114,9 +123,14 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
+#: MemoryStore keeps this much, so a long-running broker stays bounded.
+MEMORY_HISTORY = 10_000  # messages per room
+MEMORY_SEEN = 100_000  # (sender, id) pairs
+
+
 @dataclass
 class MemoryStore:
-    """A Store in memory: nothing survives the process."""
+    """A Store in memory: nothing survives the process, and only recent history."""
 
     history: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
     rooms: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
@@ -128,7 +142,10 @@ class MemoryStore:
     seqs: dict[str, int] = field(default_factory=dict)  # outlives expiry: sequences never go back
 
     def add_room_message(self, message: StoredMessage) -> None:
-        self.history[message.room].append(message)
+        messages = self.history[message.room]
+        messages.append(message)
+        if len(messages) > MEMORY_HISTORY * 1.1:  # trim now and then, not at every message
+            del messages[: len(messages) - MEMORY_HISTORY]
         self.seqs[message.room] = max(message.seq, self.seqs.get(message.room, 0))
 
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
@@ -193,6 +210,8 @@ class MemoryStore:
 
     def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
         self.seen_ids[(sender, msg_id)] = (status, time_ms)
+        if len(self.seen_ids) > MEMORY_SEEN:
+            del self.seen_ids[next(iter(self.seen_ids))]  # the oldest: dicts keep insertion order
 
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
         wanted = [t for t in map(_words, words.split()) if t]

@@ -20,6 +20,8 @@ EVERYONE = "*"
 LOBBY_TOPIC = b"*\x00"
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
+ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,32}")
+MAX_HISTORY = 500
 MSG_ID_RE = re.compile(rb"[\x21-\x7e]{1,64}")
 MAX_REASON_BYTES = 256
 
@@ -36,6 +38,7 @@ class Code(IntEnum):
     TOO_LARGE = 413
     BAD_ENCODING = 415
     INVALID_NAME = 422
+    NOT_MEMBER = 423
     BAD_VERSION = 426
     RATE_LIMITED = 429
     INTERNAL = 500
@@ -88,7 +91,59 @@ class Bye(NamedTuple):
     msg_id: bytes
 
 
-ClientCommand = Hello | Send | Who | Ping | Sync | Ready | Bye
+class Enter(NamedTuple):
+    msg_id: bytes
+    room: str
+
+
+class Exit(NamedTuple):
+    msg_id: bytes
+    room: str
+
+
+class Rooms(NamedTuple):
+    msg_id: bytes
+
+
+class Names(NamedTuple):
+    msg_id: bytes
+    room: str
+
+
+class HistoryRequest(NamedTuple):
+    msg_id: bytes
+    room: str
+    before: int  # 0: up to now
+    limit: int
+
+
+class Search(NamedTuple):
+    msg_id: bytes
+    words: str
+
+
+class Received(NamedTuple):
+    msg_id: bytes
+    sender: str
+    ids: tuple[bytes, ...]
+
+
+ClientCommand = (
+    Hello
+    | Send
+    | Who
+    | Ping
+    | Sync
+    | Ready
+    | Bye
+    | Enter
+    | Exit
+    | Rooms
+    | Names
+    | HistoryRequest
+    | Search
+    | Received
+)
 
 # --- what the broker sends to one client (ROUTER -> DEALER) ------------------
 
@@ -149,19 +204,56 @@ class Shutdown(NamedTuple):
 class Join(NamedTuple):
     name: str
     time_ms: int
+    room: str = EVERYONE
 
 
 class Leave(NamedTuple):
     name: str
     time_ms: int
     reason: str
+    room: str = EVERYONE
 
 
 class Synced(NamedTuple):
     msg_id: bytes
 
 
-ServerEvent = Welcome | Ack | Error | Users | Pong | Message | Shutdown
+class Record(NamedTuple):
+    """A stored message, in HISTORY and FOUND (PROTOCOL.md 13.2)."""
+
+    seq: int
+    msg_id: bytes
+    sender: str
+    target: str
+    time_ms: int
+    body: bytes
+
+
+class RoomList(NamedTuple):
+    msg_id: bytes
+    sizes: tuple[tuple[str, int], ...]
+    mine: tuple[str, ...]
+
+
+class History(NamedTuple):
+    msg_id: bytes
+    room: str
+    last_seq: int
+    records: tuple[Record, ...]
+
+
+class Found(NamedTuple):
+    msg_id: bytes
+    records: tuple[Record, ...]
+
+
+class Receipt(NamedTuple):
+    recipient: str
+    time_ms: int
+    msg_ids: tuple[bytes, ...]
+
+
+ServerEvent = Welcome | Ack | Error | Users | Pong | Message | Shutdown | RoomList | History | Found | Receipt
 PublishedEvent = Message | Join | Leave | Synced | Shutdown
 
 
@@ -176,6 +268,15 @@ class Published(NamedTuple):
 
 def valid_name(name: str) -> bool:
     return NAME_RE.fullmatch(name) is not None
+
+
+def valid_room(room: str) -> bool:
+    return ROOM_RE.fullmatch(room) is not None
+
+
+def topic_of(room: str) -> bytes:
+    """A room's PUB topic: its name and a NUL, so prefixes never match."""
+    return room.encode() + b"\x00"
 
 
 def name_key(name: str) -> str:
@@ -280,6 +381,46 @@ def decode_command(frames: list[bytes]) -> ClientCommand:
         return Ready(_msg_id(frames, "READY"))
     if command == b"BYE":
         return Bye(_msg_id(frames, "BYE"))
+    return _decode_room_command(command, frames)
+
+
+def _room(frames: list[bytes], index: int, msg_id: bytes, lobby: bool = False) -> str:
+    room = frames[index].decode("latin-1").lower()
+    if not (valid_room(room) or (lobby and room == EVERYONE)):
+        raise ProtocolError(Code.MALFORMED, "a room is '#' and 1-32 letters, digits, '_', '-' or '.'", msg_id)
+    return room
+
+
+def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
+    """The commands of rooms, history and offline delivery (PROTOCOL.md 13)."""
+    if command in (b"ENTER", b"EXIT", b"NAMES"):
+        name = command.decode()
+        msg_id = _msg_id(frames, name)
+        _need(frames, 4, name)
+        if command == b"NAMES":
+            return Names(msg_id, _room(frames, 3, msg_id, lobby=True))
+        room = _room(frames, 3, msg_id, lobby=command == b"EXIT")  # EXIT of the lobby: refused later
+        return Enter(msg_id, room) if command == b"ENTER" else Exit(msg_id, room)
+    if command == b"ROOMS":
+        return Rooms(_msg_id(frames, "ROOMS"))
+    if command == b"HISTORY":
+        msg_id = _msg_id(frames, "HISTORY")
+        _need(frames, 6, "HISTORY")
+        count = _int(frames[5], "count", msg_id)
+        return HistoryRequest(msg_id, _room(frames, 3, msg_id, lobby=True), _int(frames[4], "before", msg_id),
+                              min(count, MAX_HISTORY))  # fmt: skip
+    if command == b"SEARCH":
+        msg_id = _msg_id(frames, "SEARCH")
+        _need(frames, 4, "SEARCH")
+        return Search(msg_id, _text(frames[3], "words", msg_id))
+    if command == b"RECEIVED":
+        msg_id = _msg_id(frames, "RECEIVED")
+        _need(frames, 5, "RECEIVED")
+        sender = frames[3].decode("latin-1")
+        ids = tuple(frames[4:])
+        if not valid_name(sender) or not all(MSG_ID_RE.fullmatch(i) for i in ids):
+            raise ProtocolError(Code.MALFORMED, "RECEIVED needs a sender name and message ids", msg_id)
+        return Received(msg_id, sender, ids)
     msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
     shown = command[:32].decode("ascii", "replace")
     raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {shown!r}", msg_id)
@@ -336,12 +477,60 @@ def encode_shutdown(reason: str) -> list[bytes]:
     return [SIGNATURE, b"SHUTDOWN", reason.encode()]
 
 
-def encode_join(name: bytes, time_ms: bytes) -> list[bytes]:
-    return [SIGNATURE, b"JOIN", name, time_ms]
+def encode_join(name: bytes, time_ms: bytes, room: str = EVERYONE) -> list[bytes]:
+    frames = [SIGNATURE, b"JOIN", name, time_ms]
+    return frames if room == EVERYONE else [*frames, room.encode()]
 
 
-def encode_leave(name: bytes, time_ms: bytes, reason: str) -> list[bytes]:
-    return [SIGNATURE, b"LEAVE", name, time_ms, reason.encode()]
+def encode_leave(name: bytes, time_ms: bytes, reason: str, room: str = EVERYONE) -> list[bytes]:
+    frames = [SIGNATURE, b"LEAVE", name, time_ms, reason.encode()]
+    return frames if room == EVERYONE else [*frames, room.encode()]
+
+
+def encode_command(command: bytes, msg_id: bytes, *fields: str | bytes) -> list[bytes]:
+    """Any client command: ENTER, EXIT, NAMES, HISTORY, SEARCH, RECEIVED, ..."""
+    return [SIGNATURE, command, msg_id, *(f.encode() if isinstance(f, str) else f for f in fields)]
+
+
+def encode_rooms(msg_id: bytes, sizes: dict[str, int], mine: set[str]) -> list[bytes]:
+    listing = " ".join(f"{room}:{count}" for room, count in sorted(sizes.items()))
+    return [SIGNATURE, b"ROOMS", msg_id, listing.encode(), " ".join(sorted(mine)).encode()]
+
+
+def record_frames(r: Record) -> list[bytes]:
+    return [
+        str(r.seq).encode(),
+        r.msg_id,
+        r.sender.encode(),
+        r.target.encode(),
+        str(r.time_ms).encode(),
+        r.body,
+    ]
+
+
+def encode_history(msg_id: bytes, room: str, last_seq: int, records: list[Record]) -> list[bytes]:
+    frames = [
+        SIGNATURE,
+        b"HISTORY",
+        msg_id,
+        room.encode(),
+        str(last_seq).encode(),
+        str(len(records)).encode(),
+    ]
+    for record in records:
+        frames += record_frames(record)
+    return frames
+
+
+def encode_found(msg_id: bytes, records: list[Record]) -> list[bytes]:
+    frames = [SIGNATURE, b"FOUND", msg_id, str(len(records)).encode()]
+    for record in records:
+        frames += record_frames(record)
+    return frames
+
+
+def encode_receipt(recipient: bytes, time_ms: bytes, msg_ids: list[bytes]) -> list[bytes]:
+    return [SIGNATURE, b"RECEIPT", recipient, time_ms, *msg_ids]
 
 
 def encode_synced(msg_id: bytes) -> list[bytes]:
@@ -373,9 +562,33 @@ def decode_published(frames: list[bytes]) -> Published:
     if len(frames) < 4:
         raise ProtocolError(Code.MALFORMED, "a published message needs topic and sequence frames")
     event = decode_event(frames[2:])
-    if isinstance(event, (Welcome, Ack, Error, Users, Pong)):
+    if isinstance(event, (Welcome, Ack, Error, Users, Pong, RoomList, History, Found, Receipt)):
         raise ProtocolError(Code.MALFORMED, f"{type(event).__name__} is never published")
     return Published(frames[0], _int(frames[1], "sequence"), event)
+
+
+def _room_field(f: list[bytes], index: int) -> str:
+    return _text(f[index], "room") if len(f) > index else EVERYONE
+
+
+def _sizes(frame: bytes) -> tuple[tuple[str, int], ...]:
+    pairs = []
+    for item in _text(frame, "rooms").split():
+        room, _, count = item.rpartition(":")
+        pairs.append((room, _int(count.encode(), "member count")))
+    return tuple(pairs)
+
+
+def _records(f: list[bytes], count_at: int) -> tuple[Record, ...]:
+    count = _int(f[count_at], "count")
+    start = count_at + 1
+    if len(f) < start + 6 * count:
+        raise ProtocolError(Code.MALFORMED, f"{count} records announced, fewer sent")
+    return tuple(
+        Record(_int(f[i], "seq"), f[i + 1], _text(f[i + 2], "sender"), _text(f[i + 3], "target"),
+               _int(f[i + 4], "time"), f[i + 5])
+        for i in range(start, start + 6 * count, 6)
+    )  # fmt: skip
 
 
 def _decode_users(f: list[bytes]) -> Users:
@@ -396,7 +609,11 @@ _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | Pu
         f[2], _text(f[3], "sender"), _text(f[4], "target"), _int(f[5], "time"), f[6]
     )),
     b"SHUTDOWN": (3, lambda f: Shutdown(_text(f[2], "reason"))),
-    b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _int(f[3], "time"))),
-    b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _int(f[3], "time"), _text(f[4], "reason"))),
+    b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _int(f[3], "time"), _room_field(f, 4))),
+    b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _int(f[3], "time"), _text(f[4], "reason"), _room_field(f, 5))),
+    b"ROOMS": (5, lambda f: RoomList(f[2], _sizes(f[3]), tuple(_text(f[4], "rooms").split()))),
+    b"HISTORY": (6, lambda f: History(f[2], _text(f[3], "room"), _int(f[4], "seq"), _records(f, 5))),
+    b"FOUND": (4, lambda f: Found(f[2], _records(f, 3))),
+    b"RECEIPT": (5, lambda f: Receipt(_text(f[2], "recipient"), _int(f[3], "time"), tuple(f[4:]))),
     b"SYNCED": (3, lambda f: Synced(f[2])),
 }  # fmt: skip

@@ -68,7 +68,8 @@ def start_broker(
     with open(log_path, "wb") as log_file:
         process = subprocess.Popen(
             [ZCHAT, "broker", "--host", "127.0.0.1", "--port", str(port),
-             "--pub-port", str(pub_port), "--log-level", "debug", *args],
+             "--pub-port", str(pub_port), "--log-level", "debug",
+             *([] if "--store" in args else ["--store", ":memory:"]), *args],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
 

@@ -97,7 +97,8 @@ def test_broadcast_is_published_in_sequence_and_acknowledged(core: BrokerCore) -
     ("frames", "code"),
     [
         (p.encode_send(b"m", "nobody", "x"), Code.UNKNOWN_RECIPIENT),
-        (p.encode_send(b"m", "#room", "x"), Code.UNKNOWN_RECIPIENT),
+        (p.encode_send(b"m", "#room", "x"), Code.NOT_MEMBER),
+        (p.encode_send(b"m", "#", "x"), Code.UNKNOWN_RECIPIENT),
         (p.encode_send(b"m", "*", "x" * 101), Code.TOO_LARGE),
         ([p.SIGNATURE, b"SEND", b"m", b"*", b"\xc3\x28"], Code.BAD_ENCODING),
         ([p.SIGNATURE, b"SEND", b"m", b"*"], Code.MALFORMED),
@@ -160,15 +161,18 @@ def test_resume_token_moves_the_session_to_a_new_connection_silently(core: Broke
     )
 
 
-def test_undeliverable_private_message_is_refused_to_the_sender(core: BrokerCore) -> None:
+def test_undeliverable_private_message_is_refused_or_kept(core: BrokerCore) -> None:
     register(core, b"A", "alice")
     register(core, b"B", "bob")
     (forward,) = core.receive(b"A", p.encode_send(b"m1", "bob", "hi"), 1.0)
     assert isinstance(forward, Forward)
     assert error_code(core.undeliverable(forward, busy=True, now=1.0), b"A") == Code.RECIPIENT_BUSY
-    actions = core.undeliverable(forward, busy=False, now=1.0)
-    assert error_code(actions, b"A") == Code.UNKNOWN_RECIPIENT
+    actions = core.undeliverable(forward, busy=False, now=1.0)  # bob's connection is gone
+    assert replies(actions, b"A") == [p.Ack(b"m1", 1000, "stored")]
     assert [e.event for e in published(actions)] == [p.Leave("bob", 1000, "disconnected")]
+    # bob comes back: the message is waiting, with its original id and time
+    back = register(core, b"B2", "bob", now=5.0)
+    assert p.Message(b"m1", "alice", "bob", 1000, b"hi") in replies(back, b"B2")
 
 
 def test_shutdown_tells_every_client_and_refuses_what_follows(core: BrokerCore) -> None:
@@ -177,3 +181,82 @@ def test_shutdown_tells_every_client_and_refuses_what_follows(core: BrokerCore) 
     assert replies(actions, b"A") == [p.Shutdown("the broker is shutting down")]
     assert [e.event for e in published(actions)] == [p.Shutdown("the broker is shutting down")]
     assert error_code(core.receive(b"A", p.encode_send(b"m", "*", "x"), 5.0), b"A") == Code.SHUTTING_DOWN
+
+
+def test_private_message_to_an_offline_known_user_is_kept_in_order_with_receipts(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    core.receive(b"B", p.encode_simple(b"BYE", b"bye"), 0.5)
+    register(core, b"A", "alice")
+    for i in range(3):
+        answer = replies(core.receive(b"A", p.encode_send(b"m%d" % i, "bob", f"t{i}"), 1.0 + i), b"A")
+        assert answer == [p.Ack(b"m%d" % i, 1000 + 1000 * i, "stored")]
+    core.receive(b"A", p.encode_simple(b"BYE", b"bye"), 4.0)  # alice is away when bob reads
+    back = register(core, b"B2", "bob", now=5.0)
+    mail = [e for e in replies(back, b"B2") if isinstance(e, p.Message)]
+    assert [(m.msg_id, m.body, m.time_ms) for m in mail] == [
+        (b"m0", b"t0", 1000), (b"m1", b"t1", 2000), (b"m2", b"t2", 3000)
+    ]  # fmt: skip
+    core.receive(b"B2", p.encode_command(b"RECEIVED", b"r", "alice", b"m0", b"m1", b"m2"), 6.0)
+    assert core.store.mailbox("bob") == []
+    again = register(core, b"A2", "alice", now=7.0)
+    assert p.Receipt("bob", 6000, (b"m0", b"m1", b"m2")) in replies(again, b"A2")
+
+
+def test_a_resent_message_is_acknowledged_again_but_not_delivered_twice(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    (forward,) = core.receive(b"A", p.encode_send(b"m1", "bob", "hi"), 1.0)
+    assert isinstance(forward, Forward)
+    core.forwarded(forward)
+    again = core.receive(b"A", p.encode_send(b"m1", "bob", "hi"), 2.0)
+    assert again == [SendTo(b"A", p.encode_ack(b"m1", b"2000"))]
+    core.receive(b"A", p.encode_send(b"m2", "*", "x"), 2.0)
+    assert published(core.receive(b"A", p.encode_send(b"m2", "*", "x"), 3.0)) == []
+
+
+def test_room_messages_go_to_the_room_topic_for_members_only(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    entered = core.receive(b"A", p.encode_command(b"ENTER", b"e", "#Dev"), 1.0)
+    assert replies(entered, b"A") == [p.Ack(b"e", 1000, "accepted")]
+    assert published(entered) == [p.Published(b"#dev\x00", 1, p.Join("alice", 1000, "#dev"))]
+    said = core.receive(b"A", p.encode_send(b"m1", "#dev", "hi devs"), 2.0)
+    assert published(said) == [
+        p.Published(b"#dev\x00", 2, p.Message(b"m1", "alice", "#dev", 2000, b"hi devs"))
+    ]
+    assert (
+        error_code(core.receive(b"B", p.encode_send(b"m2", "#dev", "me too"), 2.0), b"B") == Code.NOT_MEMBER
+    )
+    rooms = replies(core.receive(b"B", p.encode_simple(b"ROOMS", b"r"), 2.0), b"B")
+    assert rooms == [p.RoomList(b"r", (("#dev", 1),), ())]
+    names = replies(core.receive(b"B", p.encode_command(b"NAMES", b"n", "#dev"), 2.0), b"B")
+    assert names == [p.Users(b"n", ("alice",))]
+    left = core.receive(b"A", p.encode_command(b"EXIT", b"x", "#dev"), 3.0)
+    assert [e.event for e in published(left)] == [p.Leave("alice", 3000, "left", "#dev")]
+
+
+def test_history_pages_back_from_the_newest(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    core.receive(b"A", p.encode_command(b"ENTER", b"e", "#dev"), 0.0)  # seq 1 is the JOIN
+    for i in range(5):
+        core.receive(b"A", p.encode_send(b"m%d" % i, "#dev", f"t{i}"), 1.0 + i)  # seqs 2..6
+    (latest,) = replies(core.receive(b"A", p.encode_command(b"HISTORY", b"h", "#dev", "0", "2"), 9.0), b"A")
+    assert isinstance(latest, p.History) and latest.last_seq == 6
+    assert [r.body for r in latest.records] == [b"t3", b"t4"]
+    (older,) = replies(core.receive(b"A", p.encode_command(b"HISTORY", b"h", "#dev", "5", "10"), 9.0), b"A")
+    assert isinstance(older, p.History) and [r.seq for r in older.records] == [2, 3, 4]
+    register(core, b"B", "bob")
+    denied = core.receive(b"B", p.encode_command(b"HISTORY", b"h", "#dev", "0", "2"), 9.0)
+    assert error_code(denied, b"B") == Code.NOT_MEMBER
+
+
+def test_search_finds_only_what_the_user_may_see(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    core.receive(b"A", p.encode_command(b"ENTER", b"e", "#secret"), 0.0)
+    core.receive(b"A", p.encode_send(b"m1", "#secret", "the plan is ready"), 1.0)
+    core.receive(b"A", p.encode_send(b"m2", "*", "the plan for lunch"), 2.0)
+    (found,) = replies(core.receive(b"B", p.encode_command(b"SEARCH", b"s", "plan"), 3.0), b"B")
+    assert isinstance(found, p.Found) and [r.body for r in found.records] == [b"the plan for lunch"]
+    (mine,) = replies(core.receive(b"A", p.encode_command(b"SEARCH", b"s", "plan"), 3.0), b"A")
+    assert isinstance(mine, p.Found) and len(mine.records) == 2
