@@ -455,6 +455,12 @@ class Poller:
         elif isinstance(event, p.Leave):
             self.emit(ev.Presence(event.name, "leave", ev.from_ms(event.time_ms), event.reason, room=name))
 
+    def _forget_room(self, name: str) -> None:
+        room = self.rooms.pop(name, None)
+        self.oldest.pop(name, None)
+        if room is not None and room.subscribed and self.sub is not None:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_of(name))
+
     def _confirm_received(self, now: float) -> None:
         """RECEIVED, one per sender for what this wake-up brought (PROTOCOL.md 13.4)."""
         due, self.receipts_due = self.receipts_due, {}
@@ -479,7 +485,15 @@ class Poller:
                                              request.target, request.text, request.kind)  # fmt: skip
             else:
                 outcome = request.refusal(answer.code, answer.text)
+                if request.kind == "enter":  # not a member after all: stop listening
+                    self._forget_room(request.target)
             self._answer(request, outcome)
+        elif isinstance(answer, p.Error) and msg_id in self.join_histories:
+            # No history for the room: show what was kept rather than hold it for ever.
+            name = self.join_histories[msg_id]
+            log.info("no history of %s: %s", name, answer.text)
+            room = self.rooms.get(name)
+            self._history(p.History(msg_id, name, room.seen_seq if room else 0, ()))
         elif isinstance(answer, p.Error):
             if answer.code == Code.NOT_REGISTERED:
                 self._lost("the broker no longer knows this session", now)
@@ -524,10 +538,7 @@ class Poller:
                 self._watch([room], now)
         elif kind == "exit":
             self._send(p.encode_command(b"EXIT", msg_id, target), now)
-            left = self.rooms.pop(target, None)
-            self.oldest.pop(target, None)
-            if left is not None and left.subscribed and self.sub is not None:
-                self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_of(target))
+            self._forget_room(target)
         elif kind == "rooms":
             self._send(p.encode_command(b"ROOMS", msg_id), now)
         elif kind == "names":

@@ -128,7 +128,7 @@ def test_history_pages_further_back_until_the_start(broker: Broker) -> None:
             assert all(m.history for m in bob.messages())
 
 
-def test_search_finds_only_my_rooms_and_my_private_messages(broker: Broker) -> None:
+def test_search_never_finds_other_rooms_or_other_peoples_private_messages(broker: Broker) -> None:
     with (
         chat("alice", broker.endpoint) as alice,
         chat("bob", broker.endpoint) as bob,
@@ -145,7 +145,9 @@ def test_search_finds_only_my_rooms_and_my_private_messages(broker: Broker) -> N
         carol.message("needle for carol")
         found = bob.client.search("needle").wait(DEADLINE)
         assert isinstance(found, ev.Found)
-        assert sorted(m.text for m in found.messages) == ["needle for bob", "needle in a"]
+        texts = {m.text for m in found.messages}
+        assert "needle in a" in texts and not texts & {"needle in b", "needle for carol"}
+        assert all(m.history for m in found.messages)
 
 
 def test_an_offline_user_gets_every_message_in_order_and_the_sender_every_receipt(broker: Broker) -> None:
@@ -321,3 +323,47 @@ def test_tui_joins_a_room_shows_its_history_and_talks_there(broker: Broker, tmp_
     finally:
         bob.client.close()
         terminal.close()
+
+
+def test_room_commands_parse() -> None:
+    from zchat.client import commands as cmd
+
+    assert cmd.parse("/join #dev") == cmd.Join("#dev")
+    assert cmd.parse("/leave") == cmd.Leave("")
+    assert cmd.parse("/room") == cmd.SwitchRoom("*")
+    assert cmd.parse("/names #dev") == cmd.Names("#dev")
+    assert cmd.parse("/names") == cmd.Names("")
+    assert cmd.parse("/history") == cmd.History("", 50)
+    assert cmd.parse("/history #dev 20") == cmd.History("#dev", 20)
+    assert cmd.parse("/history 5") == cmd.History("", 5)
+    assert isinstance(cmd.parse("/history #dev x"), cmd.Invalid)
+    assert cmd.parse("/search two words") == cmd.Search("two words")
+    assert isinstance(cmd.parse("/join"), cmd.Invalid)
+
+
+def test_stored_acks_receipts_and_room_lines_read_clearly() -> None:
+    from datetime import datetime, timezone
+
+    from zchat.client.render import Renderer, to_json
+
+    now = datetime.now(timezone.utc)
+    r = Renderer("alice")
+    assert r.line(ev.Ack("i1", now, "stored", "bob", "hi")).endswith(  # type: ignore[union-attr]
+        "[private] you -> bob: hi (stored: bob is offline)"
+    )
+    assert r.line(ev.Receipt("i1", "bob", now, "hi")).endswith("✓ delivered to bob: hi")  # type: ignore[union-attr]
+    assert r.line(ev.Message("m", "bob", "#dev", "yo", now)).endswith("#dev <bob> yo")  # type: ignore[union-attr]
+    assert r.line(ev.Message("m", "bob", "*", "yo", now)).endswith("] <bob> yo")  # type: ignore[union-attr]
+    history = ev.Message("m", "bob", "#dev", "old", now, history=True, seq=3)
+    assert "[history] #dev <bob> old" in (r.line(history) or "")
+    assert json.loads(to_json(history))["history"] is True
+    assert json.loads(to_json(ev.Receipt("i1", "bob", now)))["type"] == "receipt"
+    assert json.loads(to_json(ev.Message("m", "bob", "alice", "p", now)))["room"] == ""
+
+
+def test_a_bad_room_name_is_refused_without_asking_the_broker(broker: Broker) -> None:
+    with chat("alice", broker.endpoint) as alice:
+        refusal = alice.client.enter("dev").wait(DEADLINE)
+        assert isinstance(refusal, ev.Refusal) and refusal.code == ev.USAGE
+        refused = alice.client.send("#nowhere", "hello?").wait(DEADLINE)
+        assert isinstance(refused, ev.Refusal) and refused.code == 423
