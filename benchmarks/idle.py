@@ -1,7 +1,8 @@
 """Idle registered clients: HELLO and READY once, then a PING every heartbeat interval.
 
 A client counts as registered when READY (which publishes its JOIN) is
-acknowledged. The clients have no SUB sockets: a lobby of thousands of
+acknowledged. Against the ceiling, a client registers and heartbeats by
+sending to itself (wire.CeilingWire), which the forwarder echoes. The clients have no SUB sockets: a lobby of thousands of
 subscribers would measure the JOIN fan-out (n squared deliveries), not idling.
 
 Each client starts heartbeating as soon as its WELCOME arrives, so clients
@@ -21,7 +22,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks.wire import ACK, ERROR, PONG, ZchatWire, ack_ids, recv_frames, send_frames
+from benchmarks.wire import ACK, ERROR, PONG, Wire, ack_ids, make_wire, recv_frames, send_frames
 from benchmarks.workers import expect
 
 #: HELLOs outstanding at once per worker.
@@ -58,6 +59,7 @@ class Awaiting:
 
 @dataclass(frozen=True)
 class IdleSpec:
+    wire: str
     endpoint: str
     first: int
     count: int
@@ -67,7 +69,7 @@ class IdleSpec:
 
 
 def idle_worker(spec: IdleSpec, conn: Connection, shared: Any) -> None:
-    wire = ZchatWire()
+    wire = make_wire(spec.wire)
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     ctx.set(zmq.MAX_SOCKETS, spec.count + 16)
     try:
@@ -76,9 +78,7 @@ def idle_worker(spec: IdleSpec, conn: Connection, shared: Any) -> None:
         ctx.destroy(linger=0)
 
 
-def _run(
-    spec: IdleSpec, wire: ZchatWire, ctx: zmq.Context[zmq.Socket[bytes]], conn: Connection
-) -> dict[str, Any]:
+def _run(spec: IdleSpec, wire: Wire, ctx: zmq.Context[zmq.Socket[bytes]], conn: Connection) -> dict[str, Any]:
     n = spec.count
     names = [b"idle%d" % (spec.first + i) for i in range(n)]
     socks = [wire.dealer(ctx, spec.endpoint, name) for name in names]
@@ -110,7 +110,7 @@ def _run(
             hellos += 1
         while not stopping and schedule and schedule[0][0] <= now:
             due, i = heapq.heappop(schedule)
-            send_frames(socks[i], wire.ping(b"p%d" % pings))
+            send_frames(socks[i], wire.ping(names[i], b"p%d" % pings))
             awaiting.sent(socks[i])
             pings += 1
             heapq.heappush(schedule, (due + interval, i))
@@ -134,23 +134,27 @@ def _run(
                 if not welcomed[i] and wire.welcomed(frames):
                     welcomed[i] = True
                     heapq.heappush(schedule, (time.monotonic_ns() + interval, i))
-                    send_frames(sock, wire.ready(b"r%d" % i))  # the WELCOME's place in `awaiting`
-                    continue
-                what, payload = wire.classify(frames)
-                if what in (PONG, ERROR):
+                    ready = wire.ready(b"r%d" % i)
+                    if ready is not None:
+                        send_frames(sock, ready)  # takes the WELCOME's place in `awaiting`
+                        continue
                     awaiting.answered(sock)
-                if what == ACK:
-                    for msg_id in ack_ids(frames):
-                        awaiting.answered(sock)
-                        if msg_id.startswith(b"r"):
-                            n_ready += 1
-                    if n_ready == n and not last_ready:
-                        last_ready = time.monotonic_ns()
-                        conn.send(("ready", {"first_hello_ns": first_hello, "last_ready_ns": last_ready}))
-                elif what == PONG:
-                    pongs += 1
-                elif what == ERROR:
-                    errors[payload.decode()] += 1
+                    n_ready += 1  # nothing more to register
                 else:
-                    others += 1
+                    what, payload = wire.classify(frames)
+                    if what == ACK:
+                        for msg_id in ack_ids(frames):
+                            awaiting.answered(sock)
+                            n_ready += msg_id.startswith(b"r")
+                    elif what == PONG:
+                        awaiting.answered(sock)
+                        pongs += 1
+                    elif what == ERROR:
+                        awaiting.answered(sock)
+                        errors[payload.decode()] += 1
+                    else:
+                        others += 1
+                if n_ready == n and not last_ready:
+                    last_ready = time.monotonic_ns()
+                    conn.send(("ready", {"first_hello_ns": first_hello, "last_ready_ns": last_ready}))
     return {"clients": n, "pings": pings, "pongs": pongs, "refused": dict(errors), "other": others}

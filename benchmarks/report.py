@@ -147,14 +147,27 @@ def latency_table(rows: list[Row]) -> str:
 
 
 def idle_table(rows: list[Row]) -> str:
-    body = [[
-        _n(r["clients"]), f"{r['register_s']:.2f}", _n(r["registered_per_s"]), _n(r["register_cpu_us_per_client"]),
-        f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})", f"{r.get('server_main_us_per_ping', '-')}",
-        f"{r['rss_mib']}", f"{r['rss_before_mib']}",
-        f"{r['heartbeat_s']:g}", _n(r["pings"]), _n(r["pongs"]), str(r["dropped"]), f"{r['lost']} / {r['duplicated']}",
-    ] for r in rows]  # fmt: skip
-    return _table(["clients", "register s", "registered/s", "broker CPU us/registration", "broker CPU % (main)",
-                   "us/PING, main", "RSS MiB", "RSS empty MiB", "heartbeat s", "PINGs", "PONGs", "dropped",
+    def cpu(r: Row | None) -> str:
+        return f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})" if r else "-"
+
+    def ratio(r: Row | None, key: str) -> str:
+        value = _get(r, key)
+        return "-" if value is None else f"{value:.2f}"
+
+    body = []
+    for z, c in _pairs_of(rows, "clients"):
+        ref = z or c
+        assert ref is not None
+        body.append([
+            _n(ref["clients"]), f"{_get(z, 'register_s')}", _n(_get(z, "register_cpu_us_per_client")),
+            cpu(z), cpu(c), ratio(z, "server_cpu_pct_ratio_to_ceiling"),
+            f"{_get(z, 'server_main_us_per_ping')} / {_get(c, 'server_main_us_per_ping')}",
+            f"{_get(z, 'rss_mib')} ({_get(z, 'rss_before_mib')})", f"{_get(c, 'rss_mib')} ({_get(c, 'rss_before_mib')})",
+            ratio(z, "rss_mib_ratio_to_ceiling"), _n(_get(z, "pings")), str(_get(z, "dropped")), _loss(z, c),
+        ])  # fmt: skip
+    return _table(["clients", "zchat register s", "zchat CPU us/registration", "zchat CPU % (main)",
+                   "ceiling CPU % (main)", "CPU ratio", "us/PING, main: zchat / ceiling",
+                   "zchat RSS MiB (empty)", "ceiling RSS MiB (empty)", "RSS ratio", "zchat PINGs", "dropped",
                    "lost / dup"], body)  # fmt: skip
 
 

@@ -184,20 +184,23 @@ def latency(
 def idle(plan: Plan, log_dir: Path, say: Progress) -> list[dict[str, Any]]:
     rows = []
     for clients in plan.idle_clients:
-        row = say.measure(
-            run_idle,
-            clients,
-            procs=plan.idle_procs,
-            heartbeat=plan.idle_heartbeat,
-            timeout=plan.idle_timeout,
-            window=plan.idle_window,
-            log_dir=log_dir,
-        )
-        say(
-            f"idle {clients} clients: registered in {row['register_s']} s, broker CPU {row['server_cpu_pct']} %, "
-            f"RSS {row['rss_mib']} MiB, lost {row['lost']}, dropped {row['dropped']}"
-        )
-        rows.append(row)
+        for kind in KINDS:
+            row = say.measure(
+                run_idle,
+                kind,
+                clients,
+                procs=plan.idle_procs,
+                heartbeat=plan.idle_heartbeat,
+                timeout=plan.idle_timeout,
+                window=plan.idle_window,
+                log_dir=log_dir,
+            )
+            say(
+                f"idle {kind} {clients} clients: registered in {row['register_s']} s, "
+                f"server CPU {row['server_cpu_pct']} %, RSS {row['rss_mib']} MiB, lost {row['lost']}, "
+                f"dropped {row['dropped']}"
+            )
+            rows.append(row)
     return rows
 
 

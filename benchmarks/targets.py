@@ -20,7 +20,13 @@ _SECTIONS = ("private_throughput", "broadcast_throughput", "latency", "idle_clie
 
 
 def _key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row.get("kind"), row.get("pairs"), row.get("subscribers"), row.get("offered_per_s"))
+    return (
+        row.get("kind"),
+        row.get("pairs"),
+        row.get("subscribers"),
+        row.get("clients"),
+        row.get("offered_per_s"),
+    )
 
 
 def add_ratios(results: dict[str, Any]) -> None:
@@ -43,6 +49,14 @@ def add_ratios(results: dict[str, Any]) -> None:
             row["ratio_to_ceiling"] = round(mine / theirs, 3) if theirs else None
             mine, theirs = row.get("server_main_us_per_msg"), other.get("server_main_us_per_msg")
             row["cost_ratio_to_ceiling"] = round(mine / theirs, 2) if mine and theirs else None
+    idle = results.get("idle_clients") or []
+    ceiling = {_key(r): r for r in idle if r["target"] == "ceiling"}
+    for row in idle:
+        other = ceiling.get(_key(row))
+        if row["target"] == "zchat" and other is not None:
+            for figure in ("server_cpu_pct", "rss_mib"):
+                theirs = other[figure]
+                row[f"{figure}_ratio_to_ceiling"] = round(row[figure] / theirs, 2) if theirs else None
 
 
 def _check(name: str, value: float | None, target: str, met: bool | None, unit: str = "") -> dict[str, Any]:
@@ -87,7 +101,11 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         checks.append(_check(f"zchat {row['kind']} p99 at {row['offered_per_s']:,.0f} msg/s ({row['load']})",
                              round(p99_ms, 3), f"< {limit:g} ms", p99_ms < limit, "ms"))  # fmt: skip
-    idle = [r for r in results.get("idle_clients") or [] if r["clients"] == IDLE_CLIENTS]
+    idle = [
+        r
+        for r in results.get("idle_clients") or []
+        if r["clients"] == IDLE_CLIENTS and r["target"] == "zchat"
+    ]
     for row in idle:
         checks.append(_check(f"{IDLE_CLIENTS} idle clients: broker RSS", row["rss_mib"], f"< {IDLE_RSS_MIB} MiB",
                              row["rss_mib"] < IDLE_RSS_MIB, "MiB"))  # fmt: skip

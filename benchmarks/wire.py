@@ -24,6 +24,7 @@ BODY_SIZE = 64
 #: The body of a marker broadcast (not counted; see fanout.py).
 MARKER = b"M"
 _PAD = b"x" * BODY_SIZE
+_PING = b"PING "
 _SNDMORE = int(zmq.SNDMORE)
 _NOBLOCK = int(zmq.NOBLOCK)
 
@@ -101,6 +102,14 @@ class Wire:
     def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
         raise NotImplementedError
 
+    def ping(self, name: bytes, msg_id: bytes) -> list[bytes]:
+        """A heartbeat from client `name`, answered by a PONG (classified PONG)."""
+        raise NotImplementedError
+
+    def ready(self, msg_id: bytes) -> list[bytes] | None:
+        """What a client sends once registered (zchat: READY), or None."""
+        return None
+
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
         """(ACK, first id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"").
 
@@ -130,10 +139,10 @@ class ZchatWire(Wire):
     def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
         return [SIGNATURE, b"SEND", msg_id, target, data]
 
-    def ping(self, msg_id: bytes) -> list[bytes]:
+    def ping(self, name: bytes, msg_id: bytes) -> list[bytes]:
         return [SIGNATURE, b"PING", msg_id]
 
-    def ready(self, msg_id: bytes) -> list[bytes]:
+    def ready(self, msg_id: bytes) -> list[bytes] | None:
         return [SIGNATURE, b"READY", msg_id]
 
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
@@ -158,7 +167,8 @@ class CeilingWire(Wire):
     """The forwarder's frames: [to, body] in, [from, body] out; no replies.
 
     A client's routing id is its name, so a client registers by sending a
-    message to itself: when it comes back, the forwarder can route to it.
+    message to itself: when it comes back, the forwarder can route to it. A
+    heartbeat is a message to itself too.
     """
 
     kind = "ceiling"
@@ -176,9 +186,15 @@ class CeilingWire(Wire):
     def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
         return [target, data]
 
+    def ping(self, name: bytes, msg_id: bytes) -> list[bytes]:
+        return [name, _PING + msg_id]  # to itself: the forwarder echoes it
+
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
         if len(frames) == 2:
-            return DELIVERY, frames[1]
+            data = frames[1]
+            if data[:5] == _PING:
+                return PONG, data[5:]
+            return DELIVERY, data
         return OTHER, b""
 
     def published(self, frames: list[bytes]) -> bytes | None:

@@ -193,17 +193,23 @@ def run_broadcast(
 
 
 def run_idle(
-    clients: int, *, procs: int, heartbeat: float, timeout: float, window: float, log_dir: Path
+    kind: str, clients: int, *, procs: int, heartbeat: float, timeout: float, window: float, log_dir: Path
 ) -> dict[str, Any]:
-    """`clients` registered clients heartbeating on one broker: its CPU and memory, registration time."""
-    raise_fd_limit(4 * clients + 1024)  # inherited by the broker and the workers
+    """`clients` registered clients heartbeating on one server: its CPU and memory, registration time."""
+    raise_fd_limit(4 * clients + 1024)  # inherited by the server and the workers
     groups = split(range(clients), procs)
     budget = SETUP_TIMEOUT + 2 * heartbeat + window + 30
-    args = ("--heartbeat-interval", str(heartbeat), "--heartbeat-timeout", str(timeout))
-    with start_server("zchat", log_dir, *args) as server:
+    args = (
+        ("--heartbeat-interval", str(heartbeat), "--heartbeat-timeout", str(timeout))
+        if kind == "zchat"
+        else ()
+    )
+    with start_server(kind, log_dir, *args) as server:
         time.sleep(0.2)
         rss_before = rss_bytes(server.pid)
-        jobs = [(idle_worker, IdleSpec(server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups]
+        jobs = [
+            (idle_worker, IdleSpec(kind, server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups
+        ]
         with Crew(jobs) as crew:
             crew.gather("connected", SETUP_TIMEOUT, server.check)
             registering = CpuMeter([server.pid])
@@ -228,7 +234,7 @@ def run_idle(
     pongs = sum(r["pongs"] for r in results)
     refused = _refused(results)
     return {
-        "target": "zchat",
+        "target": kind,
         "clients": clients,
         "heartbeat_s": heartbeat,
         "register_s": round(register_s, 3),
