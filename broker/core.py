@@ -325,8 +325,15 @@ class BrokerCore:
     # --- events from the shell ----------------------------------------------
 
     def forwarded(self, forward: Forward) -> None:
-        """A Forward reached its recipient's connection: a resend is a duplicate now."""
-        self.store.remember(forward.sender_key, forward.ack[2], "accepted", int(forward.ack[3]))
+        """A Forward reached its recipient's connection: a resend is a duplicate now,
+        and the message is kept for /search."""
+        f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
+        time_ms = int(f[5])
+        self.store.remember(forward.sender_key, f[2], "accepted", time_ms)
+        recipient = f[4].decode()
+        self.store.add_private(
+            recipient.lower(), StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6])
+        )
 
     def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
         """A Forward could not be handed to its recipient: tell the sender why."""

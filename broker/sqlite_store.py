@@ -152,6 +152,9 @@ class SqliteStore:
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self._insert(message, recipient, pending=True)
 
+    def add_private(self, recipient: str, message: StoredMessage) -> None:
+        self._insert(message, recipient, pending=False)
+
     def mailbox(self, recipient: str) -> list[StoredMessage]:
         return self._messages(
             f"SELECT {_COLUMNS} FROM messages m WHERE target_key = ? AND pending ORDER BY id", (recipient,)

@@ -73,6 +73,10 @@ class Store(Protocol):
     # --- private messages for offline users ----------------------------------
     def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
 
+    def add_private(self, recipient: str, message: StoredMessage) -> None:
+        """A private message handed to its online recipient: kept for search only."""
+        ...
+
     def mailbox(self, recipient: str) -> list[StoredMessage]:
         """Undelivered private messages for `recipient`, in the order stored."""
         ...
@@ -179,6 +183,11 @@ class MemoryStore:
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)
         self.private.append((message.sender.lower(), recipient, message))
+
+    def add_private(self, recipient: str, message: StoredMessage) -> None:
+        self.private.append((message.sender.lower(), recipient, message))
+        if len(self.private) > MEMORY_HISTORY * 1.1:
+            del self.private[: len(self.private) - MEMORY_HISTORY]
 
     def mailbox(self, recipient: str) -> list[StoredMessage]:
         return list(self.mail.get(recipient, ()))
