@@ -116,7 +116,7 @@ class BrokerServer:
         ), store=store)  # fmt: skip
         self._stopping = False
         #: ACKs held during one wake-up, per sender, to go out as one message each.
-        self._acks: dict[bytes, list[bytes]] = {}
+        self._acks: dict[bytes, list[list[bytes]]] = {}
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to end; safe to call from a signal handler."""
@@ -192,17 +192,17 @@ class BrokerServer:
         """Hold an ACK to combine it with the sender's next ones (PROTOCOL.md 5.2)."""
         held = self._acks.get(peer)
         if held is None:
-            self._acks[peer] = ack
-        elif held[3] == ack[3] and held[4] == ack[4]:  # same time and status
-            held.append(ack[2])
+            self._acks[peer] = [ack]
+        elif held[-1][3] == ack[3] and held[-1][4] == ack[4]:  # same time and status
+            held[-1].append(ack[2])
         else:
-            self._send_now(peer, held)
-            self._acks[peer] = ack
+            held.append(ack)
 
     def _flush_acks(self) -> None:
         self.core.store.commit()  # an ACK promises the message is kept: store first
         for peer, held in self._acks.items():
-            self._send_now(peer, held)
+            for ack in held:
+                self._send_now(peer, ack)
         self._acks.clear()
 
     def _send(self, peer: bytes, frames: list[bytes]) -> None:
@@ -210,7 +210,8 @@ class BrokerServer:
         held = self._acks.pop(peer, None)
         if held is not None:
             self.core.store.commit()
-            self._send_now(peer, held)
+            for ack in held:
+                self._send_now(peer, ack)
         self._send_now(peer, frames)
 
     def _send_now(self, peer: bytes, frames: list[bytes]) -> None:

@@ -1,0 +1,90 @@
+"""The store keeps its promises: what was acknowledged survives a broker crash.
+
+Real processes: the broker is SIGKILLed mid-stream under load and restarted
+on the same store file.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from pathlib import Path
+
+import zmq
+
+from tests.chat import chat
+from tests.support import ZCHAT, start_broker, wait_for
+from zchat.client import events as ev
+from zchat.common import protocol as p
+
+FAST = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1")
+
+
+def raw_records(endpoint: str, name: str, want: int, room: str) -> tuple[list[bytes], list[bytes]]:
+    """As a bare spec client: the private messages waiting for `name`, then `room`'s history."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    dealer = context.socket(zmq.DEALER)
+    dealer.setsockopt(zmq.LINGER, 0)
+    dealer.connect(endpoint)
+    try:
+        dealer.send_multipart(p.encode_hello(b"h", name))
+        mail: list[bytes] = []
+        history: list[bytes] = []
+        asked = False
+        while True:
+            assert dealer.poll(10_000), f"stalled with {len(mail)} of {want} messages"
+            event = p.decode_event(dealer.recv_multipart())
+            if isinstance(event, p.Message):
+                mail.append(event.msg_id)
+            elif isinstance(event, p.History):
+                history = [r.msg_id for r in event.records]
+                return mail, history
+            if len(mail) >= want and not asked:  # everything kept has come: now the history
+                dealer.send_multipart(p.encode_command(b"ENTER", b"e", room))
+                dealer.send_multipart(p.encode_command(b"HISTORY", b"hi", room, "0", "500"))
+                asked = True
+    finally:
+        context.destroy(linger=0)
+
+
+def test_acknowledged_messages_survive_a_broker_crash_exactly_once(tmp_path: Path) -> None:
+    store = str(tmp_path / "zchat.db")
+    broker = start_broker(tmp_path, "--store", store, *FAST)
+    port, pub_port = broker.port, broker.pub_port
+    try:
+        with chat("bob", broker.endpoint):
+            pass  # bob is known from now on: private messages to him are kept while he is away
+        with chat("alice", broker.endpoint) as alice:
+            alice.client.enter("#load").wait(10)
+            sends = []
+            for i in range(300):
+                sends.append(alice.client.send("bob", f"private {i}"))
+                sends.append(alice.client.send("#load", f"public {i}"))
+            wait_for(lambda: sum(r.done() for r in sends) >= 100, what="100 answers")
+            broker.stop(signal.SIGKILL)  # mid-stream: some sent, some acknowledged, some in flight
+            acked_before = {r.msg_id for r in sends if isinstance(r.wait(0) if r.done() else None, ev.Ack)}
+            broker = start_broker(tmp_path, "--store", store, *FAST, port=port, pub_port=pub_port)
+            outcomes = [r.wait(30) for r in sends]  # the client resends what was not answered
+        assert all(isinstance(o, ev.Ack) for o in outcomes), [
+            o for o in outcomes if not isinstance(o, ev.Ack)
+        ]
+        assert acked_before  # the crash came after some acknowledgements
+        private_ids = [r.msg_id.encode() for r in sends if r.target == "bob"]
+        room_ids = [r.msg_id.encode() for r in sends if r.target == "#load"]
+        mail, history = raw_records(broker.endpoint, "bob", len(private_ids), "#load")
+        assert mail == private_ids  # every one, once, in order
+        assert history == room_ids[-500:]  # every one, once, in order
+    finally:
+        broker.stop()
+
+
+def test_a_corrupt_or_unusable_store_is_a_clear_error_at_start(tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(b"this is not a database at all" * 100)
+    not_a_dir = tmp_path / "a-file"
+    not_a_dir.write_text("x")
+    for path in (corrupt, not_a_dir / "zchat.db"):
+        result = subprocess.run([ZCHAT, "broker", "--port", "0", "--pub-port", "0", "--store", str(path)],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert result.returncode == 1, result.stderr
+        assert str(path) in result.stderr and "Traceback" not in result.stderr
