@@ -12,6 +12,7 @@ import zmq
 
 from zchat.broker.server import BrokerServer, BrokerSettings
 from zchat.broker.store import StoreError
+from zchat.common import keys
 
 
 def default_store() -> str:
@@ -83,6 +84,13 @@ def default_store() -> str:
     help="Days of history to keep.",
 )
 @click.option(
+    "--curve-secret",
+    default=None,
+    envvar="ZCHAT_CURVE_SECRET",
+    metavar="FILE",
+    help="Encrypt all traffic with CURVE, with the key pair in FILE (from `zchat keygen`).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -98,6 +106,7 @@ def broker(
     max_message_size: int,
     store: str | None,
     history_days: float,
+    curve_secret: str | None,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -108,6 +117,10 @@ def broker(
     )
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
+    try:
+        curve = keys.load_pair(Path(curve_secret)) if curve_secret else None
+    except keys.KeyFileError as e:
+        raise click.ClickException(str(e)) from None
     settings = BrokerSettings(
         host=host,
         port=port,
@@ -117,6 +130,7 @@ def broker(
         max_body=max_message_size,
         store=store or default_store(),
         history_days=history_days,
+        curve=curve,
     )
     try:
         server = BrokerServer(settings)

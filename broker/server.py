@@ -12,9 +12,12 @@ from dataclasses import dataclass
 from types import FrameType
 
 import zmq
+import zmq.auth
+from zmq.auth.thread import ThreadAuthenticator
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendTo
 from zchat.broker.store import open_store
+from zchat.common.keys import KeyPair
 
 log = logging.getLogger("zchat.broker")
 
@@ -71,6 +74,8 @@ class BrokerSettings:
     hwm: int = 10000
     store: str = ":memory:"
     history_days: float = 30.0
+    #: The broker's CURVE key pair: with it both sockets encrypt (PROTOCOL.md 14).
+    curve: KeyPair | None = None
 
 
 def endpoint(host: str, port: int) -> str:
@@ -93,6 +98,9 @@ class BrokerServer:
         self.context = zmq.Context()
         self.router = self.context.socket(zmq.ROUTER)
         self.pub = self.context.socket(zmq.PUB)
+        self.authenticator: ThreadAuthenticator | None = None
+        if settings.curve is not None:
+            self.authenticator = self._encrypt(settings.curve)
         # Mandatory routing: a send to a vanished peer raises instead of
         # dropping silently, so the sender can be told.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -118,6 +126,21 @@ class BrokerServer:
         #: ACKs held during one wake-up, per sender, to go out as one message each.
         self._acks: dict[bytes, list[list[bytes]]] = {}
 
+    def _encrypt(self, curve: KeyPair) -> ThreadAuthenticator:
+        """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
+
+        The ZAP handler (a pyzmq thread with its own socket) admits any client
+        key for now; it is where binding names to keys will go (SECURITY.md).
+        """
+        authenticator = ThreadAuthenticator(self.context, log=logging.getLogger("zchat.broker.zap"))
+        authenticator.start()
+        authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
+        for sock in (self.router, self.pub):
+            sock.setsockopt(zmq.CURVE_SERVER, 1)
+            sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
+            sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
+        return authenticator
+
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to end; safe to call from a signal handler."""
         self._stopping = True
@@ -127,9 +150,13 @@ class BrokerServer:
         signal.signal(signal.SIGTERM, self.stop)
 
     def run(self) -> None:
+        curve = self.settings.curve
+        if curve is not None:
+            log.info("broker public key (clients give it with --server-key): %s", curve.public.decode())
         log.info(
-            "zchat broker listening: commands on %s, broadcasts on %s; traffic is plain (not encrypted)",
+            "zchat broker listening: commands on %s, broadcasts on %s; traffic is %s",
             self.router_endpoint, self.pub_endpoint,
+            "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
         )  # fmt: skip
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
@@ -229,6 +256,8 @@ class BrokerServer:
         self.core.store.close()
         self.router.close()
         self.pub.close()
+        if self.authenticator is not None:
+            self.authenticator.stop()
         self.context.term()
         counters = ", ".join(f"{k}={v}" for k, v in sorted(self.core.counters.items()))
         log.info("broker stopped (%s)", counters or "no traffic")

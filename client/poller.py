@@ -21,8 +21,10 @@ import zmq
 
 from zchat.client import events as ev
 from zchat.client.events import State
+from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.request import Request
 from zchat.common import protocol as p
+from zchat.common.keys import KeyPair
 from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.client")
@@ -45,6 +47,9 @@ class Settings:
     answer_timeout: float
     max_queued: int
     history_count: int = 50  # messages of a room shown on joining it
+    #: The broker's public key (z85): CURVE on both sockets when given (PROTOCOL.md 14).
+    server_key: bytes | None = None
+    keys: KeyPair | None = None  # our own pair; a fresh one per client when None
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Poller:
         self.poller.register(wake_fd, zmq.POLLIN)
         self.dealer: zmq.Socket[bytes] | None = None
         self.sub: zmq.Socket[bytes] | None = None
+        self.handshake: HandshakeWatch | None = None
         self.state = State.CONNECTING
         #: Where the connection is: "hello" -> "sync" -> "online", or "backoff".
         self.phase = "hello"
@@ -169,6 +175,8 @@ class Poller:
         self.dealer.setsockopt(zmq.LINGER, 0)
         if self.s.broker.startswith("tcp://["):
             self.dealer.setsockopt(zmq.IPV6, 1)
+        secure(self.dealer, self.s.server_key, self.s.keys)
+        self.handshake = HandshakeWatch(self.dealer, encrypted=self.s.server_key is not None)
         self.dealer.connect(self.s.broker)
         self.poller.register(self.dealer, zmq.POLLIN)
         self.hello_id = self.new_id().encode()
@@ -183,6 +191,7 @@ class Poller:
         endpoint = pub_endpoint_for(welcome.pub_endpoint, self.s.broker)
         if endpoint.startswith("tcp://["):
             self.sub.setsockopt(zmq.IPV6, 1)
+        secure(self.sub, self.s.server_key, self.s.keys)
         self.sub.connect(endpoint)
         # The own topic last: when SYNCED arrives there, the lobby is live too.
         self.sub.setsockopt(zmq.SUBSCRIBE, p.LOBBY_TOPIC)
@@ -243,6 +252,9 @@ class Poller:
         self.finished = True
 
     def _close_sockets(self) -> None:
+        if self.handshake is not None:
+            self.handshake.close()
+            self.handshake = None
         for sock in (self.dealer, self.sub):
             if sock is not None:
                 self.poller.unregister(sock)
@@ -579,7 +591,13 @@ class Poller:
         self._expire_requests(now)
 
     def _registering(self, now: float) -> None:
-        if now > self.hello_deadline:
+        refused = self.handshake.failure() if self.handshake is not None else None
+        if refused is not None:
+            if not self.was_online:
+                self._give_up(f"{refused} ({self.s.broker})")
+            else:
+                self._lost(refused, now)
+        elif now > self.hello_deadline:
             if not self.was_online:
                 self._give_up(f"no answer from the broker at {self.s.broker} "
                               f"within {self.s.connect_timeout:g}s")  # fmt: skip

@@ -22,9 +22,12 @@ import threading
 from collections.abc import Callable, Iterator
 from types import TracebackType
 
+import zmq
+
 from zchat.client import events as ev
 from zchat.client.poller import Poller, Settings
 from zchat.client.request import Request
+from zchat.common.keys import KeyPair
 from zchat.common.protocol import EVERYONE, MAX_HISTORY, valid_room
 
 log = logging.getLogger("zchat.client")
@@ -47,16 +50,25 @@ class Client:
         max_queued: int = 1000,
         history_count: int = 50,
         on_event: Callable[[ev.Event], None] | None = None,
+        server_key: str | bytes | None = None,
+        keys: KeyPair | None = None,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
         Without it, events queue up for `events()` and `next_event()`.
         `history_count` messages of a room are shown on joining it (and on
         registering, for the rooms one is in).
+        With `server_key`, the broker's public key (z85), all traffic is
+        encrypted with CURVE, as `keys` (a fresh key pair when None).
         """
         self.name = name
         self.broker = broker
-        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count)
+        if isinstance(server_key, str):
+            server_key = server_key.encode()
+        if server_key is not None and keys is None:  # one pair for every socket of this client
+            keys = KeyPair(*zmq.curve_keypair())
+        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
+                                  server_key, keys)  # fmt: skip
         self._on_event = on_event
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()

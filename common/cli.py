@@ -15,6 +15,7 @@ SUBCOMMANDS = {
     "bot": "zchat.client.cli:bot",
     "broker": "zchat.broker.cli:broker",
     "connect": "zchat.client.cli:connect",
+    "keygen": "zchat.common.cli:keygen",
     "send": "zchat.client.cli:send",
     "who": "zchat.client.cli:who",
 }
@@ -38,3 +39,28 @@ class LazyGroup(click.Group):
 @click.version_option(package_name="zchat")
 def main() -> None:
     """zchat: real-time chat over ZeroMQ."""
+
+
+@click.command()
+@click.option(
+    "--out",
+    "folder",
+    metavar="DIR",
+    default=None,
+    help="Folder for zchat.key and zchat.pub [default: $ZCHAT_HOME, else the user config folder].",
+)
+@click.option("--force", is_flag=True, help="Replace an existing key pair.")
+def keygen(folder: str | None, force: bool) -> None:
+    """Make a CURVE key pair (for `zchat broker --curve-secret`, or your own) and print its public key."""
+    from pathlib import Path
+
+    from zchat.common import keys
+
+    target = Path(folder) if folder else keys.home()
+    try:
+        pair = keys.generate(target, force=force)
+    except (keys.KeyFileError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    click.echo(f"secret key: {target / keys.SECRET_FILE} (keep it private)", err=True)
+    click.echo(f"public key: {target / keys.PUBLIC_FILE}", err=True)
+    click.echo(pair.public.decode())

@@ -1,0 +1,73 @@
+"""Encryption on the client's sockets, and why a connection fails before any answer.
+
+With CURVE a wrong or missing server key does not raise: libzmq just drops
+the connection and tries again. A socket monitor sees the failed handshake,
+so the user hears what is wrong instead of only "no answer".
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from zchat.common.keys import KeyPair
+
+FAILED = (
+    zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+    | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL
+    | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+)
+WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+
+
+def secure(sock: zmq.Socket[bytes], server_key: bytes | None, keys: KeyPair | None) -> None:
+    """CURVE client options, set before connecting; nothing without a server key."""
+    if server_key is None:
+        return
+    assert keys is not None, "a server key needs a key pair of our own"
+    sock.setsockopt(zmq.CURVE_SERVERKEY, server_key)
+    sock.setsockopt(zmq.CURVE_PUBLICKEY, keys.public)
+    sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
+
+
+class HandshakeWatch:
+    """Watches one socket's handshakes until the first one succeeds (then stops)."""
+
+    def __init__(self, sock: zmq.Socket[bytes], encrypted: bool) -> None:
+        self.sock = sock
+        self.encrypted = encrypted
+        self.monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(WATCHED)
+
+    def failure(self) -> str | None:
+        """Why the handshake failed, if it did; None while nothing went wrong (or once it worked)."""
+        while self.monitor is not None and self.monitor.poll(0):
+            event = recv_monitor_message(self.monitor)
+            kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.close()  # an unread monitor fills up: watch only the first handshake
+                return None
+            if kind & FAILED:
+                return self.explain(kind, value)
+        return None
+
+    def explain(self, kind: int, value: int) -> str:
+        mismatch = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and (
+            value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
+        )
+        if mismatch and self.encrypted:
+            return "the broker refused the handshake: it does not use encryption, but a server key was given"
+        if mismatch or not self.encrypted:
+            return (
+                "the broker refused the handshake: it may require encryption (CURVE); "
+                "give its public key with --server-key"
+            )
+        return (
+            "the broker refused the encrypted handshake: the server key may be wrong (check --server-key), "
+            "or the broker may not use encryption"
+        )
+
+    def close(self) -> None:
+        if self.monitor is not None:
+            self.sock.disable_monitor()
+            self.monitor.close(linger=0)
+            self.monitor = None
