@@ -289,8 +289,13 @@ def plot_latency(results: dict[str, Any], path: Path) -> None:
                 ax.plot(x, y, styles[target], marker=marker, color=color, label=label)
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_title(f"{kind} messages")
-        ax.set_xlabel("offered load, messages/s")
+        plan = results.get("plan", {})
+        if kind == "private":
+            ax.set_title(f"private messages, {plan.get('latency_pairs', '?')} pairs")
+            ax.set_xlabel("offered load, messages/s")
+        else:
+            ax.set_title(f"broadcasts to {plan.get('latency_subscribers', '?')} SUBs")
+            ax.set_xlabel("offered load, broadcasts/s (deliveries: x SUBs)")
         ax.grid(True, which="both", alpha=0.3)
     axes[0].set_ylabel("latency, ms (send to delivery)")
     axes[1].legend(fontsize=8)
