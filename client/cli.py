@@ -11,6 +11,7 @@ from zchat.client import events as ev
 from zchat.client import oneshot
 from zchat.client.script import LineWriter, run_lines
 from zchat.client.session import DEFAULT_BROKER, Client, ConnectError
+from zchat.common import keys
 from zchat.common.protocol import valid_name
 
 broker_option = click.option(
@@ -21,6 +22,28 @@ timeout_option = click.option(
     "--connect-timeout", default=5.0, show_default=True, envvar="ZCHAT_CONNECT_TIMEOUT",
     type=click.FloatRange(0.1, 600), help="Seconds to wait for the broker.",
 )  # fmt: skip
+
+
+server_key_option = click.option(
+    "--server-key", default=None, envvar="ZCHAT_SERVER_KEY", metavar="KEY",
+    help="The broker's public key (z85, or a file holding it): encrypt with CURVE, as your own key pair.",
+)  # fmt: skip
+
+
+def encryption(server_key: str | None) -> tuple[bytes | None, keys.KeyPair | None]:
+    """The broker's key and our own pair, made on first use; (None, None) for plain traffic."""
+    if not server_key:
+        return None, None
+    try:
+        key = keys.server_key(server_key)
+        pair, made = keys.own_pair()
+    except (keys.KeyFileError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+    if made:
+        click.echo(
+            f"zchat: made your key pair in {keys.home()} (public key {pair.public.decode()})", err=True
+        )
+    return key, pair
 
 
 def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -48,15 +71,17 @@ def start(client: Client) -> Client:
 @name_option
 @broker_option
 @timeout_option
+@server_key_option
 @click.option("--json", "json_mode", is_flag=True, help="Line mode with one JSON object per event.")
-def connect(name: str, broker: str, connect_timeout: float, json_mode: bool) -> None:
+def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool) -> None:
     """Chat: a terminal UI, or line mode when stdin is not a terminal."""
+    key, pair = encryption(server_key)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_mode:
         from zchat.client.tui import run_tui  # prompt_toolkit loads only here
 
-        sys.exit(run_tui(name, broker, connect_timeout, colour="NO_COLOR" not in os.environ))
+        sys.exit(run_tui(name, broker, connect_timeout, "NO_COLOR" not in os.environ, key, pair))
     writer = LineWriter(sys.stdout, name, json_mode, colour=not json_mode and wants_colour(sys.stdout))
-    client = Client(name, broker, connect_timeout=connect_timeout, on_event=writer)
+    client = Client(name, broker, connect_timeout=connect_timeout, on_event=writer, server_key=key, keys=pair)
     try:
         start(client)
         code = run_lines(client, sys.stdin, writer, drain_timeout=30.0)
@@ -71,15 +96,18 @@ def connect(name: str, broker: str, connect_timeout: float, json_mode: bool) -> 
 @name_option
 @broker_option
 @timeout_option
+@server_key_option
 @click.option("--to", "to", metavar="NAME", help="Send privately to NAME.")
 @click.option("--all", "everyone", is_flag=True, help="Send to everyone.")
 @click.argument("text", nargs=-1, required=True)
-def send(name: str, broker: str, connect_timeout: float, to: str | None, everyone: bool,
-         text: tuple[str, ...]) -> None:  # fmt: skip
+def send(name: str, broker: str, connect_timeout: float, server_key: str | None, to: str | None,
+         everyone: bool, text: tuple[str, ...]) -> None:  # fmt: skip
     """Send one message; exit 0 only when the broker accepted it."""
     if bool(to) == everyone:
         raise click.UsageError("give exactly one of --to NAME and --all")
-    client = start(Client(name, broker, connect_timeout=connect_timeout, on_event=lambda event: None))
+    key, pair = encryption(server_key)
+    client = start(Client(name, broker, connect_timeout=connect_timeout, on_event=lambda event: None,
+                          server_key=key, keys=pair))  # fmt: skip
     try:
         message = " ".join(text)
         request = client.send(to, message) if to else client.broadcast(message)
@@ -94,10 +122,12 @@ def send(name: str, broker: str, connect_timeout: float, to: str | None, everyon
 @click.command()
 @broker_option
 @timeout_option
-def who(broker: str, connect_timeout: float) -> None:
+@server_key_option
+def who(broker: str, connect_timeout: float, server_key: str | None) -> None:
     """Print who is online, one name per line."""
+    key, pair = encryption(server_key)
     try:
-        names = oneshot.who(broker, connect_timeout)
+        names = oneshot.who(broker, connect_timeout, key, pair)
     except TimeoutError as e:
         raise click.ClickException(str(e)) from None
     for name in names:
@@ -108,6 +138,7 @@ def who(broker: str, connect_timeout: float) -> None:
 @name_option
 @broker_option
 @timeout_option
+@server_key_option
 @click.option("--chat-with", metavar="NAME", help="Talk to NAME privately and to everyone publicly.")
 @click.option(
     "--every",
@@ -123,12 +154,13 @@ def who(broker: str, connect_timeout: float) -> None:
     type=click.IntRange(0),
     help="Stop after this many rounds (0: run until stopped).",
 )
-def bot(name: str, broker: str, connect_timeout: float, chat_with: str | None, every: float,
-        rounds: int) -> None:  # fmt: skip
+def bot(name: str, broker: str, connect_timeout: float, server_key: str | None, chat_with: str | None,
+        every: float, rounds: int) -> None:  # fmt: skip
     """A greeter and echo bot (see client/bot.py to write your own)."""
     from zchat.client.bot import run_bot
 
+    key, pair = encryption(server_key)
     try:
-        sys.exit(run_bot(name, broker, connect_timeout, chat_with, every, rounds))
+        sys.exit(run_bot(name, broker, connect_timeout, chat_with, every, rounds, key, pair))
     except ConnectError as e:
         raise click.ClickException(f"cannot join {broker} as {name}: {e}") from None

@@ -26,6 +26,7 @@ from zchat.client import events as ev
 from zchat.client.render import Renderer, colour_of
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
+from zchat.common.keys import KeyPair
 
 #: Seconds to wait, on the way out, for answers to messages just sent.
 DRAIN_TIMEOUT = 3.0
@@ -179,10 +180,12 @@ class _Hangup(Exception):
     """SIGTERM or SIGHUP: leave as if the user had quit."""
 
 
-def run_tui(name: str, broker: str, connect_timeout: float, colour: bool) -> int:
+def run_tui(name: str, broker: str, connect_timeout: float, colour: bool, server_key: bytes | None = None,
+            keys: KeyPair | None = None) -> int:  # fmt: skip
     """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
     screen = Screen(name, colour)
-    client = Client(name, broker, connect_timeout=connect_timeout, on_event=screen)
+    client = Client(name, broker, connect_timeout=connect_timeout, on_event=screen, server_key=server_key,
+                    keys=keys)  # fmt: skip
     try:
         client.connect()
     except ConnectError as e:
