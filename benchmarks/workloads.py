@@ -72,10 +72,10 @@ def _refused(results: list[dict[str, Any]]) -> dict[str, int]:
 
 def run_private(
     kind: str, pairs: int, *, duration: float, procs: int, window: int, log_dir: Path,
-    rate: float = 0.0, latency: bool = False, profile: Path | None = None,
+    rate: float = 0.0, latency: bool = False, profile: Path | None = None, server_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:  # fmt: skip
     """Private messages over `pairs` sender/receiver pairs; `rate` 0 for as fast as possible."""
-    with start_server(kind, log_dir) as server:
+    with start_server(kind, log_dir, *server_args) as server:
         groups = split(range(pairs), procs)
         jobs = [
             (

@@ -161,9 +161,10 @@ class BrokerServer:
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
+        put_off = False  # the store has work waiting for an idle moment
         try:
             while not self._stopping:
-                if router.poll(POLL_MS):
+                if router.poll(0 if put_off else POLL_MS):
                     # One time for the whole wake-up: messages handled together
                     # are accepted together, and their ACKs can be combined.
                     now = time.time()
@@ -174,6 +175,9 @@ class BrokerServer:
                             break
                         self.apply(core.receive(peer, frames, now))
                     self._flush_acks()
+                else:  # idle: the store does what it put off (indexing for search)
+                    put_off = core.store.catch_up()
+                    core.store.commit()
                 now = time.time()
                 if now >= next_sweep:
                     self.apply(core.expire(now))

@@ -47,7 +47,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
             INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body); END""",
     ),
+    # 2: indexing for search leaves the hot path. Indexing a row costs more than storing it,
+    # so rows are indexed in bulk when the broker is idle or a search comes (catch_up());
+    # fts_state.upto is the last message id indexed, and only indexed rows are unindexed.
+    (
+        "DROP TRIGGER messages_fts_insert",
+        "DROP TRIGGER messages_fts_delete",
+        "CREATE TABLE fts_state (upto INTEGER NOT NULL)",
+        "INSERT INTO fts_state SELECT coalesce(max(id), 0) FROM messages",
+        """CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages
+            WHEN old.id <= (SELECT upto FROM fts_state) BEGIN
+            INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body); END""",
+    ),
 )
+#: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
+INDEX_BATCH = 5000
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
@@ -67,6 +81,11 @@ class SqliteStore:
 
     def __init__(self, db: sqlite3.Connection) -> None:
         self._db = db
+        # The per-message writes wait here and go in with executemany at the
+        # next commit or read: far cheaper than one statement per message.
+        self._new_messages: list[tuple[object, ...]] = []
+        self._new_seen: dict[tuple[str, bytes], tuple[str, int]] = {}
+        self._new_seqs: dict[str, int] = {}
 
     @classmethod
     def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
@@ -90,28 +109,52 @@ class SqliteStore:
 
     def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         # One transaction per wake-up, ended by commit(): a commit per write would sync per write.
+        self._flush()
+        self._begin()
+        return self._db.execute(sql, params)
+
+    def _begin(self) -> None:
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
+
+    def _flush(self) -> None:
+        if self._new_messages:
+            self._begin()
+            self._db.executemany(
+                "INSERT INTO messages VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_messages
+            )
+            self._new_messages.clear()
+        if self._new_seqs:
+            self._begin()
+            self._db.executemany(
+                """INSERT INTO room_seqs VALUES (?, ?)
+                ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)""",
+                list(self._new_seqs.items()),
+            )
+            self._new_seqs.clear()
+        if self._new_seen:
+            self._begin()
+            self._db.executemany(
+                "INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)",
+                [(sender, msg_id, status, t) for (sender, msg_id), (status, t) in self._new_seen.items()],
+            )
+            self._new_seen.clear()
+
+    def _query(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        self._flush()  # reads see every write before them
         return self._db.execute(sql, params)
 
     def _messages(self, sql: str, params: tuple[object, ...]) -> list[StoredMessage]:
-        return [StoredMessage(*row) for row in self._db.execute(sql, params)]
+        return [StoredMessage(*row) for row in self._query(sql, params)]
 
     # --- rooms and history ---------------------------------------------------
     def add_room_message(self, message: StoredMessage) -> None:
         self._insert(message, message.room, pending=False)
-        self._write(
-            """INSERT INTO room_seqs VALUES (?, ?)
-            ON CONFLICT (room) DO UPDATE SET last_seq = max(last_seq, excluded.last_seq)""",
-            (message.room, message.seq),
-        )
+        self._new_seqs[message.room] = max(message.seq, self._new_seqs.get(message.room, 0))
 
     def _insert(self, m: StoredMessage, target_key: str, pending: bool) -> None:
-        self._write(
-            "INSERT INTO messages VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (m.room, m.seq, m.msg_id, m.sender, name_key(m.sender), m.target, target_key, m.time_ms,
-             m.body, pending),
-        )  # fmt: skip
+        self._new_messages.append((m.room, m.seq, m.msg_id, m.sender, name_key(m.sender), m.target,
+                                   target_key, m.time_ms, m.body, pending))  # fmt: skip
 
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
@@ -123,7 +166,7 @@ class SqliteStore:
         return newest[::-1]
 
     def last_seq(self, room: str) -> int:
-        row = self._db.execute("SELECT last_seq FROM room_seqs WHERE room = ?", (room,)).fetchone()
+        row = self._query("SELECT last_seq FROM room_seqs WHERE room = ?", (room,)).fetchone()
         return int(row[0]) if row else 0
 
     def set_member(self, user: str, room: str, member: bool) -> None:
@@ -133,20 +176,20 @@ class SqliteStore:
             self._write("DELETE FROM members WHERE room = ? AND user = ?", (room, user))
 
     def rooms_of(self, user: str) -> set[str]:
-        return {r for (r,) in self._db.execute("SELECT room FROM members WHERE user = ?", (user,))}
+        return {r for (r,) in self._query("SELECT room FROM members WHERE user = ?", (user,))}
 
     def members(self, room: str) -> set[str]:
-        return {u for (u,) in self._db.execute("SELECT user FROM members WHERE room = ?", (room,))}
+        return {u for (u,) in self._query("SELECT user FROM members WHERE room = ?", (room,))}
 
     def room_sizes(self) -> dict[str, int]:
-        return dict(self._db.execute("SELECT room, count(*) FROM members GROUP BY room"))
+        return dict(self._query("SELECT room, count(*) FROM members GROUP BY room"))
 
     # --- users ---------------------------------------------------------------
     def add_user(self, user: str) -> None:
         self._write("INSERT OR IGNORE INTO users VALUES (?)", (user,))
 
     def is_known(self, user: str) -> bool:
-        return self._db.execute("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
+        return self._query("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
 
     # --- private messages for offline users ----------------------------------
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
@@ -161,7 +204,7 @@ class SqliteStore:
         )
 
     def mailbox_usage(self, recipient: str) -> tuple[int, int]:
-        count, size = self._db.execute(
+        count, size = self._query(
             "SELECT count(*), coalesce(sum(length(body)), 0) FROM messages WHERE target_key = ? AND pending",
             (recipient,),
         ).fetchone()
@@ -186,7 +229,7 @@ class SqliteStore:
         )
 
     def receipts(self, sender: str) -> list[tuple[bytes, str, int]]:
-        rows = self._db.execute(
+        rows = self._query(
             "SELECT msg_id, recipient, time_ms FROM receipts WHERE sender = ? ORDER BY rowid", (sender,)
         )
         return [(bytes(i), str(who), int(t)) for i, who, t in rows]
@@ -196,19 +239,40 @@ class SqliteStore:
 
     # --- duplicates ------------------------------------------------------------
     def seen(self, sender: str, msg_id: bytes) -> str | None:
-        row = self._db.execute(
+        waiting = self._new_seen.get((sender, msg_id))
+        if waiting is not None:
+            return waiting[0]
+        row = self._db.execute(  # no flush: what waits to be written was looked at above
             "SELECT status FROM seen WHERE sender = ? AND msg_id = ?", (sender, msg_id)
         ).fetchone()
         return str(row[0]) if row else None
 
     def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
-        self._write("INSERT OR REPLACE INTO seen VALUES (?, ?, ?, ?)", (sender, msg_id, status, time_ms))
+        self._new_seen[(sender, msg_id)] = (status, time_ms)
 
     # --- search and retention --------------------------------------------------
+    def catch_up(self, limit: int = INDEX_BATCH) -> bool:
+        """Index up to `limit` new messages for search; True if more are waiting."""
+        self._flush()
+        (upto,) = self._db.execute("SELECT upto FROM fts_state").fetchone()
+        (newest,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+        if newest <= upto:
+            return False
+        last = min(newest, upto + limit)
+        self._begin()
+        self._db.execute(
+            "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages WHERE id > ? AND id <= ?",
+            (upto, last),
+        )
+        self._db.execute("UPDATE fts_state SET upto = ?", (last,))
+        return bool(last < newest)
+
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
         query = fts_query(words)
         if query is None or limit <= 0:
             return []
+        while self.catch_up():  # what was said a moment ago is found too
+            pass
         # Rooms by membership now; private messages (room "") to or from the user.
         return self._messages(
             f"""SELECT {_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid
@@ -230,6 +294,7 @@ class SqliteStore:
     def commit(self) -> None:
         # In WAL mode with synchronous=NORMAL a COMMIT is written to the WAL file (the OS has it)
         # but not fsynced: it survives the broker being killed (even SIGKILL), not a power loss.
+        self._flush()
         if self._db.in_transaction:
             self._db.execute("COMMIT")
 

@@ -116,6 +116,11 @@ class Store(Protocol):
         and a search with none left finds nothing."""
         ...
 
+    def catch_up(self) -> bool:
+        """Work put off the hot path (indexing for search), a bounded step of it,
+        done when the broker is idle; True if more is waiting."""
+        ...
+
     def expire(self, before_ms: int) -> int:
         """Forget messages, receipts and seen ids older than `before_ms`; return how many messages.
 
@@ -248,6 +253,9 @@ class MemoryStore:
             for msg_id in [i for i, (_, t) in owed.items() if t < before_ms]:
                 del owed[msg_id]
         return count
+
+    def catch_up(self) -> bool:
+        return False
 
     def commit(self) -> None:
         pass

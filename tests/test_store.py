@@ -389,3 +389,27 @@ def test_read_only_file_is_refused_naming_it(tmp_path: Path) -> None:
         assert str(directory / "z.db") in str(refused.value)
     finally:
         directory.chmod(0o755)
+
+
+def test_a_version_1_store_is_migrated_and_its_messages_stay_searchable(tmp_path: Path) -> None:
+    from zchat.broker.sqlite_store import MIGRATIONS
+
+    path = tmp_path / "old.db"
+    db = sqlite3.connect(path)
+    for statement in MIGRATIONS[0]:
+        db.execute(statement)
+    db.execute(
+        "INSERT INTO messages VALUES (NULL, '*', 1, x'6d31', 'alice', 'alice', '*', '*', 5, x'6f6c64206e657773', 0)"
+    )
+    db.execute("PRAGMA user_version = 1")
+    db.commit()
+    db.close()
+    store = SqliteStore.open(path)
+    try:
+        assert [m.body for m in store.search("bob", "news", 10)] == [b"old news"]
+        store.add_room_message(StoredMessage("*", 2, b"m2", "bob", "*", 6, b"fresh news"))
+        store.commit()
+        assert store.catch_up() is False  # one new message: indexed in one step, nothing left
+        assert [m.body for m in store.search("bob", "news", 10)] == [b"fresh news", b"old news"]
+    finally:
+        store.close()
