@@ -71,6 +71,7 @@ def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) ->
     if kind == "zchat":
         command = [*_zchat_command(), "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0",
                    "--log-level", "info", *([] if "--store" in args else ["--store", ":memory:"]),
+                   *([] if "--rate" in args else ["--rate", "0"]),
                    *args]  # fmt: skip
     elif kind == "ceiling":
         command = [sys.executable, "-m", "benchmarks.ceiling", "--host", "127.0.0.1", *args]

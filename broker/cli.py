@@ -91,6 +91,22 @@ def default_store() -> str:
     help="Encrypt all traffic with CURVE, with the key pair in FILE (from `zchat keygen`).",
 )
 @click.option(
+    "--rate",
+    default=20.0,
+    show_default=True,
+    envvar="ZCHAT_RATE",
+    type=click.FloatRange(0, 1e9),
+    help="Messages a second a client may send after its burst (0: no limit).",
+)
+@click.option(
+    "--burst",
+    default=100,
+    show_default=True,
+    envvar="ZCHAT_BURST",
+    type=click.IntRange(1, 10**9),
+    help="Messages a client may send at once.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -106,6 +122,8 @@ def broker(
     max_message_size: int,
     store: str | None,
     history_days: float,
+    rate: float,
+    burst: int,
     curve_secret: str | None,
     log_level: str,
 ) -> None:
@@ -130,6 +148,8 @@ def broker(
         max_body=max_message_size,
         store=store or default_store(),
         history_days=history_days,
+        rate=rate,
+        burst=burst,
         curve=curve,
     )
     try:

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from zchat.broker.flood import TokenBucket
 from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -30,6 +31,9 @@ class CoreConfig:
     mailbox_messages: int = 1000
     mailbox_bytes: int = 1 << 20
     history_days: float = 30.0
+    #: Messages a second and burst per client (flood.py); rate 0: no limit.
+    rate: float = 0.0
+    burst: float = 100.0
 
 
 class SendTo(NamedTuple):
@@ -73,6 +77,7 @@ class Session:
     #: JOIN goes out at READY, once the client hears the lobby: whatever
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
+    bucket: TokenBucket | None = None
 
 
 @dataclass
@@ -141,6 +146,8 @@ class BrokerCore:
 
     def _send(self, session: Session, command: p.Send, now: float) -> list[Action]:
         msg_id, target, body = command
+        if session.bucket is not None and (wait := session.bucket.take(now)):
+            return self._flooding(session, msg_id, wait, now)
         if len(body) > self.config.max_body:
             return [self._refuse(session.peer, msg_id, Code.TOO_LARGE,
                                  f"message is {len(body)} bytes, the limit is {self.config.max_body}")]  # fmt: skip
@@ -186,6 +193,20 @@ class BrokerCore:
         self.store.remember(session.key, msg_id, "accepted", time_ms)
         return [Publish(published), SendTo(session.peer, p.encode_ack(msg_id, stamp))]
 
+    def _flooding(self, session: Session, msg_id: bytes, wait: float, now: float) -> list[Action]:
+        """Over the rate limit: refused with a retry-after, or disconnected when it persists."""
+        retry_ms = max(1, round(wait * 1000))
+        assert session.bucket is not None
+        if session.bucket.abused():
+            log.warning("%s disconnected for flooding", session.name)
+            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, "disconnected for flooding"))
+            return [bye, *self._drop(session, now, "flooding")]
+        refusal = self._refuse(
+            session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"
+        )
+        refusal.frames.append(str(retry_ms).encode())  # ERROR's optional retry-after field
+        return [refusal]
+
     def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
                         now: float) -> list[Action]:  # fmt: skip
         """A private message for a known user who is offline: into its mailbox."""
@@ -220,6 +241,8 @@ class BrokerCore:
                 return [SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key)
+        if self.config.rate > 0:
+            session.bucket = TokenBucket.full(self.config.rate, self.config.burst, now)
         self.by_peer[peer] = session
         self.by_key[key] = session
         self.counters["joined"] += 1
@@ -402,8 +425,9 @@ class BrokerCore:
 
     def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str) -> SendTo:
         self.counters[f"refused.{code.name.lower()}"] += 1
-        log.info("refused %s from %s: %s %s", msg_id.decode("ascii", "replace") or "-",
-                 self._who(peer), int(code), text)  # fmt: skip
+        level = logging.DEBUG if code is Code.RATE_LIMITED else logging.INFO  # a flood must not flood the log
+        log.log(level, "refused %s from %s: %s %s", msg_id.decode("ascii", "replace") or "-",
+                self._who(peer), int(code), text)  # fmt: skip
         return SendTo(peer, p.encode_error(msg_id, code, text))
 
     def _who(self, peer: bytes) -> str:

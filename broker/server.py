@@ -74,6 +74,8 @@ class BrokerSettings:
     hwm: int = 10000
     store: str = ":memory:"
     history_days: float = 30.0
+    rate: float = 0.0
+    burst: float = 100.0
     #: The broker's CURVE key pair: with it both sockets encrypt (PROTOCOL.md 14).
     curve: KeyPair | None = None
 
@@ -121,6 +123,8 @@ class BrokerServer:
             timeout_ms=settings.timeout_ms,
             max_body=settings.max_body,
             history_days=settings.history_days,
+            rate=settings.rate,
+            burst=settings.burst,
         ), store=store)  # fmt: skip
         self._stopping = False
         #: ACKs held during one wake-up, per sender, to go out as one message each.

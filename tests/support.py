@@ -69,7 +69,8 @@ def start_broker(
         process = subprocess.Popen(
             [ZCHAT, "broker", "--host", "127.0.0.1", "--port", str(port),
              "--pub-port", str(pub_port), "--log-level", "debug",
-             *([] if "--store" in args else ["--store", ":memory:"]), *args],
+             *([] if "--store" in args else ["--store", ":memory:"]),
+             *([] if "--rate" in args else ["--rate", "0"]), *args],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )  # fmt: skip
 

@@ -260,3 +260,25 @@ def test_search_finds_only_what_the_user_may_see(core: BrokerCore) -> None:
     assert isinstance(found, p.Found) and [r.body for r in found.records] == [b"the plan for lunch"]
     (mine,) = replies(core.receive(b"A", p.encode_command(b"SEARCH", b"s", "plan"), 3.0), b"A")
     assert isinstance(mine, p.Found) and len(mine.records) == 2
+
+
+def test_a_flooding_client_is_refused_with_a_retry_after_then_disconnected() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=10.0, burst=5.0))
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    accepted = [core.receive(b"A", p.encode_send(b"m%d" % i, "*", "x"), 1.0) for i in range(5)]
+    assert all(replies(a, b"A") == [p.Ack(b"m%d" % i, 1000, "accepted")] for i, a in enumerate(accepted))
+    (refusal,) = core.receive(b"A", p.encode_send(b"m5", "*", "x"), 1.0)
+    assert isinstance(refusal, SendTo)
+    assert refusal.frames[3:] == [b"429", b"slow down: retry after 100 ms", b"100"]
+    assert replies(core.receive(b"A", p.encode_send(b"m6", "*", "x"), 1.1), b"A")[0] == p.Ack(
+        b"m6", 1100, "accepted"
+    )
+    assert replies(core.receive(b"B", p.encode_send(b"b1", "*", "x"), 1.1), b"B")[0] == p.Ack(
+        b"b1", 1100, "accepted"
+    )
+    actions: Sequence[object] = []
+    for i in range(16):  # goes on into the refusals: more than 3 x burst of them in a row
+        actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.1)
+    assert [e.event for e in published(actions)] == [p.Leave("alice", 1100, "flooding")]
+    assert "alice" not in core.by_key
