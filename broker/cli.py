@@ -91,6 +91,21 @@ def default_store() -> str:
     help="Encrypt all traffic with CURVE, with the key pair in FILE (from `zchat keygen`).",
 )
 @click.option(
+    "--trust",
+    type=click.Choice(["first-use", "allowlist"]),
+    default="first-use",
+    show_default=True,
+    envvar="ZCHAT_TRUST",
+    help="With CURVE: a name belongs to the first key that uses it, or only to its key in --authorized-keys.",
+)
+@click.option(
+    "--authorized-keys",
+    default=None,
+    envvar="ZCHAT_AUTHORIZED_KEYS",
+    metavar="DIR",
+    help="With --trust allowlist: NAME.pub files, each the public key that may use NAME.",
+)
+@click.option(
     "--rate",
     default=20.0,
     show_default=True,
@@ -125,6 +140,8 @@ def broker(
     rate: float,
     burst: int,
     curve_secret: str | None,
+    trust: str,
+    authorized_keys: str | None,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -135,8 +152,13 @@ def broker(
     )
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
+    if trust == "allowlist" and not (curve_secret and authorized_keys):
+        raise click.UsageError("--trust allowlist needs --curve-secret and --authorized-keys DIR")
     try:
         curve = keys.load_pair(Path(curve_secret)) if curve_secret else None
+        authorized = (
+            keys.allowlist(Path(authorized_keys)) if trust == "allowlist" and authorized_keys else None
+        )
     except keys.KeyFileError as e:
         raise click.ClickException(str(e)) from None
     settings = BrokerSettings(
@@ -151,6 +173,7 @@ def broker(
         rate=rate,
         burst=burst,
         curve=curve,
+        authorized=authorized,
     )
     try:
         server = BrokerServer(settings)

@@ -31,6 +31,8 @@ class CoreConfig:
     mailbox_messages: int = 1000
     mailbox_bytes: int = 1 << 20
     history_days: float = 30.0
+    #: With CURVE: name key -> the only public key (z85) it may use; None: trust on first use.
+    authorized: dict[str, str] | None = None
     #: Messages a second and burst per client (flood.py); rate 0: no limit.
     rate: float = 0.0
     burst: float = 100.0
@@ -74,6 +76,7 @@ class Session:
     token: str
     last_seen: float
     key: str
+    client_key: str = ""  # its CURVE public key (z85), "" without encryption
     #: JOIN goes out at READY, once the client hears the lobby: whatever
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
@@ -96,8 +99,12 @@ class BrokerCore:
 
     # --- input ---------------------------------------------------------------
 
-    def receive(self, peer: bytes, frames: list[bytes], now: float) -> list[Action]:
-        """Decode one client message and handle it; bad input becomes an ERROR."""
+    def receive(self, peer: bytes, frames: list[bytes], now: float, key: str = "") -> list[Action]:
+        """Decode one client message and handle it; bad input becomes an ERROR.
+
+        `key` is the sender's CURVE public key, proven by ZeroMQ for this very
+        message ("" without encryption).
+        """
         self.counters["received"] += 1
         session = self.by_peer.get(peer)
         if session is not None:
@@ -106,10 +113,16 @@ class BrokerCore:
             command = p.decode_command(frames)
         except p.ProtocolError as e:
             return [self._refuse(peer, e.msg_id, e.code, e.text)]
-        return self.handle(peer, command, now)
+        return self.handle(peer, command, now, key)
 
-    def handle(self, peer: bytes, command: p.ClientCommand, now: float) -> list[Action]:
+    def handle(self, peer: bytes, command: p.ClientCommand, now: float, key: str = "") -> list[Action]:
         session = self.by_peer.get(peer)
+        if session is not None and session.client_key != key:  # never, unless something is forged
+            return [
+                self._refuse(
+                    peer, command.msg_id, Code.NAME_OWNED, "this message is not from the key of the session"
+                )
+            ]
         if self.shutting_down:
             return [self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")]
         kind = type(command)
@@ -122,7 +135,7 @@ class BrokerCore:
                 return [self._not_registered(peer, command.msg_id)]
             return [SendTo(peer, p.encode_pong(command.msg_id, p.now_ms(now)))]
         if kind is p.Hello:
-            return self._hello(peer, session, command, now)  # type: ignore[arg-type]
+            return self._hello(peer, session, command, now, key)  # type: ignore[arg-type]
         if kind is p.Who:
             names = sorted((s.name for s in self.by_key.values()), key=str.lower)
             return [SendTo(peer, p.encode_users(command.msg_id, names))]
@@ -220,16 +233,21 @@ class BrokerCore:
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
         return [SendTo(sender, p.encode_ack(message.msg_id, p.now_ms(now), b"stored"))]
 
-    def _hello(self, peer: bytes, current: Session | None, hello: p.Hello, now: float) -> list[Action]:
+    def _hello(self, peer: bytes, current: Session | None, hello: p.Hello, now: float,
+               client_key: str = "") -> list[Action]:  # fmt: skip
         key = p.name_key(hello.name)
         if current is not None:
             if p.name_key(current.name) == key:  # a repeated HELLO: answer it again
                 return [SendTo(peer, self._welcome(hello.msg_id, current, now))]
             return [self._refuse(peer, hello.msg_id, Code.ALREADY_REGISTERED,
                                  f"this connection is already registered as {current.name}")]  # fmt: skip
+        if client_key and (refusal := self._check_owner(peer, hello, key, client_key)):
+            return [refusal]
         holder = self.by_key.get(key)
         if holder is not None:
-            if hello.token and secrets.compare_digest(hello.token, holder.token):
+            # The token, or the very key that owns the name, proves it is the same user.
+            same_owner = bool(client_key) and holder.client_key == client_key
+            if same_owner or (hello.token and secrets.compare_digest(hello.token, holder.token)):
                 # The same client on a new connection: it takes its session
                 # over, so nobody sees it leave and join again.
                 del self.by_peer[holder.peer]
@@ -240,7 +258,7 @@ class BrokerCore:
                 log.info("%s resumed its session on a new connection", holder.name)
                 return [SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
-        session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key)
+        session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.full(self.config.rate, self.config.burst, now)
         self.by_peer[peer] = session
@@ -266,6 +284,26 @@ class BrokerCore:
                 SendTo(session.peer, p.encode_receipt(recipient.encode(), str(when).encode(), ids))
             )
         return actions
+
+    def _check_owner(self, peer: bytes, hello: p.Hello, key: str, client_key: str) -> SendTo | None:
+        """Names bound to keys: an allowlist, or the first key to use a name."""
+        if self.config.authorized is not None:
+            owner = self.config.authorized.get(key)
+            if owner is None:
+                return self._refuse(
+                    peer, hello.msg_id, Code.NAME_OWNED, f"{hello.name} is not on this broker's list"
+                )
+        else:
+            owner = self.store.key_of(key)
+            if owner is None:
+                self.store.bind(key, client_key)  # trust on first use
+                log.info("the name %s now belongs to key %s", hello.name, client_key)
+                return None
+        if owner != client_key:
+            return self._refuse(
+                peer, hello.msg_id, Code.NAME_OWNED, f"the name {hello.name} belongs to another key"
+            )
+        return None
 
     def _welcome(self, msg_id: bytes, session: Session, now: float) -> list[bytes]:
         c = self.config

@@ -49,6 +49,18 @@ def receive(sock: zmq.Socket[bytes]) -> tuple[bytes, list[bytes]]:
     return peer, frames
 
 
+def receive_keyed(sock: zmq.Socket[bytes]) -> tuple[bytes, list[bytes], str]:
+    """Like receive(), with the sender's CURVE public key, which ZAP put on the message."""
+    recv = sock.recv
+    frame = recv(NOBLOCK, copy=False)
+    peer, key = frame.bytes, str(frame.get("User-Id"))
+    frames = []
+    while frame.more:
+        frame = recv(NOBLOCK, copy=False)
+        frames.append(frame.bytes)
+    return peer, frames, key
+
+
 def send(sock: zmq.Socket[bytes], first: bytes, frames: list[bytes]) -> None:
     """Send `first` then `frames` as one message, without blocking.
 
@@ -78,6 +90,8 @@ class BrokerSettings:
     burst: float = 100.0
     #: The broker's CURVE key pair: with it both sockets encrypt (PROTOCOL.md 14).
     curve: KeyPair | None = None
+    #: With CURVE: name key -> the only key it may use; None: trust on first use.
+    authorized: dict[str, str] | None = None
 
 
 def endpoint(host: str, port: int) -> str:
@@ -124,6 +138,7 @@ class BrokerServer:
             max_body=settings.max_body,
             history_days=settings.history_days,
             rate=settings.rate,
+            authorized=settings.authorized,
             burst=settings.burst,
         ), store=store)  # fmt: skip
         self._stopping = False
@@ -165,6 +180,7 @@ class BrokerServer:
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
+        keyed = self.settings.curve is not None  # names are bound to keys only with CURVE
         put_off = False  # the store has work waiting for an idle moment
         try:
             while not self._stopping:
@@ -174,10 +190,15 @@ class BrokerServer:
                     now = time.time()
                     for _ in range(DRAIN_BATCH):
                         try:
-                            peer, frames = receive(router)
+                            if keyed:
+                                peer, frames, key = receive_keyed(router)
+                                actions = core.receive(peer, frames, now, key)
+                            else:
+                                peer, frames = receive(router)
+                                actions = core.receive(peer, frames, now)
                         except zmq.Again:
                             break
-                        self.apply(core.receive(peer, frames, now))
+                        self.apply(actions)
                     self._flush_acks()
                 else:  # idle: the store does what it put off (indexing for search)
                     put_off = core.store.catch_up()

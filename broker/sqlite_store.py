@@ -59,6 +59,8 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             WHEN old.id <= (SELECT upto FROM fts_state) BEGIN
             INSERT INTO messages_fts (messages_fts, rowid, body) VALUES ('delete', old.id, old.body); END""",
     ),
+    # 3: names bound to CURVE keys (trust on first use).
+    ("CREATE TABLE owners (user TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",),
 )
 #: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
 INDEX_BATCH = 5000
@@ -192,6 +194,13 @@ class SqliteStore:
         return self._query("SELECT 1 FROM users WHERE user = ?", (user,)).fetchone() is not None
 
     # --- private messages for offline users ----------------------------------
+    def key_of(self, user: str) -> str | None:
+        row = self._query("SELECT key FROM owners WHERE user = ?", (user,)).fetchone()
+        return str(row[0]) if row else None
+
+    def bind(self, user: str, key: str) -> None:
+        self._write("INSERT OR REPLACE INTO owners VALUES (?, ?)", (user, key))
+
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self._insert(message, recipient, pending=True)
 

@@ -70,6 +70,14 @@ class Store(Protocol):
 
     def is_known(self, user: str) -> bool: ...
 
+    def key_of(self, user: str) -> str | None:
+        """The CURVE public key (z85) that owns the name, if one does."""
+        ...
+
+    def bind(self, user: str, key: str) -> None:
+        """From now on only `key` may register as `user` (trust on first use)."""
+        ...
+
     # --- private messages for offline users ----------------------------------
     def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
 
@@ -144,6 +152,7 @@ class MemoryStore:
     history: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
     rooms: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     users: set[str] = field(default_factory=set)
+    owners: dict[str, str] = field(default_factory=dict)
     mail: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
     private: list[tuple[str, str, StoredMessage]] = field(default_factory=list)  # (sender, recipient, m)
     owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
@@ -184,6 +193,12 @@ class MemoryStore:
 
     def is_known(self, user: str) -> bool:
         return user in self.users
+
+    def key_of(self, user: str) -> str | None:
+        return self.owners.get(user)
+
+    def bind(self, user: str, key: str) -> None:
+        self.owners[user] = key
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)

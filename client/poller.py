@@ -36,7 +36,13 @@ BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
 #: Codes that make registration hopeless: retrying cannot help.
-FATAL_HELLO_CODES = {Code.NAME_TAKEN, Code.INVALID_NAME, Code.BAD_VERSION, Code.ALREADY_REGISTERED}
+FATAL_HELLO_CODES = {
+    Code.NAME_OWNED,
+    Code.NAME_TAKEN,
+    Code.INVALID_NAME,
+    Code.BAD_VERSION,
+    Code.ALREADY_REGISTERED,
+}
 
 
 @dataclass(frozen=True)

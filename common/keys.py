@@ -128,3 +128,13 @@ def server_key(value: str) -> bytes:
     if not is_key(key):
         raise KeyFileError(f"{path} holds no public key: expected 40 z85 characters or a certificate")
     return key
+
+
+def allowlist(folder: Path) -> dict[str, str]:
+    """NAME.pub files in `folder`, as ssh's authorized keys: name key -> z85 public key."""
+    if not folder.is_dir():
+        raise KeyFileError(f"{folder} is not a folder of NAME.pub files")
+    listed = {path.stem.lower(): server_key(str(path)).decode() for path in sorted(folder.glob("*.pub"))}
+    if not listed:
+        raise KeyFileError(f"{folder} holds no NAME.pub files: nobody could register")
+    return listed

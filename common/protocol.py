@@ -30,6 +30,7 @@ class Code(IntEnum):
     """Error codes carried by ERROR; PROTOCOL.md has the table."""
 
     MALFORMED = 400
+    NAME_OWNED = 401
     NOT_REGISTERED = 403
     UNKNOWN_RECIPIENT = 404
     UNKNOWN_COMMAND = 405
