@@ -8,6 +8,7 @@ even while someone edits broker/ in the work tree.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -70,9 +71,7 @@ def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) ->
     """Start the zchat broker (`kind` "zchat") or the forwarder ("ceiling")."""
     if kind == "zchat":
         command = [*_zchat_command(), "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0",
-                   "--log-level", "info", *([] if "--store" in args else ["--store", ":memory:"]),
-                   *([] if "--rate" in args else ["--rate", "0"]),
-                   *args]  # fmt: skip
+                   "--log-level", "info", *_defaults(args), *args]  # fmt: skip
     elif kind == "ceiling":
         command = [sys.executable, "-m", "benchmarks.ceiling", "--host", "127.0.0.1", *args]
     else:
@@ -96,6 +95,27 @@ def start_server(kind: str, log_dir: Path, *args: str, timeout: float = 20.0) ->
             process.wait(5)
             raise TimeoutError(f"{kind} did not start listening within {timeout}s")
         time.sleep(0.02)
+
+
+#: Broker options the benchmark sets unless told otherwise: no store on disk, no
+#: flood control (the load clients flood on purpose). Each is passed only to
+#: brokers that have it, so that --broker-ref can measure older commits.
+BROKER_DEFAULTS = (("--store", ":memory:"), ("--rate", "0"))
+
+
+def _defaults(args: tuple[str, ...]) -> list[str]:
+    usage = _broker_help(tuple(_zchat_command()))
+    chosen: list[str] = []
+    for option, value in BROKER_DEFAULTS:
+        if option not in args and re.search(rf"{re.escape(option)}\b", usage):
+            chosen += [option, value]
+    return chosen
+
+
+@functools.lru_cache(maxsize=8)
+def _broker_help(command: tuple[str, ...]) -> str:
+    out = subprocess.run([*command, "broker", "--help"], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    return out.stdout
 
 
 def _zchat_command() -> list[str]:
