@@ -282,3 +282,19 @@ def test_a_flooding_client_is_refused_with_a_retry_after_then_disconnected() -> 
         actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.1)
     assert [e.event for e in published(actions)] == [p.Leave("alice", 1100, "flooding")]
     assert "alice" not in core.by_key
+
+
+def test_a_full_mailbox_refuses_with_its_code() -> None:
+    core = BrokerCore(CoreConfig(PUB, mailbox_messages=2, mailbox_bytes=10))
+    register(core, b"B", "bob")
+    core.receive(b"B", p.encode_simple(b"BYE", b"bye"), 0.5)
+    register(core, b"A", "alice")
+    assert replies(core.receive(b"A", p.encode_send(b"m1", "bob", "12345"), 1.0), b"A")[0].status == "stored"  # type: ignore[union-attr]
+    assert (
+        error_code(core.receive(b"A", p.encode_send(b"m2", "bob", "123456"), 1.0), b"A")
+        == Code.RECIPIENT_BUSY
+    )  # bytes
+    assert replies(core.receive(b"A", p.encode_send(b"m3", "bob", "1"), 1.0), b"A")[0].status == "stored"  # type: ignore[union-attr]
+    assert (
+        error_code(core.receive(b"A", p.encode_send(b"m4", "bob", "1"), 1.0), b"A") == Code.RECIPIENT_BUSY
+    )  # count
