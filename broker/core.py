@@ -81,6 +81,8 @@ class Session:
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
     bucket: TokenBucket | None = None
+    #: Since when its queue has been full (private messages refused with 507).
+    stuck_since: float | None = None
 
 
 @dataclass
@@ -389,6 +391,9 @@ class BrokerCore:
         """A Forward reached its recipient's connection: a resend is a duplicate now,
         and the message is kept for /search."""
         f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
+        recipient_session = self.by_peer.get(forward.peer)
+        if recipient_session is not None:
+            recipient_session.stuck_since = None  # it reads again
         time_ms = int(f[5])
         self.store.remember(forward.sender_key, f[2], "accepted", time_ms)
         recipient = f[4].decode()
@@ -402,8 +407,17 @@ class BrokerCore:
         recipient = self.by_peer.get(forward.peer)
         if busy:
             name = recipient.name if recipient else "the recipient"
-            return [self._refuse(forward.sender, msg_id, Code.RECIPIENT_BUSY,
-                                 f"{name} is not reading; message not delivered")]  # fmt: skip
+            refusal = self._refuse(forward.sender, msg_id, Code.RECIPIENT_BUSY,
+                                   f"{name} is not reading; message not delivered")  # fmt: skip
+            if recipient is None:
+                return [refusal]
+            if recipient.stuck_since is None:
+                recipient.stuck_since = now
+            elif now - recipient.stuck_since > self.config.timeout_ms / 1000:
+                # Full for a whole heartbeat timeout: it reads nothing, whatever it sends.
+                log.warning("%s dropped: its queue stayed full", recipient.name)
+                return [refusal, *self._drop(recipient, now, "stuck")]
+            return [refusal]
         actions: list[Action] = []
         if recipient is not None:
             actions += self._drop(recipient, now, "disconnected")

@@ -298,3 +298,21 @@ def test_a_full_mailbox_refuses_with_its_code() -> None:
     assert (
         error_code(core.receive(b"A", p.encode_send(b"m4", "bob", "1"), 1.0), b"A") == Code.RECIPIENT_BUSY
     )  # count
+
+
+def test_a_recipient_whose_queue_stays_full_is_dropped_and_announced(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+
+    def forward_at(now: float) -> Forward:
+        (forward,) = core.receive(b"A", p.encode_send(b"m%d" % int(now * 10), "bob", "hi"), now)
+        assert isinstance(forward, Forward)
+        return forward
+
+    assert published(core.undeliverable(forward_at(1.0), busy=True, now=1.0)) == []
+    core.forwarded(forward_at(2.0))  # bob read again: the clock starts over
+    assert published(core.undeliverable(forward_at(3.0), busy=True, now=3.0)) == []
+    assert published(core.undeliverable(forward_at(5.0), busy=True, now=5.0)) == []  # 2 s < the 3 s timeout
+    dropped = core.undeliverable(forward_at(6.5), busy=True, now=6.5)
+    assert error_code([a for a in dropped if isinstance(a, SendTo)], b"A") == Code.RECIPIENT_BUSY
+    assert [e.event for e in published(dropped)] == [p.Leave("bob", 6500, "stuck")]
