@@ -106,6 +106,22 @@ def default_store() -> str:
     help="With --trust allowlist: NAME.pub files, each the public key that may use NAME.",
 )
 @click.option(
+    "--max-clients",
+    default=10_000,
+    show_default=True,
+    envvar="ZCHAT_MAX_CLIENTS",
+    type=click.IntRange(1),
+    help="Clients registered at once, in all.",
+)
+@click.option(
+    "--max-sessions-per-key",
+    default=8,
+    show_default=True,
+    envvar="ZCHAT_MAX_SESSIONS_PER_KEY",
+    type=click.IntRange(1),
+    help="With CURVE: sessions one client key may hold at once.",
+)
+@click.option(
     "--rate",
     default=20.0,
     show_default=True,
@@ -141,6 +157,8 @@ def broker(
     burst: int,
     curve_secret: str | None,
     trust: str,
+    max_clients: int,
+    max_sessions_per_key: int,
     authorized_keys: str | None,
     log_level: str,
 ) -> None:
@@ -174,6 +192,8 @@ def broker(
         burst=burst,
         curve=curve,
         authorized=authorized,
+        max_clients=max_clients,
+        max_per_key=max_sessions_per_key,
     )
     try:
         server = BrokerServer(settings)

@@ -33,6 +33,9 @@ class CoreConfig:
     history_days: float = 30.0
     #: With CURVE: name key -> the only public key (z85) it may use; None: trust on first use.
     authorized: dict[str, str] | None = None
+    #: Registration limits: clients in all, and sessions per CURVE key.
+    max_clients: int = 10_000
+    max_per_key: int = 8
     #: Messages a second and burst per client (flood.py); rate 0: no limit.
     rate: float = 0.0
     burst: float = 100.0
@@ -260,6 +263,8 @@ class BrokerCore:
                 log.info("%s resumed its session on a new connection", holder.name)
                 return [SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
+        if refusal := self._over_limits(peer, hello.msg_id, client_key):
+            return [refusal]
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.full(self.config.rate, self.config.burst, now)
@@ -286,6 +291,14 @@ class BrokerCore:
                 SendTo(session.peer, p.encode_receipt(recipient.encode(), str(when).encode(), ids))
             )
         return actions
+
+    def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> SendTo | None:
+        c = self.config
+        if len(self.by_key) >= c.max_clients:
+            return self._refuse(peer, msg_id, Code.TOO_MANY, f"the broker is full ({c.max_clients} clients)")
+        if client_key and sum(s.client_key == client_key for s in self.by_key.values()) >= c.max_per_key:
+            return self._refuse(peer, msg_id, Code.TOO_MANY, f"this key already has {c.max_per_key} sessions")
+        return None
 
     def _check_owner(self, peer: bytes, hello: p.Hello, key: str, client_key: str) -> SendTo | None:
         """Names bound to keys: an allowlist, or the first key to use a name."""

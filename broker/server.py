@@ -92,6 +92,8 @@ class BrokerSettings:
     curve: KeyPair | None = None
     #: With CURVE: name key -> the only key it may use; None: trust on first use.
     authorized: dict[str, str] | None = None
+    max_clients: int = 10_000
+    max_per_key: int = 8
 
 
 def endpoint(host: str, port: int) -> str:
@@ -139,6 +141,8 @@ class BrokerServer:
             history_days=settings.history_days,
             rate=settings.rate,
             authorized=settings.authorized,
+            max_clients=settings.max_clients,
+            max_per_key=settings.max_per_key,
             burst=settings.burst,
         ), store=store)  # fmt: skip
         self._stopping = False

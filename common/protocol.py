@@ -45,6 +45,7 @@ class Code(IntEnum):
     INTERNAL = 500
     SHUTTING_DOWN = 503
     RECIPIENT_BUSY = 507
+    TOO_MANY = 509
 
 
 class ProtocolError(Exception):

@@ -316,3 +316,16 @@ def test_a_recipient_whose_queue_stays_full_is_dropped_and_announced(core: Broke
     dropped = core.undeliverable(forward_at(6.5), busy=True, now=6.5)
     assert error_code([a for a in dropped if isinstance(a, SendTo)], b"A") == Code.RECIPIENT_BUSY
     assert [e.event for e in published(dropped)] == [p.Leave("bob", 6500, "stuck")]
+
+
+def test_registration_limits_refuse_with_their_code() -> None:
+    core = BrokerCore(CoreConfig(PUB, max_clients=3, max_per_key=2))
+    for peer, name in ((b"A", "a1"), (b"B", "a2")):
+        assert isinstance(
+            replies(core.receive(peer, p.encode_hello(b"h", name), 0.0, "KEY-A"), peer)[0], p.Welcome
+        )
+    assert error_code(core.receive(b"C", p.encode_hello(b"h", "a3"), 0.0, "KEY-A"), b"C") == Code.TOO_MANY
+    assert isinstance(
+        replies(core.receive(b"D", p.encode_hello(b"h", "b1"), 0.0, "KEY-B"), b"D")[0], p.Welcome
+    )
+    assert error_code(core.receive(b"E", p.encode_hello(b"h", "b2"), 0.0, "KEY-B"), b"E") == Code.TOO_MANY
