@@ -11,6 +11,7 @@ receiver checks the sequence number and measures latency from the time stamp
 
 from __future__ import annotations
 
+import os
 import time
 
 import zmq
@@ -66,6 +67,20 @@ def parse_body(data: bytes) -> tuple[int, int]:
     return int(seq), int(stamp)
 
 
+#: "SERVER_PUBLIC CLIENT_PUBLIC CLIENT_SECRET" (z85) to load a CURVE broker; set by benchmarks.curve.
+CURVE_ENV = "ZCHAT_BENCH_CURVE"
+
+
+def encrypt(sock: zmq.Socket[bytes]) -> None:
+    """CURVE client options when the run asks for them (inherited by the load processes)."""
+    keys = os.environ.get(CURVE_ENV)
+    if keys:
+        server, public, secret = (k.encode() for k in keys.split())
+        sock.setsockopt(zmq.CURVE_SERVERKEY, server)
+        sock.setsockopt(zmq.CURVE_PUBLICKEY, public)
+        sock.setsockopt(zmq.CURVE_SECRETKEY, secret)
+
+
 class Wire:
     """How a load client talks to the server under test."""
 
@@ -76,6 +91,7 @@ class Wire:
     def dealer(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, name: bytes) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        encrypt(sock)
         sock.setsockopt(zmq.SNDHWM, 0)  # the load clients bound their windows themselves
         sock.setsockopt(zmq.RCVHWM, 0)
         self._identify(sock, name)
@@ -85,6 +101,7 @@ class Wire:
     def subscriber(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> zmq.Socket[bytes]:
         sock = ctx.socket(zmq.SUB)
         sock.setsockopt(zmq.LINGER, 0)
+        encrypt(sock)
         sock.setsockopt(zmq.RCVHWM, 0)
         sock.setsockopt(zmq.SUBSCRIBE, LOBBY_TOPIC)
         sock.connect(endpoint)

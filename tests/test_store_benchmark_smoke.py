@@ -22,3 +22,13 @@ def test_quick_store_benchmark_loses_nothing_and_replays_the_history(tmp_path: P
     assert result["lost"] == 0 and result["duplicated"] == 0
     assert result["private_memory_msgs_per_s"] > 0 and result["private_sqlite_msgs_per_s"] > 0
     assert result["history_replay"]["messages"] == 1000
+
+
+@pytest.mark.timeout(180)
+def test_quick_curve_benchmark_loses_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "curve.json"
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.curve", "--quick", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=150)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert result["lost"] == 0 and result["duplicated"] == 0 and result["private_curve_msgs_per_s"] > 0
