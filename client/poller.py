@@ -496,6 +496,11 @@ class Poller:
         if msg_id == self.bye_id:
             self.finished = True
             return
+        if isinstance(answer, p.Error) and answer.code == Code.NOT_REGISTERED:
+            # A broker that restarted before we noticed: what it refused is
+            # still in flight and goes again once we are registered anew.
+            self._lost("the broker no longer knows this session", now)
+            return
         request = self.inflight.pop(msg_id, None)
         if request is not None:
             if isinstance(answer, p.Ack):
@@ -512,11 +517,8 @@ class Poller:
             log.info("no history of %s: %s", name, answer.text)
             room = self.rooms.get(name)
             self._history(p.History(msg_id, name, room.seen_seq if room else 0, ()))
-        elif isinstance(answer, p.Error):
-            if answer.code == Code.NOT_REGISTERED:
-                self._lost("the broker no longer knows this session", now)
-            elif msg_id != self.sync_id:
-                log.info("broker error %d: %s", answer.code, answer.text)
+        elif isinstance(answer, p.Error) and msg_id != self.sync_id:
+            log.info("broker error %d: %s", answer.code, answer.text)
 
     # --- requests from the user ----------------------------------------------
 
