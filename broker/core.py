@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from zchat.broker.flood import TokenBucket
+from zchat.broker.quietlog import QuietLog
 from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -39,6 +40,8 @@ class CoreConfig:
     #: Messages a second and burst per client (flood.py); rate 0: no limit.
     rate: float = 0.0
     burst: float = 100.0
+    #: Seconds a connection disconnected for flooding is ignored (flood.py).
+    cool_off: float = 60.0
 
 
 class SendTo(NamedTuple):
@@ -101,6 +104,11 @@ class BrokerCore:
     room_members: dict[str, set[str]] = field(default_factory=dict)
     next_maintenance: float = 0.0
     shutting_down: bool = False
+    #: The time of the input being handled, for what logs it.
+    now: float = 0.0
+    refusal_log: QuietLog = field(default_factory=lambda: QuietLog(log))
+    #: Connections disconnected for flooding, ignored until the time given.
+    cooling: dict[bytes, float] = field(default_factory=dict)
 
     # --- input ---------------------------------------------------------------
 
@@ -111,6 +119,10 @@ class BrokerCore:
         message ("" without encryption).
         """
         self.counters["received"] += 1
+        self.now = now
+        if self.cooling and self._cooling_off(peer, now):
+            self.counters["dropped.flooder"] += 1
+            return []  # it was told, and answering a flood would be the flood's work
         session = self.by_peer.get(peer)
         if session is not None:
             session.last_seen = now  # any traffic proves the client alive
@@ -121,6 +133,7 @@ class BrokerCore:
         return self.handle(peer, command, now, key)
 
     def handle(self, peer: bytes, command: p.ClientCommand, now: float, key: str = "") -> list[Action]:
+        self.now = now
         session = self.by_peer.get(peer)
         if session is not None and session.client_key != key:  # never, unless something is forged
             return [
@@ -160,6 +173,10 @@ class BrokerCore:
         if kind is p.Bye:  # the client leaves on purpose
             ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
             return [ack, *self._drop(session, now, "quit")]
+        # Searches and history cost more than a message: counted alike. Not
+        # RECEIVED: it confirms deliveries the broker itself paced.
+        if kind is not p.Received and session.bucket is not None and (wait := session.bucket.take(now)):
+            return self._flooding(session, command.msg_id, wait, now)
         return self._room_command(session, command, now)
 
     def _send(self, session: Session, command: p.Send, now: float) -> list[Action]:
@@ -216,8 +233,13 @@ class BrokerCore:
         retry_ms = max(1, round(wait * 1000))
         assert session.bucket is not None
         if session.bucket.abused():
-            log.warning("%s disconnected for flooding", session.name)
-            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, "disconnected for flooding"))
+            cool_off = self.config.cool_off
+            log.warning(
+                "%s disconnected for flooding; its connection is ignored for %g s", session.name, cool_off
+            )
+            self.cooling[session.peer] = now + cool_off
+            text = f"disconnected for flooding: this connection is ignored for {cool_off:g} s"
+            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, text))
             return [bye, *self._drop(session, now, "flooding")]
         refusal = self._refuse(
             session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"
@@ -391,6 +413,7 @@ class BrokerCore:
 
     def maintain(self, now: float) -> None:
         """Retention: forget what is older than the configured history, hourly."""
+        self.refusal_log.flush(now)  # a flood's summary, also when the flood has stopped
         if now < self.next_maintenance:
             return
         self.next_maintenance = now + 3600
@@ -416,6 +439,7 @@ class BrokerCore:
 
     def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
         """A Forward could not be handed to its recipient: tell the sender why."""
+        self.now = now
         msg_id = forward.ack[2]
         recipient = self.by_peer.get(forward.peer)
         if busy:
@@ -445,6 +469,8 @@ class BrokerCore:
     def expire(self, now: float) -> list[Action]:
         """Drop every client silent for longer than the timeout."""
         deadline = now - self.config.timeout_ms / 1000
+        for peer in [peer for peer, until in self.cooling.items() if until <= now]:
+            del self.cooling[peer]  # a flooder that went quiet is forgotten
         actions: list[Action] = []
         for session in [s for s in self.by_peer.values() if s.last_seen < deadline]:
             actions += self._drop(session, now, "timeout")
@@ -485,14 +511,23 @@ class BrokerCore:
             members = self.room_members[room] = self.store.members(room)
         return members
 
+    def _cooling_off(self, peer: bytes, now: float) -> bool:
+        until = self.cooling.get(peer)
+        if until is None:
+            return False
+        if now < until:
+            return True
+        del self.cooling[peer]
+        return False
+
     def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
         return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")
 
     def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str) -> SendTo:
-        self.counters[f"refused.{code.name.lower()}"] += 1
-        level = logging.DEBUG if code is Code.RATE_LIMITED else logging.INFO  # a flood must not flood the log
-        log.log(level, "refused %s from %s: %s %s", msg_id.decode("ascii", "replace") or "-",
-                self._who(peer), int(code), text)  # fmt: skip
+        reason = code.name.lower()
+        self.counters[f"refused.{reason}"] += 1
+        self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
+                                 msg_id.decode("ascii", "replace") or "-", self._who(peer), int(code), text)  # fmt: skip
         return SendTo(peer, p.encode_error(msg_id, code, text))
 
     def _who(self, peer: bytes) -> str:

@@ -1,8 +1,10 @@
 """Flood control: a token bucket per client, as IRC servers do.
 
 A client may send `burst` messages at once and `rate` a second after that.
-Over the limit a message is refused with a retry-after; a client that goes on
-sending into a refusal `burst` times more than it may is disconnected.
+Over the limit a message is refused with a retry-after. Refusals are counted
+as strikes that fade at `rate` a second: a client that keeps sending faster
+than twice its rate gathers them, and past 3 x `burst` it is disconnected. A
+flooder cannot stay connected by letting one message through now and then.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ class TokenBucket:
     burst: float  # the bucket's size
     tokens: float
     stamp: float  # when tokens was last brought up to date
-    strikes: int = 0  # refusals since the last accepted message
+    strikes: float = 0.0  # refusals, fading at `rate` a second
 
     @classmethod
     def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
@@ -24,15 +26,16 @@ class TokenBucket:
 
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if there was one, else the seconds until there is."""
-        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        elapsed = now - self.stamp
+        self.tokens = min(self.burst, self.tokens + elapsed * self.rate)
+        self.strikes = max(0.0, self.strikes - elapsed * self.rate)
         self.stamp = now
         if self.tokens >= 1:
             self.tokens -= 1
-            self.strikes = 0
             return 0.0
         self.strikes += 1
         return (1 - self.tokens) / self.rate
 
     def abused(self) -> bool:
-        """Refused so often in a row that the client ignores the refusals."""
+        """Refused so often, so fast, that the client ignores the refusals."""
         return self.strikes > 3 * self.burst

@@ -284,6 +284,24 @@ def test_a_flooding_client_is_refused_with_a_retry_after_then_disconnected() -> 
     assert "alice" not in core.by_key
 
 
+def test_a_connection_disconnected_for_flooding_is_ignored_for_its_cool_off() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=10.0, burst=1.0, cool_off=60.0))
+    register(core, b"A", "alice")
+    actions: Sequence[object] = []
+    for i in range(5):  # one accepted, then more than 3 x burst refusals in a row
+        actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.0)
+    (told, *_) = actions
+    assert isinstance(told, SendTo) and b"ignored for 60 s" in told.frames[4]
+    # Cooling off: no reply at all, not even to HELLO, and nothing else is touched.
+    assert core.receive(b"A", p.encode_hello(b"h", "alice"), 2.0) == []
+    assert core.receive(b"A", p.encode_send(b"f9", "*", "x"), 60.9) == []
+    assert core.counters["dropped.flooder"] == 2
+    register(core, b"B", "bob")  # another connection is served meanwhile
+    # After it, the connection is an ordinary unregistered peer again.
+    assert error_code(core.receive(b"A", p.encode_send(b"g", "*", "x"), 61.1), b"A") == Code.NOT_REGISTERED
+    register(core, b"A", "alice", now=61.2)
+
+
 def test_a_full_mailbox_refuses_with_its_code() -> None:
     core = BrokerCore(CoreConfig(PUB, mailbox_messages=2, mailbox_bytes=10))
     register(core, b"B", "bob")
@@ -329,3 +347,13 @@ def test_registration_limits_refuse_with_their_code() -> None:
         replies(core.receive(b"D", p.encode_hello(b"h", "b1"), 0.0, "KEY-B"), b"D")[0], p.Welcome
     )
     assert error_code(core.receive(b"E", p.encode_hello(b"h", "b2"), 0.0, "KEY-B"), b"E") == Code.TOO_MANY
+
+
+def test_searches_count_against_the_rate_limit_and_receipts_do_not() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=1.0, burst=2.0))
+    register(core, b"A", "alice")
+    searches = [core.receive(b"A", p.encode_command(b"SEARCH", b"s%d" % i, "plan"), 1.0) for i in range(3)]
+    assert [type(replies(s, b"A")[0]).__name__ for s in searches] == ["Found", "Found", "Error"]
+    assert error_code(searches[2], b"A") == Code.RATE_LIMITED
+    (receipt,) = replies(core.receive(b"A", p.encode_command(b"RECEIVED", b"r", "bob", "x1"), 1.0), b"A")
+    assert isinstance(receipt, p.Ack)
