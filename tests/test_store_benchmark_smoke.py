@@ -35,11 +35,14 @@ def test_quick_curve_benchmark_loses_nothing(tmp_path: Path) -> None:
 
 
 @pytest.mark.timeout(120)
-def test_quick_flood_benchmark_measures_both_cases(tmp_path: Path) -> None:
+def test_quick_flood_benchmark_measures_quiet_and_both_floods(tmp_path: Path) -> None:
     out = tmp_path / "flood.json"
     proc = subprocess.run([sys.executable, "-m", "benchmarks.flood", "--quick", "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, timeout=100)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads(out.read_text())
-    assert result["quiet"]["count"] > 10 and result["flooded"]["count"] > 10
-    assert result["flooder"]["refused"] > 0  # flood control answered the flooder
+    assert result["quiet"]["count"] > 10
+    for kind in ("stubborn", "reconnecting"):
+        assert result[kind]["count"] > 10
+        assert result[kind]["flooder"]["refused"] > 0  # flood control answered the flooder
+    assert result["reconnecting"]["flooder"]["sessions"] > 1  # thrown out, it came back
