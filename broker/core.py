@@ -503,6 +503,7 @@ class BrokerCore:
             seq = self.store.last_seq(room)
         seq += 1
         self.last_seq[room] = seq
+        self.store.used_seq(room, seq)  # also a JOIN's or LEAVE's: never reused after a restart
         return [p.topic_of(room), str(seq).encode(), *message]
 
     def _members(self, room: str) -> set[str]:

@@ -152,7 +152,10 @@ class SqliteStore:
     # --- rooms and history ---------------------------------------------------
     def add_room_message(self, message: StoredMessage) -> None:
         self._insert(message, message.room, pending=False)
-        self._new_seqs[message.room] = max(message.seq, self._new_seqs.get(message.room, 0))
+        self.used_seq(message.room, message.seq)
+
+    def used_seq(self, room: str, seq: int) -> None:
+        self._new_seqs[room] = max(seq, self._new_seqs.get(room, 0))  # written at the next flush
 
     def _insert(self, m: StoredMessage, target_key: str, pending: bool) -> None:
         self._new_messages.append((m.room, m.seq, m.msg_id, m.sender, name_key(m.sender), m.target,

@@ -49,8 +49,13 @@ class Store(Protocol):
         """The last `limit` messages of `room` with seq < before_seq, oldest first."""
         ...
 
+    def used_seq(self, room: str, seq: int) -> None:
+        """`seq` went out on `room`'s topic (a message, or a JOIN/LEAVE that is
+        not kept): it is never handed out again, also after a restart."""
+        ...
+
     def last_seq(self, room: str) -> int:
-        """The highest seq stored for `room`, 0 if none: sequences go on after a restart."""
+        """The highest seq used on `room`, 0 if none: sequences go on after a restart."""
         ...
 
     def set_member(self, user: str, room: str, member: bool) -> None: ...
@@ -164,7 +169,10 @@ class MemoryStore:
         messages.append(message)
         if len(messages) > MEMORY_HISTORY * 1.1:  # trim now and then, not at every message
             del messages[: len(messages) - MEMORY_HISTORY]
-        self.seqs[message.room] = max(message.seq, self.seqs.get(message.room, 0))
+        self.used_seq(message.room, message.seq)
+
+    def used_seq(self, room: str, seq: int) -> None:
+        self.seqs[room] = max(seq, self.seqs.get(room, 0))
 
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         older = [m for m in self.history.get(room, ()) if m.seq < before_seq]

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import pytest
 
 from zchat.broker.core import BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.broker.store import MemoryStore
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
 
@@ -357,3 +358,15 @@ def test_searches_count_against_the_rate_limit_and_receipts_do_not() -> None:
     assert error_code(searches[2], b"A") == Code.RATE_LIMITED
     (receipt,) = replies(core.receive(b"A", p.encode_command(b"RECEIVED", b"r", "bob", "x1"), 1.0), b"A")
     assert isinstance(receipt, p.Ack)
+
+
+def test_after_a_restart_sequences_go_on_past_presence_events_too() -> None:
+    store = MemoryStore()
+    before = BrokerCore(CoreConfig(PUB), store=store)
+    register(before, b"A", "alice")  # JOIN: lobby seq 1
+    before.receive(b"A", p.encode_send(b"m1", "*", "hi"), 1.0)  # seq 2
+    before.receive(b"A", p.encode_simple(b"BYE", b"bye"), 2.0)  # LEAVE: seq 3, kept nowhere
+    after = BrokerCore(CoreConfig(PUB), store=store)  # the broker restarted on the same store
+    (join,) = published(register(after, b"B", "bob", now=3.0))
+    # A client that saw seq 3 before the restart must not take 3 for a repeat.
+    assert join.seq == 4
