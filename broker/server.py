@@ -153,7 +153,8 @@ class BrokerServer:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
 
         The ZAP handler (a pyzmq thread with its own socket) admits any client
-        key for now; it is where binding names to keys will go (SECURITY.md).
+        key; ZeroMQ then puts it on every message as its User-Id, and the core
+        binds names to keys from there (SECURITY.md).
         """
         authenticator = ThreadAuthenticator(self.context, log=logging.getLogger("zchat.broker.zap"))
         authenticator.start()
