@@ -14,10 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from zchat.broker.flood import TokenBucket
 from zchat.broker.quietlog import QuietLog
 from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.common import protocol as p
+from zchat.common.flood import TokenBucket
 from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
@@ -347,6 +347,7 @@ class BrokerCore:
         return p.encode_welcome(p.Welcome(
             msg_id, session.name, session.token, c.pub_endpoint,
             c.heartbeat_ms, c.timeout_ms, c.max_body, int(now * 1000),
+            max(1, int(c.rate * 60)) if c.rate > 0 else 0, int(c.burst) if c.rate > 0 else 0,
         ))  # fmt: skip
 
     # --- rooms, history, search, receipts (PROTOCOL.md 13) ---------------------

@@ -24,6 +24,7 @@ from zchat.client.events import State
 from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.request import Request
 from zchat.common import protocol as p
+from zchat.common.flood import TokenBucket
 from zchat.common.keys import KeyPair
 from zchat.common.protocol import Code
 
@@ -35,6 +36,8 @@ MAX_BACKOFF = 5.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
+#: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client.
+PACED_KINDS = {"send", "enter", "exit", "rooms", "names", "history", "search"}
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -114,6 +117,9 @@ class Poller:
         self.lobby_seq = 0
         self.inflight: dict[bytes, Request] = {}
         self.waiting: deque[Request] = deque()
+        #: Held back to stay within the broker's rate limit, in order; sent as the bucket allows.
+        self.paced: deque[Request] = deque()
+        self.bucket: TokenBucket | None = None  # a mirror of the broker's, from WELCOME
         self.seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self.rooms: dict[str, Room] = {}
         self.room_syncs: dict[bytes, list[str]] = {}  # SYNC id -> rooms live once it is SYNCED
@@ -151,9 +157,10 @@ class Poller:
         finally:
             self._close_sockets()
             self.context.term()
-            for request in [*self.inflight.values(), *self.waiting]:
+            for request in [*self.inflight.values(), *self.paced, *self.waiting]:
                 self._answer(request, request.refusal(ev.CLOSED, "the client closed"))
             self.inflight.clear()
+            self.paced.clear()
             self.waiting.clear()
             self._set_state(State.CLOSED, "closed")
             self._first(ev.Status(State.CLOSED, "closed before registering"))
@@ -229,11 +236,14 @@ class Poller:
         self._send(p.encode_command(b"ROOMS", self.rooms_id), now)
         if first:
             self._first(None)
-        # Unanswered messages go again with their ids; recipients drop repeats.
-        for request in list(self.inflight.values()):
+        # Unanswered messages go again with their ids (recipients drop repeats),
+        # then what was held back, then what waited: oldest first.
+        queued = [*self.inflight.values(), *self.paced, *self.waiting]
+        self.inflight.clear()
+        self.paced.clear()
+        self.waiting.clear()
+        for request in queued:
             self._transmit(request, now)
-        while self.waiting:
-            self._transmit(self.waiting.popleft(), now)
 
     def _lost(self, detail: str, now: float) -> None:
         """The connection is gone: schedule a new one with back-off."""
@@ -314,6 +324,7 @@ class Poller:
                 self.phase = "sync"
                 self.welcome = event
                 self.token = event.token
+                self._mirror_flood_control(event, now)
                 self._subscribe(event, now)
         elif kind is p.Shutdown:
             assert isinstance(event, p.Shutdown)
@@ -502,6 +513,8 @@ class Poller:
             self._lost("the broker no longer knows this session", now)
             return
         request = self.inflight.pop(msg_id, None)
+        if request is not None and self._held_back_again(request, answer, now):
+            return
         if request is not None:
             if isinstance(answer, p.Ack):
                 outcome: ev.Outcome = ev.Ack(request.msg_id, ev.from_ms(answer.time_ms), answer.status,
@@ -532,14 +545,56 @@ class Poller:
                 self._begin_close(now)
             elif self.state is State.ONLINE:
                 self._transmit(request, now)
-            elif len(self.waiting) >= self.s.max_queued:
+            elif len(self.waiting) + len(self.paced) >= self.s.max_queued:
                 self._answer(
                     request, request.refusal(ev.QUEUE_FULL, "too many messages waiting for a connection")
                 )
             else:
                 self.waiting.append(request)
 
+    def _mirror_flood_control(self, welcome: p.Welcome, now: float) -> None:
+        """Pace ourselves as the broker will (PROTOCOL.md 8): a pasted page of
+        text goes out at the allowed rate instead of into refusals and a
+        disconnection for flooding. The bucket outlives reconnects: a resumed
+        session keeps the broker's too."""
+        if not welcome.rate_per_minute:
+            self.bucket = None
+        elif self.bucket is None or self.bucket.rate != welcome.rate_per_minute / 60:
+            self.bucket = TokenBucket.full(welcome.rate_per_minute / 60, max(1, welcome.burst), now)
+
     def _transmit(self, request: Request, now: float) -> None:
+        bucket = self.bucket if request.kind in PACED_KINDS else None
+        # After those held already, or when there is no token now: held back.
+        if bucket is not None and (self.paced or bucket.take(now)):
+            if len(self.paced) >= self.s.max_queued:
+                self._answer(request, request.refusal(ev.QUEUE_FULL, "too many messages held back"))
+                return
+            if not self.paced:
+                self.emit(
+                    ev.Status(self.state, "holding messages back to stay within the broker's rate limit")
+                )
+            self.paced.append(request)
+            return
+        self._send_request(request, now)
+
+    def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
+        """A 429 although we paced ourselves (our own ROOMS and HISTORY count
+        too): the broker's bucket is empty, so is ours; the request waits its
+        turn again, in order, instead of failing."""
+        if not (isinstance(answer, p.Error) and answer.code == Code.RATE_LIMITED):
+            return False
+        if self.bucket is None or request.kind not in PACED_KINDS:
+            return False
+        self.bucket.tokens, self.bucket.stamp = 0.0, now
+        place = next((i for i, r in enumerate(self.paced) if r.created > request.created), len(self.paced))
+        self.paced.insert(place, request)
+        return True
+
+    def _release_paced(self, now: float) -> None:
+        while self.paced and (self.bucket is None or not self.bucket.take(now)):
+            self._send_request(self.paced.popleft(), now)
+
+    def _send_request(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
         self.inflight[msg_id] = request
         kind, target = request.kind, request.target
@@ -594,6 +649,8 @@ class Poller:
             self._registering(now)
         else:
             self._heartbeat(now)
+            if self.paced:
+                self._release_paced(now)
             if self.room_syncs and now >= self.next_room_sync_at:
                 self._sync_rooms(now)
         self._expire_requests(now)

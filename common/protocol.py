@@ -159,6 +159,9 @@ class Welcome(NamedTuple):
     timeout_ms: int
     max_body: int
     time_ms: int
+    #: Flood control (PROTOCOL.md 8): messages a minute after a burst; 0: none.
+    rate_per_minute: int = 0
+    burst: int = 0
 
 
 class Ack(NamedTuple):
@@ -452,6 +455,7 @@ def encode_welcome(w: Welcome) -> list[bytes]:
         SIGNATURE, b"WELCOME", w.msg_id, w.name.encode(), w.token.encode(),
         w.pub_endpoint.encode(), str(w.heartbeat_ms).encode(), str(w.timeout_ms).encode(),
         str(w.max_body).encode(), str(w.time_ms).encode(),
+        str(w.rate_per_minute).encode(), str(w.burst).encode(),
     ]  # fmt: skip
 
 
@@ -593,6 +597,11 @@ def _records(f: list[bytes], count_at: int) -> tuple[Record, ...]:
     )  # fmt: skip
 
 
+def _optional_int(f: list[bytes], index: int, what: str) -> int:
+    """A field appended in a later revision: 0 when an older peer leaves it out."""
+    return _int(f[index], what) if len(f) > index else 0
+
+
 def _decode_users(f: list[bytes]) -> Users:
     names = _text(f[3], "names")
     return Users(f[2], tuple(names.split()))
@@ -602,6 +611,7 @@ _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | Pu
     b"WELCOME": (10, lambda f: Welcome(
         f[2], _text(f[3], "name"), _text(f[4], "token"), _text(f[5], "endpoint"),
         _int(f[6], "heartbeat"), _int(f[7], "timeout"), _int(f[8], "max body"), _int(f[9], "time"),
+        _optional_int(f, 10, "rate"), _optional_int(f, 11, "burst"),
     )),
     b"ACK": (5, lambda f: Ack(f[2], _int(f[3], "time"), _text(f[4], "status"), tuple(f[5:]))),
     b"ERROR": (5, lambda f: Error(f[2], _int(f[3], "code"), _text(f[4], "text"))),

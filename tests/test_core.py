@@ -370,3 +370,17 @@ def test_after_a_restart_sequences_go_on_past_presence_events_too() -> None:
     (join,) = published(register(after, b"B", "bob", now=3.0))
     # A client that saw seq 3 before the restart must not take 3 for a repeat.
     assert join.seq == 4
+
+
+def test_welcome_tells_the_client_the_rate_limit_to_pace_itself_by() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=20.0, burst=100.0))
+    (welcome,) = replies(core.receive(b"A", p.encode_hello(b"h", "alice"), 1.0), b"A")
+    assert isinstance(welcome, p.Welcome) and (welcome.rate_per_minute, welcome.burst) == (1200, 100)
+    unlimited = BrokerCore(CoreConfig(PUB, rate=0.0))
+    (welcome,) = replies(unlimited.receive(b"A", p.encode_hello(b"h", "alice"), 1.0), b"A")
+    assert isinstance(welcome, p.Welcome) and (welcome.rate_per_minute, welcome.burst) == (0, 0)
+
+
+def test_a_welcome_without_the_rate_fields_means_no_limit() -> None:
+    older = p.encode_welcome(p.Welcome(b"h", "alice", "t", PUB, 1000, 3000, 100, 5))[:10]
+    assert p.decode_event(older) == p.Welcome(b"h", "alice", "t", PUB, 1000, 3000, 100, 5, 0, 0)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from zchat.broker.flood import TokenBucket
+from zchat.common.flood import TokenBucket
 
 
 def send_at(bucket: TokenBucket, per_second: float, seconds: float) -> tuple[int, int, bool]:

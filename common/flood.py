@@ -1,5 +1,7 @@
 """Flood control: a token bucket per client, as IRC servers do.
 
+The broker keeps one per session; a client keeps a mirror of its own (the
+broker's rate and burst come in WELCOME) to hold back what would be refused.
 A client may send `burst` messages at once and `rate` a second after that.
 Over the limit a message is refused with a retry-after. Refusals are counted
 as strikes that fade at `rate` a second: a client that keeps sending faster
