@@ -391,13 +391,19 @@ class Poller:
 
     def _watch(self, rooms: list[Room], now: float) -> None:
         """Subscribe, and SYNC until the subscriptions are live; the room's topic is kept meanwhile."""
-        if not rooms or self.sub is None:
+        if not rooms or self.sub is None or self.welcome is None:
             return
+        # SYNCED proves live only what was subscribed before the own topic
+        # (PROTOCOL.md 4.5): so the own topic goes last again. It carries only
+        # SYNCED, and a SYNCED lost meanwhile is asked for again.
+        own = p.private_topic(self.welcome.name)
+        self.sub.setsockopt(zmq.UNSUBSCRIBE, own)
         for room in rooms:
             self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_of(room.name))
             room.subscribed = True
             room.phase = "syncing"
             room.kept.clear()
+        self.sub.setsockopt(zmq.SUBSCRIBE, own)
         self._sync_rooms(now)
 
     def _sync_rooms(self, now: float) -> None:
