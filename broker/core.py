@@ -289,7 +289,7 @@ class BrokerCore:
             return [refusal]
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
-            session.bucket = TokenBucket.full(self.config.rate, self.config.burst, now)
+            session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
         self.by_peer[peer] = session
         self.by_key[key] = session
         self.counters["joined"] += 1

@@ -323,8 +323,8 @@ class Poller:
             if event.msg_id == self.hello_id and self.phase == "hello":
                 self.phase = "sync"
                 self.welcome = event
-                self.token = event.token
                 self._mirror_flood_control(event, now)
+                self.token = event.token
                 self._subscribe(event, now)
         elif kind is p.Shutdown:
             assert isinstance(event, p.Shutdown)
@@ -562,11 +562,12 @@ class Poller:
         """Pace ourselves as the broker will (PROTOCOL.md 8): a pasted page of
         text goes out at the allowed rate instead of into refusals and a
         disconnection for flooding. The bucket outlives reconnects: a resumed
-        session keeps the broker's too."""
+        session keeps the broker's too; a new session starts a new one."""
+        resumed = welcome.token == self.token
         if not welcome.rate_per_minute:
             self.bucket = None
-        elif self.bucket is None or self.bucket.rate != welcome.rate_per_minute / 60:
-            self.bucket = TokenBucket.full(welcome.rate_per_minute / 60, max(1, welcome.burst), now)
+        elif self.bucket is None or not resumed or self.bucket.rate != welcome.rate_per_minute / 60:
+            self.bucket = TokenBucket.new_session(welcome.rate_per_minute / 60, max(1, welcome.burst), now)
 
     def _transmit(self, request: Request, now: float) -> None:
         bucket = self.bucket if request.kind in PACED_KINDS else None

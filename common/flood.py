@@ -2,7 +2,11 @@
 
 The broker keeps one per session; a client keeps a mirror of its own (the
 broker's rate and burst come in WELCOME) to hold back what would be refused.
-A client may send `burst` messages at once and `rate` a second after that.
+A session starts with one second's worth of tokens (`rate`), and saves up
+to `burst` while it sends less: so a client may send `burst` messages at
+once once it has been quiet a while, and `rate` a second after that. A new
+session does not start full, or one who reconnects under new names would
+get a whole burst each time.
 Over the limit a message is refused with a retry-after. Refusals are counted
 as strikes that fade at `rate` a second: a client that keeps sending faster
 than twice its rate gathers them, and past 3 x `burst` it is disconnected. A
@@ -23,8 +27,8 @@ class TokenBucket:
     strikes: float = 0.0  # refusals, fading at `rate` a second
 
     @classmethod
-    def full(cls, rate: float, burst: float, now: float) -> TokenBucket:
-        return cls(rate, burst, burst, now)
+    def new_session(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        return cls(rate, burst, min(burst, max(1.0, rate)), now)
 
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if there was one, else the seconds until there is."""
