@@ -40,6 +40,10 @@ class Request:
     def done(self) -> bool:
         return self._done.is_set()
 
+    def refused(self) -> bool:
+        """Answered, with a Refusal (a bad room name is refused at once, before any I/O)."""
+        return self._done.is_set() and isinstance(self._outcome, ev.Refusal)
+
     def wait(self, timeout: float | None = None) -> ev.Outcome:
         """The answer; TimeoutError if none came within `timeout` seconds."""
         if not self._done.wait(timeout):

@@ -79,13 +79,14 @@ def execute(client: Client, command: cmd.Command, out: Output) -> None:
     elif isinstance(command, cmd.Who):
         client.who()
     elif isinstance(command, cmd.Join):
-        if not client.enter(command.room).done():  # refused at once when not a room name
+        # Refused at once when not a room name; a quick ACK must not count as that.
+        if not client.enter(command.room).refused():
             out.room = command.room.lower()
     elif isinstance(command, cmd.Leave):
         room = (command.room or out.room).lower()
         if room == "*":
             out(ev.Refusal("", ev.USAGE, "the lobby cannot be left: /quit leaves the chat"))
-        elif not client.exit(room).done() and room == out.room:
+        elif not client.exit(room).refused() and room == out.room:
             out.room = "*"
     elif isinstance(command, cmd.SwitchRoom):
         room = command.room.lower()
