@@ -161,7 +161,10 @@ class BrokerCore:
             return [self._not_registered(peer, command.msg_id)]
         if kind is p.Sync:
             # Per-client topics carry no sequence (0): nothing is counted there.
-            synced = [p.private_topic(session.name), b"0", *p.encode_synced(command.msg_id)]
+            assert isinstance(command, p.Sync)
+            tag = command.tag
+            topic = p.sync_topic(session.name, tag) if tag else p.private_topic(session.name)
+            synced = [topic, b"0", *p.encode_synced(command.msg_id)]
             return [Publish(synced), SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))]
         if kind is p.Ready:
             ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))

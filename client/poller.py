@@ -123,6 +123,7 @@ class Poller:
         self.seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self.rooms: dict[str, Room] = {}
         self.room_syncs: dict[bytes, list[str]] = {}  # SYNC id -> rooms live once it is SYNCED
+        self.room_sync_tag = b""  # its topic is subscribed after the rooms' topics, for their SYNCED
         self.next_room_sync_at = 0.0
         self.join_histories: dict[bytes, str] = {}  # HISTORY id -> room, asked on joining
         self.rooms_id = b""  # the ROOMS asked after registering
@@ -215,6 +216,7 @@ class Poller:
             room.subscribed = False
             room.kept.clear()
         self.room_syncs.clear()
+        self.room_sync_tag = b""  # its subscription went with the old SUB
         self.join_histories.clear()
         self._sync(now)
 
@@ -393,28 +395,34 @@ class Poller:
         """Subscribe, and SYNC until the subscriptions are live; the room's topic is kept meanwhile."""
         if not rooms or self.sub is None or self.welcome is None:
             return
-        # SYNCED proves live only what was subscribed before the own topic
-        # (PROTOCOL.md 4.5): so the own topic goes last again. It carries only
-        # SYNCED, and a SYNCED lost meanwhile is asked for again.
-        own = p.private_topic(self.welcome.name)
-        self.sub.setsockopt(zmq.UNSUBSCRIBE, own)
         for room in rooms:
             self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_of(room.name))
             room.subscribed = True
             room.phase = "syncing"
             room.kept.clear()
-        self.sub.setsockopt(zmq.SUBSCRIBE, own)
+        # SYNCED proves live only what was subscribed before its topic
+        # (PROTOCOL.md 4.5): the own topic is older than the rooms', so the
+        # SYNCED goes to a topic of this round's own, subscribed last.
+        self._drop_room_sync_topic()
+        self.room_sync_tag = self.new_id().encode()
+        self.sub.setsockopt(zmq.SUBSCRIBE, p.sync_topic(self.welcome.name, self.room_sync_tag))
         self._sync_rooms(now)
+
+    def _drop_room_sync_topic(self) -> None:
+        if self.room_sync_tag and self.sub is not None and self.welcome is not None:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, p.sync_topic(self.welcome.name, self.room_sync_tag))
+        self.room_sync_tag = b""
 
     def _sync_rooms(self, now: float) -> None:
         syncing = [name for name, room in self.rooms.items() if room.phase == "syncing"]
         if not syncing:
             self.room_syncs.clear()
+            self._drop_room_sync_topic()
             return
         sync_id = self.new_id().encode()
         self.room_syncs[sync_id] = syncing
         self.next_room_sync_at = now + SYNC_RETRY
-        self._send(p.encode_simple(b"SYNC", sync_id), now)
+        self._send(p.encode_sync(sync_id, self.room_sync_tag), now)
 
     def _rooms_live(self, names: list[str], now: float) -> None:
         for name in names:
@@ -427,6 +435,7 @@ class Poller:
                 self._send(p.encode_command(b"HISTORY", history_id, name, "0", count), now)
         if not any(room.phase == "syncing" for room in self.rooms.values()):
             self.room_syncs.clear()
+            self._drop_room_sync_topic()
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)

@@ -83,6 +83,8 @@ class Ping(NamedTuple):
 
 class Sync(NamedTuple):
     msg_id: bytes
+    #: Optional (PROTOCOL.md 4.5): SYNCED then goes to sync_topic(name, tag).
+    tag: bytes = b""
 
 
 class Ready(NamedTuple):
@@ -294,6 +296,11 @@ def private_topic(name: str) -> bytes:
     return b"@" + name.encode() + b"\x00"
 
 
+def sync_topic(name: str, tag: bytes) -> bytes:
+    """A topic of one SYNC round's own, which no earlier subscription matches."""
+    return b"@" + name.encode() + b"\x01" + tag + b"\x00"
+
+
 def now_ms(now: float) -> bytes:
     return str(int(now * 1000)).encode()
 
@@ -381,7 +388,11 @@ def decode_command(frames: list[bytes]) -> ClientCommand:
     if command == b"WHO":
         return Who(_msg_id(frames, "WHO"))
     if command == b"SYNC":
-        return Sync(_msg_id(frames, "SYNC"))
+        msg_id = _msg_id(frames, "SYNC")
+        tag = frames[3] if len(frames) > 3 else b""
+        if tag and MSG_ID_RE.fullmatch(tag) is None:
+            raise ProtocolError(Code.MALFORMED, "a SYNC tag must be 1-64 visible ASCII characters", msg_id)
+        return Sync(msg_id, tag)
     if command == b"READY":
         return Ready(_msg_id(frames, "READY"))
     if command == b"BYE":
@@ -440,6 +451,10 @@ def encode_hello(msg_id: bytes, name: str, token: str = "") -> list[bytes]:
 
 def encode_send(msg_id: bytes, target: str, text: str) -> list[bytes]:
     return [SIGNATURE, b"SEND", msg_id, target.encode(), text.encode()]
+
+
+def encode_sync(msg_id: bytes, tag: bytes) -> list[bytes]:
+    return [SIGNATURE, b"SYNC", msg_id, tag]
 
 
 def encode_simple(command: bytes, msg_id: bytes) -> list[bytes]:
