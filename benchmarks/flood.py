@@ -33,7 +33,7 @@ from zchat.client import events as ev
 from zchat.client.session import Client
 from zchat.common import protocol as p
 
-PACE = 0.01  # seconds between one chatter's messages
+PACE = 0.02  # seconds between messages: each chatter sends ~15 a second, under the limit of 20
 
 
 def chatters(endpoint: str, seconds: float) -> list[float]:
