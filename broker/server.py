@@ -148,6 +148,9 @@ class BrokerServer:
         self._stopping = False
         #: ACKs held during one wake-up, per sender, to go out as one message each.
         self._acks: dict[bytes, list[list[bytes]]] = {}
+        #: Published messages wait for the store too: a number on a topic is
+        #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
+        self._to_publish: list[list[bytes]] = []
 
     def _encrypt(self, curve: KeyPair) -> ThreadAuthenticator:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
@@ -204,18 +207,20 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self.apply(actions)
-                    self._flush_acks()
+                    self._flush()
                 else:  # idle: the store does what it put off (indexing for search)
                     put_off = core.store.catch_up()
                     core.store.commit()
                 now = time.time()
                 if now >= next_sweep:
                     self.apply(core.expire(now))
+                    self._flush()
                     core.maintain(now)
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
-            self._flush_acks()
+            self._flush()
             self.apply(core.shutdown(time.time()))
+            self._flush()
         finally:
             self.close()
 
@@ -223,10 +228,7 @@ class BrokerServer:
         for action in actions:
             kind = type(action)
             if kind is Publish:
-                # PUB never blocks: a subscriber whose queue is full loses
-                # the message, and sees the gap in the sequence numbers.
-                frames = action.frames
-                send(self.pub, frames[0], frames[1:])
+                self._to_publish.append(action.frames)
             elif kind is Forward:
                 self._forward(action)  # type: ignore[arg-type]
             else:
@@ -259,8 +261,14 @@ class BrokerServer:
         else:
             held.append(ack)
 
-    def _flush_acks(self) -> None:
+    def _flush(self) -> None:
+        """Store, then publish and acknowledge what this wake-up handled."""
         self.core.store.commit()  # an ACK promises the message is kept: store first
+        for frames in self._to_publish:
+            # PUB never blocks: a subscriber whose queue is full loses
+            # the message, and sees the gap in the sequence numbers.
+            send(self.pub, frames[0], frames[1:])
+        self._to_publish.clear()
         for peer, held in self._acks.items():
             for ack in held:
                 self._send_now(peer, ack)
