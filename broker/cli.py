@@ -127,7 +127,7 @@ def default_store() -> str:
     show_default=True,
     envvar="ZCHAT_RATE",
     type=click.FloatRange(0, 1e9),
-    help="Messages a second a client may send after its burst (0: no limit).",
+    help="Messages (and history or search requests) a second per client (0: no limit).",
 )
 @click.option(
     "--burst",
@@ -135,7 +135,7 @@ def default_store() -> str:
     show_default=True,
     envvar="ZCHAT_BURST",
     type=click.IntRange(1, 10**9),
-    help="Messages a client may send at once.",
+    help="Most a client may send at once, saved up while it is quiet.",
 )
 @click.option(
     "--log-level",

@@ -22,6 +22,9 @@ from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
 
+#: Commands besides SEND that flood control counts (PROTOCOL.md 8).
+COUNTED = (p.HistoryRequest, p.Search)
+
 
 @dataclass(frozen=True)
 class CoreConfig:
@@ -176,9 +179,9 @@ class BrokerCore:
         if kind is p.Bye:  # the client leaves on purpose
             ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
             return [ack, *self._drop(session, now, "quit")]
-        # Searches and history cost more than a message: counted alike. Not
-        # RECEIVED: it confirms deliveries the broker itself paced.
-        if kind is not p.Received and session.bucket is not None and (wait := session.bucket.take(now)):
+        # Searches and history read the store: counted like messages. Membership
+        # and listings are cheap, and RECEIVED confirms what the broker paced.
+        if kind in COUNTED and session.bucket is not None and (wait := session.bucket.take(now)):
             return self._flooding(session, command.msg_id, wait, now)
         return self._room_command(session, command, now)
 
@@ -242,7 +245,10 @@ class BrokerCore:
             )
             self.cooling[session.peer] = now + cool_off
             text = f"disconnected for flooding: this connection is ignored for {cool_off:g} s"
-            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, text))
+            bye = SendTo(
+                session.peer,
+                [*p.encode_error(msg_id, Code.RATE_LIMITED, text), str(int(cool_off * 1000)).encode()],
+            )
             return [bye, *self._drop(session, now, "flooding")]
         refusal = self._refuse(
             session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"

@@ -37,7 +37,7 @@ BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
 #: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client.
-PACED_KINDS = {"send", "enter", "exit", "rooms", "names", "history", "search"}
+PACED_KINDS = {"send", "history", "search"}
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -126,6 +126,7 @@ class Poller:
         self.room_sync_tag = b""  # its topic is subscribed after the rooms' topics, for their SYNCED
         self.next_room_sync_at = 0.0
         self.join_histories: dict[bytes, str] = {}  # HISTORY id -> room, asked on joining
+        self.histories_due: dict[str, float] = {}  # room -> when to ask its HISTORY again (after a 429)
         self.rooms_id = b""  # the ROOMS asked after registering
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
         self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
@@ -218,6 +219,7 @@ class Poller:
         self.room_syncs.clear()
         self.room_sync_tag = b""  # its subscription went with the old SUB
         self.join_histories.clear()
+        self.histories_due.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -240,7 +242,7 @@ class Poller:
             self._first(None)
         # Unanswered messages go again with their ids (recipients drop repeats),
         # then what was held back, then what waited: oldest first.
-        queued = [*self.inflight.values(), *self.paced, *self.waiting]
+        queued = sorted([*self.inflight.values(), *self.paced, *self.waiting], key=lambda r: r.created)
         self.inflight.clear()
         self.paced.clear()
         self.waiting.clear()
@@ -429,13 +431,26 @@ class Poller:
             room = self.rooms.get(name)
             if room is not None and room.phase == "syncing":
                 room.phase = "history"
-                history_id = self.new_id().encode()
-                self.join_histories[history_id] = name
-                count = str(self.s.history_count)
-                self._send(p.encode_command(b"HISTORY", history_id, name, "0", count), now)
+                self._ask_join_history(name, now)
         if not any(room.phase == "syncing" for room in self.rooms.values()):
             self.room_syncs.clear()
             self._drop_room_sync_topic()
+
+    def _ask_join_history(self, name: str, now: float) -> None:
+        if self.bucket is not None:
+            self.bucket.take(now)  # the broker counts it too: keep the mirror true
+        history_id = self.new_id().encode()
+        self.join_histories[history_id] = name
+        self._send(p.encode_command(b"HISTORY", history_id, name, "0", str(self.s.history_count)), now)
+
+    def _histories_again(self, now: float) -> None:
+        for name, due in list(self.histories_due.items()):
+            room = self.rooms.get(name)
+            if room is None or room.phase != "history":
+                del self.histories_due[name]
+            elif now >= due:
+                del self.histories_due[name]
+                self._ask_join_history(name, now)
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
@@ -540,6 +555,10 @@ class Poller:
                     self._forget_room(request.target)
             self._answer(request, outcome)
         elif isinstance(answer, p.Error) and msg_id in self.join_histories:
+            if answer.code == Code.RATE_LIMITED:  # our own HISTORY met the limit: ask again later
+                name = self.join_histories.pop(msg_id)
+                self.histories_due[name] = now + (1 / self.bucket.rate if self.bucket else 1.0)
+                return
             # No history for the room: show what was kept rather than hold it for ever.
             name = self.join_histories[msg_id]
             log.info("no history of %s: %s", name, answer.text)
@@ -612,6 +631,7 @@ class Poller:
 
     def _send_request(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
+        request.sent_at = now
         self.inflight[msg_id] = request
         kind, target = request.kind, request.target
         if kind == "send":
@@ -665,11 +685,17 @@ class Poller:
             self._registering(now)
         else:
             self._heartbeat(now)
-            if self.paced:
-                self._release_paced(now)
-            if self.room_syncs and now >= self.next_room_sync_at:
-                self._sync_rooms(now)
+            if self.phase == "online":  # else the heartbeat found the broker gone: no sockets now
+                self._online_timers(now)
         self._expire_requests(now)
+
+    def _online_timers(self, now: float) -> None:
+        if self.paced:
+            self._release_paced(now)
+        if self.histories_due:
+            self._histories_again(now)
+        if self.room_syncs and now >= self.next_room_sync_at:
+            self._sync_rooms(now)
 
     def _registering(self, now: float) -> None:
         refused = self.handshake.failure() if self.handshake is not None else None
@@ -696,7 +722,9 @@ class Poller:
 
     def _expire_requests(self, now: float) -> None:
         deadline = now - self.s.answer_timeout
-        stale = [r for r in (*self.inflight.values(), *self.waiting) if r.created < deadline]
+        # Sent ones from when they were sent (a paced one may have waited its turn long).
+        stale = [r for r in self.inflight.values() if r.sent_at < deadline]
+        stale += [r for r in self.waiting if r.created < deadline]
         for request in stale:
             self.inflight.pop(request.msg_id.encode(), None)
             if request in self.waiting:

@@ -11,7 +11,18 @@ from zchat.client import events as ev
 class Request:
     """A command on its way; `wait()` gives its answer (events.Outcome)."""
 
-    __slots__ = ("_done", "_outcome", "before", "count", "created", "kind", "msg_id", "target", "text")
+    __slots__ = (
+        "_done",
+        "_outcome",
+        "before",
+        "count",
+        "created",
+        "kind",
+        "msg_id",
+        "sent_at",
+        "target",
+        "text",
+    )
 
     def __init__(self, kind: str, msg_id: str, target: str = "", text: str = "", before: int = 0,
                  count: int = 0) -> None:  # fmt: skip
@@ -23,6 +34,7 @@ class Request:
         self.before = before  # history: the sequence number to page back from; -1: from the oldest seen
         self.count = count
         self.created = time.monotonic()
+        self.sent_at = self.created  # set again each time it goes to the broker
         self._done = threading.Event()
         self._outcome: ev.Outcome | None = None
 
