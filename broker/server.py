@@ -23,6 +23,9 @@ log = logging.getLogger("zchat.broker")
 
 #: Messages handled per poll wake-up before timers get a look in.
 DRAIN_BATCH = 1000
+#: Within a wake-up, store, publish and acknowledge this often: publishes wait
+#: for the store, and should not wait for a whole batch (about 2 ms at most).
+FLUSH_EVERY = 100
 #: How long sockets may keep flushing at exit.
 LINGER_MS = 500
 #: Longest wait in poll, so that signals and the liveness sweep are never late.
@@ -196,7 +199,7 @@ class BrokerServer:
                     # One time for the whole wake-up: messages handled together
                     # are accepted together, and their ACKs can be combined.
                     now = time.time()
-                    for _ in range(DRAIN_BATCH):
+                    for handled in range(1, DRAIN_BATCH + 1):
                         try:
                             if keyed:
                                 peer, frames, key = receive_keyed(router)
@@ -207,6 +210,8 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self.apply(actions)
+                        if handled % FLUSH_EVERY == 0:
+                            self._flush()
                     self._flush()
                 else:  # idle: the store does what it put off (indexing for search)
                     put_off = core.store.catch_up()

@@ -613,7 +613,7 @@ class Poller:
         self._send_request(request, now)
 
     def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
-        """A 429 although we paced ourselves (our own ROOMS and HISTORY count
+        """A 429 although we paced ourselves (our own HISTORY at a join counts
         too): the broker's bucket is empty, so is ours; the request waits its
         turn again, in order, instead of failing."""
         if not (isinstance(answer, p.Error) and answer.code == Code.RATE_LIMITED):
