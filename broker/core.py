@@ -110,6 +110,9 @@ class BrokerCore:
     #: The time of the input being handled, for what logs it.
     now: float = 0.0
     refusal_log: QuietLog = field(default_factory=lambda: QuietLog(log))
+    #: WHO's answer, kept until someone joins or leaves: WHO is not rate
+    #: limited (it needs no HELLO), so it must not sort 10,000 names each time.
+    online_names: list[str] | None = None
     #: Connections disconnected for flooding, ignored until the time given.
     cooling: dict[bytes, float] = field(default_factory=dict)
 
@@ -158,8 +161,9 @@ class BrokerCore:
         if kind is p.Hello:
             return self._hello(peer, session, command, now, key)  # type: ignore[arg-type]
         if kind is p.Who:
-            names = sorted((s.name for s in self.by_key.values()), key=str.lower)
-            return [SendTo(peer, p.encode_users(command.msg_id, names))]
+            if self.online_names is None:
+                self.online_names = sorted((s.name for s in self.by_key.values()), key=str.lower)
+            return [SendTo(peer, p.encode_users(command.msg_id, self.online_names))]
         if session is None:
             return [self._not_registered(peer, command.msg_id)]
         if kind is p.Sync:
@@ -301,6 +305,7 @@ class BrokerCore:
             session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
         self.by_peer[peer] = session
         self.by_key[key] = session
+        self.online_names = None
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, len(self.by_key))
         self.store.add_user(key)
@@ -499,6 +504,7 @@ class BrokerCore:
     def _drop(self, session: Session, now: float, reason: str) -> list[Action]:
         del self.by_peer[session.peer]
         del self.by_key[p.name_key(session.name)]
+        self.online_names = None
         self.counters[f"left.{reason}"] += 1
         log.info("%s left (%s; %d online)", session.name, reason, len(self.by_key))
         if not session.announced:

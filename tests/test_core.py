@@ -395,3 +395,18 @@ def test_sync_with_a_tag_publishes_synced_on_that_round_s_own_topic(core: Broker
     assert synced.frames[0] == b"@Alice\x01round-7\x00" and not synced.frames[0].startswith(b"@Alice\x00")
     assert p.decode_published(synced.frames).event == p.Synced(b"s1")
     assert error_code(core.receive(b"A", p.encode_sync(b"s2", b"bad tag"), 1.0), b"A") == Code.MALFORMED
+
+
+def test_who_follows_joins_and_leaves_between_asks(core: BrokerCore) -> None:
+    def who() -> tuple[str, ...]:
+        (users,) = replies(core.receive(b"X", p.encode_simple(b"WHO", b"w"), 1.0), b"X")
+        assert isinstance(users, p.Users)
+        return users.names
+
+    register(core, b"B", "bob")
+    assert who() == ("bob",)
+    assert who() == ("bob",)  # asked again: the same, without sorting again
+    register(core, b"A", "alice")
+    assert who() == ("alice", "bob")
+    core.receive(b"B", p.encode_simple(b"BYE", b"bye"), 2.0)
+    assert who() == ("alice",)
