@@ -38,6 +38,7 @@ SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
 #: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client.
 PACED_KINDS = {"send", "history", "search"}
+PACE_MARGIN = 0.95  # of the broker's rate
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -592,10 +593,13 @@ class Poller:
         disconnection for flooding. The bucket outlives reconnects: a resumed
         session keeps the broker's too; a new session starts a new one."""
         resumed = welcome.token == self.token
+        # A little slower than the broker: it stamps a whole wake-up's
+        # messages with one time, a little behind ours.
+        rate = welcome.rate_per_minute / 60 * PACE_MARGIN
         if not welcome.rate_per_minute:
             self.bucket = None
-        elif self.bucket is None or not resumed or self.bucket.rate != welcome.rate_per_minute / 60:
-            self.bucket = TokenBucket.new_session(welcome.rate_per_minute / 60, max(1, welcome.burst), now)
+        elif self.bucket is None or not resumed or self.bucket.rate != rate:
+            self.bucket = TokenBucket.new_session(rate, max(1, welcome.burst), now)
 
     def _transmit(self, request: Request, now: float) -> None:
         bucket = self.bucket if request.kind in PACED_KINDS else None
