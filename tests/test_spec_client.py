@@ -497,6 +497,34 @@ def test_sync_is_acked_and_synced_on_own_topic(connect: Callable[[], SpecClient]
     assert (synced.seq, synced.command, synced.fields[:1]) == (0, b"SYNCED", [msg_id])
 
 
+def test_sync_with_a_tag_is_synced_on_that_tag_s_topic_only(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    client.hello(b"alice")
+    client.subscribe(LOBBY)
+    # Section 4.5: the sync topic is "@" name 0x01 tag NUL; subscribe it, then SYNC with the tag.
+    assert client.sub is not None
+    client.sub.setsockopt(zmq.SUBSCRIBE, b"@alice\x01round-1\x00")
+    deadline = time.monotonic() + WAIT
+    synced = None
+    tagged: list[bytes] = []
+    while synced is None:  # resend until the new subscription is live
+        assert time.monotonic() < deadline, "no SYNCED on the sync topic"
+        tagged.append(client.send(b"SYNC", b"round-1"))
+        client.ack(tagged[-1])
+        synced = client._find(client.feed, lambda m: m.topic == b"@alice\x01round-1\x00", 0.2)
+    assert (synced.seq, synced.command) == (0, b"SYNCED") and synced.fields[0] in tagged
+    marker = broadcast_marker(client)  # what was published before it has arrived by then
+    client.published(is_marker(marker))
+    assert not [m for m in client.feed if m.topic == b"@alice\x00" and m.fields[:1] and m.fields[0] in tagged]
+    assert client.error_code(client.send(b"SYNC", b"bad tag")) == 400
+
+
+def test_welcome_appends_the_rate_limit_zero_when_there_is_none(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    frames = client.reply(client.send(b"HELLO", b"alice", b""))
+    assert frames[10:12] == [b"0", b"0"]  # section 5.1: this broker runs without flood control
+
+
 def test_broadcast_reaches_everyone_on_the_lobby_in_sequence(online: Callable[..., SpecClient]) -> None:
     clients = [online("alice"), online("bob"), online("carol")]
     alice = clients[0]
