@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 import select
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -386,18 +388,31 @@ def test_unwritable_path_is_refused_naming_it(tmp_path: Path, where: str) -> Non
     assert str(path) in str(refused.value)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through file modes")
-def test_read_only_file_is_refused_naming_it(tmp_path: Path) -> None:
-    directory = tmp_path / "ro"
-    SqliteStore.open(directory / "z.db").close()
-    (directory / "z.db").chmod(0o444)
-    directory.chmod(0o555)
+@contextmanager
+def read_only(path: Path) -> Iterator[None]:
+    """Make `path` unwritable, also for root: file modes for others, the
+    immutable attribute (chattr +i) for root, who writes through modes."""
+    if os.geteuid() != 0:
+        path.chmod(0o444)
+        path.parent.chmod(0o555)
+        try:
+            yield
+        finally:
+            path.parent.chmod(0o755)
+        return
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(path)]).returncode != 0:
+        pytest.skip("root writes through file modes, and this file system cannot make a file immutable")
     try:
-        with pytest.raises(StoreError) as refused:
-            SqliteStore.open(directory / "z.db")
-        assert str(directory / "z.db") in str(refused.value)
+        yield
     finally:
-        directory.chmod(0o755)
+        subprocess.run(["chattr", "-i", str(path)], check=True)
+
+
+def test_read_only_file_is_refused_naming_it(tmp_path: Path) -> None:
+    SqliteStore.open(tmp_path / "z.db").close()
+    with read_only(tmp_path / "z.db"), pytest.raises(StoreError) as refused:
+        SqliteStore.open(tmp_path / "z.db")
+    assert str(tmp_path / "z.db") in str(refused.value)
 
 
 def test_a_version_1_store_is_migrated_and_its_messages_stay_searchable(tmp_path: Path) -> None:
