@@ -299,6 +299,9 @@ class SqliteStore:
         # Undelivered mail is kept whatever its age: the recipient has not had it yet.
         # The delete trigger keeps the FTS index in step.
         removed = self._write("DELETE FROM messages WHERE time_ms < ? AND NOT pending", (before_ms,)).rowcount
+        # SQLite hands out the ids of deleted newest rows again: catch_up must index those
+        # new rows, which it would skip (and the delete trigger then unindex) if upto stayed.
+        self._write("UPDATE fts_state SET upto = min(upto, (SELECT coalesce(max(id), 0) FROM messages))", ())
         self._write("DELETE FROM seen WHERE time_ms < ?", (before_ms,))
         self._write("DELETE FROM receipts WHERE time_ms < ?", (before_ms,))
         return removed
