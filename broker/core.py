@@ -300,6 +300,9 @@ class BrokerCore:
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
         if refusal := self._over_limits(peer, hello.msg_id, client_key):
             return [refusal]
+        if client_key and self.config.authorized is None and self.store.key_of(key) is None:
+            self.store.bind(key, client_key)  # trust on first use
+            log.info("the name %s now belongs to key %s", hello.name, client_key)
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
@@ -347,9 +350,7 @@ class BrokerCore:
         else:
             owner = self.store.key_of(key)
             if owner is None:
-                self.store.bind(key, client_key)  # trust on first use
-                log.info("the name %s now belongs to key %s", hello.name, client_key)
-                return None
+                return None  # free: bound to this key once the session is granted (_hello)
         if owner != client_key:
             return self._refuse(
                 peer, hello.msg_id, Code.NAME_OWNED, f"the name {hello.name} belongs to another key"

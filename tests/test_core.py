@@ -344,6 +344,7 @@ def test_registration_limits_refuse_with_their_code() -> None:
             replies(core.receive(peer, p.encode_hello(b"h", name), 0.0, "KEY-A"), peer)[0], p.Welcome
         )
     assert error_code(core.receive(b"C", p.encode_hello(b"h", "a3"), 0.0, "KEY-A"), b"C") == Code.TOO_MANY
+    assert core.store.key_of("a3") is None  # a refused HELLO claims no name
     assert isinstance(
         replies(core.receive(b"D", p.encode_hello(b"h", "b1"), 0.0, "KEY-B"), b"D")[0], p.Welcome
     )
