@@ -423,8 +423,9 @@ class BrokerCore:
         if sender is not None:
             receipt = p.encode_receipt(session.name_bytes, str(time_ms).encode(), list(command.ids))
             return [SendTo(sender.peer, receipt)]
-        for msg_id in command.ids:
-            self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
+        if self.store.is_known(sender_key):  # kept only for someone who can come back for it
+            for msg_id in command.ids:
+                self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
         return []
 
     def maintain(self, now: float) -> None:

@@ -525,7 +525,9 @@ class Poller:
         """RECEIVED, one per sender for what this wake-up brought (PROTOCOL.md 13.4)."""
         due, self.receipts_due = self.receipts_due, {}
         for sender, ids in due.items():
-            self._send(p.encode_command(b"RECEIVED", self.new_id().encode(), sender, *ids), now)
+            for start in range(0, len(ids), p.MAX_RECEIVED_IDS):
+                chunk = ids[start : start + p.MAX_RECEIVED_IDS]
+                self._send(p.encode_command(b"RECEIVED", self.new_id().encode(), sender, *chunk), now)
 
     def _answered(self, answer: p.Ack | p.Error, now: float) -> None:
         msg_id = answer.msg_id

@@ -22,6 +22,8 @@ LOBBY_TOPIC = b"*\x00"
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,32}")
 MAX_HISTORY = 500
+#: Message ids one RECEIVED may confirm: each costs the broker a store write.
+MAX_RECEIVED_IDS = 500
 MSG_ID_RE = re.compile(rb"[\x21-\x7e]{1,64}")
 MAX_REASON_BYTES = 256
 
@@ -436,6 +438,8 @@ def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
         ids = tuple(frames[4:])
         if not valid_name(sender) or not all(MSG_ID_RE.fullmatch(i) for i in ids):
             raise ProtocolError(Code.MALFORMED, "RECEIVED needs a sender name and message ids", msg_id)
+        if len(ids) > MAX_RECEIVED_IDS:
+            raise ProtocolError(Code.MALFORMED, f"RECEIVED takes at most {MAX_RECEIVED_IDS} ids", msg_id)
         return Received(msg_id, sender, ids)
     msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
     shown = command[:32].decode("ascii", "replace")

@@ -411,3 +411,13 @@ def test_who_follows_joins_and_leaves_between_asks(core: BrokerCore) -> None:
     assert who() == ("alice", "bob")
     core.receive(b"B", p.encode_simple(b"BYE", b"bye"), 2.0)
     assert who() == ("alice",)
+
+
+def test_received_is_bounded_and_keeps_receipts_only_for_known_senders(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    too_many = [b"m%d" % i for i in range(p.MAX_RECEIVED_IDS + 1)]
+    assert error_code(
+        core.receive(b"B", p.encode_command(b"RECEIVED", b"r", "alice", *too_many), 1.0), b"B"
+    ) == (Code.MALFORMED)
+    core.receive(b"B", p.encode_command(b"RECEIVED", b"r", "nobody", b"m1"), 1.0)  # never registered
+    assert core.store.receipts("nobody") == []
