@@ -39,6 +39,8 @@ SENT_TEXTS = 4096  # private messages remembered to show their text with a recei
 #: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client.
 PACED_KINDS = {"send", "history", "search"}
 PACE_MARGIN = 0.95  # of the broker's rate
+#: Not counted, but they change where messages may go: they keep their place behind held ones.
+IN_LINE_KINDS = {"enter", "exit"}
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -605,8 +607,10 @@ class Poller:
 
     def _transmit(self, request: Request, now: float) -> None:
         bucket = self.bucket if request.kind in PACED_KINDS else None
-        # After those held already, or when there is no token now: held back.
-        if bucket is not None and (self.paced or bucket.take(now)):
+        # After those held already, or when there is no token now: held back. A /leave
+        # must not overtake messages to the room that wait their turn.
+        in_line = request.kind in IN_LINE_KINDS and bool(self.paced)
+        if in_line or (bucket is not None and (self.paced or bucket.take(now))):
             if len(self.paced) >= self.s.max_queued:
                 self._answer(request, request.refusal(ev.QUEUE_FULL, "too many messages held back"))
                 return
@@ -632,7 +636,9 @@ class Poller:
         return True
 
     def _release_paced(self, now: float) -> None:
-        while self.paced and (self.bucket is None or not self.bucket.take(now)):
+        while self.paced and (
+            self.paced[0].kind not in PACED_KINDS or self.bucket is None or not self.bucket.take(now)
+        ):
             self._send_request(self.paced.popleft(), now)
 
     def _send_request(self, request: Request, now: float) -> None:
@@ -731,10 +737,14 @@ class Poller:
         # Sent ones from when they were sent (a paced one may have waited its turn long).
         stale = [r for r in self.inflight.values() if r.sent_at < deadline]
         stale += [r for r in self.waiting if r.created < deadline]
+        if self.state is not State.ONLINE:  # held back, then the connection went: they wait like the others
+            stale += [r for r in self.paced if r.created < deadline]
         for request in stale:
             self.inflight.pop(request.msg_id.encode(), None)
             if request in self.waiting:
                 self.waiting.remove(request)
+            if request in self.paced:
+                self.paced.remove(request)
             timeout = f"no answer from the broker within {self.s.answer_timeout:g}s"
             self._answer(request, request.refusal(ev.NOT_ANSWERED, timeout))
 

@@ -68,3 +68,17 @@ def test_the_client_paces_a_pasted_page_instead_of_being_refused_or_thrown_out(t
             assert log.count(": 429 ") <= 3, log
     finally:
         broker.stop()
+
+
+def test_a_leave_typed_after_held_messages_waits_its_turn_behind_them(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path, "--rate", "10", "--burst", "2")
+    try:
+        with chat("alice", broker.endpoint) as alice:
+            assert isinstance(alice.client.enter("#dev").wait(10), ev.Ack)
+            said = [alice.client.send("#dev", f"line {i}") for i in range(8)]
+            left = alice.client.exit("#dev")  # typed at once: the lines are still held back
+            outcomes = [r.wait(15) for r in said]
+            assert all(isinstance(o, ev.Ack) for o in outcomes), outcomes  # not 423: still a member
+            assert isinstance(left.wait(15), ev.Ack)
+    finally:
+        broker.stop()
