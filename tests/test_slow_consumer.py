@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.chat import chat
@@ -22,6 +23,7 @@ def rss_mib(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
+@pytest.mark.timeout(120)  # its own deadlines (60 s, 20 s) say what failed; the global 60 s would not
 def test_a_client_that_never_reads_is_refused_to_its_senders_then_dropped(tmp_path: Path) -> None:
     broker = start_broker(tmp_path, "--heartbeat-interval", "0.2", "--heartbeat-timeout", "1")
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
