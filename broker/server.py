@@ -221,6 +221,9 @@ class BrokerServer:
                     self.apply(core.expire(now))
                     self._flush()
                     core.maintain(now)
+                    # A busy broker is never idle: index a batch for search now and then anyway.
+                    put_off = core.store.catch_up() or put_off
+                    core.store.commit()
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._flush()

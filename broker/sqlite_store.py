@@ -64,6 +64,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 #: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
 INDEX_BATCH = 5000
+#: Batches a search may index first: a backlog after long busy hours must not stall the broker
+#: past its clients' heartbeat timeout (what is left is indexed a batch a second meanwhile).
+SEARCH_INDEX_BATCHES = 4
 SCHEMA_VERSION = len(MIGRATIONS)
 
 _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
@@ -283,8 +286,9 @@ class SqliteStore:
         query = fts_query(words)
         if query is None or limit <= 0:
             return []
-        while self.catch_up():  # what was said a moment ago is found too
-            pass
+        for _ in range(SEARCH_INDEX_BATCHES):  # what was said a moment ago is found too
+            if not self.catch_up():
+                break
         # Rooms by membership now; private messages (room "") to or from the user.
         return self._messages(
             f"""SELECT {_COLUMNS} FROM messages_fts JOIN messages m ON m.id = messages_fts.rowid

@@ -253,6 +253,20 @@ def test_search_keeps_working_when_expiry_took_the_newest_messages(store: Store)
     store.commit()
 
 
+def test_a_search_indexes_a_bounded_backlog_and_the_rest_comes_later(tmp_path: Path) -> None:
+    from zchat.broker.sqlite_store import INDEX_BATCH, SEARCH_INDEX_BATCHES
+
+    store = SqliteStore.open(tmp_path / "z.db")
+    bound = INDEX_BATCH * SEARCH_INDEX_BATCHES
+    for seq in range(1, bound + 2):  # one more than a search will index before it answers
+        store.add_room_message(room_msg("*", seq, f"word {seq}", time_ms=seq))
+    assert bodies(store.search("bob", "word", 1)) == [f"word {bound}"]
+    while store.catch_up():  # the broker does this a batch at a time, idle or each second
+        pass
+    assert bodies(store.search("bob", "word", 1)) == [f"word {bound + 1}"]
+    store.close()
+
+
 # --- the file ----------------------------------------------------------------------
 
 
