@@ -161,9 +161,7 @@ class BrokerCore:
         if kind is p.Hello:
             return self._hello(peer, session, command, now, key)  # type: ignore[arg-type]
         if kind is p.Who:
-            if self.online_names is None:
-                self.online_names = sorted((s.name for s in self.by_key.values()), key=str.lower)
-            return [SendTo(peer, p.encode_users(command.msg_id, self.online_names))]
+            return [SendTo(peer, p.encode_users(command.msg_id, self._online()))]
         if session is None:
             return [self._not_registered(peer, command.msg_id)]
         if kind is p.Sync:
@@ -376,7 +374,9 @@ class BrokerCore:
             sizes = self.store.room_sizes()
             return [SendTo(peer, p.encode_rooms(msg_id, sizes, self.store.rooms_of(session.key)))]
         if isinstance(command, p.Names):
-            keys = self.by_key.keys() if command.room == p.EVERYONE else self._members(command.room)
+            if command.room == p.EVERYONE:
+                return [SendTo(peer, p.encode_users(msg_id, self._online()))]
+            keys = self._members(command.room)
             names = sorted((self.by_key[k].name for k in keys if k in self.by_key), key=str.lower)
             return [SendTo(peer, p.encode_users(msg_id, names))]
         if isinstance(command, p.HistoryRequest):
@@ -523,6 +523,12 @@ class BrokerCore:
         self.last_seq[room] = seq
         self.store.used_seq(room, seq)  # also a JOIN's or LEAVE's: never reused after a restart
         return [p.topic_of(room), str(seq).encode(), *message]
+
+    def _online(self) -> list[str]:
+        """Everyone online, sorted: kept until someone joins or leaves (WHO is not rate limited)."""
+        if self.online_names is None:
+            self.online_names = sorted((s.name for s in self.by_key.values()), key=str.lower)
+        return self.online_names
 
     def _members(self, room: str) -> set[str]:
         members = self.room_members.get(room)

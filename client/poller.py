@@ -427,7 +427,7 @@ class Poller:
         sync_id = self.new_id().encode()
         self.room_syncs[sync_id] = syncing
         self.next_room_sync_at = now + SYNC_RETRY
-        self._send(p.encode_sync(sync_id, self.room_sync_tag), now)
+        self._send(p.encode_command(b"SYNC", sync_id, self.room_sync_tag), now)
 
     def _rooms_live(self, names: list[str], now: float) -> None:
         for name in names:

@@ -457,12 +457,8 @@ def encode_send(msg_id: bytes, target: str, text: str) -> list[bytes]:
     return [SIGNATURE, b"SEND", msg_id, target.encode(), text.encode()]
 
 
-def encode_sync(msg_id: bytes, tag: bytes) -> list[bytes]:
-    return [SIGNATURE, b"SYNC", msg_id, tag]
-
-
 def encode_simple(command: bytes, msg_id: bytes) -> list[bytes]:
-    """WHO, PING, SYNC, READY and BYE carry only a message id."""
+    """WHO, PING, SYNC (without a tag), READY and BYE carry only a message id."""
     return [SIGNATURE, command, msg_id]
 
 

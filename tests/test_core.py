@@ -390,12 +390,17 @@ def test_a_welcome_without_the_rate_fields_means_no_limit() -> None:
 def test_sync_with_a_tag_publishes_synced_on_that_round_s_own_topic(core: BrokerCore) -> None:
     register(core, b"A", "Alice")
     (synced,) = [
-        a for a in core.receive(b"A", p.encode_sync(b"s1", b"round-7"), 1.0) if isinstance(a, Publish)
+        a
+        for a in core.receive(b"A", p.encode_command(b"SYNC", b"s1", b"round-7"), 1.0)
+        if isinstance(a, Publish)
     ]
     # No earlier subscription (the own topic "@Alice\0") is a prefix of it.
     assert synced.frames[0] == b"@Alice\x01round-7\x00" and not synced.frames[0].startswith(b"@Alice\x00")
     assert p.decode_published(synced.frames).event == p.Synced(b"s1")
-    assert error_code(core.receive(b"A", p.encode_sync(b"s2", b"bad tag"), 1.0), b"A") == Code.MALFORMED
+    assert (
+        error_code(core.receive(b"A", p.encode_command(b"SYNC", b"s2", b"bad tag"), 1.0), b"A")
+        == Code.MALFORMED
+    )
 
 
 def test_who_follows_joins_and_leaves_between_asks(core: BrokerCore) -> None:
