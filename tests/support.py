@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from zchat.common import keys
+from zchat.common.keys import KeyPair
+
 T = TypeVar("T")
 
 ZCHAT = str(Path(sys.executable).parent / "zchat")
@@ -57,6 +60,13 @@ class Broker:
         if self.process.poll() is None:
             self.process.send_signal(sig)
         return self.process.wait(timeout)
+
+
+def start_curve_broker(tmp_path: Path, *args: str) -> tuple[Broker, KeyPair]:
+    """A broker with CURVE on, and its key pair (made in tmp_path/broker-keys)."""
+    server = keys.generate(tmp_path / "broker-keys")
+    broker = start_broker(tmp_path, "--curve-secret", str(tmp_path / "broker-keys" / keys.SECRET_FILE), *args)
+    return broker, server
 
 
 def start_broker(

@@ -16,7 +16,7 @@ import pytest
 import zmq
 
 from tests.chat import Watcher
-from tests.support import ZCHAT, Broker, start_broker, wait_for
+from tests.support import ZCHAT, Broker, start_broker, start_curve_broker, wait_for
 from zchat.client.session import Client, ConnectError
 from zchat.common import keys
 
@@ -42,15 +42,20 @@ def chat(
 
 
 @pytest.fixture
-def server_keys(tmp_path: Path) -> keys.KeyPair:
-    return keys.generate(tmp_path / "broker-keys")
+def curve_pair(tmp_path: Path) -> Iterator[tuple[Broker, keys.KeyPair]]:
+    running, server = start_curve_broker(tmp_path)
+    yield running, server
+    running.stop()
 
 
 @pytest.fixture
-def curve_broker(tmp_path: Path, server_keys: keys.KeyPair) -> Iterator[Broker]:
-    running = start_broker(tmp_path, "--curve-secret", str(tmp_path / "broker-keys" / keys.SECRET_FILE))
-    yield running
-    running.stop()
+def curve_broker(curve_pair: tuple[Broker, keys.KeyPair]) -> Broker:
+    return curve_pair[0]
+
+
+@pytest.fixture
+def server_keys(curve_pair: tuple[Broker, keys.KeyPair]) -> keys.KeyPair:
+    return curve_pair[1]
 
 
 def test_keygen_writes_a_private_secret_and_a_public_key_and_prints_it(tmp_path: Path) -> None:

@@ -8,7 +8,7 @@ import pytest
 import zmq
 
 from tests.chat import Watcher
-from tests.support import Broker, start_broker
+from tests.support import Broker, start_curve_broker
 from zchat.client import events as ev
 from zchat.client.session import Client, ConnectError
 from zchat.common import keys
@@ -22,14 +22,8 @@ def connect(broker: Broker, server: keys.KeyPair, name: str, own: keys.KeyPair) 
     return Client(name, broker.endpoint, server_key=server.public, keys=own, connect_timeout=5).connect()
 
 
-def curve_broker(tmp_path: Path, *args: str) -> tuple[Broker, keys.KeyPair]:
-    server = keys.generate(tmp_path / "broker-keys")
-    broker = start_broker(tmp_path, "--curve-secret", str(tmp_path / "broker-keys" / keys.SECRET_FILE), *args)
-    return broker, server
-
-
 def test_a_name_belongs_to_the_first_key_and_its_owner_can_always_come_back(tmp_path: Path) -> None:
-    broker, server = curve_broker(tmp_path)
+    broker, server = start_curve_broker(tmp_path)
     alice_key, mallory_key = pair(), pair()
     try:
         first = connect(broker, server, "alice", alice_key)
@@ -54,7 +48,7 @@ def test_an_allowlist_admits_only_listed_keys_under_their_names(tmp_path: Path) 
     alice_key = keys.generate(tmp_path / "alice")
     listed.mkdir()
     (listed / "alice.pub").write_bytes((tmp_path / "alice" / keys.PUBLIC_FILE).read_bytes())
-    broker, server = curve_broker(tmp_path, "--trust", "allowlist", "--authorized-keys", str(listed))
+    broker, server = start_curve_broker(tmp_path, "--trust", "allowlist", "--authorized-keys", str(listed))
     try:
         with pytest.raises(ConnectError, match="not on this broker's list"):
             connect(broker, server, "bob", pair())

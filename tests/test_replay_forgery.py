@@ -18,7 +18,7 @@ import pytest
 import zmq
 
 from tests.chat import Watcher
-from tests.support import Broker, start_broker
+from tests.support import Broker, start_broker, start_curve_broker
 from zchat.client import events as ev
 from zchat.client.session import Client
 from zchat.common import keys
@@ -102,8 +102,7 @@ def broker_and_key(tmp_path: Path, encrypted: bool) -> Iterator[tuple[Broker, ke
         finally:
             running.stop()
         return
-    server = keys.generate(tmp_path / "broker-keys")
-    running = start_broker(tmp_path, "--curve-secret", str(tmp_path / "broker-keys" / keys.SECRET_FILE))
+    running, server = start_curve_broker(tmp_path)
     try:
         yield running, server
     finally:
