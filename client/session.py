@@ -193,6 +193,11 @@ class Client:
                 return False
         return True
 
+    def unanswered_sends(self) -> int:
+        """Messages sent so far that have no answer yet (closing now would refuse them)."""
+        with self._pending_lock:
+            return sum(r.kind == "send" and not r.done() for r in self._pending)
+
     # --- events --------------------------------------------------------------
 
     def next_event(self, timeout: float | None = None) -> ev.Event | None:

@@ -200,7 +200,11 @@ def run_tui(name: str, broker: str, connect_timeout: float, colour: bool, server
         return _chat(client, screen, colour)
     finally:
         screen.quiet = True
+        unsent = client.unanswered_sends()  # held back by the rate limit, or no connection
         client.close()
+        if unsent:  # the closing refusals are not shown: say so once
+            print(f"zchat: {unsent} message(s) not sent: the client closed before the broker took them",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _chat(client: Client, screen: Screen, colour: bool) -> int:

@@ -289,9 +289,13 @@ def test_prompt_shows_the_connection_state(terminal: Terminal, broker: Broker) -
         lambda: terminal.input_line() == "alice (reconnecting)> half", "the prompt to show the state"
     )
     terminal.keys("C-u")
+    terminal.type("said while the broker is away")
+    terminal.keys("Enter")
     terminal.type("/quit")
     terminal.keys("Enter")
     assert terminal.wait_exit() == 0
+    # Its refusal at closing is not shown line by line: one line says it was not sent.
+    assert "1 message(s) not sent" in terminal.screen(), terminal.screen()
 
 
 def test_a_taken_name_exits_non_zero_with_a_clear_message(terminal: Terminal, broker: Broker) -> None:
