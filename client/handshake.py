@@ -46,8 +46,6 @@ class HandshakeWatch:
             if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
                 self.close()  # an unread monitor fills up: watch only the first handshake
                 return None
-            if kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL and not self.encrypted:
-                continue  # a plain peer that closed mid-handshake (a broker restarting): try on
             if kind & FAILED:
                 return self.explain(kind, value)
         return None

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import signal
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -144,30 +142,3 @@ def test_sigkilled_client_is_announced_gone_and_its_name_freed(broker: Broker) -
             child.wait(5)
         with chat("mallory", broker.endpoint) as again:
             assert again.client.state is ev.State.ONLINE
-
-
-def test_a_peer_that_hangs_up_mid_handshake_is_no_answer_not_a_call_for_encryption() -> None:
-    # What a plain client meets while a broker restarts: TCP accepted, then closed.
-    listener = socket.create_server(("127.0.0.1", 0))
-    port = listener.getsockname()[1]
-    stop = threading.Event()
-
-    def hang_up() -> None:
-        listener.settimeout(0.1)
-        while not stop.is_set():
-            try:
-                connection, _ = listener.accept()
-            except TimeoutError:
-                continue
-            connection.close()
-
-    thread = threading.Thread(target=hang_up, daemon=True)
-    thread.start()
-    try:
-        with pytest.raises(ConnectError) as failed:
-            Client("alice", f"tcp://127.0.0.1:{port}", connect_timeout=1.5).connect()
-        assert "no answer" in str(failed.value) and "encryption" not in str(failed.value)
-    finally:
-        stop.set()
-        thread.join(5)
-        listener.close()
