@@ -4,14 +4,15 @@
 
 The broker runs with flood control (--rate 20 --burst 100). Three clients
 send each other private messages at a steady pace and time each one from
-send to delivery; a fourth, a bare DEALER, sends as fast as it can. Two
-kinds of flooder: a stubborn one that goes on sending on its connection
+send to delivery; a fourth, a bare DEALER, sends as fast as it can from a
+loopback address of its own (127.0.0.2, .3, ...: the broker turns a
+flooder's address away for a minute, so each round has a new one).
+Two kinds of flooder: a stubborn one that goes on sending on its connection
 after it is disconnected, and a reconnecting one that registers again on a
 new connection, under a new name, each time it is thrown out. Each runs
 twice: as is, and at nice 19, which stands for a flooder on another machine
-(here it shares the broker's two cores, and its own CPU use slows the
-chatters whatever the broker does). Quiet and flooded rounds alternate, so
-that drifts of the machine hit all alike.
+(here it shares the broker's two cores). Quiet and flooded rounds
+alternate, so that drifts of the machine hit all alike.
 """
 
 from __future__ import annotations
@@ -34,6 +35,12 @@ from zchat.client.session import Client
 from zchat.common import protocol as p
 
 PACE = 0.02  # seconds between messages: each chatter sends ~15 a second, under the limit of 20
+NOBLOCK = int(zmq.NOBLOCK)
+
+
+def from_source(endpoint: str, source: str) -> str:
+    """The endpoint, connected to from `source` (ZeroMQ's "tcp://SOURCE:0;HOST:PORT")."""
+    return endpoint.replace("tcp://", f"tcp://{source}:0;", 1)
 
 
 def chatters(endpoint: str, seconds: float) -> list[float]:
@@ -71,7 +78,7 @@ KINDS = {  # name: (reconnects?, niceness)
 }
 
 
-def flooder(endpoint: str, seconds: float, kind: str, counts: dict[str, int]) -> None:
+def flooder(endpoint: str, source: str, seconds: float, kind: str, counts: dict[str, int]) -> None:
     reconnect, niceness = KINDS[kind]
     os.nice(niceness)
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -81,13 +88,16 @@ def flooder(endpoint: str, seconds: float, kind: str, counts: dict[str, int]) ->
         sessions += 1
         dealer = context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(endpoint)
+        dealer.connect(from_source(endpoint, source))
         dealer.send_multipart(p.encode_hello(b"h", f"flooder{sessions}"))
         thrown_out = False
         while time.monotonic() < end and not (reconnect and thrown_out):
             for _ in range(50):
-                sent += 1
-                dealer.send_multipart(p.encode_send(b"f%d" % sent, "*", "spam"))
+                try:
+                    dealer.send_multipart(p.encode_send(b"f%d" % sent, "*", "spam"), NOBLOCK)
+                    sent += 1
+                except zmq.Again:  # hung up on, or the broker is behind: wait as a blocking send would
+                    dealer.poll(10, zmq.POLLOUT)
             while dealer.poll(0):
                 event = p.decode_event(dealer.recv_multipart())
                 if isinstance(event, p.Error) and event.code == p.Code.RATE_LIMITED:
@@ -116,12 +126,13 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp, \
             start_server("zchat", Path(tmp), "--rate", "20", "--burst", "100") as server, \
             multiprocessing.Manager() as manager:  # fmt: skip
-        for _ in range(rounds):
+        for round_ in range(rounds):
             quiet += chatters(server.endpoint, seconds)
-            for kind in flooded:
+            for k, kind in enumerate(flooded):
                 counts = manager.dict()
+                source = f"127.0.0.{2 + round_ * len(KINDS) + k}"
                 flood = multiprocessing.Process(
-                    target=flooder, args=(server.endpoint, seconds + 2, kind, counts)
+                    target=flooder, args=(server.endpoint, source, seconds + 2, kind, counts)
                 )
                 flood.start()
                 flooded[kind] += chatters(server.endpoint, seconds)

@@ -138,6 +138,14 @@ def default_store() -> str:
     help="Most a client may send at once, saved up while it is quiet.",
 )
 @click.option(
+    "--cool-off",
+    default=60.0,
+    show_default=True,
+    envvar="ZCHAT_COOL_OFF",
+    type=click.FloatRange(0, 86400),
+    help="Seconds a client's address is turned away after it is disconnected for flooding.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -155,6 +163,7 @@ def broker(
     history_days: float,
     rate: float,
     burst: int,
+    cool_off: float,
     curve_secret: str | None,
     trust: str,
     max_clients: int,
@@ -190,6 +199,7 @@ def broker(
         history_days=history_days,
         rate=rate,
         burst=burst,
+        cool_off=cool_off,
         curve=curve,
         authorized=authorized,
         max_clients=max_clients,

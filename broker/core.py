@@ -43,7 +43,8 @@ class CoreConfig:
     #: Messages a second and burst per client (flood.py); rate 0: no limit.
     rate: float = 0.0
     burst: float = 100.0
-    #: Seconds a connection disconnected for flooding is ignored (flood.py).
+    #: Seconds a flooder's address is turned away after it is disconnected
+    #: (and what is still queued from its connection ignored).
     cool_off: float = 60.0
 
 
@@ -74,7 +75,18 @@ class Forward(NamedTuple):
     sender_key: str
 
 
-Action = SendTo | Publish | Forward
+class Hangup(NamedTuple):
+    """Close the connection this very message came on, and turn its address away until `until`.
+
+    Only the shell knows the connection and its address (ZeroMQ gives them
+    per message), so it carries out the ban the core decides on.
+    """
+
+    peer: bytes
+    until: float
+
+
+Action = SendTo | Publish | Forward | Hangup
 
 
 @dataclass(slots=True)
@@ -243,15 +255,15 @@ class BrokerCore:
         if session.bucket.abused():
             cool_off = self.config.cool_off
             log.warning(
-                "%s disconnected for flooding; its connection is ignored for %g s", session.name, cool_off
+                "%s disconnected for flooding; its address is turned away for %g s", session.name, cool_off
             )
             self.cooling[session.peer] = now + cool_off
-            text = f"disconnected for flooding: this connection is ignored for {cool_off:g} s"
+            text = f"disconnected for flooding: this address may connect again in {cool_off:g} s"
             bye = SendTo(
                 session.peer,
                 [*p.encode_error(msg_id, Code.RATE_LIMITED, text), str(int(cool_off * 1000)).encode()],
             )
-            return [bye, *self._drop(session, now, "flooding")]
+            return [bye, *self._drop(session, now, "flooding"), Hangup(session.peer, now + cool_off)]
         refusal = self._refuse(
             session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"
         )

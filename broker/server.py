@@ -7,15 +7,16 @@ from __future__ import annotations
 
 import logging
 import signal
+import socket
 import time
 from dataclasses import dataclass
 from types import FrameType
 
 import zmq
-import zmq.auth
-from zmq.auth.thread import ThreadAuthenticator
 
-from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
+from zchat.broker.gate import Gate
+from zchat.broker.hangup import cut, take_hold
 from zchat.broker.store import open_store
 from zchat.common.keys import KeyPair
 
@@ -32,6 +33,12 @@ LINGER_MS = 500
 POLL_MS = 100
 #: Room on top of the body limit for the other frames, for libzmq's backstop.
 FRAME_OVERHEAD = 4096
+#: A flooder's connection is cut this long after its last ERROR is sent, so
+#: that the ERROR (saying why) reaches it first.
+HANGUP_DELAY = 0.05
+#: Where libzmq asks its ZAP handler (RFC 27), and the domain that makes it ask for plain connections too.
+ZAP_ENDPOINT = "inproc://zeromq.zap.01"
+ZAP_DOMAIN = b"zchat"
 
 # Plain ints: pyzmq's flag enums cost microseconds per operation on the hot
 # path, and send_multipart/recv_multipart use them for every frame.
@@ -43,26 +50,18 @@ ACK = b"ACK"
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
 
 
-def receive(sock: zmq.Socket[bytes]) -> tuple[bytes, list[bytes]]:
-    """One message from the ROUTER: (routing id, frames). Raises zmq.Again."""
-    frame = _recv(sock, NOBLOCK, False)
-    peer = frame.bytes
+def receive(sock: zmq.Socket[bytes]) -> tuple[zmq.Frame, list[bytes]]:
+    """One message from the ROUTER: (routing id frame, other frames). Raises zmq.Again.
+
+    The routing id comes as a frame: it carries the message's properties
+    (User-Id under CURVE, and the connection it came on, for a hangup).
+    """
+    first = frame = _recv(sock, NOBLOCK, False)
     frames = []
     while frame.more:  # the parts of a message arrive together: no waiting here
         frame = _recv(sock, NOBLOCK, False)
         frames.append(frame.bytes)
-    return peer, frames
-
-
-def receive_keyed(sock: zmq.Socket[bytes]) -> tuple[bytes, list[bytes], str]:
-    """Like receive(), with the sender's CURVE public key, which ZAP put on the message."""
-    frame = _recv(sock, NOBLOCK, False)
-    peer, key = frame.bytes, str(frame.get("User-Id"))
-    frames = []
-    while frame.more:
-        frame = _recv(sock, NOBLOCK, False)
-        frames.append(frame.bytes)
-    return peer, frames, key
+    return first, frames
 
 
 def send(sock: zmq.Socket[bytes], first: bytes, frames: list[bytes]) -> None:
@@ -97,6 +96,7 @@ class BrokerSettings:
     authorized: dict[str, str] | None = None
     max_clients: int = 10_000
     max_per_key: int = 8
+    cool_off: float = 60.0
 
 
 def endpoint(host: str, port: int) -> str:
@@ -117,11 +117,15 @@ class BrokerServer:
         self.settings = settings
         store = open_store(settings.store)  # first: a bad store fails before any port is taken
         self.context = zmq.Context()
+        # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
+        self.gate = Gate()
+        self.zap = self.context.socket(zmq.REP)
+        self.zap.setsockopt(zmq.LINGER, 0)
+        self.zap.bind(ZAP_ENDPOINT)
         self.router = self.context.socket(zmq.ROUTER)
         self.pub = self.context.socket(zmq.PUB)
-        self.authenticator: ThreadAuthenticator | None = None
         if settings.curve is not None:
-            self.authenticator = self._encrypt(settings.curve)
+            self._encrypt(settings.curve)
         # Mandatory routing: a send to a vanished peer raises instead of
         # dropping silently, so the sender can be told.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -130,6 +134,7 @@ class BrokerServer:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.SNDHWM, settings.hwm)
             sock.setsockopt(zmq.RCVHWM, settings.hwm)
+            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
             if ":" in settings.host:
                 sock.setsockopt(zmq.IPV6, 1)
         self.router.bind(endpoint(settings.host, settings.port))
@@ -147,6 +152,7 @@ class BrokerServer:
             max_clients=settings.max_clients,
             max_per_key=settings.max_per_key,
             burst=settings.burst,
+            cool_off=settings.cool_off,
         ), store=store)  # fmt: skip
         self._stopping = False
         #: ACKs held during one wake-up, per sender, to go out as one message each.
@@ -154,22 +160,22 @@ class BrokerServer:
         #: Published messages wait for the store too: a number on a topic is
         #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
         self._to_publish: list[list[bytes]] = []
+        #: The routing id frame of the message being handled: a Hangup cuts its connection.
+        self._current: zmq.Frame | None = None
+        #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
+        self._hangups: list[tuple[float, socket.socket]] = []
 
-    def _encrypt(self, curve: KeyPair) -> ThreadAuthenticator:
+    def _encrypt(self, curve: KeyPair) -> None:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
 
-        The ZAP handler (a pyzmq thread with its own socket) admits any client
-        key; ZeroMQ then puts it on every message as its User-Id, and the core
-        binds names to keys from there (SECURITY.md).
+        The ZAP handler (gate.py) admits any client key; ZeroMQ then puts it
+        on every message as its User-Id, and the core binds names to keys
+        from there (SECURITY.md).
         """
-        authenticator = ThreadAuthenticator(self.context, log=logging.getLogger("zchat.broker.zap"))
-        authenticator.start()
-        authenticator.configure_curve(domain="*", location=zmq.auth.CURVE_ALLOW_ANY)
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.CURVE_SERVER, 1)
             sock.setsockopt(zmq.CURVE_SECRETKEY, curve.secret)
             sock.setsockopt(zmq.CURVE_PUBLICKEY, curve.public)
-        return authenticator
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         """Ask the loop to end; safe to call from a signal handler."""
@@ -193,33 +199,40 @@ class BrokerServer:
         router, core = self.router, self.core
         keyed = self.settings.curve is not None  # names are bound to keys only with CURVE
         put_off = False  # the store has work waiting for an idle moment
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(self.zap, zmq.POLLIN)
         try:
             while not self._stopping:
-                if router.poll(0 if put_off else POLL_MS):
+                ready = dict(poller.poll(0 if put_off else POLL_MS))
+                if self.zap in ready:
+                    self._answer_zap()
+                if router in ready:
                     # One time for the whole wake-up: messages handled together
                     # are accepted together, and their ACKs can be combined.
                     now = time.time()
                     for handled in range(1, DRAIN_BATCH + 1):
                         try:
-                            if keyed:
-                                peer, frames, key = receive_keyed(router)
-                                actions = core.receive(peer, frames, now, key)
-                            else:
-                                peer, frames = receive(router)
-                                actions = core.receive(peer, frames, now)
+                            first, frames = receive(router)
                         except zmq.Again:
                             break
-                        self.apply(actions)
+                        self._current = first
+                        key = str(first.get("User-Id")) if keyed else ""
+                        self.apply(core.receive(first.bytes, frames, now, key))
                         if handled % FLUSH_EVERY == 0:
                             self._flush()
+                    self._current = None
                     self._flush()
-                else:  # idle: the store does what it put off (indexing for search)
+                elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = core.store.catch_up()
                     core.store.commit()
                 now = time.time()
+                if self._hangups:
+                    self._hang_up_due(now)
                 if now >= next_sweep:
                     self.apply(core.expire(now))
                     self._flush()
+                    self.gate.forget_expired(now)
                     core.maintain(now)
                     # A busy broker is never idle: index a batch for search now and then anyway.
                     put_off = core.store.catch_up() or put_off
@@ -236,15 +249,48 @@ class BrokerServer:
         for action in actions:
             kind = type(action)
             if kind is Publish:
-                self._to_publish.append(action.frames)
+                self._to_publish.append(action.frames)  # type: ignore[union-attr]
             elif kind is Forward:
                 self._forward(action)  # type: ignore[arg-type]
+            elif kind is Hangup:
+                self._hang_up_later(action)  # type: ignore[arg-type]
             else:
                 assert isinstance(action, SendTo)
                 if action.frames[1] == ACK:
                     self._ack_later(action.peer, action.frames)
                 else:
                     self._send(action.peer, action.frames)
+
+    def _answer_zap(self) -> None:
+        """Answer libzmq's questions about new connections (gate.py)."""
+        now = time.time()
+        while True:
+            try:
+                request = self.zap.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                return
+            reply = self.gate.answer(request, now)
+            # REP must answer every request; one too broken to name its id gets an empty refusal.
+            self.zap.send_multipart(reply if reply is not None else [b"1.0", b"", b"500", b"", b"", b""])
+
+    def _hang_up_later(self, hangup: Hangup) -> None:
+        """Turn the flooder's address away now, and cut its connection once its ERROR is out."""
+        frame = self._current
+        if frame is None or frame.bytes != hangup.peer:
+            return  # not from a message of this peer's: no connection to name
+        address = str(frame.get("Peer-Address"))
+        self.gate.ban(address, hangup.until)
+        held = take_hold(frame)
+        if held is not None:
+            self._hangups.append((time.time() + HANGUP_DELAY, held))
+        log.info("address %s turned away until its cool-off ends; connection %s", address,
+                 "to be cut" if held is not None else "already gone")  # fmt: skip
+
+    def _hang_up_due(self, now: float) -> None:
+        due = [held for when, held in self._hangups if when <= now]
+        self._hangups = [(when, held) for when, held in self._hangups if when > now]
+        for held in due:
+            cut(held)
 
     def _forward(self, forward: Forward) -> None:
         try:
@@ -304,10 +350,11 @@ class BrokerServer:
 
     def close(self) -> None:
         self.core.store.close()
+        for _, held in self._hangups:
+            held.close()
         self.router.close()
         self.pub.close()
-        if self.authenticator is not None:
-            self.authenticator.stop()
+        self.zap.close()
         self.context.term()
         counters = ", ".join(f"{k}={v}" for k, v in sorted(self.core.counters.items()))
         log.info("broker stopped (%s)", counters or "no traffic")

@@ -18,6 +18,8 @@ FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+#: The ZAP status a zchat broker gives an address it turns away (PROTOCOL.md 8).
+TURNED_AWAY = 400
 
 
 def secure(sock: zmq.Socket[bytes], server_key: bytes | None, keys: KeyPair | None) -> None:
@@ -51,6 +53,11 @@ class HandshakeWatch:
         return None
 
     def explain(self, kind: int, value: int) -> str:
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == TURNED_AWAY:
+            return (
+                "the broker turned this connection away: it refuses this address for a while "
+                "after a client from it was disconnected for flooding; try again later"
+            )
         mismatch = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and (
             value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
         )

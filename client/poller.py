@@ -78,11 +78,16 @@ class Room:
 
 
 def pub_endpoint_for(advertised: str, broker: str) -> str:
-    """PROTOCOL.md 5.1: a '*' host means the host we reached the ROUTER on."""
+    """PROTOCOL.md 5.1: a '*' host means the host we reached the ROUTER on.
+
+    A source address in `broker` ("tcp://SOURCE:0;HOST:PORT", ZeroMQ's
+    syntax) is used for the SUB socket too.
+    """
     if not advertised.startswith("tcp://*:"):
         return advertised
-    host = broker.split("://", 1)[1].rsplit(":", 1)[0]
-    return f"tcp://{host}:{advertised.rsplit(':', 1)[1]}"
+    source, _, target = broker.split("://", 1)[1].rpartition(";")
+    host = target.rsplit(":", 1)[0]
+    return f"tcp://{source + ';' if source else ''}{host}:{advertised.rsplit(':', 1)[1]}"
 
 
 class Poller:

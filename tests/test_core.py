@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import pytest
 
-from zchat.broker.core import BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.broker.core import BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
 from zchat.broker.store import MemoryStore
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -285,15 +285,17 @@ def test_a_flooding_client_is_refused_with_a_retry_after_then_disconnected() -> 
     assert "alice" not in core.by_key
 
 
-def test_a_connection_disconnected_for_flooding_is_ignored_for_its_cool_off() -> None:
+def test_a_connection_disconnected_for_flooding_is_hung_up_and_ignored_for_its_cool_off() -> None:
     core = BrokerCore(CoreConfig(PUB, rate=10.0, burst=1.0, cool_off=60.0))
     register(core, b"A", "alice")
     actions: Sequence[object] = []
     for i in range(5):  # one accepted, then more than 3 x burst refusals in a row
         actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.0)
     (told, *_) = actions
-    assert isinstance(told, SendTo) and b"ignored for 60 s" in told.frames[4]
-    # Cooling off: no reply at all, not even to HELLO, and nothing else is touched.
+    assert isinstance(told, SendTo) and b"may connect again in 60 s" in told.frames[4]
+    # Told first, then its connection is closed and its address turned away until the end of the cool-off.
+    assert actions[-1] == Hangup(b"A", 61.0)
+    # What it had queued before the hangup is ignored: no reply at all, not even to HELLO.
     assert core.receive(b"A", p.encode_hello(b"h", "alice"), 2.0) == []
     assert core.receive(b"A", p.encode_send(b"f9", "*", "x"), 60.9) == []
     assert core.counters["dropped.flooder"] == 2

@@ -5,12 +5,24 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from tests.chat import chat
-from tests.support import start_broker
+from tests.support import start_broker, wait_for
 from zchat.client import events as ev
+from zchat.client.session import Client, ConnectError
 from zchat.common import protocol as p
+
+#: Another loopback address for the flooder: the broker turns a flooder's
+#: address away, and the others connect from 127.0.0.1.
+FLOODER_SOURCE = "127.0.0.2"
+
+
+def from_source(endpoint: str, source: str) -> str:
+    """The endpoint, connected to from `source` (ZeroMQ's "tcp://SOURCE:0;HOST:PORT")."""
+    return endpoint.replace("tcp://", f"tcp://{source}:0;", 1)
 
 
 def test_a_flooder_is_refused_with_a_retry_after_while_others_chat_normally(tmp_path: Path) -> None:
@@ -81,4 +93,49 @@ def test_a_leave_typed_after_held_messages_waits_its_turn_behind_them(tmp_path: 
             assert all(isinstance(o, ev.Ack) for o in outcomes), outcomes  # not 423: still a member
             assert isinstance(left.wait(15), ev.Ack)
     finally:
+        broker.stop()
+
+
+def test_a_flooder_is_hung_up_on_and_its_address_turned_away_while_others_still_connect(
+    tmp_path: Path,
+) -> None:
+    broker = start_broker(tmp_path, "--rate", "20", "--burst", "5", "--cool-off", "60")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        flooder = context.socket(zmq.DEALER)
+        flooder.setsockopt(zmq.LINGER, 0)
+        watch = flooder.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+        flooder.connect(from_source(broker.endpoint, FLOODER_SOURCE))
+        flooder.send_multipart(p.encode_hello(b"h", "flooder"))
+        with chat("bob", broker.endpoint) as bob:
+            for i in range(100):
+                flooder.send_multipart(p.encode_send(b"f%d" % i, "*", f"spam {i}"))
+
+            def told_why() -> bool:
+                while flooder.poll(100):
+                    answer = p.decode_event(flooder.recv_multipart())
+                    if isinstance(answer, p.Error) and "disconnected for flooding" in answer.text:
+                        return True
+                return False
+
+            wait_for(told_why, 10, what="the flooder to be told it is disconnected")
+            seen: list[int] = []
+
+            def events(*wanted: int) -> bool:
+                while watch.poll(100):
+                    seen.append(recv_monitor_message(watch)["event"])
+                return all(kind in seen for kind in wanted)
+
+            # The broker closes the connection; libzmq reconnects, and is turned away at the handshake.
+            wait_for(lambda: events(zmq.EVENT_DISCONNECTED, zmq.EVENT_HANDSHAKE_FAILED_AUTH), 10,
+                     what="the flooder's connection to be cut, then refused")  # fmt: skip
+            with pytest.raises(ConnectError, match="turned this connection away"):
+                Client("newcomer", from_source(broker.endpoint, FLOODER_SOURCE), connect_timeout=5).connect()
+            # Everyone else still connects and chats.
+            with chat("alice", broker.endpoint) as alice:
+                assert isinstance(alice.client.send("bob", "still here").wait(10), ev.Ack)
+                bob.message("still here")
+        assert "address 127.0.0.2 turned away" in broker.log()
+    finally:
+        context.destroy(linger=0)
         broker.stop()
