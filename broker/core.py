@@ -299,14 +299,18 @@ class BrokerCore:
             same_owner = bool(client_key) and holder.client_key == client_key
             if same_owner or (hello.token and secrets.compare_digest(hello.token, holder.token)):
                 # The same client on a new connection: it takes its session
-                # over, so nobody sees it leave and join again.
-                del self.by_peer[holder.peer]
+                # over, so nobody sees it leave and join again. The old
+                # connection is told, in case it is alive: were it to take
+                # the session back, the two would take turns for ever.
+                old_peer = holder.peer
+                del self.by_peer[old_peer]
                 holder.peer = peer
                 holder.last_seen = now
                 self.by_peer[peer] = holder
                 self.counters["resumed"] += 1
                 log.info("%s resumed its session on a new connection", holder.name)
-                return [SendTo(peer, self._welcome(hello.msg_id, holder, now))]
+                replaced = SendTo(old_peer, p.encode_replaced("your session continues on another connection"))
+                return [replaced, SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
         if refusal := self._over_limits(peer, hello.msg_id, client_key):
             return [refusal]

@@ -341,6 +341,14 @@ class Poller:
         elif kind is p.Shutdown:
             assert isinstance(event, p.Shutdown)
             self._lost(f"the broker is shutting down ({event.reason})", now)
+        elif kind is p.Replaced:
+            # Another client of ours (same key, or our token) took the session over.
+            # Taking it back would start the two taking turns: this one stops.
+            assert isinstance(event, p.Replaced)
+            self._close_sockets()
+            self._give_up(
+                f"signed in elsewhere: {event.reason}; this client stops (connect again to take it back)"
+            )
 
     def _from_sub(self, frames: list[bytes], now: float) -> None:
         published = p.decode_published(frames)

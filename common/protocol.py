@@ -207,6 +207,12 @@ class Shutdown(NamedTuple):
     reason: str
 
 
+class Replaced(NamedTuple):
+    """This connection's session was taken over by another connection of the same user."""
+
+    reason: str
+
+
 # --- what the broker publishes (PUB -> SUB), after topic and sequence --------
 
 
@@ -262,7 +268,20 @@ class Receipt(NamedTuple):
     msg_ids: tuple[bytes, ...]
 
 
-ServerEvent = Welcome | Ack | Error | Users | Pong | Message | Shutdown | RoomList | History | Found | Receipt
+ServerEvent = (
+    Welcome
+    | Ack
+    | Error
+    | Users
+    | Pong
+    | Message
+    | Shutdown
+    | Replaced
+    | RoomList
+    | History
+    | Found
+    | Receipt
+)
 PublishedEvent = Message | Join | Leave | Synced | Shutdown
 
 
@@ -498,6 +517,10 @@ def encode_shutdown(reason: str) -> list[bytes]:
     return [SIGNATURE, b"SHUTDOWN", reason.encode()]
 
 
+def encode_replaced(reason: str) -> list[bytes]:
+    return [SIGNATURE, b"REPLACED", reason.encode()]
+
+
 def encode_join(name: bytes, time_ms: bytes, room: str = EVERYONE) -> list[bytes]:
     frames = [SIGNATURE, b"JOIN", name, time_ms]
     return frames if room == EVERYONE else [*frames, room.encode()]
@@ -583,7 +606,7 @@ def decode_published(frames: list[bytes]) -> Published:
     if len(frames) < 4:
         raise ProtocolError(Code.MALFORMED, "a published message needs topic and sequence frames")
     event = decode_event(frames[2:])
-    if isinstance(event, (Welcome, Ack, Error, Users, Pong, RoomList, History, Found, Receipt)):
+    if isinstance(event, (Welcome, Ack, Error, Users, Pong, Replaced, RoomList, History, Found, Receipt)):
         raise ProtocolError(Code.MALFORMED, f"{type(event).__name__} is never published")
     return Published(frames[0], _int(frames[1], "sequence"), event)
 
@@ -636,6 +659,7 @@ _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | Pu
         f[2], _text(f[3], "sender"), _text(f[4], "target"), _int(f[5], "time"), f[6]
     )),
     b"SHUTDOWN": (3, lambda f: Shutdown(_text(f[2], "reason"))),
+    b"REPLACED": (3, lambda f: Replaced(_text(f[2], "reason"))),
     b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _int(f[3], "time"), _room_field(f, 4))),
     b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _int(f[3], "time"), _text(f[4], "reason"), _room_field(f, 5))),
     b"ROOMS": (5, lambda f: RoomList(f[2], _sizes(f[3]), tuple(_text(f[4], "rooms").split()))),

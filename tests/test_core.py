@@ -156,6 +156,9 @@ def test_resume_token_moves_the_session_to_a_new_connection_silently(core: Broke
     actions = core.receive(b"A2", p.encode_hello(b"h2", "alice", "token0"), 1.0)
     assert published(actions) == []
     assert replies(actions, b"A2")[0].token == "token0"  # type: ignore[union-attr]
+    # The old connection, should it still be alive, hears why, so that it does not take the session back.
+    (replaced,) = replies(actions, b"A")
+    assert isinstance(replaced, p.Replaced) and "another connection" in replaced.reason
     assert error_code(core.receive(b"A", p.encode_simple(b"PING", b"p"), 1.0), b"A") == Code.NOT_REGISTERED
     assert (
         error_code(core.receive(b"X", p.encode_hello(b"h", "alice", "wrong"), 1.0), b"X") == Code.NAME_TAKEN

@@ -30,10 +30,18 @@ def test_a_name_belongs_to_the_first_key_and_its_owner_can_always_come_back(tmp_
         with pytest.raises(ConnectError, match="belongs to another key"):
             connect(broker, server, "Alice", mallory_key)  # while alice is online
         # alice's old connection is still there (say, timing out): her key takes the session over.
+        old = Watcher(first)
         second = connect(broker, server, "alice", alice_key)
         bob = Watcher(connect(broker, server, "bob", pair()))
         assert isinstance(second.send("bob", "from the new connection").wait(5), ev.Ack)
         assert bob.message("from the new connection").sender == "alice"
+        # The old client, alive after all, is told and stops: it does not take the session back.
+        gone = old.state(ev.State.OFFLINE)
+        assert "signed in elsewhere" in gone.detail
+        assert isinstance(bob.client.send("alice", "to whoever is alice").wait(5), ev.Ack)
+        new = Watcher(second)
+        new.message("to whoever is alice")
+        assert first.state is ev.State.CLOSED and second.state is ev.State.ONLINE
         bob.client.close()
         second.close()
         first.close()

@@ -796,10 +796,14 @@ def test_resume_takes_over_the_session_silently(
     msg_id = watcher.send(b"SEND", b"alice", b"to the new connection")
     watcher.ack(msg_id)
     assert second.delivery(b"MESSAGE")[2] == msg_id
+    # Section 5.5: the old connection is told, so that it does not take the session back.
+    replaced = first.delivery(b"REPLACED")
+    assert replaced[:2] == [SIGNATURE, b"REPLACED"] and len(replaced) >= 3, replaced
+    replaced[2].decode("utf-8")
     first.heartbeats = False
     ping = first.send(b"PING")
-    reply = first.next()  # the first thing on the old DEALER: not the message, but a refusal
-    assert reply[1:4] == [b"ERROR", ping, b"403"], reply
+    assert first.error_code(ping) == 403  # forgotten
+    assert not [f for f in first.inbox if f[1:2] == [b"MESSAGE"]]  # the message went to the new one only
 
 
 def test_resume_after_the_session_ended_registers_anew(
