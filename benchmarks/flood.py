@@ -36,6 +36,8 @@ from zchat.common import protocol as p
 
 PACE = 0.02  # seconds between messages: each chatter sends ~15 a second, under the limit of 20
 NOBLOCK = int(zmq.NOBLOCK)
+#: Flood control on; of loopback only the chatters' address is exempt from bans (by default all of it is).
+BROKER_OPTIONS = ("--rate", "20", "--burst", "100", "--ban-exempt", "127.0.0.1")
 
 
 def from_source(endpoint: str, source: str) -> str:
@@ -124,7 +126,7 @@ def main() -> int:
     flooded: dict[str, list[float]] = {kind: [] for kind in KINDS}
     flooders: dict[str, list[dict[str, int]]] = {kind: [] for kind in KINDS}
     with tempfile.TemporaryDirectory() as tmp, \
-            start_server("zchat", Path(tmp), "--rate", "20", "--burst", "100") as server, \
+            start_server("zchat", Path(tmp), *BROKER_OPTIONS) as server, \
             multiprocessing.Manager() as manager:  # fmt: skip
         for round_ in range(rounds):
             quiet += chatters(server.endpoint, seconds)

@@ -10,6 +10,7 @@ import click
 import platformdirs
 import zmq
 
+from zchat.broker.gate import DEFAULT_EXEMPT, networks
 from zchat.broker.server import BrokerServer, BrokerSettings
 from zchat.broker.store import StoreError
 from zchat.common import keys
@@ -146,6 +147,16 @@ def default_store() -> str:
     help="Seconds a client's address is turned away after it is disconnected for flooding.",
 )
 @click.option(
+    "--ban-exempt",
+    multiple=True,
+    default=DEFAULT_EXEMPT,
+    show_default=True,
+    envvar="ZCHAT_BAN_EXEMPT",
+    metavar="ADDRESS|NETWORK",
+    help="Never turn these away after a flood, e.g. a proxy or NAT that many users share. "
+    "Given, they replace the default; repeat for several, 'none' for none.",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -164,6 +175,7 @@ def broker(
     rate: float,
     burst: int,
     cool_off: float,
+    ban_exempt: tuple[str, ...],
     curve_secret: str | None,
     trust: str,
     max_clients: int,
@@ -181,6 +193,11 @@ def broker(
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
     if trust == "allowlist" and not (curve_secret and authorized_keys):
         raise click.UsageError("--trust allowlist needs --curve-secret and --authorized-keys DIR")
+    exempt = tuple(spec for spec in ban_exempt if spec.lower() != "none")
+    try:
+        networks(exempt)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="--ban-exempt") from None
     try:
         curve = keys.load_pair(Path(curve_secret)) if curve_secret else None
         authorized = (
@@ -200,6 +217,7 @@ def broker(
         rate=rate,
         burst=burst,
         cool_off=cool_off,
+        ban_exempt=exempt,
         curve=curve,
         authorized=authorized,
         max_clients=max_clients,

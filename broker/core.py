@@ -257,8 +257,10 @@ class BrokerCore:
             log.warning(
                 "%s disconnected for flooding; its address is turned away for %g s", session.name, cool_off
             )
-            self.cooling[session.peer] = now + cool_off
-            text = f"disconnected for flooding: this address may connect again in {cool_off:g} s"
+            # Ignored for at least a heartbeat timeout, whatever the cool-off:
+            # routing ids are never reused, and what it had queued is not answered.
+            self.cooling[session.peer] = now + max(cool_off, self.config.timeout_ms / 1000)
+            text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
             bye = SendTo(
                 session.peer,
                 [*p.encode_error(msg_id, Code.RATE_LIMITED, text), str(int(cool_off * 1000)).encode()],

@@ -4,11 +4,15 @@ libzmq asks before every handshake completes, with the peer's address and,
 under CURVE, its public key. Any key may connect (the core binds names to
 keys, SECURITY.md); an address disconnected for flooding is turned away
 until its cool-off ends, so a flooder cannot come back on a new connection.
+Some addresses are never turned away: by default loopback, where every
+local user shares one address (as fail2ban's ignoreip).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+from collections.abc import Iterable
 
 from zmq.utils import z85
 
@@ -18,19 +22,41 @@ ZAP_VERSION = b"1.0"
 #: The ZAP status the broker gives a banned address; the client sees it as
 #: a failed handshake with this code (PROTOCOL.md 8).
 REFUSED = b"400"
+#: Addresses never banned unless the broker is told otherwise (--ban-exempt).
+DEFAULT_EXEMPT = ("127.0.0.0/8", "::1")
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(specs: Iterable[str]) -> list[Network]:
+    """Addresses or networks ("10.0.0.0/8", "::1"); ValueError names a bad one."""
+    return [ipaddress.ip_network(spec, strict=False) for spec in specs]
 
 
 class Gate:
     """Address bans with an end, and the ZAP answers that follow from them."""
 
-    def __init__(self) -> None:
+    def __init__(self, exempt: Iterable[str] = DEFAULT_EXEMPT) -> None:
+        self.exempt = networks(exempt)
         #: Peer address (as ZeroMQ gives it: "127.0.0.2", "::1") -> banned until.
         self.banned: dict[str, float] = {}
         self.turned_away = 0
 
-    def ban(self, address: str, until: float) -> None:
-        if address:
-            self.banned[address] = max(until, self.banned.get(address, 0.0))
+    def ban(self, address: str, until: float) -> bool:
+        """Turn `address` away until `until`; False if it is exempt (or no address)."""
+        if not address or self.is_exempt(address):
+            return False
+        self.banned[address] = max(until, self.banned.get(address, 0.0))
+        return True
+
+    def is_exempt(self, address: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(address.split("%", 1)[0])  # without an IPv6 zone
+        except ValueError:
+            return False
+        if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped  # a v4 client of a broker bound to "::"
+        return any(ip in network for network in self.exempt)
 
     def is_banned(self, address: str, now: float) -> bool:
         until = self.banned.get(address)

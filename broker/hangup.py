@@ -3,8 +3,11 @@
 ZeroMQ has no call to drop one peer of a ROUTER; it does tell which file
 descriptor a message came on (SRCFD). Shutting that socket down makes
 libzmq see the peer hang up, and it cleans up as for any lost connection.
-The broker holds a duplicate of the descriptor until then, so a number
-reused by a newer connection can never be cut by mistake.
+
+A descriptor number is reused as soon as its connection closes, and a
+message may be read after that. So the broker notes the full peer (host
+and port) when a connection says HELLO, and cuts only a socket that still
+has that peer; it holds a duplicate of the descriptor until the cut.
 """
 
 from __future__ import annotations
@@ -12,29 +15,56 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+from typing import Any
 
 import zmq
 
+#: A TCP peer as getpeername() gives it: (host, port) or (host, port, flow, scope).
+Peer = tuple[Any, ...]
 
-def take_hold(frame: zmq.Frame) -> socket.socket | None:
-    """A handle on the connection `frame` arrived on; None if it is gone or not TCP."""
+
+def _connection_of(frame: zmq.Frame) -> socket.socket | None:
+    """A duplicate handle on the connection `frame` arrived on; None if gone or not TCP."""
     try:
         fd = frame.get(zmq.SRCFD)
-        address = frame.get("Peer-Address")
     except zmq.ZMQError:
         return None
     if not isinstance(fd, int) or fd < 0:
         return None
     try:
-        held = socket.socket(fileno=os.dup(fd))
+        copy = os.dup(fd)
     except OSError:
         return None
     try:
-        peer_host = held.getpeername()[0]
-    except (OSError, IndexError, TypeError):
-        peer_host = None
-    if peer_host != address:  # closed, and the number given to another connection meanwhile
+        return socket.socket(fileno=copy)
+    except OSError:  # the number is no socket now
+        os.close(copy)
+        return None
+
+
+def _peer(held: socket.socket) -> Peer | None:
+    try:
+        return tuple(held.getpeername())
+    except (OSError, TypeError):
+        return None
+
+
+def peer_of(frame: zmq.Frame) -> Peer | None:
+    """Who is at the other end of the connection `frame` arrived on."""
+    held = _connection_of(frame)
+    if held is None:
+        return None
+    try:
+        return _peer(held)
+    finally:
         held.close()
+
+
+def take_hold(frame: zmq.Frame, expected: Peer) -> socket.socket | None:
+    """A handle on `frame`'s connection if it is still the one to `expected`, else None."""
+    held = _connection_of(frame)
+    if held is not None and _peer(held) != expected:
+        held.close()  # closed, and the number given to another connection meanwhile
         return None
     return held
 

@@ -15,8 +15,8 @@ from types import FrameType
 import zmq
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
-from zchat.broker.gate import Gate
-from zchat.broker.hangup import cut, take_hold
+from zchat.broker.gate import DEFAULT_EXEMPT, Gate
+from zchat.broker.hangup import Peer, cut, peer_of, take_hold
 from zchat.broker.store import open_store
 from zchat.common.keys import KeyPair
 
@@ -47,6 +47,9 @@ NOBLOCK = int(zmq.NOBLOCK)
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 ACK = b"ACK"
+HELLO = b"HELLO"
+#: ZAP requests answered per wake-up, so that a storm of connections cannot hold up the rest.
+ZAP_BATCH = 100
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
 
 
@@ -97,6 +100,8 @@ class BrokerSettings:
     max_clients: int = 10_000
     max_per_key: int = 8
     cool_off: float = 60.0
+    #: Addresses or networks a flooder's address ban never applies to (gate.py).
+    ban_exempt: tuple[str, ...] = DEFAULT_EXEMPT
 
 
 def endpoint(host: str, port: int) -> str:
@@ -118,7 +123,7 @@ class BrokerServer:
         store = open_store(settings.store)  # first: a bad store fails before any port is taken
         self.context = zmq.Context()
         # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
-        self.gate = Gate()
+        self.gate = Gate(settings.ban_exempt)
         self.zap = self.context.socket(zmq.REP)
         self.zap.setsockopt(zmq.LINGER, 0)
         self.zap.bind(ZAP_ENDPOINT)
@@ -164,6 +169,8 @@ class BrokerServer:
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
         self._hangups: list[tuple[float, socket.socket]] = []
+        #: The TCP peer of each connection that said HELLO, to know it again at a hangup (hangup.py).
+        self._origins: dict[bytes, Peer] = {}
 
     def _encrypt(self, curve: KeyPair) -> None:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
@@ -217,6 +224,8 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self._current = first
+                        if len(frames) > 1 and frames[1] == HELLO:
+                            self._note_origin(first)
                         key = str(first.get("User-Id")) if keyed else ""
                         self.apply(core.receive(first.bytes, frames, now, key))
                         if handled % FLUSH_EVERY == 0:
@@ -233,6 +242,7 @@ class BrokerServer:
                     self.apply(core.expire(now))
                     self._flush()
                     self.gate.forget_expired(now)
+                    self._forget_origins()
                     core.maintain(now)
                     # A busy broker is never idle: index a batch for search now and then anyway.
                     put_off = core.store.catch_up() or put_off
@@ -264,7 +274,7 @@ class BrokerServer:
     def _answer_zap(self) -> None:
         """Answer libzmq's questions about new connections (gate.py)."""
         now = time.time()
-        while True:
+        for _ in range(ZAP_BATCH):
             try:
                 request = self.zap.recv_multipart(NOBLOCK)
             except zmq.Again:
@@ -273,18 +283,33 @@ class BrokerServer:
             # REP must answer every request; one too broken to name its id gets an empty refusal.
             self.zap.send_multipart(reply if reply is not None else [b"1.0", b"", b"500", b"", b"", b""])
 
+    def _note_origin(self, first: zmq.Frame) -> None:
+        peer = first.bytes
+        if peer not in self._origins and (origin := peer_of(first)) is not None:
+            self._origins[peer] = origin
+
+    def _forget_origins(self) -> None:
+        sessions = self.core.by_peer
+        for peer in [peer for peer in self._origins if peer not in sessions]:
+            del self._origins[peer]
+
     def _hang_up_later(self, hangup: Hangup) -> None:
         """Turn the flooder's address away now, and cut its connection once its ERROR is out."""
         frame = self._current
-        if frame is None or frame.bytes != hangup.peer:
-            return  # not from a message of this peer's: no connection to name
-        address = str(frame.get("Peer-Address"))
-        self.gate.ban(address, hangup.until)
-        held = take_hold(frame)
+        origin = self._origins.pop(hangup.peer, None)
+        if frame is None or frame.bytes != hangup.peer or origin is None:
+            return  # no connection known for certain: the core still ignores what it sends
+        try:
+            address = str(frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            address = str(origin[0])
+        banned = self.gate.ban(address, hangup.until)
+        held = take_hold(frame, origin)
         if held is not None:
             self._hangups.append((time.time() + HANGUP_DELAY, held))
-        log.info("address %s turned away until its cool-off ends; connection %s", address,
-                 "to be cut" if held is not None else "already gone")  # fmt: skip
+        log.info("flooder's connection from %s %s; the address is %s", address,
+                 "to be cut" if held is not None else "already gone",
+                 "turned away until its cool-off ends" if banned else "exempt from bans")  # fmt: skip
 
     def _hang_up_due(self, now: float) -> None:
         due = [held for when, held in self._hangups if when <= now]

@@ -295,7 +295,7 @@ def test_a_connection_disconnected_for_flooding_is_hung_up_and_ignored_for_its_c
     for i in range(5):  # one accepted, then more than 3 x burst refusals in a row
         actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.0)
     (told, *_) = actions
-    assert isinstance(told, SendTo) and b"may connect again in 60 s" in told.frames[4]
+    assert isinstance(told, SendTo) and b"wait 60 s before connecting again" in told.frames[4]
     # Told first, then its connection is closed and its address turned away until the end of the cool-off.
     assert actions[-1] == Hangup(b"A", 61.0)
     # What it had queued before the hangup is ignored: no reply at all, not even to HELLO.

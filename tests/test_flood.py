@@ -96,29 +96,41 @@ def test_a_leave_typed_after_held_messages_waits_its_turn_behind_them(tmp_path: 
         broker.stop()
 
 
+def flood_until_thrown_out(
+    endpoint: str, context: zmq.Context[zmq.Socket[bytes]]
+) -> tuple[zmq.Socket[bytes], zmq.Socket[bytes]]:
+    """A bare DEALER from FLOODER_SOURCE that floods until the broker says it is disconnected,
+    and a monitor of its connection's events."""
+    flooder = context.socket(zmq.DEALER)
+    flooder.setsockopt(zmq.LINGER, 0)
+    watch = flooder.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
+    flooder.connect(from_source(endpoint, FLOODER_SOURCE))
+    flooder.send_multipart(p.encode_hello(b"h", "flooder"))
+    for i in range(100):
+        flooder.send_multipart(p.encode_send(b"f%d" % i, "*", f"spam {i}"))
+
+    def told_why() -> bool:
+        while flooder.poll(100):
+            answer = p.decode_event(flooder.recv_multipart())
+            if isinstance(answer, p.Error) and "disconnected for flooding" in answer.text:
+                return True
+        return False
+
+    wait_for(told_why, 10, what="the flooder to be told it is disconnected")
+    return flooder, watch
+
+
 def test_a_flooder_is_hung_up_on_and_its_address_turned_away_while_others_still_connect(
     tmp_path: Path,
 ) -> None:
-    broker = start_broker(tmp_path, "--rate", "20", "--burst", "5", "--cool-off", "60")
+    # Loopback is exempt from bans by default (local users share it): here only 127.0.0.1 is.
+    broker = start_broker(
+        tmp_path, "--rate", "20", "--burst", "5", "--cool-off", "60", "--ban-exempt", "127.0.0.1"
+    )
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     try:
-        flooder = context.socket(zmq.DEALER)
-        flooder.setsockopt(zmq.LINGER, 0)
-        watch = flooder.get_monitor_socket(zmq.EVENT_DISCONNECTED | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
-        flooder.connect(from_source(broker.endpoint, FLOODER_SOURCE))
-        flooder.send_multipart(p.encode_hello(b"h", "flooder"))
         with chat("bob", broker.endpoint) as bob:
-            for i in range(100):
-                flooder.send_multipart(p.encode_send(b"f%d" % i, "*", f"spam {i}"))
-
-            def told_why() -> bool:
-                while flooder.poll(100):
-                    answer = p.decode_event(flooder.recv_multipart())
-                    if isinstance(answer, p.Error) and "disconnected for flooding" in answer.text:
-                        return True
-                return False
-
-            wait_for(told_why, 10, what="the flooder to be told it is disconnected")
+            _, watch = flood_until_thrown_out(broker.endpoint, context)
             seen: list[int] = []
 
             def events(*wanted: int) -> bool:
@@ -135,7 +147,24 @@ def test_a_flooder_is_hung_up_on_and_its_address_turned_away_while_others_still_
             with chat("alice", broker.endpoint) as alice:
                 assert isinstance(alice.client.send("bob", "still here").wait(10), ev.Ack)
                 bob.message("still here")
-        assert "address 127.0.0.2 turned away" in broker.log()
+        assert "connection from 127.0.0.2 to be cut; the address is turned away" in broker.log()
+    finally:
+        context.destroy(linger=0)
+        broker.stop()
+
+
+def test_loopback_is_exempt_from_the_address_ban_by_default(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path, "--rate", "20", "--burst", "5")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        _, watch = flood_until_thrown_out(broker.endpoint, context)
+        # Hung up on all the same.
+        wait_for(lambda: watch.poll(100) and recv_monitor_message(watch)["event"] == zmq.EVENT_DISCONNECTED,
+                 10, what="the flooder's connection to be cut")  # fmt: skip
+        assert "the address is exempt from bans" in broker.log()
+        # Another local user on that address still connects (it would be turned away without the exemption).
+        with chat("newcomer", from_source(broker.endpoint, FLOODER_SOURCE)) as newcomer:
+            assert isinstance(newcomer.client.send("*", "hello").wait(10), ev.Ack)
     finally:
         context.destroy(linger=0)
         broker.stop()

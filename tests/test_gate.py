@@ -25,8 +25,8 @@ def test_any_curve_key_is_let_through_and_named_by_its_z85_form() -> None:
 
 
 def test_a_banned_address_is_turned_away_until_its_ban_ends_and_others_are_not() -> None:
-    gate = Gate()
-    gate.ban("127.0.0.2", until=60.0)
+    gate = Gate(exempt=())
+    assert gate.ban("127.0.0.2", until=60.0)
     turned_away = gate.answer(request("127.0.0.2"), 10.0)
     assert turned_away is not None and turned_away[1:3] == [b"7", b"400"]
     assert gate.answer(request("127.0.0.1"), 10.0)[2] == b"200"  # type: ignore[index]
@@ -35,18 +35,29 @@ def test_a_banned_address_is_turned_away_until_its_ban_ends_and_others_are_not()
 
 
 def test_a_second_ban_never_shortens_the_first() -> None:
-    gate = Gate()
+    gate = Gate(exempt=())
     gate.ban("::1", until=90.0)
     gate.ban("::1", until=30.0)
     assert gate.is_banned("::1", 60.0)
 
 
 def test_expired_bans_are_forgotten_by_the_sweep() -> None:
-    gate = Gate()
+    gate = Gate(exempt=())
     gate.ban("127.0.0.2", until=5.0)
     gate.ban("127.0.0.3", until=50.0)
     gate.forget_expired(10.0)
     assert list(gate.banned) == ["127.0.0.3"]
+
+
+def test_loopback_is_exempt_by_default_and_exemptions_take_networks() -> None:
+    gate = Gate()
+    assert not gate.ban("127.0.0.2", until=60.0) and not gate.ban("::1", until=60.0)
+    assert gate.answer(request("127.0.0.2"), 10.0)[2] == b"200"  # type: ignore[index]
+    assert gate.ban("192.0.2.7", until=60.0)
+    behind_nat = Gate(exempt=["192.0.2.0/24"])
+    assert not behind_nat.ban("192.0.2.7", until=60.0)
+    assert not behind_nat.ban("::ffff:192.0.2.7", until=60.0)  # a v4 client of a broker bound to "::"
+    assert behind_nat.ban("127.0.0.1", until=60.0) and behind_nat.ban("fe80::1%eth0", until=60.0)
 
 
 def test_a_malformed_request_is_answered_with_500_when_it_names_its_id() -> None:

@@ -1,0 +1,81 @@
+"""Cutting one connection under a ROUTER: only the connection a flood came on, never a newer one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from zchat.broker.hangup import cut, peer_of, take_hold
+
+WAIT_MS = 5000
+
+
+@pytest.fixture
+def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    yield context
+    context.destroy(linger=0)
+
+
+def wait_event(monitor: zmq.Socket[bytes], kind: int) -> int:
+    """The value (here: the file descriptor) of the next monitor event of this kind."""
+    while monitor.poll(WAIT_MS):
+        event = recv_monitor_message(monitor)
+        if event["event"] == kind:
+            return int(event["value"])
+    raise AssertionError(f"no monitor event {kind} within {WAIT_MS} ms")
+
+
+def receive(router: zmq.Socket[bytes]) -> tuple[zmq.Frame, bytes]:
+    assert router.poll(WAIT_MS), "no message"
+    first = router.recv(copy=False)
+    return first, router.recv()
+
+
+def test_a_connection_is_cut_by_the_frame_it_sent(context: zmq.Context[zmq.Socket[bytes]]) -> None:
+    router = context.socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    client = context.socket(zmq.DEALER)
+    watch = client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+    client.connect(f"tcp://127.0.0.1:{port}")
+    client.send(b"hello")
+    first, _ = receive(router)
+    origin = peer_of(first)
+    assert origin is not None and origin[0] == "127.0.0.1"
+    held = take_hold(first, origin)
+    assert held is not None
+    cut(held)
+    wait_event(watch, zmq.EVENT_DISCONNECTED)
+
+
+def test_a_message_read_after_its_connection_closed_cuts_nothing(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    router = context.socket(zmq.ROUTER)
+    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    flooder = context.socket(zmq.DEALER)
+    flooder.connect(f"tcp://127.0.0.1:{port}")
+    flooder.send(b"hello")
+    flooder.send(b"flood")  # stays queued in the ROUTER while the flooder goes
+    wait_event(monitor, zmq.EVENT_ACCEPTED)
+    hello, _ = receive(router)
+    origin = peer_of(hello)  # what the broker notes at HELLO
+    assert origin is not None
+    flooder.close(linger=0)
+    wait_event(monitor, zmq.EVENT_DISCONNECTED)
+    # Someone else from the same address connects: Linux gives it the lowest free descriptor, often the flooder's.
+    innocent = context.socket(zmq.DEALER)
+    innocent.connect(f"tcp://127.0.0.1:{port}")
+    wait_event(monitor, zmq.EVENT_ACCEPTED)
+    innocent.send(b"hi")
+    queued, body = receive(router)
+    assert body == b"flood"  # the flooder's, read only now
+    assert take_hold(queued, origin) is None  # not the flooder's connection any more: left alone
+    innocent_id, body = receive(router)
+    assert body == b"hi"
+    router.send_multipart([innocent_id.bytes, b"still connected"])
+    assert innocent.poll(WAIT_MS) and innocent.recv() == b"still connected"
