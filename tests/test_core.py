@@ -431,3 +431,15 @@ def test_received_is_bounded_and_keeps_receipts_only_for_known_senders(core: Bro
     ) == (Code.MALFORMED)
     core.receive(b"B", p.encode_command(b"RECEIVED", b"r", "nobody", b"m1"), 1.0)  # never registered
     assert core.store.receipts("nobody") == []
+
+
+def test_without_a_cool_off_the_flood_left_in_the_queue_is_still_not_answered() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=10.0, burst=1.0, cool_off=0.0, timeout_ms=6000))
+    register(core, b"A", "alice")
+    for i in range(5):  # thrown out
+        actions = core.receive(b"A", p.encode_send(b"f%d" % i, "*", "x"), 1.0)
+    assert actions[-1] == Hangup(b"A", 1.0)  # no ban on the address
+    # Read after the hangup, in the same wake-up or later: nothing answered, nobody registered.
+    assert core.receive(b"A", p.encode_send(b"f9", "*", "x"), 1.0) == []
+    assert core.receive(b"A", p.encode_hello(b"h", "alice"), 2.0) == []
+    assert "alice" not in core.by_key
