@@ -142,7 +142,9 @@ def main() -> int:
                 if flood.is_alive() or flood.exitcode != 0:  # a flooder that did not finish is a broken run
                     flood.kill()
                     flood.join(10)
-                    raise RuntimeError(f"the {kind} flooder on {source} did not finish (exit code {flood.exitcode})")
+                    raise RuntimeError(
+                        f"the {kind} flooder on {source} did not finish (exit code {flood.exitcode})"
+                    )
                 flooders[kind].append(dict(counts))
     result: dict[str, object] = {"quiet": summary(quiet)}
     for kind, latencies in flooded.items():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 
 from prompt_toolkit import PromptSession
@@ -125,6 +125,8 @@ class Screen:
         self.room = "*"  # the current room: plain text goes there; the prompt shows it
         self._held: list[str] | None = []  # lines from before the connection was made
         self._lock = threading.RLock()
+        #: Called (on the poller thread) when the client gives up for good, e.g. signed in elsewhere.
+        self.on_given_up: Callable[[], None] | None = None
 
     def __call__(self, event: ev.Event) -> None:
         """The client's on_event: runs on the poller thread."""
@@ -138,6 +140,8 @@ class Screen:
                     self.write(line)
         if isinstance(event, ev.Status) and self.session is not None:
             self.session.app.invalidate()  # thread-safe: the prompt shows the state
+            if event.state is ev.State.OFFLINE and self.on_given_up is not None:
+                self.on_given_up()  # nothing typed could go anywhere now: leave
 
     def release(self, show: bool) -> None:
         """Print (or drop, when connecting failed) the lines held until now."""
@@ -177,7 +181,7 @@ _ANSI_NAMES = {31: "red", 32: "green", 33: "yellow", 34: "blue", 35: "magenta", 
 
 
 class _Hangup(Exception):
-    """SIGTERM or SIGHUP: leave as if the user had quit."""
+    """SIGTERM or SIGHUP, or the client gave up: leave the prompt."""
 
 
 def run_tui(name: str, broker: str, connect_timeout: float, colour: bool, server_key: bytes | None = None,
@@ -219,14 +223,25 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
     screen.session = session
     hangup = threading.Event()
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
+    def leave_prompt() -> None:
         hangup.set()
         app = session.app
         if app.is_running and app.loop is not None:
             # Ask the prompt to finish from inside its own loop: prompt() raises _Hangup.
             app.loop.call_soon_threadsafe(lambda: app.exit(exception=_Hangup()) if app.is_running else None)
-        else:
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        leave_prompt()
+        if not session.app.is_running:
             raise _Hangup
+
+    gave_up = threading.Event()  # the client's state turns "closed" soon after: remember it
+
+    def on_given_up() -> None:
+        gave_up.set()
+        leave_prompt()
+
+    screen.on_given_up = on_given_up
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -250,4 +265,4 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 1 if client.state is ev.State.OFFLINE else 0
+    return 1 if gave_up.is_set() or client.state is ev.State.OFFLINE else 0

@@ -16,11 +16,12 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support import ZCHAT, Broker, wait_for
+from tests.support import ZCHAT, Broker, start_curve_broker, wait_for
 from zchat.client import events as ev
 from zchat.client.commands import ACTION_PREFIX
 from zchat.client.render import colour_of
 from zchat.client.session import Client
+from zchat.common import keys
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -308,6 +309,28 @@ def test_a_taken_name_exits_non_zero_with_a_clear_message(terminal: Terminal, br
         assert "alice>" not in screen  # no UI was started
     finally:
         alice.close()
+
+
+def test_signed_in_elsewhere_the_terminal_says_so_and_exits(terminal: Terminal, tmp_path: Path) -> None:
+    broker, server = start_curve_broker(tmp_path / "broker")
+    home = tmp_path / "alice-home"
+    own = keys.generate(home)  # the same key in the terminal and in the other client
+    elsewhere: Client | None = None
+    try:
+        terminal.start("env", f"ZCHAT_HOME={home}", ZCHAT, "connect", "--name", "alice",
+                       "--broker", broker.endpoint, "--server-key", server.public.decode())  # fmt: skip
+        terminal.wait_input("alice>")
+        elsewhere = Client(
+            "alice", broker.endpoint, server_key=server.public, keys=own, connect_timeout=DEADLINE
+        )
+        elsewhere.connect()
+        assert terminal.wait_exit() == 1
+        assert "signed in elsewhere" in terminal.screen(), terminal.screen()
+        assert elsewhere.state is ev.State.ONLINE  # the session stays with the newer one: no tug of war
+    finally:
+        if elsewhere is not None:
+            elsewhere.close()
+        broker.stop()
 
 
 def test_an_unreachable_broker_exits_non_zero_after_the_timeout(terminal: Terminal, broker: Broker) -> None:
