@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from zchat.broker.expiring import Expiring
 from zchat.broker.quietlog import QuietLog
 from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.common import protocol as p
@@ -126,7 +127,7 @@ class BrokerCore:
     #: limited (it needs no HELLO), so it must not sort 10,000 names each time.
     online_names: list[str] | None = None
     #: Connections disconnected for flooding, ignored until the time given.
-    cooling: dict[bytes, float] = field(default_factory=dict)
+    cooling: Expiring[bytes] = field(default_factory=Expiring)
 
     # --- input ---------------------------------------------------------------
 
@@ -138,7 +139,7 @@ class BrokerCore:
         """
         self.counters["received"] += 1
         self.now = now
-        if self.cooling and self._cooling_off(peer, now):
+        if self.cooling and self.cooling.holds(peer, now):
             self.counters["dropped.flooder"] += 1
             return []  # it was told, and answering a flood would be the flood's work
         session = self.by_peer.get(peer)
@@ -259,7 +260,7 @@ class BrokerCore:
             )
             # Ignored for at least a heartbeat timeout, whatever the cool-off:
             # routing ids are never reused, and what it had queued is not answered.
-            self.cooling[session.peer] = now + max(cool_off, self.config.timeout_ms / 1000)
+            self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))
             text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
             bye = SendTo(
                 session.peer,
@@ -504,8 +505,7 @@ class BrokerCore:
     def expire(self, now: float) -> list[Action]:
         """Drop every client silent for longer than the timeout."""
         deadline = now - self.config.timeout_ms / 1000
-        for peer in [peer for peer, until in self.cooling.items() if until <= now]:
-            del self.cooling[peer]  # a flooder that went quiet is forgotten
+        self.cooling.forget_expired(now)  # a flooder that went quiet is forgotten
         actions: list[Action] = []
         for session in [s for s in self.by_peer.values() if s.last_seen < deadline]:
             actions += self._drop(session, now, "timeout")
@@ -553,15 +553,6 @@ class BrokerCore:
         if members is None:
             members = self.room_members[room] = self.store.members(room)
         return members
-
-    def _cooling_off(self, peer: bytes, now: float) -> bool:
-        until = self.cooling.get(peer)
-        if until is None:
-            return False
-        if now < until:
-            return True
-        del self.cooling[peer]
-        return False
 
     def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
         return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")

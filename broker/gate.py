@@ -16,6 +16,8 @@ from collections.abc import Iterable
 
 from zmq.utils import z85
 
+from zchat.broker.expiring import Expiring
+
 log = logging.getLogger("zchat.broker")
 
 ZAP_VERSION = b"1.0"
@@ -39,14 +41,14 @@ class Gate:
     def __init__(self, exempt: Iterable[str] = DEFAULT_EXEMPT) -> None:
         self.exempt = networks(exempt)
         #: Peer address (as ZeroMQ gives it: "127.0.0.2", "::1") -> banned until.
-        self.banned: dict[str, float] = {}
+        self.banned: Expiring[str] = Expiring()
         self.turned_away = 0
 
     def ban(self, address: str, until: float) -> bool:
         """Turn `address` away until `until`; False if it is exempt (or no address)."""
         if not address or self.is_exempt(address):
             return False
-        self.banned[address] = max(until, self.banned.get(address, 0.0))
+        self.banned.add(address, until)
         return True
 
     def is_exempt(self, address: str) -> bool:
@@ -59,17 +61,10 @@ class Gate:
         return any(ip in network for network in self.exempt)
 
     def is_banned(self, address: str, now: float) -> bool:
-        until = self.banned.get(address)
-        if until is None:
-            return False
-        if now < until:
-            return True
-        del self.banned[address]
-        return False
+        return self.banned.holds(address, now)
 
     def forget_expired(self, now: float) -> None:
-        for address in [a for a, until in self.banned.items() if until <= now]:
-            del self.banned[address]
+        self.banned.forget_expired(now)
 
     def answer(self, request: list[bytes], now: float) -> list[bytes] | None:
         """The ZAP reply to one request; None when it is too broken to name its request id."""

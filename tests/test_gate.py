@@ -31,7 +31,7 @@ def test_a_banned_address_is_turned_away_until_its_ban_ends_and_others_are_not()
     assert turned_away is not None and turned_away[1:3] == [b"7", b"400"]
     assert gate.answer(request("127.0.0.1"), 10.0)[2] == b"200"  # type: ignore[index]
     assert gate.answer(request("127.0.0.2"), 60.0)[2] == b"200"  # type: ignore[index]
-    assert gate.turned_away == 1 and gate.banned == {}
+    assert gate.turned_away == 1 and gate.banned.until == {}
 
 
 def test_a_second_ban_never_shortens_the_first() -> None:
@@ -46,7 +46,7 @@ def test_expired_bans_are_forgotten_by_the_sweep() -> None:
     gate.ban("127.0.0.2", until=5.0)
     gate.ban("127.0.0.3", until=50.0)
     gate.forget_expired(10.0)
-    assert list(gate.banned) == ["127.0.0.3"]
+    assert list(gate.banned.until) == ["127.0.0.3"]
 
 
 def test_loopback_is_exempt_by_default_and_exemptions_take_networks() -> None:
