@@ -1,7 +1,7 @@
 """Encryption on the client's sockets, and why a connection fails before any answer.
 
 With CURVE a wrong or missing server key does not raise: libzmq just drops
-the connection and tries again. A socket monitor sees the failed handshake,
+the connection (and with a wrong key tries again). A socket monitor sees the failed handshake,
 so the user hears what is wrong instead of only "no answer".
 """
 
