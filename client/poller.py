@@ -15,7 +15,7 @@ import random
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import zmq
 
@@ -23,6 +23,7 @@ from zchat.client import events as ev
 from zchat.client.events import State
 from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.request import Request
+from zchat.client.rooms import Room
 from zchat.common import protocol as p
 from zchat.common.flood import TokenBucket
 from zchat.common.keys import KeyPair
@@ -62,19 +63,6 @@ class Settings:
     #: The broker's public key (z85): CURVE on both sockets when given (PROTOCOL.md 14).
     server_key: bytes | None = None
     keys: KeyPair | None = None  # our own pair; a fresh one per client when None
-
-
-@dataclass
-class Room:
-    """A room this client is a member of, and where its gapless join stands (PROTOCOL.md 13.3)."""
-
-    name: str
-    subscribed: bool = False  # on the current SUB socket
-    #: "syncing" (SYNC until SYNCED) -> "history" (HISTORY asked) -> "live".
-    phase: str = "syncing"
-    #: What arrived on the topic before the HISTORY reply: (seq, event), shown after it.
-    kept: list[tuple[int, p.PublishedEvent]] = field(default_factory=list)
-    seen_seq: int = 0  # the highest sequence number shown
 
 
 def pub_endpoint_for(advertised: str, broker: str) -> str:
@@ -222,8 +210,7 @@ class Poller:
         self.poller.register(self.sub, zmq.POLLIN)
         self.lobby_seq = 0
         for room in self.rooms.values():  # a new SUB: every room joins afresh after ROOMS
-            room.subscribed = False
-            room.kept.clear()
+            room.unwatch()
         self.room_syncs.clear()
         self.room_sync_tag = b""  # its subscription went with the old SUB
         self.join_histories.clear()
@@ -415,9 +402,7 @@ class Poller:
             return
         for room in rooms:
             self.sub.setsockopt(zmq.SUBSCRIBE, p.topic_of(room.name))
-            room.subscribed = True
-            room.phase = "syncing"
-            room.kept.clear()
+            room.watch()
         # SYNCED proves live only what was subscribed before its topic
         # (PROTOCOL.md 4.5): the own topic is older than the rooms', so the
         # SYNCED goes to a topic of this round's own, subscribed last.
@@ -484,20 +469,13 @@ class Poller:
         room = self.rooms.get(name)
         if room is None or room.phase != "history":
             return
-        if reply.last_seq < room.seen_seq:  # the broker lost the room's numbers: count afresh
-            room.seen_seq = 0
         # History up to last_seq, then what was kept from after it: no gap, no repeat.
-        for record in records:
-            if record.seq > room.seen_seq:
-                self.emit(self._record(record))
+        shown, after = room.take_history(reply.last_seq, reply.records)
+        for record in shown:
+            self.emit(self._record(record))
         self._note_oldest(name, records)
-        room.seen_seq = max(room.seen_seq, reply.last_seq)
-        room.phase = "live"
-        kept, room.kept = room.kept, []
-        for seq, event in kept:
-            if seq > room.seen_seq:
-                room.seen_seq = seq
-                self._room_event(name, event, seq)
+        for seq, event in after:
+            self._room_event(name, event, seq)
 
     def _note_oldest(self, room: str, records: list[p.Record]) -> None:
         if records and records[0].seq and records[0].seq < self.oldest.get(room, records[0].seq + 1):
@@ -508,19 +486,13 @@ class Poller:
         room = self.rooms.get(name)
         if room is None or not room.subscribed:
             return  # left, or not yet ours
-        seq = published.seq
-        if room.phase != "live":
-            room.kept.append((seq, published.event))
-            return
-        if seq <= room.seen_seq:
-            return
-        if room.seen_seq and seq > room.seen_seq + 1:
-            missed = seq - room.seen_seq - 1
+        shown, missed = room.take_published(published.seq, published.event)
+        if missed:
             self.emit(
                 ev.Status(self.state, f"missed {missed} message(s) in {name}: this client read too slowly")
             )
-        room.seen_seq = seq
-        self._room_event(name, published.event, seq)
+        for seq, event in shown:
+            self._room_event(name, event, seq)
 
     def _room_event(self, name: str, event: p.PublishedEvent, seq: int) -> None:
         if isinstance(event, p.Message):

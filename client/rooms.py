@@ -1,0 +1,65 @@
+"""A room's gapless join, with no sockets (PROTOCOL.md 13.3).
+
+Joining, the client subscribes to the room's topic, SYNCs until that
+subscription is live, then asks for the room's HISTORY. What arrives on the
+topic meanwhile is kept, and shown after the history: each message once,
+in order, with no gap at the seam.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zchat.common import protocol as p
+
+Live = tuple[int, p.PublishedEvent]  # (sequence number, event) as published on the room's topic
+
+
+@dataclass
+class Room:
+    """A room this client is a member of, and where its gapless join stands."""
+
+    name: str
+    subscribed: bool = False  # on the current SUB socket
+    #: "syncing" (SYNC until SYNCED) -> "history" (HISTORY asked) -> "live".
+    phase: str = "syncing"
+    #: What arrived on the topic before the HISTORY reply, shown after it.
+    kept: list[Live] = field(default_factory=list)
+    seen_seq: int = 0  # the highest sequence number shown
+
+    def watch(self) -> None:
+        """Subscribed (again): everything waits for the next SYNCED and HISTORY."""
+        self.subscribed = True
+        self.phase = "syncing"
+        self.kept.clear()
+
+    def unwatch(self) -> None:
+        """The SUB socket is gone (a reconnect): subscribe again later."""
+        self.subscribed = False
+        self.kept.clear()
+
+    def take_history(self, last_seq: int, records: tuple[p.Record, ...]) -> tuple[list[p.Record], list[Live]]:
+        """The join's HISTORY reply: the records to show, then the kept live events; live from now on."""
+        if last_seq < self.seen_seq:  # the broker lost the room's numbers: count afresh
+            self.seen_seq = 0
+        shown = [r for r in sorted(records, key=lambda r: r.seq) if r.seq > self.seen_seq]
+        self.seen_seq = max(self.seen_seq, last_seq)
+        self.phase = "live"
+        kept, self.kept = self.kept, []
+        after: list[Live] = []
+        for seq, event in kept:
+            if seq > self.seen_seq:
+                self.seen_seq = seq
+                after.append((seq, event))
+        return shown, after
+
+    def take_published(self, seq: int, event: p.PublishedEvent) -> tuple[list[Live], int]:
+        """One event from the topic: what to show now, and how many were missed before it."""
+        if self.phase != "live":
+            self.kept.append((seq, event))
+            return [], 0
+        if seq <= self.seen_seq:
+            return [], 0  # already shown (from the history)
+        missed = seq - self.seen_seq - 1 if self.seen_seq else 0
+        self.seen_seq = seq
+        return [(seq, event)], missed
