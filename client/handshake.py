@@ -63,10 +63,15 @@ class HandshakeWatch:
         )
         if mismatch and self.encrypted:
             return "the broker refused the handshake: it does not use encryption, but a server key was given"
-        if mismatch or not self.encrypted:
+        if mismatch:
             return (
-                "the broker refused the handshake: it may require encryption (CURVE); "
+                "the broker refused the handshake: it requires encryption (CURVE); "
                 "give its public key with --server-key"
+            )
+        if not self.encrypted:  # libzmq does not always say why: either is possible
+            return (
+                "the broker closed the connection during the handshake: it may require encryption "
+                "(CURVE; give its public key with --server-key), or it may not be a zchat broker"
             )
         return (
             "the broker refused the encrypted handshake: the server key may be wrong (check --server-key), "

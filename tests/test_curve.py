@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -141,7 +143,8 @@ def test_the_cli_chats_encrypted_and_makes_the_users_key_pair_on_first_use(
     ("server_key", "says"),
     [
         (zmq.curve_keypair()[0], "the server key may be wrong"),
-        (None, "may require encryption (CURVE); give its public key with --server-key"),
+        # libzmq reports a mechanism mismatch, or sometimes only a closed connection: both say what to do.
+        (None, "encryption (CURVE"),
     ],
     ids=["wrong-key", "no-key"],
 )
@@ -149,9 +152,9 @@ def test_a_wrong_or_missing_server_key_fails_clearly_within_the_timeout(
     curve_broker: Broker, server_key: bytes | None, says: str
 ) -> None:
     started = time.monotonic()
-    with pytest.raises(ConnectError, match="refused") as failure:
+    with pytest.raises(ConnectError, match=r"refused|closed the connection") as failure:
         Client("mallory", curve_broker.endpoint, connect_timeout=TIMEOUT, server_key=server_key).connect()
-    assert says in str(failure.value)
+    assert says in str(failure.value) and "--server-key" in str(failure.value)
     assert time.monotonic() - started < TIMEOUT
 
 
@@ -243,3 +246,32 @@ def test_a_packet_capture_shows_message_texts_only_without_curve(tmp_path: Path,
     assert len(packets) > 24 + 16 * 10, "the capture holds hardly any packets: did it see the chat?"
     found = [text for text in texts if text in packets]
     assert found == ([] if encrypted else texts)
+
+
+def test_a_peer_that_speaks_no_zeromq_is_named_as_a_possibility(tmp_path: Path) -> None:
+    """Something else on the port (here a web server's refusal) ends the handshake: the client says what it may be."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    listener.settimeout(0.1)
+    stop = threading.Event()
+
+    def refuse_everyone() -> None:
+        while not stop.is_set():
+            try:
+                peer, _ = listener.accept()
+            except TimeoutError:
+                continue
+            with peer:
+                peer.sendall(b"HTTP/1.0 400 Bad Request\r\n\r\n")
+
+    server = threading.Thread(target=refuse_everyone, daemon=True)
+    server.start()
+    try:
+        port = listener.getsockname()[1]
+        with pytest.raises(ConnectError, match="may not be a zchat broker"):
+            Client("alice", f"tcp://127.0.0.1:{port}", connect_timeout=TIMEOUT).connect()
+    finally:
+        stop.set()
+        server.join(5)
+        listener.close()
