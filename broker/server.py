@@ -139,7 +139,11 @@ class BrokerServer:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.SNDHWM, settings.hwm)
             sock.setsockopt(zmq.RCVHWM, settings.hwm)
-            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+            if settings.curve is not None or settings.cool_off > 0:
+                # Plain connections ask ZAP only with a domain, each keeping a pipe to
+                # the handler for its life (about 10 KiB): only when bans are on.
+                # libzmq fixes this at bind: it cannot be switched on at the first ban.
+                sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
             if ":" in settings.host:
                 sock.setsockopt(zmq.IPV6, 1)
         self.router.bind(endpoint(settings.host, settings.port))

@@ -168,3 +168,17 @@ def test_loopback_is_exempt_from_the_address_ban_by_default(tmp_path: Path) -> N
     finally:
         context.destroy(linger=0)
         broker.stop()
+
+
+def test_without_a_cool_off_a_flooder_is_hung_up_on_but_its_address_not_turned_away(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path, "--rate", "20", "--burst", "5", "--cool-off", "0", "--ban-exempt", "none")
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        _, watch = flood_until_thrown_out(broker.endpoint, context)
+        wait_for(lambda: watch.poll(100) and recv_monitor_message(watch)["event"] == zmq.EVENT_DISCONNECTED,
+                 10, what="the flooder's connection to be cut")  # fmt: skip
+        with chat("newcomer", from_source(broker.endpoint, FLOODER_SOURCE)) as newcomer:
+            assert isinstance(newcomer.client.send("*", "hello").wait(10), ev.Ack)
+    finally:
+        context.destroy(linger=0)
+        broker.stop()
