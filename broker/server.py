@@ -139,13 +139,18 @@ class BrokerServer:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.SNDHWM, settings.hwm)
             sock.setsockopt(zmq.RCVHWM, settings.hwm)
-            if settings.curve is not None or settings.cool_off > 0:
-                # Plain connections ask ZAP only with a domain, each keeping a pipe to
-                # the handler for its life (about 10 KiB): only when bans are on.
-                # libzmq fixes this at bind: it cannot be switched on at the first ban.
-                sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
             if ":" in settings.host:
                 sock.setsockopt(zmq.IPV6, 1)
+        # Plain connections ask ZAP only with a domain, each keeping a pipe to the
+        # handler for its life (about 10 KiB): so only the ROUTER's, and only
+        # with bans on (libzmq fixes it at bind, not at the first ban).
+        asking: tuple[zmq.Socket[bytes], ...] = ()
+        if settings.curve is not None:
+            asking = (self.router, self.pub)
+        elif settings.cool_off > 0:
+            asking = (self.router,)
+        for sock in asking:
+            sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
         self.router.bind(endpoint(settings.host, settings.port))
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
