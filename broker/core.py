@@ -139,7 +139,7 @@ class BrokerCore:
         """
         self.counters["received"] += 1
         self.now = now
-        if self.cooling and self.cooling.holds(peer, now):
+        if self.cooling.until and self.cooling.holds(peer, now):  # a dict's truth: cheapest per message
             self.counters["dropped.flooder"] += 1
             return []  # it was told, and answering a flood would be the flood's work
         session = self.by_peer.get(peer)
@@ -255,9 +255,7 @@ class BrokerCore:
         assert session.bucket is not None
         if session.bucket.abused():
             cool_off = self.config.cool_off
-            log.warning(
-                "%s disconnected for flooding; its address is turned away for %g s", session.name, cool_off
-            )
+            log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off)
             # Ignored for at least a heartbeat timeout, whatever the cool-off:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))

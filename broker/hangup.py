@@ -6,8 +6,12 @@ libzmq see the peer hang up, and it cleans up as for any lost connection.
 
 A descriptor number is reused as soon as its connection closes, and a
 message may be read after that. So the broker notes the full peer (host
-and port) when a connection says HELLO, and cuts only a socket that still
-has that peer; it holds a duplicate of the descriptor until the cut.
+and port) when a connection says HELLO, if its host is the one ZeroMQ
+gives for the message (Peer-Address), and cuts only a socket that still
+has that peer; it holds a duplicate of the descriptor until the cut. What
+is left: a HELLO read only after its connection closed and its number went
+to a new connection from the same host would name that connection (a
+local user could get a neighbour's connection cut, who then reconnects).
 """
 
 from __future__ import annotations
@@ -49,15 +53,25 @@ def _peer(held: socket.socket) -> Peer | None:
         return None
 
 
-def peer_of(frame: zmq.Frame) -> Peer | None:
-    """Who is at the other end of the connection `frame` arrived on."""
+def address_of(frame: zmq.Frame) -> str:
+    """The peer's IP address as ZeroMQ recorded it for this message ("" if it has none)."""
+    try:
+        return str(frame.get("Peer-Address"))
+    except zmq.ZMQError:
+        return ""
+
+
+def origin_of(frame: zmq.Frame) -> Peer | None:
+    """Who is at the other end of the connection `frame` arrived on; None when that
+    cannot be the connection the message came on (closed, or now another host's)."""
     held = _connection_of(frame)
     if held is None:
         return None
     try:
-        return _peer(held)
+        peer = _peer(held)
     finally:
         held.close()
+    return peer if peer is not None and peer[0] == address_of(frame) else None
 
 
 def take_hold(frame: zmq.Frame, expected: Peer) -> socket.socket | None:

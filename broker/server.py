@@ -16,7 +16,7 @@ import zmq
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
 from zchat.broker.gate import DEFAULT_EXEMPT, Gate
-from zchat.broker.hangup import Peer, cut, peer_of, take_hold
+from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.store import open_store
 from zchat.common.keys import KeyPair
 
@@ -147,7 +147,7 @@ class BrokerServer:
         asking: tuple[zmq.Socket[bytes], ...] = ()
         if settings.curve is not None:
             asking = (self.router, self.pub)
-        elif settings.cool_off > 0:
+        elif settings.rate > 0 and settings.cool_off > 0:  # without a rate nobody is thrown out
             asking = (self.router,)
         for sock in asking:
             sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
@@ -214,6 +214,7 @@ class BrokerServer:
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
         keyed = self.settings.curve is not None  # names are bound to keys only with CURVE
+        noting = self.settings.rate > 0  # only flood control hangs up: only then know the connections
         put_off = False  # the store has work waiting for an idle moment
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
@@ -233,7 +234,7 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self._current = first
-                        if len(frames) > 1 and frames[1] == HELLO:
+                        if noting and len(frames) > 1 and frames[1] == HELLO:
                             self._note_origin(first)
                         key = str(first.get("User-Id")) if keyed else ""
                         self.apply(core.receive(first.bytes, frames, now, key))
@@ -294,7 +295,7 @@ class BrokerServer:
 
     def _note_origin(self, first: zmq.Frame) -> None:
         peer = first.bytes
-        if peer not in self._origins and (origin := peer_of(first)) is not None:
+        if peer not in self._origins and (origin := origin_of(first)) is not None:
             self._origins[peer] = origin
 
     def _forget_origins(self) -> None:
@@ -306,19 +307,18 @@ class BrokerServer:
         """Turn the flooder's address away now, and cut its connection once its ERROR is out."""
         frame = self._current
         origin = self._origins.pop(hangup.peer, None)
-        if frame is None or frame.bytes != hangup.peer or origin is None:
-            return  # no connection known for certain: the core still ignores what it sends
-        try:
-            address = str(frame.get("Peer-Address"))
-        except zmq.ZMQError:
-            address = str(origin[0])
-        banned = self.gate.ban(address, hangup.until)
-        held = take_hold(frame, origin)
+        if frame is None or frame.bytes != hangup.peer:
+            return  # not from a message of this peer's: no connection to name
+        now = time.time()
+        address = address_of(frame)
+        banned = hangup.until > now and self.gate.ban(address, hangup.until)
+        # The cut needs the connection known for certain; what it sends is ignored anyway.
+        held = take_hold(frame, origin) if origin is not None else None
         if held is not None:
-            self._hangups.append((time.time() + HANGUP_DELAY, held))
+            self._hangups.append((now + HANGUP_DELAY, held))
         log.info("flooder's connection from %s %s; the address is %s", address,
                  "to be cut" if held is not None else "already gone",
-                 "turned away until its cool-off ends" if banned else "exempt from bans")  # fmt: skip
+                 "turned away until its cool-off ends" if banned else "not turned away (exempt, or no cool-off)")  # fmt: skip
 
     def _hang_up_due(self, now: float) -> None:
         due = [held for when, held in self._hangups if when <= now]

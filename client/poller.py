@@ -431,7 +431,7 @@ class Poller:
         for name in names:
             room = self.rooms.get(name)
             if room is not None and room.phase == "syncing":
-                room.phase = "history"
+                room.synced()
                 self._ask_join_history(name, now)
         if not any(room.phase == "syncing" for room in self.rooms.values()):
             self.room_syncs.clear()
@@ -470,7 +470,7 @@ class Poller:
         if room is None or room.phase != "history":
             return
         # History up to last_seq, then what was kept from after it: no gap, no repeat.
-        shown, after = room.take_history(reply.last_seq, reply.records)
+        shown, after = room.take_history(reply.last_seq, records)
         for record in shown:
             self.emit(self._record(record))
         self._note_oldest(name, records)

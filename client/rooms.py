@@ -33,16 +33,21 @@ class Room:
         self.phase = "syncing"
         self.kept.clear()
 
+    def synced(self) -> None:
+        """SYNCED came: the subscription is live, and the join's HISTORY is asked next."""
+        self.phase = "history"
+
     def unwatch(self) -> None:
         """The SUB socket is gone (a reconnect): subscribe again later."""
         self.subscribed = False
         self.kept.clear()
 
-    def take_history(self, last_seq: int, records: tuple[p.Record, ...]) -> tuple[list[p.Record], list[Live]]:
-        """The join's HISTORY reply: the records to show, then the kept live events; live from now on."""
+    def take_history(self, last_seq: int, records: list[p.Record]) -> tuple[list[p.Record], list[Live]]:
+        """The join's HISTORY reply (records oldest first): the records to show, then the kept
+        live events; live from now on."""
         if last_seq < self.seen_seq:  # the broker lost the room's numbers: count afresh
             self.seen_seq = 0
-        shown = [r for r in sorted(records, key=lambda r: r.seq) if r.seq > self.seen_seq]
+        shown = [r for r in records if r.seq > self.seen_seq]
         self.seen_seq = max(self.seen_seq, last_seq)
         self.phase = "live"
         kept, self.kept = self.kept, []

@@ -243,6 +243,11 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
 
     screen.on_given_up = on_given_up
 
+    def leave_if_told() -> None:
+        """A give-up or signal between two prompts found no prompt to stop: stop this one as it starts."""
+        if hangup.is_set():
+            session.app.exit(exception=_Hangup())
+
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         with patch_stdout(raw=True):
@@ -250,7 +255,7 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
             client.who()  # fills the roster for completion, and shows who is here
             while not hangup.is_set():
                 try:
-                    line = session.prompt()
+                    line = session.prompt(pre_run=leave_if_told)
                 except (EOFError, KeyboardInterrupt, _Hangup):
                     break
                 command = cmd.parse(line)

@@ -8,7 +8,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
-from zchat.broker.hangup import cut, peer_of, take_hold
+from zchat.broker.hangup import cut, origin_of, take_hold
 
 WAIT_MS = 5000
 
@@ -43,7 +43,7 @@ def test_a_connection_is_cut_by_the_frame_it_sent(context: zmq.Context[zmq.Socke
     client.connect(f"tcp://127.0.0.1:{port}")
     client.send(b"hello")
     first, _ = receive(router)
-    origin = peer_of(first)
+    origin = origin_of(first)
     assert origin is not None and origin[0] == "127.0.0.1"
     held = take_hold(first, origin)
     assert held is not None
@@ -63,7 +63,7 @@ def test_a_message_read_after_its_connection_closed_cuts_nothing(
     flooder.send(b"flood")  # stays queued in the ROUTER while the flooder goes
     wait_event(monitor, zmq.EVENT_ACCEPTED)
     hello, _ = receive(router)
-    origin = peer_of(hello)  # what the broker notes at HELLO
+    origin = origin_of(hello)  # what the broker notes at HELLO
     assert origin is not None
     flooder.close(linger=0)
     wait_event(monitor, zmq.EVENT_DISCONNECTED)
@@ -79,3 +79,24 @@ def test_a_message_read_after_its_connection_closed_cuts_nothing(
     assert body == b"hi"
     router.send_multipart([innocent_id.bytes, b"still connected"])
     assert innocent.poll(WAIT_MS) and innocent.recv() == b"still connected"
+
+
+def test_a_hello_read_after_its_connection_closed_names_no_other_hosts_connection(
+    context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    router = context.socket(zmq.ROUTER)
+    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    flooder = context.socket(zmq.DEALER)
+    flooder.connect(f"tcp://127.0.0.2:0;127.0.0.1:{port}")  # another host, as loopback goes
+    flooder.send(b"hello")  # not read until the flooder is gone
+    wait_event(monitor, zmq.EVENT_ACCEPTED)
+    assert router.poll(WAIT_MS)  # queued at the ROUTER
+    flooder.close(linger=0)
+    wait_event(monitor, zmq.EVENT_DISCONNECTED)
+    innocent = context.socket(zmq.DEALER)
+    innocent.connect(f"tcp://127.0.0.1:{port}")  # may get the flooder's descriptor number
+    wait_event(monitor, zmq.EVENT_ACCEPTED)
+    hello, body = receive(router)
+    assert body == b"hello"
+    assert origin_of(hello) is None  # neither the closed connection nor the newcomer's

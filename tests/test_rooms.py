@@ -39,12 +39,12 @@ def test_history_then_live_shows_every_message_once_in_order_without_a_gap(
     total, live_from, last_seq, count, before = join
     room = Room("#dev")
     room.watch()
-    room.phase = "history"  # SYNCED came: HISTORY is asked
+    room.synced()  # HISTORY is asked
     live = list(range(live_from, total + 1))
     shown: list[int] = []
     for seq in live[:before]:
         assert room.take_published(seq, message(seq)) == ([], 0)  # kept until the history
-    records = tuple(record(seq) for seq in range(max(1, last_seq - count + 1), last_seq + 1))
+    records = [record(seq) for seq in range(max(1, last_seq - count + 1), last_seq + 1)]
     from_history, after = room.take_history(last_seq, records)
     shown += [r.seq for r in from_history] + [seq for seq, _ in after]
     for seq in live[before:]:
@@ -58,8 +58,8 @@ def test_history_then_live_shows_every_message_once_in_order_without_a_gap(
 def test_a_gap_in_live_numbers_is_counted_as_missed() -> None:
     room = Room("#dev")
     room.watch()
-    room.phase = "history"
-    room.take_history(3, (record(3),))
+    room.synced()
+    room.take_history(3, [record(3)])
     shown: tuple[list[Live], int] = room.take_published(7, message(7))
     assert [seq for seq, _ in shown[0]] == [7] and shown[1] == 3
 
@@ -67,8 +67,8 @@ def test_a_gap_in_live_numbers_is_counted_as_missed() -> None:
 def test_numbers_below_what_was_seen_mean_the_broker_counts_afresh() -> None:
     room = Room("#dev", seen_seq=40)
     room.watch()
-    room.phase = "history"
-    shown, _ = room.take_history(2, (record(1), record(2)))  # the broker lost its store
+    room.synced()
+    shown, _ = room.take_history(2, [record(1), record(2)])  # the broker lost its store
     assert [r.seq for r in shown] == [1, 2] and room.seen_seq == 2
 
 
@@ -78,6 +78,6 @@ def test_a_new_subscription_forgets_what_was_kept() -> None:
     room.take_published(5, message(5))
     room.unwatch()
     room.watch()
-    room.phase = "history"
-    shown, after = room.take_history(4, ())
+    room.synced()
+    shown, after = room.take_history(4, [])
     assert shown == [] and after == []
