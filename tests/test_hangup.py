@@ -35,14 +35,34 @@ def receive(router: zmq.Socket[bytes]) -> tuple[zmq.Frame, bytes]:
     return first, router.recv()
 
 
+class Listener:
+    """A ROUTER on loopback, with a monitor of the connections it accepts and loses."""
+
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.context = context
+        self.router = context.socket(zmq.ROUTER)
+        self.monitor = self.router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
+        self.port = self.router.bind_to_random_port("tcp://127.0.0.1")
+
+    def connect(self, *sending: bytes, source: str = "") -> zmq.Socket[bytes]:
+        """A DEALER (from `source`, another loopback address) that sent these; once accepted."""
+        dealer = self.context.socket(zmq.DEALER)
+        dealer.connect(f"tcp://{source + ':0;' if source else ''}127.0.0.1:{self.port}")
+        for frame in sending:
+            dealer.send(frame)
+        wait_event(self.monitor, zmq.EVENT_ACCEPTED)
+        return dealer
+
+    def lose(self, dealer: zmq.Socket[bytes]) -> None:
+        dealer.close(linger=0)
+        wait_event(self.monitor, zmq.EVENT_DISCONNECTED)
+
+
 def test_a_connection_is_cut_by_the_frame_it_sent(context: zmq.Context[zmq.Socket[bytes]]) -> None:
-    router = context.socket(zmq.ROUTER)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    client = context.socket(zmq.DEALER)
+    listener = Listener(context)
+    client = listener.connect(b"hello")
     watch = client.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-    client.connect(f"tcp://127.0.0.1:{port}")
-    client.send(b"hello")
-    first, _ = receive(router)
+    first, _ = receive(listener.router)
     origin = origin_of(first)
     assert origin is not None and origin[0] == "127.0.0.1"
     held = take_hold(first, origin)
@@ -54,49 +74,31 @@ def test_a_connection_is_cut_by_the_frame_it_sent(context: zmq.Context[zmq.Socke
 def test_a_message_read_after_its_connection_closed_cuts_nothing(
     context: zmq.Context[zmq.Socket[bytes]],
 ) -> None:
-    router = context.socket(zmq.ROUTER)
-    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    flooder = context.socket(zmq.DEALER)
-    flooder.connect(f"tcp://127.0.0.1:{port}")
-    flooder.send(b"hello")
-    flooder.send(b"flood")  # stays queued in the ROUTER while the flooder goes
-    wait_event(monitor, zmq.EVENT_ACCEPTED)
-    hello, _ = receive(router)
+    listener = Listener(context)
+    flooder = listener.connect(b"hello", b"flood")  # the flood stays queued while the flooder goes
+    hello, _ = receive(listener.router)
     origin = origin_of(hello)  # what the broker notes at HELLO
     assert origin is not None
-    flooder.close(linger=0)
-    wait_event(monitor, zmq.EVENT_DISCONNECTED)
+    listener.lose(flooder)
     # Someone else from the same address connects: Linux gives it the lowest free descriptor, often the flooder's.
-    innocent = context.socket(zmq.DEALER)
-    innocent.connect(f"tcp://127.0.0.1:{port}")
-    wait_event(monitor, zmq.EVENT_ACCEPTED)
-    innocent.send(b"hi")
-    queued, body = receive(router)
+    innocent = listener.connect(b"hi")
+    queued, body = receive(listener.router)
     assert body == b"flood"  # the flooder's, read only now
     assert take_hold(queued, origin) is None  # not the flooder's connection any more: left alone
-    innocent_id, body = receive(router)
+    innocent_id, body = receive(listener.router)
     assert body == b"hi"
-    router.send_multipart([innocent_id.bytes, b"still connected"])
+    listener.router.send_multipart([innocent_id.bytes, b"still connected"])
     assert innocent.poll(WAIT_MS) and innocent.recv() == b"still connected"
 
 
 def test_a_hello_read_after_its_connection_closed_names_no_other_hosts_connection(
     context: zmq.Context[zmq.Socket[bytes]],
 ) -> None:
-    router = context.socket(zmq.ROUTER)
-    monitor = router.get_monitor_socket(zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED)
-    port = router.bind_to_random_port("tcp://127.0.0.1")
-    flooder = context.socket(zmq.DEALER)
-    flooder.connect(f"tcp://127.0.0.2:0;127.0.0.1:{port}")  # another host, as loopback goes
-    flooder.send(b"hello")  # not read until the flooder is gone
-    wait_event(monitor, zmq.EVENT_ACCEPTED)
-    assert router.poll(WAIT_MS)  # queued at the ROUTER
-    flooder.close(linger=0)
-    wait_event(monitor, zmq.EVENT_DISCONNECTED)
-    innocent = context.socket(zmq.DEALER)
-    innocent.connect(f"tcp://127.0.0.1:{port}")  # may get the flooder's descriptor number
-    wait_event(monitor, zmq.EVENT_ACCEPTED)
-    hello, body = receive(router)
+    listener = Listener(context)
+    flooder = listener.connect(b"hello", source="127.0.0.2")  # another host, as loopback goes
+    assert listener.router.poll(WAIT_MS)  # queued at the ROUTER, not read until the flooder is gone
+    listener.lose(flooder)
+    listener.connect()  # may get the flooder's descriptor number
+    hello, body = receive(listener.router)
     assert body == b"hello"
     assert origin_of(hello) is None  # neither the closed connection nor the newcomer's
