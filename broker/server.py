@@ -210,6 +210,7 @@ class BrokerServer:
             self.router_endpoint, self.pub_endpoint,
             "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
         )  # fmt: skip
+        log.info("%s", self._flood_control_line())
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
@@ -264,6 +265,17 @@ class BrokerServer:
             self._flush()
         finally:
             self.close()
+
+    def _flood_control_line(self) -> str:
+        """What an operator should know of flood control at start (SECURITY.md, limits)."""
+        s = self.settings
+        if s.rate <= 0:
+            return "flood control off (--rate 0)"
+        line = f"flood control: {s.rate:g} messages a second per client, bursts of {s.burst:g}"
+        if s.cool_off <= 0:
+            return line + "; flooders are disconnected (no cool-off)"
+        exempt = ", ".join(s.ban_exempt) or "none"
+        return line + f"; a flooder's address is turned away for {s.cool_off:g} s (exempt: {exempt})"
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:

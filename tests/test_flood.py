@@ -147,7 +147,9 @@ def test_a_flooder_is_hung_up_on_and_its_address_turned_away_while_others_still_
             with chat("alice", broker.endpoint) as alice:
                 assert isinstance(alice.client.send("bob", "still here").wait(10), ev.Ack)
                 bob.message("still here")
-        assert "connection from 127.0.0.2 to be cut; the address is turned away" in broker.log()
+        log = broker.log()
+        assert "connection from 127.0.0.2 to be cut; the address is turned away" in log
+        assert "a flooder's address is turned away for 60 s (exempt: 127.0.0.1)" in log  # said at start
     finally:
         context.destroy(linger=0)
         broker.stop()
@@ -162,6 +164,7 @@ def test_loopback_is_exempt_from_the_address_ban_by_default(tmp_path: Path) -> N
         wait_for(lambda: watch.poll(100) and recv_monitor_message(watch)["event"] == zmq.EVENT_DISCONNECTED,
                  10, what="the flooder's connection to be cut")  # fmt: skip
         assert "the address is not turned away" in broker.log()
+        assert "flood control: 20 messages a second per client, bursts of 5" in broker.log()
         # Another local user on that address still connects (it would be turned away without the exemption).
         with chat("newcomer", from_source(broker.endpoint, FLOODER_SOURCE)) as newcomer:
             assert isinstance(newcomer.client.send("*", "hello").wait(10), ev.Ack)
