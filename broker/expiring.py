@@ -28,6 +28,3 @@ class Expiring(Generic[K]):
     def forget_expired(self, now: float) -> None:
         for key in [key for key, until in self.until.items() if until <= now]:
             del self.until[key]
-
-    def __len__(self) -> int:
-        return len(self.until)

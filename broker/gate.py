@@ -17,13 +17,14 @@ from collections.abc import Iterable
 from zmq.utils import z85
 
 from zchat.broker.expiring import Expiring
+from zchat.common import protocol as p
 
 log = logging.getLogger("zchat.broker")
 
 ZAP_VERSION = b"1.0"
-#: The ZAP status the broker gives a banned address; the client sees it as
-#: a failed handshake with this code (PROTOCOL.md 8).
-REFUSED = b"400"
+REFUSED = str(p.TURNED_AWAY_STATUS).encode()
+#: For a request too broken to name its id: REP must answer it all the same.
+UNNAMED_REFUSAL = [ZAP_VERSION, b"", b"500", b"", b"", b""]
 #: Addresses never banned unless the broker is told otherwise (--ban-exempt).
 DEFAULT_EXEMPT = ("127.0.0.0/8", "::1")
 
@@ -67,7 +68,8 @@ class Gate:
         self.banned.forget_expired(now)
 
     def answer(self, request: list[bytes], now: float) -> list[bytes] | None:
-        """The ZAP reply to one request; None when it is too broken to name its request id."""
+        """The ZAP reply to one request; None when it is too broken to name its request id
+        (UNNAMED_REFUSAL is then the answer)."""
         if len(request) < 2:
             log.error("ZAP request without a request id: %r", request[:8])
             return None

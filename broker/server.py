@@ -15,7 +15,7 @@ from types import FrameType
 import zmq
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
-from zchat.broker.gate import DEFAULT_EXEMPT, Gate
+from zchat.broker.gate import DEFAULT_EXEMPT, UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.store import open_store
 from zchat.common.keys import KeyPair
@@ -302,8 +302,7 @@ class BrokerServer:
             except zmq.Again:
                 return
             reply = self.gate.answer(request, now)
-            # REP must answer every request; one too broken to name its id gets an empty refusal.
-            self.zap.send_multipart(reply if reply is not None else [b"1.0", b"", b"500", b"", b"", b""])
+            self.zap.send_multipart(reply if reply is not None else UNNAMED_REFUSAL)
 
     def _note_origin(self, first: zmq.Frame) -> None:
         peer = first.bytes
@@ -402,5 +401,7 @@ class BrokerServer:
         self.pub.close()
         self.zap.close()
         self.context.term()
+        if self.gate.turned_away:
+            self.core.counters["refused.handshake"] = self.gate.turned_away
         counters = ", ".join(f"{k}={v}" for k, v in sorted(self.core.counters.items()))
         log.info("broker stopped (%s)", counters or "no traffic")

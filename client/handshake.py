@@ -10,6 +10,7 @@ from __future__ import annotations
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
 
 FAILED = (
@@ -18,8 +19,6 @@ FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
-#: The ZAP status a zchat broker gives an address it turns away (PROTOCOL.md 8).
-TURNED_AWAY = 400
 
 
 def secure(sock: zmq.Socket[bytes], server_key: bytes | None, keys: KeyPair | None) -> None:
@@ -53,7 +52,7 @@ class HandshakeWatch:
         return None
 
     def explain(self, kind: int, value: int) -> str:
-        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == TURNED_AWAY:
+        if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == p.TURNED_AWAY_STATUS:
             return (
                 "the broker turned this connection away: it refuses this address for a while "
                 "after a client from it was disconnected for flooding; try again later"

@@ -18,6 +18,9 @@ OTHER_VERSION_RE = re.compile(rb"ZCHAT/[0-9]{1,3}")
 #: The target of a broadcast to everyone (the lobby) and its PUB topic.
 EVERYONE = "*"
 LOBBY_TOPIC = b"*\x00"
+#: The ZAP status a broker gives an address it turns away after a flood: the
+#: client's handshake fails with it (section 8).
+TURNED_AWAY_STATUS = 400
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,32}")

@@ -9,6 +9,7 @@ import pytest
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
+from benchmarks.flood import from_source
 from tests.chat import chat
 from tests.support import start_broker, wait_for
 from zchat.client import events as ev
@@ -18,11 +19,6 @@ from zchat.common import protocol as p
 #: Another loopback address for the flooder: the broker turns a flooder's
 #: address away, and the others connect from 127.0.0.1.
 FLOODER_SOURCE = "127.0.0.2"
-
-
-def from_source(endpoint: str, source: str) -> str:
-    """The endpoint, connected to from `source` (ZeroMQ's "tcp://SOURCE:0;HOST:PORT")."""
-    return endpoint.replace("tcp://", f"tcp://{source}:0;", 1)
 
 
 def test_a_flooder_is_refused_with_a_retry_after_while_others_chat_normally(tmp_path: Path) -> None:
@@ -153,6 +149,8 @@ def test_a_flooder_is_hung_up_on_and_its_address_turned_away_while_others_still_
     finally:
         context.destroy(linger=0)
         broker.stop()
+    # Counted at exit: the flooder's and the newcomer's refused handshakes.
+    assert "refused.handshake=" in broker.log()
 
 
 def test_loopback_is_exempt_from_the_address_ban_by_default(tmp_path: Path) -> None:

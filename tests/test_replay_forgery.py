@@ -95,14 +95,7 @@ def replay(port: int, turns: list[tuple[bool, bytearray]], timeout: float = 2.0)
 
 @contextmanager
 def broker_and_key(tmp_path: Path, encrypted: bool) -> Iterator[tuple[Broker, keys.KeyPair | None]]:
-    if not encrypted:
-        running = start_broker(tmp_path)
-        try:
-            yield running, None
-        finally:
-            running.stop()
-        return
-    running, server = start_curve_broker(tmp_path)
+    running, server = start_curve_broker(tmp_path) if encrypted else (start_broker(tmp_path), None)
     try:
         yield running, server
     finally:
