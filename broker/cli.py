@@ -115,6 +115,22 @@ def default_store() -> str:
     help="Clients registered at once, in all.",
 )
 @click.option(
+    "--max-rooms-per-user",
+    default=250,
+    show_default=True,
+    envvar="ZCHAT_MAX_ROOMS_PER_USER",
+    type=click.IntRange(1),
+    help="Rooms one user may be a member of at once.",
+)
+@click.option(
+    "--max-rooms",
+    default=10_000,
+    show_default=True,
+    envvar="ZCHAT_MAX_ROOMS",
+    type=click.IntRange(1),
+    help="Rooms with members, in all.",
+)
+@click.option(
     "--max-sessions-per-key",
     default=8,
     show_default=True,
@@ -180,6 +196,8 @@ def broker(
     trust: str,
     max_clients: int,
     max_sessions_per_key: int,
+    max_rooms_per_user: int,
+    max_rooms: int,
     authorized_keys: str | None,
     log_level: str,
 ) -> None:
@@ -222,6 +240,8 @@ def broker(
         authorized=authorized,
         max_clients=max_clients,
         max_per_key=max_sessions_per_key,
+        max_rooms_per_user=max_rooms_per_user,
+        max_rooms=max_rooms,
     )
     try:
         server = BrokerServer(settings)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -23,8 +23,12 @@ from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
 
-#: Commands besides SEND that flood control counts (PROTOCOL.md 8).
-COUNTED = (p.HistoryRequest, p.Search)
+#: Commands besides SEND that flood control counts (PROTOCOL.md 8): all that need HELLO
+#: but the connection's own upkeep (PING, SYNC, READY, BYE).
+COUNTED = (p.HistoryRequest, p.Search, p.Enter, p.Exit, p.Received, p.Rooms, p.Names)
+#: Private messages handed to an online recipient and not yet confirmed by it, remembered so
+#: that a RECEIVED names only what its sender really sent to that recipient (oldest forgotten).
+AWAITING_RECEIPTS = 100_000
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,9 @@ class CoreConfig:
     #: Seconds a flooder's address is turned away after it is disconnected
     #: (and what is still queued from its connection ignored).
     cool_off: float = 60.0
+    #: Rooms one user may be a member of, and rooms with members in all.
+    max_rooms_per_user: int = 250
+    max_rooms: int = 10_000
 
 
 class SendTo(NamedTuple):
@@ -103,8 +110,6 @@ class Session:
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
     bucket: TokenBucket | None = None
-    #: Since when its queue has been full (private messages refused with 507).
-    stuck_since: float | None = None
 
 
 @dataclass
@@ -128,6 +133,11 @@ class BrokerCore:
     online_names: list[str] | None = None
     #: Connections disconnected for flooding, ignored until the time given.
     cooling: Expiring[bytes] = field(default_factory=Expiring)
+    #: Sessions whose queue was found full, since when: the liveness sweep drops one
+    #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
+    stuck: dict[bytes, float] = field(default_factory=dict)
+    #: (recipient key, sender key, message id) of private messages handed over, not yet confirmed.
+    awaiting: OrderedDict[tuple[str, str, bytes], None] = field(default_factory=OrderedDict)
 
     # --- input ---------------------------------------------------------------
 
@@ -421,6 +431,8 @@ class BrokerCore:
         members = self._members(room)
         if (session.key in members) == entering:
             return [ack]  # nothing changes
+        if entering and (refusal := self._rooms_full(session, command.msg_id, room, members)):
+            return [refusal]
         self.store.set_member(session.key, room, entering)
         if entering:
             members.add(session.key)
@@ -430,18 +442,39 @@ class BrokerCore:
             event = p.encode_leave(session.name_bytes, p.now_ms(now), "left", room)
         return [ack, Publish(self._published(room, event))]
 
+    def _rooms_full(self, session: Session, msg_id: bytes, room: str, members: set[str]) -> SendTo | None:
+        c = self.config
+        if len(self.store.rooms_of(session.key)) >= c.max_rooms_per_user:
+            return self._refuse(session.peer, msg_id, Code.TOO_MANY,
+                                f"you are in {c.max_rooms_per_user} rooms, the most one may be in")  # fmt: skip
+        if not members and len(self.store.room_sizes()) >= c.max_rooms:
+            return self._refuse(session.peer, msg_id, Code.TOO_MANY,
+                                f"this broker has {c.max_rooms} rooms, the most it holds")  # fmt: skip
+        return None
+
     def _received(self, session: Session, command: p.Received, now: float) -> list[Action]:
-        """The recipient's client has these messages: clear its mailbox, tell the sender."""
+        """The recipient's client has these messages: clear its mailbox, tell the sender.
+
+        Only messages this sender really sent to this recipient, and not confirmed
+        before, are receipted: made-up ids tell nobody anything."""
         sender_key = command.sender.lower()
+        confirmed = []
         for msg_id in command.ids:
-            self.store.delivered(session.key, sender_key, msg_id)
+            handed = (session.key, sender_key, msg_id)
+            if handed in self.awaiting:
+                del self.awaiting[handed]
+                confirmed.append(msg_id)
+            elif self.store.delivered(session.key, sender_key, msg_id):  # mail kept while it was away
+                confirmed.append(msg_id)
+        if not confirmed:
+            return []
         time_ms = int(now * 1000)
         sender = self.by_key.get(sender_key)
         if sender is not None:
-            receipt = p.encode_receipt(session.name_bytes, str(time_ms).encode(), list(command.ids))
+            receipt = p.encode_receipt(session.name_bytes, str(time_ms).encode(), confirmed)
             return [SendTo(sender.peer, receipt)]
         if self.store.is_known(sender_key):  # kept only for someone who can come back for it
-            for msg_id in command.ids:
+            for msg_id in confirmed:
                 self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
         return []
 
@@ -461,15 +494,25 @@ class BrokerCore:
         """A Forward reached its recipient's connection: a resend is a duplicate now,
         and the message is kept for /search."""
         f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
-        recipient_session = self.by_peer.get(forward.peer)
-        if recipient_session is not None:
-            recipient_session.stuck_since = None  # it reads again
+        if self.stuck:
+            self.stuck.pop(forward.peer, None)  # it reads again
         time_ms = int(f[5])
         self.store.remember(forward.sender_key, f[2], "accepted", time_ms)
         recipient = f[4].decode()
-        self.store.add_private(
-            recipient.lower(), StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6])
-        )
+        key = recipient.lower()
+        self.store.add_private(key, StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6]))
+        self.awaiting[(key, forward.sender_key, f[2])] = None
+        if len(self.awaiting) > AWAITING_RECEIPTS:
+            self.awaiting.popitem(last=False)
+
+    def queue_full(self, peer: bytes, now: float) -> None:
+        """A reply or message could not be handed to `peer`: its queue is full."""
+        if peer in self.by_peer and peer not in self.stuck:
+            self.stuck[peer] = now
+
+    def queue_drained(self, peer: bytes) -> None:
+        """Something was handed to `peer` again: it reads."""
+        self.stuck.pop(peer, None)
 
     def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
         """A Forward could not be handed to its recipient: tell the sender why."""
@@ -482,12 +525,9 @@ class BrokerCore:
                                    f"{name} is not reading; message not delivered")  # fmt: skip
             if recipient is None:
                 return [refusal]
-            if recipient.stuck_since is None:
-                recipient.stuck_since = now
-            elif now - recipient.stuck_since > self.config.timeout_ms / 1000:
-                # Full for a whole heartbeat timeout: it reads nothing, whatever it sends.
-                log.warning("%s dropped: its queue stayed full", recipient.name)
-                return [refusal, *self._drop(recipient, now, "stuck")]
+            since = self.stuck.setdefault(recipient.peer, now)
+            if now - since > self.config.timeout_ms / 1000:
+                return [refusal, *self._drop_stuck(recipient, now)]
             return [refusal]
         actions: list[Action] = []
         if recipient is not None:
@@ -507,7 +547,18 @@ class BrokerCore:
         actions: list[Action] = []
         for session in [s for s in self.by_peer.values() if s.last_seen < deadline]:
             actions += self._drop(session, now, "timeout")
+        for peer, since in list(self.stuck.items()):
+            stuck = self.by_peer.get(peer)
+            if stuck is None:  # it went on another connection
+                del self.stuck[peer]
+            elif since < deadline:
+                actions += self._drop_stuck(stuck, now)
         return actions
+
+    def _drop_stuck(self, session: Session, now: float) -> list[Action]:
+        # Full for a whole heartbeat timeout: it reads nothing, whatever it sends.
+        log.warning("%s dropped: its queue stayed full", session.name)
+        return self._drop(session, now, "stuck")
 
     def shutdown(self, now: float, reason: str = "the broker is shutting down") -> list[Action]:
         """Tell every client, directly and on PUB, that the broker is going away."""
@@ -521,6 +572,7 @@ class BrokerCore:
 
     def _drop(self, session: Session, now: float, reason: str) -> list[Action]:
         del self.by_peer[session.peer]
+        self.stuck.pop(session.peer, None)
         del self.by_key[p.name_key(session.name)]
         self.online_names = None
         self.counters[f"left.{reason}"] += 1

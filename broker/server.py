@@ -99,6 +99,8 @@ class BrokerSettings:
     authorized: dict[str, str] | None = None
     max_clients: int = 10_000
     max_per_key: int = 8
+    max_rooms_per_user: int = 250
+    max_rooms: int = 10_000
     cool_off: float = 60.0
     #: Addresses or networks a flooder's address ban never applies to (gate.py).
     ban_exempt: tuple[str, ...] = DEFAULT_EXEMPT
@@ -165,6 +167,8 @@ class BrokerServer:
             authorized=settings.authorized,
             max_clients=settings.max_clients,
             max_per_key=settings.max_per_key,
+            max_rooms_per_user=settings.max_rooms_per_user,
+            max_rooms=settings.max_rooms,
             burst=settings.burst,
             cool_off=settings.cool_off,
         ), store=store)  # fmt: skip
@@ -383,15 +387,20 @@ class BrokerServer:
         self._send_now(peer, frames)
 
     def _send_now(self, peer: bytes, frames: list[bytes]) -> None:
+        core = self.core
         try:
             send(self.router, peer, frames)
         except zmq.Again:
-            self.core.counters["dropped.busy"] += 1
+            core.counters["dropped.busy"] += 1
+            core.queue_full(peer, time.time())  # a stuck client is dropped by the sweep
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
             # A reply to a peer that is gone: the liveness sweep drops it.
-            self.core.counters["dropped.unreachable"] += 1
+            core.counters["dropped.unreachable"] += 1
+        else:
+            if core.stuck:
+                core.queue_drained(peer)
 
     def close(self) -> None:
         self.core.store.close()

@@ -356,14 +356,93 @@ def test_registration_limits_refuse_with_their_code() -> None:
     assert error_code(core.receive(b"E", p.encode_hello(b"h", "b2"), 0.0, "KEY-B"), b"E") == Code.TOO_MANY
 
 
-def test_searches_count_against_the_rate_limit_and_receipts_do_not() -> None:
+def test_searches_count_against_the_rate_limit() -> None:
     core = BrokerCore(CoreConfig(PUB, rate=1.0, burst=2.0))
     register(core, b"A", "alice")
     searches = [core.receive(b"A", p.encode_command(b"SEARCH", b"s%d" % i, "plan"), 1.0) for i in range(3)]
     assert [type(replies(s, b"A")[0]).__name__ for s in searches] == ["Found", "Found", "Error"]
     assert error_code(searches[2], b"A") == Code.RATE_LIMITED
-    (receipt,) = replies(core.receive(b"A", p.encode_command(b"RECEIVED", b"r", "bob", "x1"), 1.0), b"A")
-    assert isinstance(receipt, p.Ack)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        p.encode_command(b"ENTER", b"x", "#dev"),
+        p.encode_command(b"EXIT", b"x", "#dev"),
+        p.encode_command(b"RECEIVED", b"x", "bob", b"m1"),
+        p.encode_command(b"ROOMS", b"x"),
+        p.encode_command(b"NAMES", b"x", "#dev"),
+    ],
+    ids=lambda frames: frames[1].decode(),
+)
+def test_room_changes_listings_and_receipts_count_against_the_rate_limit(command: list[bytes]) -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=1.0, burst=1.0))
+    register(core, b"A", "alice")
+    answers = [core.receive(b"A", command, 1.0) for _ in range(3)]
+    assert error_code(answers[-1], b"A") == Code.RATE_LIMITED
+    # Kept up, it disconnects like a flood of messages: 2,000 ENTER/EXIT reach nobody.
+    flood = [a for i in range(20) for a in core.receive(b"A", command, 1.0 + i / 1000)]
+    assert any(isinstance(a, Hangup) for a in flood)
+    assert "alice" not in core.by_key
+
+
+def test_a_receipt_names_only_what_its_sender_really_sent_to_that_recipient(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    register(core, b"C", "carol")
+    (forward,) = core.receive(b"A", p.encode_send(b"m1", "bob", "hi"), 1.0)
+    assert isinstance(forward, Forward)
+    core.forwarded(forward)
+    made_up = [b"x%d" % i for i in range(p.MAX_RECEIVED_IDS)]
+    assert (
+        replies(core.receive(b"B", p.encode_command(b"RECEIVED", b"r1", "alice", *made_up), 2.0), b"A") == []
+    )
+    # carol cannot confirm what alice sent to bob
+    assert replies(core.receive(b"C", p.encode_command(b"RECEIVED", b"r2", "alice", b"m1"), 2.0), b"A") == []
+    confirmed = core.receive(b"B", p.encode_command(b"RECEIVED", b"r3", "alice", b"m1", b"x1"), 3.0)
+    assert replies(confirmed, b"A") == [p.Receipt("bob", 3000, (b"m1",))]
+    again = core.receive(b"B", p.encode_command(b"RECEIVED", b"r4", "alice", b"m1"), 4.0)
+    assert replies(again, b"A") == []  # confirmed once: one receipt
+
+
+def test_rooms_are_bounded_per_user_and_in_all() -> None:
+    core = BrokerCore(CoreConfig(PUB, max_rooms_per_user=2, max_rooms=3))
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+
+    def enter(peer: bytes, room: str) -> p.ServerEvent | p.PublishedEvent:
+        (answer,) = replies(core.receive(peer, p.encode_command(b"ENTER", b"e", room), 1.0), peer)
+        return answer
+
+    assert isinstance(enter(b"A", "#a1"), p.Ack) and isinstance(enter(b"A", "#a2"), p.Ack)
+    refused = enter(b"A", "#a3")
+    assert isinstance(refused, p.Error) and refused.code == Code.TOO_MANY  # alice is in 2 rooms
+    assert isinstance(enter(b"B", "#b1"), p.Ack)  # the third room
+    refused = enter(b"B", "#b2")
+    assert isinstance(refused, p.Error) and refused.code == Code.TOO_MANY  # the broker holds 3
+    core.receive(b"A", p.encode_command(b"EXIT", b"x", "#a2"), 2.0)
+    assert isinstance(enter(b"B", "#b2"), p.Ack)  # #a2 is empty now: room for one more
+
+
+def test_a_stuck_client_that_keeps_pinging_is_dropped_by_the_liveness_sweep(core: BrokerCore) -> None:
+    register(core, b"A", "alice", now=3.0)
+    register(core, b"B", "bob")
+    core.queue_full(b"B", 1.0)  # a reply to bob found its queue full
+    core.receive(b"B", p.encode_simple(b"PING", b"p"), 2.0)
+    core.queue_full(b"B", 2.0)  # its PONG too: the clock does not start over
+    assert core.expire(3.5) == []  # full for 2.5 s < the 3 s timeout
+    core.receive(b"B", p.encode_simple(b"PING", b"p"), 4.0)  # alive, but still not reading
+    dropped = core.expire(4.5)
+    assert [e.event for e in published(dropped)] == [p.Leave("bob", 4500, "stuck")]
+    assert "bob" not in core.by_key and "alice" in core.by_key
+
+
+def test_a_client_whose_queue_drains_again_is_not_dropped(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    core.queue_full(b"B", 1.0)
+    core.queue_drained(b"B")  # a PONG got through: it reads
+    core.receive(b"B", p.encode_simple(b"PING", b"p"), 4.0)
+    assert core.expire(4.5) == []
 
 
 def test_after_a_restart_sequences_go_on_past_presence_events_too() -> None:
