@@ -16,6 +16,7 @@ USAGE = 600  # the user typed something the client cannot send
 NOT_ANSWERED = 601  # no answer from the broker in time
 QUEUE_FULL = 602  # too many messages waiting for a connection
 CLOSED = 603  # the client closed before the message was answered
+LOST = 604  # the connection to the broker dropped each time it was sent: not sent again
 
 
 def from_ms(ms: int) -> datetime:

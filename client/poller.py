@@ -37,11 +37,12 @@ MAX_BACKOFF = 5.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
-#: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client.
-PACED_KINDS = {"send", "history", "search"}
+#: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client, in order.
+PACED_KINDS = {"send", "history", "search", "enter", "exit", "rooms", "names"}
 PACE_MARGIN = 0.95  # of the broker's rate
-#: Not counted, but they change where messages may go: they keep their place behind held ones.
-IN_LINE_KINDS = {"enter", "exit"}
+#: Connections a request is sent on at most: one that cost the connection each time
+#: (too large for the broker, or crashing it) is refused to the user, not sent for ever.
+MAX_TRIES = 3
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -93,7 +94,8 @@ class Poller:
         self.sub: zmq.Socket[bytes] | None = None
         self.handshake: HandshakeWatch | None = None
         self.state = State.CONNECTING
-        #: Where the connection is: "hello" -> "sync" -> "online", or "backoff".
+        #: Where the connection is: "hello" -> "sync" -> "ready" -> "online", or "backoff".
+        #: Online only once READY is acknowledged: then others have seen us join.
         self.phase = "hello"
         self.was_online = False
         self.finished = False
@@ -106,23 +108,26 @@ class Poller:
         self.next_attempt_at = 0.0
         self.sync_id = b""
         self.next_sync_at = 0.0
+        self.ready_id = b""
         self.bye_id = b""
         self.close_deadline = 0.0
         self.last_recv = 0.0
         self.last_send = 0.0
-        self.lobby_seq = 0
         self.inflight: dict[bytes, Request] = {}
         self.waiting: deque[Request] = deque()
         #: Held back to stay within the broker's rate limit, in order; sent as the bucket allows.
         self.paced: deque[Request] = deque()
         self.bucket: TokenBucket | None = None  # a mirror of the broker's, from WELCOME
         self.seen: OrderedDict[tuple[str, bytes], None] = OrderedDict()
-        self.rooms: dict[str, Room] = {}
+        #: The lobby and every room we are in: each joined without a gap (rooms.py).
+        self.rooms: dict[str, Room] = {p.EVERYONE: Room(p.EVERYONE)}
         self.room_syncs: dict[bytes, list[str]] = {}  # SYNC id -> rooms live once it is SYNCED
         self.room_sync_tag = b""  # its topic is subscribed after the rooms' topics, for their SYNCED
         self.next_room_sync_at = 0.0
         self.join_histories: dict[bytes, str] = {}  # HISTORY id -> room, asked on joining
-        self.histories_due: dict[str, float] = {}  # room -> when to ask its HISTORY again (after a 429)
+        #: Our own catching up, counted by the broker's flood control like anything the user
+        #: sends: ("enter" | "history", room), released in order as the bucket allows.
+        self.catching_up: deque[tuple[str, str]] = deque()
         self.rooms_id = b""  # the ROOMS asked after registering
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
         self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
@@ -208,13 +213,13 @@ class Poller:
         self.sub.setsockopt(zmq.SUBSCRIBE, p.LOBBY_TOPIC)
         self.sub.setsockopt(zmq.SUBSCRIBE, p.private_topic(welcome.name))
         self.poller.register(self.sub, zmq.POLLIN)
-        self.lobby_seq = 0
         for room in self.rooms.values():  # a new SUB: every room joins afresh after ROOMS
             room.unwatch()
+        self.rooms[p.EVERYONE].watch()  # the lobby's SYNCED is the registration's own
         self.room_syncs.clear()
         self.room_sync_tag = b""  # its subscription went with the old SUB
         self.join_histories.clear()
-        self.histories_due.clear()
+        self.catching_up.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -222,17 +227,25 @@ class Poller:
         self.next_sync_at = now + SYNC_RETRY
         self._send(p.encode_simple(b"SYNC", self.sync_id), now)
 
+    def _ready(self, now: float) -> None:
+        """We hear the lobby: READY makes the broker announce us, and its ACK makes us online."""
+        self.phase = "ready"
+        lobby = self.rooms[p.EVERYONE]
+        lobby.synced()  # subscribed before the own topic, so live too: its history comes next
+        self.catching_up.append(("history", p.EVERYONE))
+        self.ready_id = self.new_id().encode()
+        self._send(p.encode_simple(b"READY", self.ready_id), now)
+
     def _online(self, now: float) -> None:
+        """READY is acknowledged: the broker has published our JOIN (PROTOCOL.md 4.6)."""
         self.phase = "online"
         self.attempt = 0
         first = not self.was_online
         self.was_online = True
         assert self.welcome is not None
         self._set_state(State.ONLINE, f"online as {self.welcome.name} at {self.s.broker}")
-        self._send(p.encode_simple(b"READY", self.new_id().encode()), now)  # now others may see us join
         # Membership lives on the broker (PROTOCOL.md 13.1): ask for it, then subscribe.
-        self.rooms_id = self.new_id().encode()
-        self._send(p.encode_command(b"ROOMS", self.rooms_id), now)
+        self.catching_up.append(("rooms", ""))
         if first:
             self._first(None)
         # Unanswered messages go again with their ids (recipients drop repeats),
@@ -242,7 +255,12 @@ class Poller:
         self.paced.clear()
         self.waiting.clear()
         for request in queued:
-            self._transmit(request, now)
+            if request.tries >= MAX_TRIES:
+                self._answer(request, request.refusal(ev.LOST, (
+                    f"not sent again: the connection to the broker dropped each of the {request.tries} "
+                    "times it was sent (the broker may refuse or fail on it)")))  # fmt: skip
+            else:
+                self._transmit(request, now)
 
     def _lost(self, detail: str, now: float) -> None:
         """The connection is gone: schedule a new one with back-off."""
@@ -340,32 +358,19 @@ class Poller:
     def _from_sub(self, frames: list[bytes], now: float) -> None:
         published = p.decode_published(frames)
         event = published.event
-        if published.topic.startswith(b"#"):
-            self._from_room(published)
-            return
-        if published.topic == p.LOBBY_TOPIC:
-            if self.lobby_seq and published.seq > self.lobby_seq + 1:
-                missed = published.seq - self.lobby_seq - 1
-                self.emit(ev.Status(self.state, f"missed {missed} broadcast(s): this client read too slowly"))
-            self.lobby_seq = published.seq
         kind = type(event)
-        if kind is p.Message:
-            self._message(event)  # type: ignore[arg-type]
-        elif kind is p.Join:
-            assert isinstance(event, p.Join)
-            self.emit(ev.Presence(event.name, "join", ev.from_ms(event.time_ms)))
-        elif kind is p.Leave:
-            assert isinstance(event, p.Leave)
-            self.emit(ev.Presence(event.name, "leave", ev.from_ms(event.time_ms), event.reason))
-        elif kind is p.Synced:
+        if kind is p.Shutdown:
+            assert isinstance(event, p.Shutdown)
+            if self.dealer is not None:
+                self._lost(f"the broker is shutting down ({event.reason})", now)
+        elif published.topic.startswith(b"#") or published.topic == p.LOBBY_TOPIC:
+            self._from_room(published)
+        elif kind is p.Synced:  # on our own topic, or a room round's
             assert isinstance(event, p.Synced)
-            if self.phase == "sync":  # on our own topic: the subscription is live
-                self._online(now)
+            if self.phase == "sync":  # the subscriptions made before it are live
+                self._ready(now)
             elif event.msg_id in self.room_syncs:
                 self._rooms_live(self.room_syncs.pop(event.msg_id), now)
-        elif kind is p.Shutdown and self.dealer is not None:
-            assert isinstance(event, p.Shutdown)
-            self._lost(f"the broker is shutting down ({event.reason})", now)
 
     def _message(self, message: p.Message, seq: int = 0) -> None:
         key = (message.sender.lower(), message.msg_id)
@@ -379,10 +384,10 @@ class Poller:
                              ev.from_ms(message.time_ms), seq=seq))  # fmt: skip
 
     @staticmethod
-    def _record(record: p.Record) -> ev.Message:
+    def _record(record: p.Record, history: bool = True) -> ev.Message:
         return ev.Message(record.msg_id.decode(), record.sender, record.target,
                           record.body.decode("utf-8", "replace"), ev.from_ms(record.time_ms),
-                          history=True, seq=record.seq)  # fmt: skip
+                          history=history, seq=record.seq)  # fmt: skip
 
     # --- rooms (PROTOCOL.md 13) ------------------------------------------------
 
@@ -392,8 +397,8 @@ class Poller:
         for name in mine:
             self.rooms.setdefault(name, Room(name))
         for name in self.rooms:
-            if name not in mine:  # the broker forgot (a restart without a store): enter again
-                self._send(p.encode_command(b"ENTER", self.new_id().encode(), name), now)
+            if name not in mine and name != p.EVERYONE:  # the broker forgot (a restart without a store)
+                self.catching_up.append(("enter", name))
         self._watch([room for room in self.rooms.values() if not room.subscribed], now)
 
     def _watch(self, rooms: list[Room], now: float) -> None:
@@ -432,26 +437,36 @@ class Poller:
             room = self.rooms.get(name)
             if room is not None and room.phase == "syncing":
                 room.synced()
-                self._ask_join_history(name, now)
+                self.catching_up.append(("history", name))
         if not any(room.phase == "syncing" for room in self.rooms.values()):
             self.room_syncs.clear()
             self._drop_room_sync_topic()
 
-    def _ask_join_history(self, name: str, now: float) -> None:
-        if self.bucket is not None:
-            self.bucket.take(now)  # the broker counts it too: keep the mirror true
-        history_id = self.new_id().encode()
-        self.join_histories[history_id] = name
-        self._send(p.encode_command(b"HISTORY", history_id, name, "0", str(self.s.history_count)), now)
-
-    def _histories_again(self, now: float) -> None:
-        for name, due in list(self.histories_due.items()):
+    def _catch_up(self, now: float) -> None:
+        """Our own requests of a sign-in or a join, as the broker's rate allows: a member
+        of many rooms is not thrown out for flooding at every sign-in."""
+        while self.catching_up:
+            kind, name = self.catching_up[0]
             room = self.rooms.get(name)
-            if room is None or room.phase != "history":
-                del self.histories_due[name]
-            elif now >= due:
-                del self.histories_due[name]
-                self._ask_join_history(name, now)
+            if kind == "history" and (room is None or room.phase != "history"):
+                self.catching_up.popleft()  # left meanwhile, or a new SUB joins it afresh
+                continue
+            if self.bucket is not None and self.bucket.take(now):
+                return  # no token yet: the next timer tries again
+            self.catching_up.popleft()
+            msg_id = self.new_id().encode()
+            if kind == "rooms":
+                self.rooms_id = msg_id
+                self._send(p.encode_command(b"ROOMS", msg_id), now)
+            elif kind == "enter":
+                self._send(p.encode_command(b"ENTER", msg_id, name), now)
+            else:
+                assert room is not None
+                self.join_histories[msg_id] = name
+                # After a reconnect, what was missed: as much as one HISTORY gives.
+                count = self.s.history_count if not room.seen_seq else p.MAX_HISTORY
+                room.asked = count
+                self._send(p.encode_command(b"HISTORY", msg_id, name, "0", str(count)), now)
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
@@ -469,10 +484,19 @@ class Poller:
         room = self.rooms.get(name)
         if room is None or room.phase != "history":
             return
+        # After a reconnect the records fill the gap: what others said meanwhile (also
+        # what their clients held back) is shown as it would have been live.
+        seen = room.seen_seq if reply.last_seq >= room.seen_seq else 0
         # History up to last_seq, then what was kept from after it: no gap, no repeat.
         shown, after = room.take_history(reply.last_seq, records)
+        if seen and len(records) >= room.asked and records[0].seq > seen + 1:
+            gap = records[0].seq - seen - 1
+            where = "the lobby" if name == p.EVERYONE else name
+            self.emit(ev.Status(self.state, f"{gap} earlier event(s) of {where} (messages, joins, leaves) "
+                                            f"came while this client was away and are not shown: "
+                                            f"/history {name} shows the messages"))  # fmt: skip
         for record in shown:
-            self.emit(self._record(record))
+            self.emit(self._record(record, history=not seen))
         self._note_oldest(name, records)
         for seq, event in after:
             self._room_event(name, event, seq)
@@ -488,8 +512,9 @@ class Poller:
             return  # left, or not yet ours
         shown, missed = room.take_published(published.seq, published.event)
         if missed:
+            where = "the lobby" if name == p.EVERYONE else name
             self.emit(
-                ev.Status(self.state, f"missed {missed} message(s) in {name}: this client read too slowly")
+                ev.Status(self.state, f"missed {missed} event(s) of {where}: this client read too slowly")
             )
         for seq, event in shown:
             self._room_event(name, event, seq)
@@ -509,15 +534,25 @@ class Poller:
             self.sub.setsockopt(zmq.UNSUBSCRIBE, p.topic_of(name))
 
     def _confirm_received(self, now: float) -> None:
-        """RECEIVED, one per sender for what this wake-up brought (PROTOCOL.md 13.4)."""
+        """RECEIVED, one per sender for what came meanwhile (PROTOCOL.md 13.4), as the
+        broker's rate allows: what waits for a token gathers more ids meanwhile."""
         due, self.receipts_due = self.receipts_due, {}
         for sender, ids in due.items():
             for start in range(0, len(ids), p.MAX_RECEIVED_IDS):
+                if self.bucket is not None and self.bucket.take(now):
+                    self.receipts_due.setdefault(sender, []).extend(ids[start:])
+                    break
                 chunk = ids[start : start + p.MAX_RECEIVED_IDS]
                 self._send(p.encode_command(b"RECEIVED", self.new_id().encode(), sender, *chunk), now)
 
     def _answered(self, answer: p.Ack | p.Error, now: float) -> None:
         msg_id = answer.msg_id
+        if msg_id == self.ready_id and self.phase == "ready":
+            if isinstance(answer, p.Ack):
+                self._online(now)
+            else:
+                self._lost(f"registration failed: {answer.text} (code {answer.code})", now)
+            return
         if msg_id == self.hello_id and isinstance(answer, p.Error):
             if answer.code in FATAL_HELLO_CODES:
                 self._give_up(f"registration refused: {answer.text} (code {answer.code})")
@@ -545,9 +580,11 @@ class Poller:
                     self._forget_room(request.target)
             self._answer(request, outcome)
         elif isinstance(answer, p.Error) and msg_id in self.join_histories:
-            if answer.code == Code.RATE_LIMITED:  # our own HISTORY met the limit: ask again later
+            if answer.code == Code.RATE_LIMITED:  # the broker's bucket is empty, so is ours: again, first
                 name = self.join_histories.pop(msg_id)
-                self.histories_due[name] = now + (1 / self.bucket.rate if self.bucket else 1.0)
+                if self.bucket is not None:
+                    self.bucket.tokens, self.bucket.stamp = 0.0, now
+                self.catching_up.appendleft(("history", name))
                 return
             # No history for the room: show what was kept rather than hold it for ever.
             name = self.join_histories[msg_id]
@@ -591,11 +628,13 @@ class Poller:
             self.bucket = TokenBucket.new_session(rate, max(1, welcome.burst), now)
 
     def _transmit(self, request: Request, now: float) -> None:
+        if refusal := self._too_large(request):
+            self._answer(request, refusal)
+            return
         bucket = self.bucket if request.kind in PACED_KINDS else None
         # After those held already, or when there is no token now: held back. A /leave
         # must not overtake messages to the room that wait their turn.
-        in_line = request.kind in IN_LINE_KINDS and bool(self.paced)
-        if in_line or (bucket is not None and (self.paced or bucket.take(now))):
+        if bucket is not None and (self.paced or bucket.take(now)):
             if len(self.paced) >= self.s.max_queued:
                 self._answer(request, request.refusal(ev.QUEUE_FULL, "too many messages held back"))
                 return
@@ -606,6 +645,20 @@ class Poller:
             self.paced.append(request)
             return
         self._send_request(request, now)
+
+    def _too_large(self, request: Request) -> ev.Refusal | None:
+        """Over the broker's limit (WELCOME): refused here. Sent, the broker would
+        refuse it, or past its frame limit cut the connection (PROTOCOL.md 11)."""
+        assert self.welcome is not None
+        limit = self.welcome.max_body
+        if (
+            request.kind not in ("send", "search") or len(request.text) <= limit // 4
+        ):  # UTF-8: 4 bytes at most
+            return None
+        size = len(request.text.encode())
+        if size <= limit:
+            return None
+        return request.refusal(Code.TOO_LARGE, f"the message is {size} bytes, the broker's limit is {limit}")
 
     def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
         """A 429 although we paced ourselves (our own HISTORY at a join counts
@@ -628,7 +681,9 @@ class Poller:
 
     def _send_request(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
-        request.sent_at = now
+        request.tries += 1
+        if request.tries == 1:
+            request.sent_at = now
         self.inflight[msg_id] = request
         kind, target = request.kind, request.target
         if kind == "send":
@@ -687,10 +742,10 @@ class Poller:
         self._expire_requests(now)
 
     def _online_timers(self, now: float) -> None:
+        if self.catching_up:
+            self._catch_up(now)
         if self.paced:
             self._release_paced(now)
-        if self.histories_due:
-            self._histories_again(now)
         if self.room_syncs and now >= self.next_room_sync_at:
             self._sync_rooms(now)
 
@@ -707,7 +762,7 @@ class Poller:
                               f"within {self.s.connect_timeout:g}s")  # fmt: skip
             else:
                 self._lost("no answer from the broker", now)
-        elif self.sub is not None and now >= self.next_sync_at:
+        elif self.phase == "sync" and self.sub is not None and now >= self.next_sync_at:
             self._sync(now)
 
     def _heartbeat(self, now: float) -> None:

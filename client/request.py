@@ -22,6 +22,7 @@ class Request:
         "sent_at",
         "target",
         "text",
+        "tries",
     )
 
     def __init__(self, kind: str, msg_id: str, target: str = "", text: str = "", before: int = 0,
@@ -34,7 +35,11 @@ class Request:
         self.before = before  # history: the sequence number to page back from; -1: from the oldest seen
         self.count = count
         self.created = time.monotonic()
-        self.sent_at = self.created  # set again each time it goes to the broker
+        #: When it first went to the broker: its answer timeout counts from then, also
+        #: across the resends after reconnecting (a paced one may have waited its turn long).
+        self.sent_at = self.created
+        #: Connections it was sent on: one that costs the connection each time is not sent for ever.
+        self.tries = 0
         self._done = threading.Event()
         self._outcome: ev.Outcome | None = None
 

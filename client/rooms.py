@@ -1,4 +1,4 @@
-"""A room's gapless join, with no sockets (PROTOCOL.md 13.3).
+"""A room's (or the lobby's) gapless join, with no sockets (PROTOCOL.md 13.3).
 
 Joining, the client subscribes to the room's topic, SYNCs until that
 subscription is live, then asks for the room's HISTORY. What arrives on the
@@ -26,6 +26,7 @@ class Room:
     #: What arrived on the topic before the HISTORY reply, shown after it.
     kept: list[Live] = field(default_factory=list)
     seen_seq: int = 0  # the highest sequence number shown
+    asked: int = 0  # records the join's HISTORY asked for: as many back means more may be missing
 
     def watch(self) -> None:
         """Subscribed (again): everything waits for the next SYNCED and HISTORY."""
