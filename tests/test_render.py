@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import unicodedata
 from datetime import datetime, timezone
+from typing import Literal
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.support import HOSTILE, HOSTILE_SHOWN
 from zchat.client import events as ev
 from zchat.client.commands import ACTION_PREFIX
 from zchat.client.render import Renderer, visible
@@ -17,9 +19,7 @@ from zchat.client.render import Renderer, visible
 #: Unicode's Bidi_Control property, written out here rather than taken from the code under test.
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 #: Controls (C0, DEL, C1), surrogates, line and paragraph separators.
-STEERING_CATEGORIES = ("Cc", "Cs", "Zl", "Zp")
-#: Another user's text that would retitle the window, clear the screen, fake a line and reverse text.
-HOSTILE = "\x1b]0;pwned\x07\x1b[2J\r[00:00:00] <root> fake\x08\n[00:00:00] <root> more\u202e\x9b31m!\x7f"
+STEERING_CATEGORIES: tuple[Literal["Cc", "Cs", "Zl", "Zp"], ...] = ("Cc", "Cs", "Zl", "Zp")
 #: The colours the renderer adds itself.
 OUR_ESCAPES = re.compile(r"\x1b\[[0-9;]*m")
 NOW = datetime.now(timezone.utc)
@@ -106,7 +106,7 @@ def test_rendered_lines_carry_no_escape_but_the_renderers_own(colour: bool) -> N
 def test_another_users_text_cannot_start_a_line_of_its_own() -> None:
     line = Renderer("alice").line(ev.Message("m1", "mallory", "*", HOSTILE, NOW))
     assert line is not None and "\n" not in line and "\r" not in line
-    assert line.startswith("[") and "] <mallory> ␛]0;pwned␇␛[2J␍[00:00:00] <root> fake␈␤[00:00:00]" in line
+    assert line.startswith("[") and line.endswith(f"] <mallory> {HOSTILE_SHOWN}")
 
 
 def test_an_action_reads_as_one_with_its_text_shown() -> None:
