@@ -11,9 +11,12 @@ import time
 import unicodedata
 from pathlib import Path
 
+import zmq
+
 from tests.chat import chat
 from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, start_broker, wait_for
 from zchat.client import events as ev
+from zchat.common import protocol as p
 
 ENV = {**os.environ, "NO_COLOR": "1", "ZCHAT_STORE": ":memory:"}  # never the user's own store
 
@@ -200,3 +203,29 @@ def test_line_mode_shows_control_characters_from_others_visibly(broker: Broker) 
     for line in lines:  # one message, one line, its controls shown
         assert HOSTILE_SHOWN in line, line
     assert not any(line.startswith("[00:00:00]") for line in text.splitlines()), text
+
+
+def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
+    zmq_context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # Only a broker of someone else's can put its own words in the reason a client gives up.
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--name", "alice", "--broker", f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    try:
+        assert router.poll(10_000), "no HELLO within 10s"
+        peer, *frames = router.recv_multipart()
+        hello = p.decode_command(frames)
+        assert isinstance(hello, p.Hello)
+        router.send_multipart([peer, *p.encode_error(hello.msg_id, p.Code.NAME_TAKEN, HOSTILE)])
+        _, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    text = err.decode()
+    assert HOSTILE_SHOWN in text, repr(text)
+    assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)
