@@ -14,7 +14,7 @@ from types import FrameType
 from typing import TextIO
 
 from zchat.client import events as ev
-from zchat.client.render import Renderer
+from zchat.client.render import Renderer, visible
 from zchat.client.session import Client, ConnectError
 from zchat.common.keys import KeyPair
 
@@ -109,6 +109,6 @@ def connect_patiently(name: str, broker: str, connect_timeout: float, server_key
         except ConnectError as e:
             if "taken" in str(e) or "refused" in str(e):  # a refused handshake too: keys do not change
                 raise
-            print(f"-- {e}; trying again in {delay:g}s", flush=True)
+            print(visible(f"-- {e}; trying again in {delay:g}s"), flush=True)
             time.sleep(delay)  # back-off between connection attempts, not synchronisation
             delay = min(delay * 2, 5.0)

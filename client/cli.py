@@ -9,6 +9,7 @@ import click
 
 from zchat.client import events as ev
 from zchat.client import oneshot
+from zchat.client.render import visible
 from zchat.client.script import LineWriter, run_lines
 from zchat.client.session import DEFAULT_BROKER, Client, ConnectError
 from zchat.common import keys
@@ -64,7 +65,7 @@ def start(client: Client) -> Client:
     try:
         return client.connect()
     except ConnectError as e:
-        raise click.ClickException(f"cannot join {client.broker} as {client.name}: {e}") from None
+        raise click.ClickException(visible(f"cannot join {client.broker} as {client.name}: {e}")) from None
 
 
 @click.command()
@@ -115,7 +116,7 @@ def send(name: str, broker: str, connect_timeout: float, server_key: str | None,
     finally:
         client.close()
     if isinstance(outcome, ev.Refusal):
-        raise click.ClickException(f"not sent: {outcome.text} ({outcome.code})")
+        raise click.ClickException(visible(f"not sent: {outcome.text} ({outcome.code})"))
     click.echo(f"sent to {to or 'everyone'} (id {request.msg_id})")
 
 
@@ -131,7 +132,7 @@ def who(broker: str, connect_timeout: float, server_key: str | None) -> None:
     except TimeoutError as e:
         raise click.ClickException(str(e)) from None
     for name in names:
-        click.echo(name)
+        click.echo(visible(name))  # checked by the broker, not here
 
 
 @click.command()

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import fields, is_dataclass, replace
 from datetime import datetime
+from enum import Enum
 from typing import Any
 
 from zchat.client import events as ev
@@ -13,6 +15,67 @@ from zchat.client.commands import ACTION_PREFIX
 #: Readable ANSI colours on dark and light backgrounds, one picked per name.
 PALETTE = (31, 32, 33, 34, 35, 36, 91, 92, 93, 94, 95, 96)
 DIM, BOLD, RED, RESET = "\x1b[2m", "\x1b[1m", "\x1b[31m", "\x1b[0m"
+
+
+#: Unicode's Bidi_Control characters: they reorder the text after them, so a line can read as another.
+BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _mark(code: int) -> str:
+    """What is shown instead of a character that would steer the terminal."""
+    if code == 0x0A:
+        # "␤", not a line break: one event stays one line (line mode promises it), so no
+        # one's text can start a line of its own with a stamp and a name that look like ours.
+        return "\u2424"
+    if code == 0x09:
+        return " "  # how wide a tab is depends on the column it lands in
+    if code < 0x20:
+        return chr(0x2400 + code)  # the control pictures: ␛ for ESC, ␍ for CR, ␈ for BS
+    if code == 0x7F:
+        return "\u2421"
+    return f"<U+{code:04X}>"
+
+
+#: C0, DEL, C1 (some terminals read U+009B as CSI), line and paragraph separators, lone
+#: surrogates (no terminal's encoding takes them: writing one would raise) and bidi controls.
+_VISIBLE = {
+    code: _mark(code)
+    for code in (
+        *range(0x20),
+        *range(0x7F, 0xA0),
+        0x2028,
+        0x2029,
+        *range(0xD800, 0xE000),
+        *map(ord, BIDI_CONTROLS),
+    )
+}
+
+
+def visible(text: str) -> str:
+    """`text` as it may be written to a terminal: what could steer it is shown, not obeyed."""
+    return text.translate(_VISIBLE)
+
+
+def shown(event: ev.Event) -> ev.Event:
+    """The event with every text in it visible(): other people's and the broker's alike."""
+    result: ev.Event = _shown(event)
+    return result
+
+
+def _shown(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value  # ours (State is a str), and compared by identity
+    if isinstance(value, str):
+        return visible(value)
+    if isinstance(value, tuple):
+        return tuple(_shown(item) for item in value)
+    if not is_dataclass(value) or isinstance(value, type):
+        return value
+    texts = {field.name: _shown(getattr(value, field.name)) for field in fields(value)}
+    if isinstance(value, ev.Message) and value.text.startswith(ACTION_PREFIX):
+        # The one control character that is the renderer's to read: the action's marker.
+        texts["text"] = ACTION_PREFIX + visible(value.text[len(ACTION_PREFIX) :])
+    return replace(value, **texts)
 
 
 def colour_of(name: str) -> int:
@@ -28,7 +91,14 @@ class Renderer:
         self.colour = colour
 
     def line(self, event: ev.Event) -> str | None:
-        """One line for a person, or None when there is nothing to show."""
+        """One line for a person, or None when there is nothing to show.
+
+        Every text in the event goes through visible() first, so the only escapes
+        written are the colours added here.
+        """
+        return self._line(shown(event))
+
+    def _line(self, event: ev.Event) -> str | None:
         if isinstance(event, ev.Message):
             return self._message(event)
         if isinstance(event, ev.Presence):
@@ -64,14 +134,14 @@ class Renderer:
         stamp = self._time(m.time, dated=m.history)
         if m.history:
             stamp += " " + self._dim("[history]")
-        if m.text.startswith(ACTION_PREFIX):
-            body = f"* {self._name(m.sender)} {m.text[len(ACTION_PREFIX) :]}"
-        else:
-            body = f"<{self._name(m.sender)}> {m.text}"
+        action = m.text.startswith(ACTION_PREFIX)
+        said = m.text[len(ACTION_PREFIX) :] if action else m.text
+        body = f"* {self._name(m.sender)} {said}" if action else f"<{self._name(m.sender)}> {said}"
         if m.private:
+            said = f"* {said}" if action else said
             if m.sender.lower() == self.me.lower() and m.target.lower() != self.me.lower():
-                return f"{stamp} {self._private_tag()} you -> {self._name(m.target)}: {m.text}"  # found
-            return f"{stamp} {self._private_tag()} {self._name(m.sender)} -> you: {m.text}"
+                return f"{stamp} {self._private_tag()} you -> {self._name(m.target)}: {said}"  # found
+            return f"{stamp} {self._private_tag()} {self._name(m.sender)} -> you: {said}"
         if m.room != "*":
             return f"{stamp} {m.room} {body}"
         return f"{stamp} {body}"

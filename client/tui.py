@@ -23,7 +23,7 @@ from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
-from zchat.client.render import Renderer, colour_of
+from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
 from zchat.common.keys import KeyPair
@@ -195,7 +195,8 @@ def run_tui(name: str, broker: str, connect_timeout: float, colour: bool, server
     except ConnectError as e:
         screen.quiet = True
         screen.release(show=False)  # the message below says it all
-        print(f"zchat: cannot join {broker} as {name}: {e}", file=sys.stderr)
+        # The reason may be the broker's words (a refusal's text): shown, not obeyed.
+        print(visible(f"zchat: cannot join {broker} as {name}: {e}"), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         client.close()

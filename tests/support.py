@@ -20,6 +20,13 @@ T = TypeVar("T")
 
 ZCHAT = str(Path(sys.executable).parent / "zchat")
 LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
+#: Another user's text that would retitle the window, clear the screen, fake a line or two,
+#: send a CSI as C1 and reverse what follows; "tail-end" ends it, to wait for.
+HOSTILE = (
+    "\x1b]0;pwned\x07\x1b[2J\r[00:00:00] <root> fake\x08\n[00:00:00] <root> more\x9b2J\x7f\u202etail-end"
+)
+#: HOSTILE as a terminal must show it.
+HOSTILE_SHOWN = "␛]0;pwned␇␛[2J␍[00:00:00] <root> fake␈␤[00:00:00] <root> more<U+009B>2J␡<U+202E>tail-end"
 
 
 def wait_for(

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import signal
 import subprocess
+import time
+import unicodedata
 from pathlib import Path
 
+import zmq
+
 from tests.chat import chat
-from tests.support import ZCHAT, Broker, start_broker, wait_for
+from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, start_broker, wait_for
 from zchat.client import events as ev
+from zchat.common import protocol as p
 
 ENV = {**os.environ, "NO_COLOR": "1", "ZCHAT_STORE": ":memory:"}  # never the user's own store
 
@@ -152,3 +158,74 @@ def test_ctrl_c_in_line_mode_leaves_properly(broker: Broker) -> None:
             assert isinstance(leave, ev.Presence) and (leave.name, leave.reason) == ("carol", "quit")
         finally:
             process.kill()
+
+
+def read_until(process: subprocess.Popen[bytes], done: bytes, count: int = 1, timeout: float = 10.0) -> bytes:
+    """What the process writes to stdout until `done` has come `count` times, with a deadline."""
+    assert process.stdout is not None
+    out = b""
+    deadline = time.monotonic() + timeout
+    while out.count(done) < count:
+        left = deadline - time.monotonic()
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, left))
+        chunk = os.read(process.stdout.fileno(), 65536) if ready else b""
+        if not chunk:
+            raise AssertionError(f"no {done!r} x{count} within {timeout}s (or stdout closed); got {out!r}")
+        out += chunk
+    return out
+
+
+def test_line_mode_shows_control_characters_from_others_visibly(broker: Broker) -> None:
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    assert process.stdin is not None
+    try:
+        out = read_until(process, b"online as alice")
+        with chat("mallory", broker.endpoint) as mallory:
+            mallory.client.broadcast(HOSTILE).wait(10)
+            mallory.client.send("alice", HOSTILE).wait(10)
+            out += read_until(process, b"tail-end", count=2)
+        process.stdin.close()
+        assert process.wait(10) == 0
+    finally:
+        process.kill()
+    text = out.decode()
+    # Line ends are line mode's own; nothing else that steers a terminal is left.
+    assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)
+    assert "\u202e" not in text and "\x9b" not in text, repr(text)
+    lines = [line for line in text.splitlines() if "tail-end" in line]
+    assert len(lines) == 2, text
+    assert any("] <mallory> " in line for line in lines) and any(
+        "] [private] mallory -> you: " in line for line in lines
+    )
+    for line in lines:  # one message, one line, its controls shown
+        assert HOSTILE_SHOWN in line, line
+    assert not any(line.startswith("[00:00:00]") for line in text.splitlines()), text
+
+
+def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
+    zmq_context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # Only a broker of someone else's can put its own words in the reason a client gives up.
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--name", "alice", "--broker", f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE, env=ENV,
+    )  # fmt: skip
+    try:
+        assert router.poll(10_000), "no HELLO within 10s"
+        peer, *frames = router.recv_multipart()
+        hello = p.decode_command(frames)
+        assert isinstance(hello, p.Hello)
+        router.send_multipart([peer, *p.encode_error(hello.msg_id, p.Code.NAME_TAKEN, HOSTILE)])
+        _, err = process.communicate(timeout=10)
+    finally:
+        process.kill()
+    assert process.returncode == 1
+    text = err.decode()
+    assert HOSTILE_SHOWN in text, repr(text)
+    assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)

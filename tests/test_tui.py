@@ -16,7 +16,7 @@ from typing import TypeVar
 
 import pytest
 
-from tests.support import ZCHAT, Broker, start_curve_broker, wait_for
+from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, start_curve_broker, wait_for
 from zchat.client import events as ev
 from zchat.client.commands import ACTION_PREFIX
 from zchat.client.render import colour_of
@@ -356,3 +356,20 @@ def test_no_color_means_no_colour(terminal: Terminal, broker: Broker, bob: Peer)
     bob.client.broadcast("plain").wait(DEADLINE)
     terminal.wait_screen("<bob> plain")
     assert "\x1b[" not in terminal.screen(escapes=True).replace("\x1b[39m", "").replace("\x1b[49m", "")
+
+
+def test_escapes_in_another_users_text_are_shown_not_obeyed(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker, colour=True)  # our colours are escapes too: only theirs must not work
+    mallory = Peer("mallory", broker.endpoint)
+    try:
+        terminal.wait_screen("mallory joined")
+        mallory.client.broadcast(HOSTILE).wait(DEADLINE)
+        terminal.wait_screen("tail-end")
+    finally:
+        mallory.client.close()
+    visible = terminal.tmux("capture-pane", "-p", "-t", "t")  # the screen itself, no scrollback
+    assert "mallory joined" in visible, visible  # the line before it: not cleared
+    line = next(line for line in visible.splitlines() if "<mallory>" in line)
+    assert HOSTILE_SHOWN in line, line  # on one line, where it was written
+    assert not any(line.startswith("[00:00:00]") for line in visible.splitlines()), visible
+    assert "pwned" not in terminal.tmux("display-message", "-p", "-t", "t", "#{pane_title}")
