@@ -112,7 +112,10 @@ def send(name: str, broker: str, connect_timeout: float, server_key: str | None,
     try:
         message = " ".join(text)
         request = client.send(to, message) if to else client.broadcast(message)
-        outcome = request.wait(timeout=connect_timeout + 30)
+        # The client answers every request within its answer timeout (30 s); this is a backstop.
+        outcome = request.wait(timeout=connect_timeout + 35)
+    except TimeoutError:
+        raise click.ClickException("not sent: no answer from the client library in time") from None
     finally:
         client.close()
     if isinstance(outcome, ev.Refusal):

@@ -1,0 +1,146 @@
+"""Signing in and sending against a broker that misbehaves on purpose.
+
+A scripted broker (a ROUTER and a PUB in a thread, speaking just enough of
+PROTOCOL.md) shows what the real one cannot: a READY never acknowledged, a
+message that costs the session every time it is sent.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+import zmq
+
+from tests.support import ZCHAT, start_broker
+from zchat.client import events as ev
+from zchat.client.session import Client, ConnectError
+from zchat.common import protocol as p
+from zchat.common.protocol import Code
+
+
+class ScriptedBroker:
+    """Answers HELLO, SYNC, PING, ROOMS and HISTORY as a broker does; READY and SEND as told."""
+
+    def __init__(self, ack_ready: bool = True, lose_session_on_send: bool = False) -> None:
+        self.ack_ready = ack_ready
+        self.lose_session_on_send = lose_session_on_send
+        self.commands: Counter[bytes] = Counter()
+        self.sends: Counter[bytes] = Counter()  # message id -> times it came
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        self.router = self.context.socket(zmq.ROUTER)
+        self.pub = self.context.socket(zmq.PUB)
+        for sock in (self.router, self.pub):
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.bind("tcp://127.0.0.1:0")
+        self.endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        names: dict[bytes, str] = {}
+        while not self.stopping.is_set():
+            if not self.router.poll(50):
+                continue
+            peer, *frames = self.router.recv_multipart()
+            command, msg_id = frames[1], frames[2]
+            self.commands[command] += 1
+            now = str(int(time.time() * 1000)).encode()
+            reply: list[bytes] | None = p.encode_ack(msg_id, now)
+            if command == b"HELLO":
+                names[peer] = frames[3].decode()
+                welcome = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0)
+                reply = p.encode_welcome(welcome)
+            elif command == b"SYNC":
+                self.pub.send_multipart([p.private_topic(names[peer]), b"0", *p.encode_synced(msg_id)])
+            elif command == b"READY" and not self.ack_ready:
+                reply = None
+            elif command == b"PING":
+                reply = p.encode_pong(msg_id, now)
+            elif command == b"ROOMS":
+                reply = p.encode_rooms(msg_id, {}, set())
+            elif command == b"HISTORY":
+                reply = p.encode_history(msg_id, frames[3].decode(), 0, [])
+            elif command == b"SEND":
+                self.sends[msg_id] += 1
+                if self.lose_session_on_send:  # as the real broker after its frame limit cut the connection
+                    reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
+            if reply is not None:
+                self.router.send_multipart([peer, *reply])
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        self.context.destroy(linger=0)
+
+
+@contextmanager
+def scripted(**behaviour: bool) -> Iterator[ScriptedBroker]:
+    broker = ScriptedBroker(**behaviour)
+    broker.thread.start()
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+def test_a_client_is_not_online_before_its_ready_is_acknowledged() -> None:
+    # The broker announces a client at READY: online before its ACK, a client killed
+    # at once would have been "online" without anyone seeing it come or go.
+    with scripted(ack_ready=False) as broker:
+        client = Client("alice", broker.endpoint, connect_timeout=1.5)
+        with pytest.raises(ConnectError):
+            client.connect()
+        assert broker.commands[b"READY"] >= 1  # it got as far as READY
+        assert client.state is not ev.State.ONLINE
+    with scripted(ack_ready=True) as broker, Client("alice", broker.endpoint, connect_timeout=5) as client:
+        assert client.state is ev.State.ONLINE
+
+
+def test_a_message_that_costs_the_session_each_time_is_refused_after_three_tries() -> None:
+    with (
+        scripted(lose_session_on_send=True) as broker,
+        Client("alice", broker.endpoint, connect_timeout=5, answer_timeout=60) as client,
+    ):
+        outcome = client.broadcast("poison").wait(30)
+        assert isinstance(outcome, ev.Refusal) and outcome.code == ev.LOST, outcome
+        assert broker.sends[outcome.msg_id.encode()] == 3
+        assert broker.commands[b"HELLO"] >= 3  # it signed in again each time, then gave the message up
+
+
+@pytest.fixture(scope="module")
+def small_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    broker = start_broker(tmp_path_factory.mktemp("small"), "--max-message-size", "1000")
+    try:
+        yield broker.endpoint
+    finally:
+        broker.stop()
+        assert "resumed" not in broker.log(), "a message over the limit cost a connection"
+
+
+@pytest.mark.parametrize("size", [1001, 70_000, 2 << 20])
+def test_a_message_over_the_broker_limit_is_refused_at_once_naming_the_limit(
+    small_broker: str, size: int
+) -> None:
+    with Client("alice", small_broker) as client:
+        started = time.monotonic()
+        outcome = client.broadcast("é" * (size // 2) + "x").wait(10)  # UTF-8 bytes, not characters
+        assert isinstance(outcome, ev.Refusal) and outcome.code == Code.TOO_LARGE, outcome
+        assert "1000" in outcome.text
+        assert time.monotonic() - started < 5
+        assert isinstance(client.broadcast("x" * 1000).wait(10), ev.Ack)  # the limit itself is fine
+
+
+def test_zchat_send_over_the_limit_exits_1_with_the_reason(small_broker: str) -> None:
+    done = subprocess.run(
+        [ZCHAT, "send", "--name", "bob", "--broker", small_broker, "--all", "y" * 5000],
+        capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "1000" in done.stderr and "Traceback" not in done.stderr
