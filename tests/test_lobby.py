@@ -1,0 +1,129 @@
+"""The lobby as a person sees it: recent history on arrival, nothing lost or doubled after an absence.
+
+Real brokers on loopback; waits have deadlines, never sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from tests.chat import chat
+from tests.support import ZCHAT, Broker, start_broker
+from tests.test_cli import ENV
+from zchat.client import events as ev
+
+DEADLINE = 10.0
+
+
+def test_a_newcomer_sees_the_lobby_s_last_messages_as_history_then_live_ones(broker: Broker) -> None:
+    with chat("alice", broker.endpoint) as alice:
+        for i in range(5):
+            assert isinstance(alice.client.broadcast(f"early {i}").wait(DEADLINE), ev.Ack)
+        with chat("bob", broker.endpoint, history_count=3) as bob:
+            bob.message("early 4")
+            assert isinstance(alice.client.broadcast("live").wait(DEADLINE), ev.Ack)
+            assert not bob.message("live").history
+            shown = [(m.text, m.history) for m in bob.messages()]
+            assert shown == [("early 2", True), ("early 3", True), ("early 4", True), ("live", False)]
+
+
+def test_messages_sent_while_the_broker_was_away_are_shown_live_not_as_history(tmp_path: Path) -> None:
+    options = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1", "--store", str(tmp_path / "s.db"))
+    broker = start_broker(tmp_path, *options)
+    try:
+        with chat("alice", broker.endpoint) as alice, chat("bob", broker.endpoint) as bob:
+            assert isinstance(alice.client.broadcast("before").wait(DEADLINE), ev.Ack)
+            bob.message("before")
+            port, pub_port = broker.port, broker.pub_port
+            broker.stop(signal.SIGKILL)
+            alice.state(ev.State.RECONNECTING)
+            held = alice.client.broadcast("held back during the outage")
+            broker = start_broker(tmp_path, *options, port=port, pub_port=pub_port)
+            assert isinstance(held.wait(DEADLINE), ev.Ack)
+            seen = bob.message("held back during the outage")
+            assert not seen.history  # live to bob, however his client caught up
+            assert [m.text for m in bob.messages()].count("before") == 1  # and nothing twice
+    finally:
+        broker.stop()
+
+
+def json_lines(process: subprocess.Popen[str], until: str, timeout: float) -> list[dict[str, object]]:
+    """Events printed by a `zchat connect --json` process, until one whose text is `until`."""
+    assert process.stdout is not None
+    events: list[dict[str, object]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        events.append(json.loads(line))
+        if events[-1].get("text") == until:
+            return events
+    raise AssertionError(f"no {until!r} within {timeout}s: {events[-5:]}")
+
+
+def test_broadcasts_missed_while_a_client_was_stopped_are_shown_or_counted(broker: Broker) -> None:
+    # Stopped for longer than its heartbeat timeout, the client is dropped; what it had
+    # queued on its old SUB socket is lost with the socket. Continued, it signs in again and
+    # fills the gap from the lobby's history; what is beyond one HISTORY is counted, not lost.
+    process = subprocess.Popen(
+        [ZCHAT, "connect", "--json", "--name", "carol", "--broker", broker.endpoint],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+    )  # fmt: skip
+    try:
+        with chat("alice", broker.endpoint, answer_timeout=60) as alice:
+            assert isinstance(alice.client.broadcast("ready?").wait(DEADLINE), ev.Ack)
+            json_lines(process, "ready?", DEADLINE)
+            process.send_signal(signal.SIGSTOP)
+            sent = 3000
+            for start in range(0, sent, 500):
+                batch = [alice.client.broadcast(f"b{i}") for i in range(start, start + 500)]
+                assert all(isinstance(r.wait(30), ev.Ack) for r in batch)
+            alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "carol" and e.event == "leave")
+            process.send_signal(signal.SIGCONT)
+            assert isinstance(alice.client.broadcast("the end").wait(DEADLINE), ev.Ack)
+            events = json_lines(process, "the end", 30)
+        texts = [str(e["text"]) for e in events if e.get("type") == "message" and e.get("from") == "alice"]
+        numbers = [int(t[1:]) for t in texts if t.startswith("b")]
+        assert numbers == sorted(set(numbers)), "a broadcast shown twice or out of order"
+        counted = [e for e in events if e.get("type") == "status" and "not shown" in str(e.get("text"))]
+        missing = sent - len(numbers)
+        if missing:  # not shown: then told, with how many at least
+            assert counted, f"{missing} broadcasts missed without a word"
+            assert int(str(counted[0]["text"]).split()[0]) >= missing
+        assert numbers[-1] == sent - 1
+    finally:
+        process.kill()
+        process.wait(5)
+
+
+def test_a_member_of_many_rooms_signs_in_within_the_rate_limit(tmp_path: Path) -> None:
+    # 100 rooms against a burst of 10: unpaced, the sign-in's 100 HISTORY requests would
+    # be refused and the user thrown out for flooding.
+    broker = start_broker(tmp_path, "--rate", "50", "--burst", "10", "--cool-off", "0")
+    rooms = [f"#r{i}" for i in range(100)]
+    try:
+        with chat("alice", broker.endpoint) as alice:
+            for request in [alice.client.enter(room) for room in rooms]:
+                assert isinstance(request.wait(DEADLINE), ev.Ack)
+        with chat("bob", broker.endpoint) as bob:
+            for request in [bob.client.enter(room) for room in rooms]:
+                assert isinstance(request.wait(DEADLINE), ev.Ack)
+            for request in [bob.client.send(room, f"said in {room}") for room in rooms]:
+                assert isinstance(request.wait(DEADLINE), ev.Ack)
+        with chat("alice", broker.endpoint) as alice:
+            every_room = len(rooms)
+            alice.expect(
+                lambda e: len({m.room for m in alice.messages() if m.history}) == every_room,
+                30,
+                "the history of every room",
+            )
+            assert alice.client.state is ev.State.ONLINE
+    finally:
+        broker.stop()
+    assert "flooding" not in broker.log()
+    assert "rate_limited" not in broker.log()
