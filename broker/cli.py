@@ -144,7 +144,8 @@ def default_store() -> str:
     show_default=True,
     envvar="ZCHAT_RATE",
     type=click.FloatRange(0, 1e9),
-    help="Messages (and history or search requests) a second per client (0: no limit).",
+    help="Messages and other requests (rooms, listings, history, search, receipts) a second per client "
+    "(0: no limit).",
 )
 @click.option(
     "--burst",
