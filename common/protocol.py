@@ -483,10 +483,12 @@ def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
     if command == b"RECEIVED":
         msg_id = _msg_id(frames, "RECEIVED")
         _need(frames, 5, "RECEIVED")
-        sender = frames[3].decode("latin-1")
+        sender = frames[3].decode("latin-1")  # any bytes: a non-ASCII name is invalid, not garbled
+        if not valid_name(sender):  # a `name` field: 422 (PROTOCOL.md 3.2), as in HELLO
+            raise ProtocolError(Code.INVALID_NAME, "the sender is not a valid name", msg_id)
         ids = tuple(frames[4:])
-        if not valid_name(sender) or not all(MSG_ID_RE.fullmatch(i) for i in ids):
-            raise ProtocolError(Code.MALFORMED, "RECEIVED needs a sender name and message ids", msg_id)
+        if not all(MSG_ID_RE.fullmatch(i) for i in ids):
+            raise ProtocolError(Code.MALFORMED, "RECEIVED needs message ids after the sender", msg_id)
         if len(ids) > MAX_RECEIVED_IDS:
             raise ProtocolError(Code.MALFORMED, f"RECEIVED takes at most {MAX_RECEIVED_IDS} ids", msg_id)
         return Received(msg_id, sender, ids)

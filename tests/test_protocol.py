@@ -287,6 +287,14 @@ def test_published_message_decodes_with_topic_and_sequence() -> None:
     )
 
 
+def test_received_with_an_invalid_sender_is_422_like_any_name() -> None:
+    for sender in (b"", b"x" * 33, b"not a name", "zoë".encode(), b"\xff\xfe"):
+        error = refused([p.SIGNATURE, b"RECEIVED", b"r1", sender, b"m1"])
+        assert (error.code, error.msg_id) == (Code.INVALID_NAME, b"r1"), sender
+    error = refused([p.SIGNATURE, b"RECEIVED", b"r1", b"alice", b"bad id"])
+    assert (error.code, error.msg_id) == (Code.MALFORMED, b"r1")
+
+
 def test_an_empty_sync_tag_frame_is_the_same_as_none() -> None:
     assert p.decode_command([p.SIGNATURE, b"SYNC", b"s1", b""]) == p.Sync(b"s1") == p.Sync(b"s1", b"")
     assert refused([p.SIGNATURE, b"SYNC", b"s1", b"bad tag"]).code == Code.MALFORMED
