@@ -416,7 +416,7 @@ class BrokerCore:
             records = [_record(m) for m in self.store.room_history(room, before, command.limit)]
             return [SendTo(peer, p.encode_history(msg_id, room, last, records))]
         if isinstance(command, p.Search):
-            found = self.store.search(session.key, command.words, 50)
+            found = self.store.search(session.key, command.words, p.MAX_FOUND)
             return [SendTo(peer, p.encode_found(msg_id, [_record(m) for m in found]))]
         assert isinstance(command, p.Received)
         return [SendTo(peer, p.encode_ack(msg_id, stamp)), *self._received(session, command, now)]
