@@ -270,16 +270,10 @@ class BrokerCore:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))
             text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
-            bye = SendTo(
-                session.peer,
-                [*p.encode_error(msg_id, Code.RATE_LIMITED, text), str(int(cool_off * 1000)).encode()],
-            )
+            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
             return [bye, *self._drop(session, now, "flooding"), Hangup(session.peer, now + cool_off)]
-        refusal = self._refuse(
-            session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"
-        )
-        refusal.frames.append(str(retry_ms).encode())  # ERROR's optional retry-after field
-        return [refusal]
+        return [self._refuse(session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms",
+                             retry_ms)]  # fmt: skip
 
     def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
                         now: float) -> list[Action]:  # fmt: skip
@@ -607,12 +601,12 @@ class BrokerCore:
     def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
         return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")
 
-    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str) -> SendTo:
+    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> SendTo:
         reason = code.name.lower()
         self.counters[f"refused.{reason}"] += 1
         self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
                                  msg_id.decode("ascii", "replace") or "-", self._who(peer), int(code), text)  # fmt: skip
-        return SendTo(peer, p.encode_error(msg_id, code, text))
+        return SendTo(peer, p.encode_error(msg_id, code, text, retry_after_ms))
 
     def _who(self, peer: bytes) -> str:
         session = self.by_peer.get(peer)

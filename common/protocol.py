@@ -529,8 +529,12 @@ def encode_ack(msg_id: bytes, time_ms: bytes, status: bytes = b"accepted") -> li
     return [SIGNATURE, b"ACK", msg_id, time_ms, status]
 
 
-def encode_error(msg_id: bytes, code: Code, text: str) -> list[bytes]:
-    return [SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
+def encode_error(msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> list[bytes]:
+    """ERROR; a 429 carries its retry-after (section 8), within the range of section 3.2."""
+    frames = [SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
+    if code == Code.RATE_LIMITED:
+        frames.append(str(min(max(retry_after_ms, 0), MAX_INT32)).encode())
+    return frames
 
 
 def encode_users(msg_id: bytes, names: list[str]) -> list[bytes]:

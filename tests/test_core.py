@@ -583,3 +583,12 @@ def test_history_records_come_oldest_first_and_a_count_of_500_is_a_page(core: Br
     (page,) = replies(core.receive(b"A", p.encode_command(b"HISTORY", b"h", "*", "0", "500"), 9.0), b"A")
     assert isinstance(page, p.History) and page.last_seq == 4
     assert [(r.seq, r.body) for r in page.records] == [(2, b"t0"), (3, b"t1"), (4, b"t2")]
+
+
+def test_a_tiny_rate_still_gives_a_retry_after_clients_can_read() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=1e-9, burst=1.0))
+    register(core, b"A", "alice")
+    core.receive(b"A", p.encode_send(b"m1", "*", "x"), 1.0)
+    (refusal,) = replies(core.receive(b"A", p.encode_send(b"m2", "*", "x"), 1.0), b"A")
+    assert isinstance(refusal, p.Error) and refusal.code == Code.RATE_LIMITED
+    assert 0 < refusal.retry_after_ms <= p.MAX_INT32  # decoded, not dropped as out of range

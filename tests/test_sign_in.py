@@ -67,7 +67,7 @@ class ScriptedBroker:
             elif command == b"PING":
                 reply = p.encode_pong(msg_id, now)
             elif command == b"ROOMS" and self.refuse_first_rooms and self.commands[command] == 1:
-                reply = [*p.encode_error(msg_id, Code.RATE_LIMITED, "slow down"), b"100"]
+                reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 100)
             elif command == b"ROOMS":
                 reply = p.encode_rooms(msg_id, {}, set())
             elif command == b"HISTORY":
