@@ -213,8 +213,10 @@ build_base_image() {
     rootfs="$DIR/rootfs.$$"
     rm -rf "$rootfs"
     log "debootstrap --variant=minbase $SUITE from $mirror (log: $DIR/debootstrap.log)"
+    # </dev/null: run from a terminal, wget under timeout (its own process group) takes itself
+    # for a background job and writes wget-log files into the current folder (the project's).
     if ! timeout 900 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
-            "$SUITE" "$rootfs" "$mirror" >"$DIR/debootstrap.log" 2>&1; then
+            "$SUITE" "$rootfs" "$mirror" </dev/null >"$DIR/debootstrap.log" 2>&1; then
         tail -n 20 "$DIR/debootstrap.log" >&2 || true
         rm -rf "$rootfs"
         die "debootstrap failed (log above, $DIR/debootstrap.log)"
