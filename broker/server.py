@@ -5,7 +5,9 @@ It only receives, asks the core, and sends. One thread owns both sockets.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import signal
 import socket
 import time
@@ -84,6 +86,9 @@ class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 5555
     pub_port: int = 5556
+    #: What WELCOME tells clients to connect their SUB to (--advertise-pub);
+    #: None: the PUB's own endpoint (see `advertised`).
+    advertise_pub: str | None = None
     heartbeat_ms: int = 2000
     timeout_ms: int = 6000
     max_body: int = 65536
@@ -112,8 +117,48 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{shown}:{port if port else '*'}"
 
 
-def advertised(host: str, bound: str) -> str:
-    """What WELCOME tells clients: '*' as host when bound to every interface."""
+#: A host name as getaddrinfo takes it (Docker's service names may hold '_').
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def advertisable(endpoint: str) -> str:
+    """`endpoint` if WELCOME may advertise it (--advertise-pub), else ValueError saying why.
+
+    A client connects its SUB to it as given (PROTOCOL.md 5.1), so it must be
+    an address a client can reach: tcp://HOST:PORT with a host name, an IPv4
+    address, an [IPv6] address, or '*' for the host the client reached the
+    ROUTER on; not a wildcard address, port 0 or a source address.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon:
+        raise ValueError(f"{endpoint!r} is not tcp://HOST:PORT")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{endpoint!r}: the port must be a number from 1 to 65535")
+    if host == "*":
+        return endpoint
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        if bracketed or not HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+            raise ValueError(f"{endpoint!r}: {host!r} is not a host name, an IP address or '*'") from None
+        return endpoint
+    if bracketed != (address.version == 6):
+        raise ValueError(f"{endpoint!r}: an IPv6 address, and only one, goes in brackets")
+    if address.is_unspecified:
+        raise ValueError(
+            f"{endpoint!r}: clients cannot connect to {host}; tcp://*:{port} means the host each client "
+            "reached the broker on"
+        )
+    return endpoint
+
+
+def advertised(host: str, bound: str, given: str | None = None) -> str:
+    """What WELCOME tells clients: `given` if set (--advertise-pub), else the
+    bound endpoint, with '*' as host when bound to every interface."""
+    if given is not None:
+        return given
     if host in ("0.0.0.0", "*", "::", ""):
         return "tcp://*:" + bound.rsplit(":", 1)[1]
     return bound
@@ -122,6 +167,8 @@ def advertised(host: str, bound: str) -> str:
 class BrokerServer:
     def __init__(self, settings: BrokerSettings) -> None:
         self.settings = settings
+        if settings.advertise_pub is not None:
+            advertisable(settings.advertise_pub)  # fails before the store is opened or a port taken
         store = open_store(settings.store)  # first: a bad store fails before any port is taken
         self.context = zmq.Context()
         # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
@@ -158,7 +205,7 @@ class BrokerServer:
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.core = BrokerCore(CoreConfig(
-            pub_endpoint=advertised(settings.host, self.pub_endpoint),
+            pub_endpoint=advertised(settings.host, self.pub_endpoint, settings.advertise_pub),
             heartbeat_ms=settings.heartbeat_ms,
             timeout_ms=settings.timeout_ms,
             max_body=settings.max_body,
@@ -214,6 +261,8 @@ class BrokerServer:
             self.router_endpoint, self.pub_endpoint,
             "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
         )  # fmt: skip
+        if self.settings.advertise_pub is not None:
+            log.info("clients are told to connect to broadcasts at %s", self.settings.advertise_pub)
         log.info("%s", self._flood_control_line())
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
