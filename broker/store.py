@@ -11,10 +11,11 @@ Rooms are named with their `#`; the lobby is "*".
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 def open_store(path: str) -> Store:
@@ -150,23 +151,39 @@ MEMORY_HISTORY = 10_000  # messages per room
 MEMORY_SEEN = 100_000  # (sender, id) pairs
 
 
+class Kept(NamedTuple):
+    """A message in MemoryStore, numbered in the order kept (SQLite's row id), for
+    search to give the messages of one millisecond newest first."""
+
+    order: int
+    message: StoredMessage
+
+
+class KeptPrivate(NamedTuple):
+    order: int
+    sender: str  # name keys
+    recipient: str
+    message: StoredMessage
+
+
 @dataclass
 class MemoryStore:
     """A Store in memory: nothing survives the process, and only recent history."""
 
-    history: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
+    history: dict[str, list[Kept]] = field(default_factory=lambda: defaultdict(list))
     rooms: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     users: set[str] = field(default_factory=set)
     owners: dict[str, str] = field(default_factory=dict)
     mail: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
-    private: list[tuple[str, str, StoredMessage]] = field(default_factory=list)  # (sender, recipient, m)
+    private: list[KeptPrivate] = field(default_factory=list)
     owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
     seen_ids: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)  # outlives expiry: sequences never go back
+    counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_room_message(self, message: StoredMessage) -> None:
         messages = self.history[message.room]
-        messages.append(message)
+        messages.append(Kept(next(self.counter), message))
         if len(messages) > MEMORY_HISTORY * 1.1:  # trim now and then, not at every message
             del messages[: len(messages) - MEMORY_HISTORY]
         self.used_seq(message.room, message.seq)
@@ -175,7 +192,7 @@ class MemoryStore:
         self.seqs[room] = max(seq, self.seqs.get(room, 0))
 
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
-        older = [m for m in self.history.get(room, ()) if m.seq < before_seq]
+        older = [m for _, m in self.history.get(room, ()) if m.seq < before_seq]
         return older[-limit:] if limit > 0 else []
 
     def last_seq(self, room: str) -> int:
@@ -210,10 +227,10 @@ class MemoryStore:
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)
-        self.private.append((message.sender.lower(), recipient, message))
+        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
-        self.private.append((message.sender.lower(), recipient, message))
+        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
         if len(self.private) > MEMORY_HISTORY * 1.1:
             del self.private[: len(self.private) - MEMORY_HISTORY]
 
@@ -255,19 +272,22 @@ class MemoryStore:
         if not wanted:
             return []
         allowed = self.rooms_of(user) | {"*"}
-        candidates = [m for room in allowed for m in self.history.get(room, ())]
-        candidates += [m for s, r, m in self.private if user in (s, r)]
-        hits = [m for m in candidates if _has_all(_words(m.body.decode("utf-8", "replace")), wanted)]
-        return sorted(hits, key=lambda m: m.time_ms, reverse=True)[:limit]
+        candidates = [kept for room in allowed for kept in self.history.get(room, ())]
+        candidates += [Kept(k.order, k.message) for k in self.private if user in (k.sender, k.recipient)]
+        hits = [k for k in candidates if _has_all(_words(k.message.body.decode("utf-8", "replace")), wanted)]
+        hits.sort(key=lambda k: (k.message.time_ms, k.order), reverse=True)  # as SQLite: time, then row id
+        return [k.message for k in hits[:limit]]
 
     def expire(self, before_ms: int) -> int:
         count = 0
         for room, messages in self.history.items():
-            kept = [m for m in messages if m.time_ms >= before_ms]
+            kept = [k for k in messages if k.message.time_ms >= before_ms]
             count += len(messages) - len(kept)
             self.history[room] = kept
         kept_private = [
-            (s, r, m) for s, r, m in self.private if m.time_ms >= before_ms or m in self.mail.get(r, ())
+            k
+            for k in self.private
+            if k.message.time_ms >= before_ms or k.message in self.mail.get(k.recipient, ())
         ]
         count += len(self.private) - len(kept_private)
         self.private = kept_private

@@ -156,6 +156,21 @@ def test_search_needs_all_words_and_gives_newest_first(store: Store) -> None:
     assert store.search("alice", "quick", 0) == []
 
 
+def test_search_gives_messages_of_the_same_millisecond_newest_first(store: Store) -> None:
+    """PROTOCOL.md 13.2: newest first, and within one millisecond the one kept last first."""
+    store.set_member("alice", "#a", True)
+    for seq in range(2, 5):
+        store.add_room_message(room_msg("*", seq, f"same word {seq}", time_ms=5))
+    store.enqueue("alice", private_msg("Bob", "Alice", 1, "same word mail", time_ms=5))
+    store.add_room_message(room_msg("#a", 5, "same word 5", time_ms=5))
+    for seq in range(6, 8):
+        store.add_room_message(room_msg("*", seq, f"same word {seq}", time_ms=5))
+    expected = ["7", "6", "5", "mail", "4", "3", "2"]
+    assert [m.body.decode().split()[-1] for m in store.search("alice", "same word", 10)] == expected
+    store.commit()
+    assert [m.body.decode().split()[-1] for m in store.search("alice", "word", 3)] == expected[:3]
+
+
 def test_search_matches_whole_words(store: Store) -> None:
     store.add_room_message(room_msg("*", 1, "hello world, don't panic"))
     assert len(store.search("alice", "hello", 10)) == 1
