@@ -11,7 +11,7 @@ import re
 import sqlite3
 from pathlib import Path
 
-from zchat.broker.store import StoredMessage, StoreError
+from zchat.broker.store import StoredMessage, StoreError, search_words
 from zchat.common.protocol import name_key
 
 # One entry per schema version, applied in order; never edit a released one, append.
@@ -77,7 +77,7 @@ def fts_query(words: str) -> str | None:
 
     Words without a letter or digit would be empty phrases, which match nothing: they are
     dropped (as MemoryStore ignores them); None if no word is left."""
-    kept = [w for w in words.split() if re.search(r"[^\W_]", w)]
+    kept = [w for w in search_words(words) if re.search(r"[^\W_]", w)]
     return " AND ".join('"' + w.replace('"', '""') + '"' for w in kept) or None
 
 

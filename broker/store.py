@@ -125,9 +125,10 @@ class Store(Protocol):
         in the lobby and rooms it is a member of now, and private ones to or from it
         (delivered or not, until they expire).
 
-        Words match whole words, without regard to case; a word with punctuation inside
-        ("don't") matches its parts in a row; words with no letter or digit are ignored,
-        and a search with none left finds nothing."""
+        Words are separated by white space or control characters (a NUL too: see
+        `search_words`), and match whole words, without regard to case; a word with
+        punctuation inside ("don't") matches its parts in a row; words with no letter or
+        digit are ignored, and a search with none left finds nothing."""
         ...
 
     def catch_up(self) -> bool:
@@ -268,7 +269,7 @@ class MemoryStore:
             del self.seen_ids[next(iter(self.seen_ids))]  # the oldest: dicts keep insertion order
 
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
-        wanted = [t for t in map(_words, words.split()) if t]
+        wanted = [t for t in map(_words, search_words(words)) if t]
         if not wanted:
             return []
         allowed = self.rooms_of(user) | {"*"}
@@ -305,6 +306,16 @@ class MemoryStore:
 
     def close(self) -> None:
         pass
+
+
+#: Control characters (Unicode's Cc): between search words they separate them, as spaces do.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def search_words(words: str) -> list[str]:
+    """The words of a search, for both stores alike. A control character is a separator:
+    a NUL inside an FTS5 string would end the query text there (SQLite reads it as C)."""
+    return _CONTROL.sub(" ", words).split()
 
 
 def _words(text: str) -> list[str]:

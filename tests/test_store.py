@@ -235,6 +235,16 @@ def test_search_treats_operators_as_plain_words(store: Store) -> None:
     assert store.search("alice", '" * (', 10) == []  # no word left: nothing, not everything
 
 
+@pytest.mark.parametrize("separator", ["\x00", "\x01", "\t", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"])
+def test_a_control_character_between_search_words_separates_them(store: Store, separator: str) -> None:
+    store.add_room_message(room_msg("*", 1, "alpha then beta"))
+    # Two words anywhere in the message, not a phrase "alpha beta" (punctuation would make one).
+    assert bodies(store.search("alice", f"alpha{separator}beta", 10)) == ["alpha then beta"]
+    assert store.search("alice", f"alpha{separator}gamma", 10) == []
+    assert store.search("alice", separator * 3, 10) == []  # no word at all: nothing
+    assert bodies(store.search("alice", f'{separator}"then{separator}"', 10)) == ["alpha then beta"]
+
+
 def test_expire_forgets_old_messages_receipts_and_seen_ids_but_not_waiting_mail(store: Store) -> None:
     store.add_room_message(room_msg("*", 1, "old news", time_ms=100))
     store.add_room_message(room_msg("*", 2, "new news", time_ms=2000))
