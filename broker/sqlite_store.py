@@ -68,6 +68,8 @@ INDEX_BATCH = 5000
 #: past its clients' heartbeat timeout (what is left is indexed a batch a second meanwhile).
 SEARCH_INDEX_BATCHES = 4
 SCHEMA_VERSION = len(MIGRATIONS)
+#: SQLite's integers are 64-bit: a larger Python int raises OverflowError when bound.
+SQL_MIN, SQL_MAX = -(2**63), 2**63 - 1
 
 _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
 
@@ -167,9 +169,11 @@ class SqliteStore:
     def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
             return []
+        # Clamped, whoever asks: seqs are far below SQL_MAX, so nothing found changes.
+        before_seq = min(max(before_seq, SQL_MIN), SQL_MAX)
         newest = self._messages(
             f"SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (room, before_seq, limit),
+            (room, before_seq, min(limit, SQL_MAX)),
         )
         return newest[::-1]
 

@@ -57,6 +57,15 @@ def test_history_is_the_last_messages_before_seq_oldest_first(store: Store) -> N
     assert store.room_history("#b", FOREVER, 5) == [room_msg("#b", 1, "b1")]
 
 
+@pytest.mark.parametrize("before", [2**63 - 1, 2**63, 10**20 - 1, 2**200, -(2**63) - 1])
+def test_history_takes_any_number_as_before_and_limit(store: Store, before: int) -> None:
+    """The decoder lets 20 digits through, past SQLite's 64-bit integers: the store clamps."""
+    store.add_room_message(room_msg("#a", 1, "a1"))
+    expected = ["a1"] if before > 1 else []
+    assert bodies(store.room_history("#a", before, 10)) == expected
+    assert bodies(store.room_history("#a", before, 2**64)) == expected
+
+
 def test_last_seq_is_zero_for_a_new_room_and_the_highest_after(store: Store) -> None:
     assert store.last_seq("#a") == 0
     store.add_room_message(room_msg("#a", 1))
