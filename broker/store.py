@@ -42,6 +42,22 @@ class StoreError(Exception):
     """The store cannot be used (newer schema, corrupt or read-only file)."""
 
 
+class StoreFailed(StoreError):
+    """Writes since the last commit were lost (a full disk, an unwritable file); the store
+    rolled them back as a whole, and goes on: the next commit may well succeed.
+
+    `refused` is (sender's name key, message id) of each message that was to be kept (a room
+    or lobby message, mail for an offline user) and is not: its ACK must not go out, and its
+    id is forgotten, so that a resend is taken as new. Raised by commit(), which reports
+    every loss since the last commit, also those met first by a read; a write that cannot
+    be made at all (a room's membership, say) raises it at once, with nothing refused
+    beyond that one write."""
+
+    def __init__(self, text: str, refused: frozenset[tuple[str, bytes]] = frozenset()) -> None:
+        super().__init__(text)
+        self.refused = refused
+
+
 class Store(Protocol):
     # --- rooms and history ---------------------------------------------------
     def add_room_message(self, message: StoredMessage) -> None: ...
@@ -142,7 +158,11 @@ class Store(Protocol):
         Undelivered private messages are kept, whatever their age."""
         ...
 
-    def commit(self) -> None: ...
+    def commit(self) -> bool:
+        """Make every write since the last commit durable; True if messages were among them.
+
+        Raises StoreFailed (having rolled back) for what it could not write."""
+        ...
 
     def close(self) -> None: ...
 
@@ -301,8 +321,8 @@ class MemoryStore:
     def catch_up(self) -> bool:
         return False
 
-    def commit(self) -> None:
-        pass
+    def commit(self) -> bool:
+        return False  # nothing to write to
 
     def close(self) -> None:
         pass

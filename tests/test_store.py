@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import BIG, fill_disk
 from zchat.broker.sqlite_store import SCHEMA_VERSION, SqliteStore
-from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreError
+from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreError, StoreFailed
 
 FOREVER = 2**62  # a before_seq past every message
 
@@ -381,6 +382,83 @@ def test_uncommitted_data_does_not_survive_sigkill(tmp_path: Path) -> None:
     store = killed_after_commit(tmp_path / "z.db")
     assert bodies(store.room_history("*", FOREVER, 10)) == ["committed words"]
     assert store.last_seq("*") == 1
+    store.close()
+
+
+def test_a_full_disk_rolls_back_all_since_the_last_commit_and_names_the_messages_lost(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, "kept before"))
+    store.remember("alice", b"*1", "accepted", 1)
+    store.commit()
+    fill_disk(store)
+    store.add_room_message(room_msg("*", 2, "small"))  # fits where it is: lost all the same
+    store.remember("alice", b"*2", "accepted", 2)
+    store.add_room_message(room_msg("*", 3, BIG))
+    store.remember("alice", b"*3", "accepted", 3)
+    store.enqueue("bob", private_msg("Alice", "Bob", 4, BIG))
+    store.remember("alice", b"p4", "stored", 4)
+    store.add_private("carol", private_msg("Alice", "Carol", 5, BIG))  # delivered: not refused
+    store.remember("alice", b"p5", "accepted", 5)
+    store.used_seq("*", 4)  # say, a JOIN after them
+    store.set_member("alice", "#a", True)  # writes what waits first: the failure is met here
+    with pytest.raises(StoreFailed) as failed:
+        store.commit()
+    # The messages that were to be kept, (sender key, id): the shell refuses them.
+    assert failed.value.refused == {("alice", b"*2"), ("alice", b"*3"), ("alice", b"p4")}
+    # Nothing half written, and the ids forgotten: a resend is new.
+    assert bodies(store.room_history("*", FOREVER, 10)) == ["kept before"]
+    assert store.mailbox("bob") == []
+    assert [store.seen("alice", i) for i in (b"*1", b"*2", b"*3", b"p4")] == ["accepted", None, None, None]
+    # The rest is kept: membership, and every sequence number handed out (never reused).
+    assert (store.rooms_of("alice"), store.last_seq("*")) == ({"#a"}, 4)
+    fill_disk(store, full=False)  # space comes back: storing resumes
+    store.add_room_message(room_msg("*", 5, BIG))
+    store.remember("alice", b"*3", "accepted", 5)
+    assert store.commit() is True
+    store.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert bodies(again.room_history("*", FOREVER, 10)) == ["kept before", BIG]
+    assert (again.rooms_of("alice"), again.last_seq("*"), again.seen("alice", b"*3")) == (
+        {"#a"},
+        5,
+        "accepted",
+    )
+    again.close()
+
+
+def test_a_write_the_full_disk_cannot_take_is_refused_and_the_rest_stays(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.commit()
+    fill_disk(store)
+    with pytest.raises(StoreFailed):
+        for n in range(10_000):  # a page holds a few hundred
+            store.set_member(f"user{n}", "#a", True)
+    made = len(store.members("#a"))
+    assert 0 < made < 10_000 and f"user{made}" not in store.members("#a")
+    with pytest.raises(StoreFailed) as failed:  # commit() reports it too, with nothing refused
+        store.commit()
+    assert failed.value.refused == frozenset()
+    store.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert len(again.members("#a")) == made  # what was made before the failure was written
+    again.close()
+
+
+def test_indexing_on_a_full_disk_waits_and_search_finds_what_is_indexed(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, "old words"))
+    assert store.catch_up() is False
+    for seq in range(2, 50):
+        store.add_room_message(room_msg("*", seq, "new " + BIG))
+    store.commit()
+    fill_disk(store)
+    assert store.catch_up() is False  # nothing more to do now: tried again at the next sweep
+    assert bodies(store.search("bob", "old", 10)) == ["old words"]
+    with pytest.raises(StoreFailed) as failed:
+        store.commit()
+    assert failed.value.refused == frozenset()
+    fill_disk(store, full=False)
+    assert len(store.search("bob", "new", 100)) == 48
     store.close()
 
 
