@@ -38,15 +38,15 @@ numbers = st.sampled_from([
 ids = st.one_of(st.sampled_from([b"m1", b"m2", b"h", b"x" * 64]), st.from_regex(p.MSG_ID_RE, fullmatch=True))
 
 
-def frame(value: str | bytes) -> bytes:
-    return value.encode() if isinstance(value, str) else value
+def frame(value: str) -> bytes:
+    return value.encode()
 
 
 def anything(*likely: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
     """A field: mostly what the command expects, sometimes text or bytes of any kind
     (chosen from a sample: one_of would favour the short and simple)."""
-    odd: list[st.SearchStrategy[str] | st.SearchStrategy[bytes]] = [texts, st.binary(max_size=24)]
-    return st.sampled_from([*likely * 4, *odd]).flatmap(lambda kind: kind).map(frame)
+    kinds: list[st.SearchStrategy[bytes]] = [s.map(frame) for s in (*likely * 4, texts)]
+    return st.sampled_from([*kinds, st.binary(max_size=24)]).flatmap(lambda kind: kind)
 
 
 FIELDS: dict[bytes, list[st.SearchStrategy[bytes]]] = {
@@ -94,7 +94,7 @@ def replies(core: BrokerCore, actions: list[Action], peer: bytes, fate: str, now
                 out.append(action.frames)  # a message to oneself
             if fate == "delivered":
                 core.forwarded(action)
-                answer = [SendTo(action.sender, action.ack)]
+                answer: list[Action] = [SendTo(action.sender, action.ack)]
             else:
                 answer = core.undeliverable(action, busy=fate == "busy", now=now)
             out += [a.frames for a in answer if isinstance(a, SendTo) and a.peer == peer]
