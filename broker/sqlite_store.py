@@ -14,11 +14,13 @@ import os
 import re
 import sqlite3
 from pathlib import Path
+from typing import TypeVar
 
 from zchat.broker.store import StoredMessage, StoreError, StoreFailed, search_words
 from zchat.common.protocol import name_key
 
 log = logging.getLogger("zchat.broker")
+S = TypeVar("S", bound="SqliteStore")
 
 # One entry per schema version, applied in order; never edit a released one, append.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -118,7 +120,7 @@ class SqliteStore:
         self._messages_written = False  # the open transaction holds messages
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
+    def open(cls: type[S], path: str | os.PathLike[str]) -> S:
         name = os.fspath(path)
         try:
             if name != ":memory:":
