@@ -237,6 +237,7 @@ class BrokerServer:
             "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
         )  # fmt: skip
         log.info("%s", self._flood_control_line())
+        log.info("%s", self._store_line())
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
@@ -383,6 +384,12 @@ class BrokerServer:
     def _store_name(self) -> str:
         path = self.settings.store
         return path if path == ":memory:" else os.path.abspath(path)
+
+    def _store_line(self) -> str:
+        """Where the store is, said at start: what survives a restart (README, --store)."""
+        if self.settings.store == ":memory:":
+            return "store :memory:: nothing is kept across restarts"
+        return f"store {self._store_name()}: history, mailboxes and names are kept there"
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:

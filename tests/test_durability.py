@@ -89,3 +89,19 @@ def test_a_corrupt_or_unusable_store_is_a_clear_error_at_start(tmp_path: Path) -
                                 capture_output=True, text=True, timeout=30)  # fmt: skip
         assert result.returncode == 1, result.stderr
         assert str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_broker_says_at_start_where_its_store_is(tmp_path: Path) -> None:
+    """An operator must know what survives a restart: the absolute path, or nothing."""
+    (tmp_path / "run").mkdir()
+    broker = start_broker(tmp_path, "--store", "data/zchat.db", cwd=tmp_path / "run")
+    try:
+        assert str(tmp_path / "run" / "data" / "zchat.db") in broker.log()
+        assert (tmp_path / "run" / "data" / "zchat.db").is_file()
+    finally:
+        broker.stop()
+    broker = start_broker(tmp_path, "--store", ":memory:")
+    try:
+        assert ":memory:" in broker.log()
+    finally:
+        broker.stop()
