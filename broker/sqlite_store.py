@@ -82,6 +82,8 @@ SQL_MIN, SQL_MAX = -(2**63), 2**63 - 1
 #: fails: each is small, but a user entering and leaving rooms on a full disk must not grow
 #: them without end. Past this the oldest are dropped, and the log says so.
 MAX_REPLAY = 10_000
+#: Seconds to wait at open for a store another process holds.
+OPEN_TIMEOUT = 2.0
 
 _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
 
@@ -126,11 +128,20 @@ class SqliteStore:
             if name != ":memory:":
                 Path(name).parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are ours, begun by _write() and ended by commit().
-            db = sqlite3.connect(name, isolation_level=None)
+            # The timeout only matters at open: the file is ours alone after (_prepare), and a
+            # broker restarted at once may wait a moment for the old one to let go of it.
+            db = sqlite3.connect(name, isolation_level=None, timeout=OPEN_TIMEOUT)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the store {name}: {e}") from e
         try:
             _prepare(db, name)
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" in str(e):  # SQLITE_BUSY: another process has it
+                raise StoreError(
+                    f"cannot use the store {name}: another process (a broker?) has it open"
+                ) from e
+            raise StoreError(f"cannot use the store {name}: {e}") from e
         except sqlite3.Error as e:
             db.close()
             raise StoreError(f"cannot use the store {name}: {e}") from e
@@ -451,6 +462,11 @@ class SqliteStore:
 def _prepare(db: sqlite3.Connection, name: str) -> None:
     """Set the journal up and bring the schema to SCHEMA_VERSION, or refuse a newer one."""
     if name != ":memory:":
+        # EXCLUSIVE before WAL: SQLite then keeps the WAL index in the heap instead of a -shm
+        # file mapped into memory, where a write the file system refuses (a full disk, an
+        # immutable file) is SIGBUS, which ends the broker without a word. It also keeps the
+        # file to this one broker: a second one fails at open (_in_use), not at its first write.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
         # Raises "file is not a database" first thing for a corrupt file.
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # see commit()

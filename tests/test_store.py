@@ -331,15 +331,37 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 def test_writes_wait_for_commit(tmp_path: Path) -> None:
-    """One transaction per wake-up: another reader sees nothing until commit()."""
+    """One transaction per wake-up: what was not committed is not in the file."""
     store = SqliteStore.open(tmp_path / "z.db")
     store.add_room_message(room_msg("#a", 1))
     store.add_user("alice")
-    reader = sqlite3.connect(tmp_path / "z.db")
-    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (0,)
     store.commit()
-    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (1,)
-    reader.close()
+    store.add_room_message(room_msg("#a", 2))
+    store.add_user("bob")
+    store._db.close()  # no commit: as if the broker died here
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert (again.is_known("alice"), again.is_known("bob")) == (True, False)
+    assert [m.seq for m in again.room_history("#a", FOREVER, 10)] == [1]
+    again.close()
+
+
+def test_a_store_already_open_is_refused_at_open_naming_it(tmp_path: Path) -> None:
+    """One broker per file: a second one fails at once and clearly, not at its first write
+    (the file is held in SQLite's exclusive locking mode)."""
+    first = SqliteStore.open(tmp_path / "z.db")
+    with pytest.raises(StoreError, match="another process") as refused:
+        SqliteStore.open(tmp_path / "z.db")
+    assert str(tmp_path / "z.db") in str(refused.value)
+    first.close()
+    SqliteStore.open(tmp_path / "z.db").close()  # free once the first lets go
+
+
+def test_the_wal_index_is_kept_in_memory_not_in_a_mapped_file(tmp_path: Path) -> None:
+    """No -shm file: SQLite maps it, and a write the file system then refuses is SIGBUS."""
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, BIG))
+    store.commit()
+    assert (tmp_path / "z.db-wal").exists() and not (tmp_path / "z.db-shm").exists()
     store.close()
 
 
