@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -195,9 +196,9 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         carol.send(b"PING", b"p2")
         assert [type(e) for e in carol.until(b"p2")] == [p.Pong]  # m3 once, nothing else
         sub.close()
-    said = [r.getMessage() for r in caplog.records if r.name == "zchat.broker"]
-    assert len([line for line in said if "cannot be written" in line]) == 1, said  # once, not per message
-    assert len([line for line in said if "written again" in line]) == 1, said
+    # Said once, not per message: that it cannot store (an error), and that it stores again.
+    levels = Counter(r.levelname for r in caplog.records if r.name == "zchat.broker")
+    assert (levels["ERROR"], levels["WARNING"]) == (1, 1), caplog.text
 
 
 def test_a_command_that_fails_in_the_broker_is_answered_500_and_the_rest_goes_on(
@@ -224,8 +225,6 @@ def test_a_command_that_fails_in_the_broker_is_answered_500_and_the_rest_goes_on
         wait_for(lambda: store.calls["expire"] >= 1 and store.calls["catch_up"] >= 3, what="sweeps")
         alice.send(b"SEND", b"m3", "*", "and on")
         assert answers(alice.until(b"m3")) == [("ACK", b"m3", "accepted")]
-    tracebacks = [r for r in caplog.records if r.exc_info and "a command" in r.getMessage()]
-    assert len(tracebacks) == 1  # the same failure twice: its traceback once
-    assert {"indexing for search", "retention"} <= {
-        r.getMessage().split(" failed")[0] for r in caplog.records if r.exc_info
-    }
+    # Each failure's traceback once, however often it happened (search twice, the rest often).
+    logged = Counter(str(r.exc_info[1]).split()[0] for r in caplog.records if r.exc_info)
+    assert logged == {"search": 1, "catch_up": 1, "expire": 1, "commit": 1}, caplog.text
