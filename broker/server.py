@@ -56,6 +56,8 @@ _recv = zmq.backend.Socket.recv
 ACK = b"ACK"
 HELLO = b"HELLO"
 MESSAGE = b"MESSAGE"
+#: Commands whose answers show stored messages, read from the store's open transaction.
+SHOWS_STORED = frozenset((b"HISTORY", b"SEARCH"))
 #: What a message the store could not keep is refused with (PROTOCOL.md 9).
 NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
@@ -264,11 +266,7 @@ class BrokerServer:
                         self._current = first
                         if noting and len(frames) > 1 and frames[1] == HELLO:
                             self._note_origin(first)
-                        key = str(first.get("User-Id")) if keyed else ""
-                        try:
-                            self.apply(core.receive(first.bytes, frames, now, key))
-                        except Exception as e:  # that one command failed, not the broker
-                            self._failed(first.bytes, frames, e)
+                        self._handle(first.bytes, frames, now, str(first.get("User-Id")) if keyed else "")
                         if handled % FLUSH_EVERY == 0:
                             self._flush()
                     self._current = None
@@ -295,6 +293,15 @@ class BrokerServer:
             self._flush()
         finally:
             self.close()
+
+    def _handle(self, peer: bytes, frames: list[bytes], now: float, key: str) -> None:
+        """One message from a client, through the core; a failure answers it alone."""
+        if len(frames) > 1 and frames[1] in SHOWS_STORED and (self._acks or self._to_publish):
+            self._flush()  # it shows only what is stored, and what is not yet may be refused
+        try:
+            self.apply(self.core.receive(peer, frames, now, key))
+        except Exception as e:  # that one command failed, not the broker
+            self._failed(peer, frames, e)
 
     def _failed(self, peer: bytes, frames: list[bytes], e: Exception) -> None:
         """A command whose handling raised: answer it with an ERROR, log it once, go on.

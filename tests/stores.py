@@ -6,6 +6,7 @@ test only sets what it wants, and the store acts on it in the broker's thread.
 
 from __future__ import annotations
 
+import sqlite3
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -28,12 +29,21 @@ class FillingStore(SqliteStore):
     connection is the broker's, so the limit goes in at the broker's next write."""
 
     full: bool | None = None  # what the test wants from the next write on
+    #: A disk that fills between the writes and their COMMIT (as a tmpfs does: the WAL
+    #: grows at COMMIT), which max_page_count cannot stage: COMMIT fails as it would.
+    commit_fails = False
 
     def _begin(self) -> None:
         if self.full is not None:
             fill_disk(self, self.full)
             self.full = None
         super()._begin()
+
+    def commit(self) -> bool:
+        if self.commit_fails:
+            self._flush()
+            self._fail(sqlite3.OperationalError("database or disk is full"))
+        return super().commit()
 
 
 class Fault(RuntimeError):

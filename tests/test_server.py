@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -16,7 +17,7 @@ import zmq
 
 from tests.stores import BIG, FaultyStore, FillingStore
 from tests.support import Broker, wait_for
-from zchat.broker.server import BrokerServer, BrokerSettings
+from zchat.broker.server import BrokerServer, BrokerSettings, receive
 from zchat.broker.store import Store
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -169,12 +170,16 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         alice.send(b"SEND", b"m2", "*", BIG)
         alice.send(b"SEND", b"m3", "carol", BIG)
         alice.send(b"SEND", b"m4", "bob", BIG)  # bob is online: handed to him, so delivered
+        alice.send(b"HISTORY", b"h1", "*", "0", "10")  # shows only what is kept
         alice.send(b"PING", b"p1")
-        assert answers(alice.until(b"p1")) == [
+        replies = alice.until(b"p1")
+        assert answers(replies) == [
             ("ERROR", b"m2", Code.STORE_FAILED),
             ("ERROR", b"m3", Code.STORE_FAILED),
             ("ACK", b"m4", "accepted"),
         ]
+        (history,) = [e for e in replies if isinstance(e, p.History)]
+        assert [r.msg_id for r in history.records] == [b"m1"]
         delivered = bob.next()
         assert isinstance(delivered, p.Message) and delivered.msg_id == b"m4"
         who = Raw(zmq_context, server.router_endpoint)  # the broker serves everyone still
@@ -187,9 +192,9 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         assert answers(alice.until(b"m3")) == [("ACK", b"m2", "accepted"), ("ACK", b"m3", "stored")]
         # m2 was never published; the number it had stays used: subscribers see a gap.
         assert lobby_messages(sub, b"m2") == [(first_seq + 2, b"m2")]
-        alice.send(b"HISTORY", b"hi", "*", "0", "10")
-        (history,) = alice.until(b"hi")
-        assert isinstance(history, p.History) and [r.msg_id for r in history.records] == [b"m1", b"m2"]
+        alice.send(b"HISTORY", b"h2", "*", "0", "10")
+        (later,) = alice.until(b"h2")
+        assert isinstance(later, p.History) and [r.msg_id for r in later.records] == [b"m1", b"m2"]
         carol.hello("carol")
         mail = carol.next()
         assert isinstance(mail, p.Message) and mail.msg_id == b"m3"
@@ -228,3 +233,38 @@ def test_a_command_that_fails_in_the_broker_is_answered_500_and_the_rest_goes_on
     # Each failure's traceback once, however often it happened (search twice, the rest often).
     logged = Counter(str(r.exc_info[1]).split()[0] for r in caplog.records if r.exc_info)
     assert logged == {"search": 1, "catch_up": 1, "expire": 1, "commit": 1}, caplog.text
+
+
+def test_a_history_in_the_same_wake_up_shows_only_what_is_stored(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """The loop played by hand, to put a message the store refuses and a HISTORY in one
+    wake-up: the history is read after a commit, so it never shows what is then refused."""
+    path = tmp_path / "z.db"
+    store = FillingStore.open(path)
+    server = BrokerServer(BrokerSettings(port=0, pub_port=0, rate=0, store=str(path)), store=store)
+    alice = Raw(zmq_context, server.router_endpoint)
+
+    def wake_up(count: int) -> None:
+        for _ in range(count):
+            assert server.router.poll(10_000)
+            first, frames = receive(server.router)
+            server._handle(first.bytes, frames, time.time(), "")
+        server._flush()
+
+    try:
+        alice.send(b"HELLO", b"h", "alice", "")
+        wake_up(1)
+        assert isinstance(alice.next(), p.Welcome)
+        alice.send(b"SEND", b"m1", "*", "kept")
+        wake_up(1)
+        store.commit_fails = True  # m2 goes into the transaction; its COMMIT fails
+        alice.send(b"SEND", b"m2", "*", "said, not kept")
+        alice.send(b"HISTORY", b"hi", "*", "0", "10")
+        wake_up(2)
+        replies = alice.until(b"hi")
+        assert answers(replies) == [("ACK", b"m1", "accepted"), ("ERROR", b"m2", Code.STORE_FAILED)]
+        assert [r.msg_id for r in replies[-1].records] == [b"m1"]  # type: ignore[union-attr]
+    finally:
+        alice.dealer.close()
+        server.close()
