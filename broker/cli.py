@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -217,6 +218,7 @@ def broker(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    faulthandler.enable()  # a fatal signal (SIGSEGV, SIGBUS, ...) leaves a traceback in the log
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
     if trust == "allowlist" and not (curve_secret and authorized_keys):

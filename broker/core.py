@@ -325,13 +325,15 @@ class BrokerCore:
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
+        # The store first: should it fail (StoreFailed), no session is left without its WELCOME.
+        self.store.add_user(key)
+        waiting = self._waiting_for(session)
         self.by_peer[peer] = session
         self.by_key[key] = session
         self.online_names = None
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, len(self.by_key))
-        self.store.add_user(key)
-        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *self._waiting_for(session)]
+        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *waiting]
 
     def _waiting_for(self, session: Session) -> list[Action]:
         """What was kept for a user while it was away: mail, then receipts."""

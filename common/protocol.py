@@ -62,6 +62,7 @@ class Code(IntEnum):
     INTERNAL = 500
     SHUTTING_DOWN = 503
     RECIPIENT_BUSY = 507
+    STORE_FAILED = 508
     TOO_MANY = 509
 
 
