@@ -409,7 +409,8 @@ class BrokerCore:
             last = self.last_seq.get(room)
             last = self.store.last_seq(room) if last is None else last
             before = command.before or last + 1
-            records = [_record(m) for m in self.store.room_history(room, before, command.limit)]
+            found = self.store.room_history(room, before, command.limit, command.after)
+            records = [_record(m) for m in found]
             return [SendTo(peer, p.encode_history(msg_id, room, last, records))]
         if isinstance(command, p.Search):
             found = self.store.search(session.key, command.words, p.MAX_FOUND)

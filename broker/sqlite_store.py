@@ -273,14 +273,16 @@ class SqliteStore:
         if m.room or pending:  # acknowledged as kept, not only delivered
             self._kept.add((sender_key, m.msg_id))
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
             return []
         # Clamped, whoever asks: seqs are far below SQL_MAX, so nothing found changes.
         before_seq = min(max(before_seq, SQL_MIN), SQL_MAX)
+        after_seq = min(max(after_seq, SQL_MIN), SQL_MAX)
         newest = self._messages(
-            f"SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (room, before_seq, min(limit, SQL_MAX)),
+            f"""SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? AND seq > ?
+            ORDER BY seq DESC LIMIT ?""",
+            (room, before_seq, after_seq, min(limit, SQL_MAX)),
         )
         return newest[::-1]
 

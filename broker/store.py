@@ -62,8 +62,8 @@ class Store(Protocol):
     # --- rooms and history ---------------------------------------------------
     def add_room_message(self, message: StoredMessage) -> None: ...
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
-        """The last `limit` messages of `room` with seq < before_seq, oldest first."""
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
+        """The last `limit` messages of `room` with after_seq < seq < before_seq, oldest first."""
         ...
 
     def used_seq(self, room: str, seq: int) -> None:
@@ -212,8 +212,8 @@ class MemoryStore:
     def used_seq(self, room: str, seq: int) -> None:
         self.seqs[room] = max(seq, self.seqs.get(room, 0))
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
-        older = [m for _, m in self.history.get(room, ()) if m.seq < before_seq]
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
+        older = [m for _, m in self.history.get(room, ()) if after_seq < m.seq < before_seq]
         return older[-limit:] if limit > 0 else []
 
     def last_seq(self, room: str) -> int:

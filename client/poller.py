@@ -467,10 +467,12 @@ class Poller:
             else:
                 assert room is not None
                 self.join_histories[msg_id] = name
-                # After a reconnect, what was missed: as much as one HISTORY gives.
-                count = self.s.history_count if not room.seen_seq else p.MAX_HISTORY
-                room.asked = count
-                self._send(p.encode_command(b"HISTORY", msg_id, name, "0", str(count)), now)
+                # After a reconnect only what was missed (above the last number shown),
+                # as much as one HISTORY gives: usually nothing, so it costs the broker little.
+                after = room.seen_seq
+                room.asked = count = self.s.history_count if not after else p.MAX_HISTORY
+                fields = [name, "0", str(count), *([str(after)] if after else [])]
+                self._send(p.encode_command(b"HISTORY", msg_id, *fields), now)
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)

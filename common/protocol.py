@@ -137,6 +137,8 @@ class HistoryRequest(NamedTuple):
     room: str
     before: int  # 0: up to now
     limit: int
+    #: Optional (PROTOCOL.md 13.1): only messages above this sequence number, for a gap.
+    after: int = 0
 
 
 class Search(NamedTuple):
@@ -476,7 +478,9 @@ def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
         room = _room(frames, 3, msg_id, lobby=True)
         before = _int(frames[4], "before", msg_id)
         # More than a page is refused, as for RECEIVED, rather than cut short unsaid.
-        return HistoryRequest(msg_id, room, before, _int(frames[5], "count", msg_id, high=MAX_HISTORY))
+        count = _int(frames[5], "count", msg_id, high=MAX_HISTORY)
+        after = _int(frames[6], "after", msg_id) if len(frames) > 6 else 0
+        return HistoryRequest(msg_id, room, before, count, after)
     if command == b"SEARCH":
         msg_id = _msg_id(frames, "SEARCH")
         _need(frames, 4, "SEARCH")

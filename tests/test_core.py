@@ -592,3 +592,15 @@ def test_a_tiny_rate_still_gives_a_retry_after_clients_can_read() -> None:
     (refusal,) = replies(core.receive(b"A", p.encode_send(b"m2", "*", "x"), 1.0), b"A")
     assert isinstance(refusal, p.Error) and refusal.code == Code.RATE_LIMITED
     assert 0 < refusal.retry_after_ms <= p.MAX_INT32  # decoded, not dropped as out of range
+
+
+def test_history_after_a_number_gives_only_the_gap(core: BrokerCore) -> None:
+    register(core, b"A", "alice")  # JOIN: lobby seq 1
+    for i in range(4):
+        core.receive(b"A", p.encode_send(b"m%d" % i, "*", f"t{i}"), 1.0)  # seqs 2..5
+    asked = p.encode_command(b"HISTORY", b"h", "*", "0", "10", "3")
+    (history,) = replies(core.receive(b"A", asked, 2.0), b"A")
+    assert isinstance(history, p.History) and history.last_seq == 5
+    assert [r.body for r in history.records] == [b"t2", b"t3"]
+    out_of_range = p.encode_command(b"HISTORY", b"h", "*", "0", "10", str(2**63))
+    assert error_code(core.receive(b"A", out_of_range, 2.0), b"A") == Code.MALFORMED

@@ -899,6 +899,13 @@ def test_history_records_come_oldest_first_with_their_published_numbers_and_time
     ]
     older = alice.request(b"HISTORY", b"*", str(published[1].seq).encode(), b"10")
     assert [r[1] for r in records(older, 5)] == [sent[0]]  # before that number: only the first
+    # 13.1: an optional `after`: only what came after a number, as a client back from an absence asks.
+    missed = alice.request(b"HISTORY", b"*", b"0", b"10", str(published[0].seq).encode())
+    assert [r[1] for r in records(missed, 5)] == sent[1:]
+    assert assert_number(missed[4]) == published[-1].seq
+    nothing = alice.request(b"HISTORY", b"*", b"0", b"10", str(published[-1].seq).encode())
+    assert records(nothing, 5) == []
+    assert alice.error_code(alice.send(b"HISTORY", b"*", b"0", b"10", str(2**63).encode())) == 400
 
 
 def test_a_malformed_room_is_400_and_a_send_target_that_can_be_nobody_404(

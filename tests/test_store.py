@@ -58,6 +58,16 @@ def test_history_is_the_last_messages_before_seq_oldest_first(store: Store) -> N
     assert store.room_history("#b", FOREVER, 5) == [room_msg("#b", 1, "b1")]
 
 
+def test_history_after_a_number_gives_only_what_came_later_newest_first_cut(store: Store) -> None:
+    for seq in range(1, 8):
+        store.add_room_message(room_msg("#a", seq, f"a{seq}"))
+    assert bodies(store.room_history("#a", FOREVER, 10, after_seq=5)) == ["a6", "a7"]
+    assert bodies(store.room_history("#a", FOREVER, 2, after_seq=2)) == ["a6", "a7"]  # the newest of the gap
+    assert store.room_history("#a", FOREVER, 10, after_seq=7) == []  # nothing missed
+    assert bodies(store.room_history("#a", 5, 10, after_seq=2)) == ["a3", "a4"]
+    assert store.room_history("#a", FOREVER, 10, after_seq=2**70) == []  # any number, no overflow
+
+
 @pytest.mark.parametrize("before", [2**63 - 1, 2**63, 10**20 - 1, 2**200, -(2**63) - 1])
 def test_history_takes_any_number_as_before_and_limit(store: Store, before: int) -> None:
     """The decoder lets 20 digits through, past SQLite's 64-bit integers: the store clamps."""
