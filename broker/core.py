@@ -136,8 +136,11 @@ class BrokerCore:
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
     #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
     stuck: dict[bytes, float] = field(default_factory=dict)
-    #: (recipient key, sender key, message id) of private messages handed over, not yet confirmed.
-    awaiting: OrderedDict[tuple[str, str, bytes], None] = field(default_factory=OrderedDict)
+    #: (recipient key, sender key, message id) of private messages handed over, not yet
+    #: confirmed; True for one handed over from the mailbox (a RECEIVED clears it there).
+    awaiting: OrderedDict[tuple[str, str, bytes], bool] = field(default_factory=OrderedDict)
+    #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
+    rooms_in_use: int | None = None
 
     # --- input ---------------------------------------------------------------
 
@@ -342,6 +345,7 @@ class BrokerCore:
             time_ms = str(m.time_ms).encode()
             message = p.encode_message(m.msg_id, m.sender.encode(), m.target.encode(), time_ms, m.body)
             actions.append(SendTo(session.peer, message))
+            self._await_receipt((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
         by_recipient: dict[tuple[str, int], list[bytes]] = {}
         for msg_id, recipient, when in self.store.receipts(session.key):
             by_recipient.setdefault((recipient, when), []).append(msg_id)
@@ -431,6 +435,8 @@ class BrokerCore:
         if entering and (refusal := self._rooms_full(session, command.msg_id, room, members)):
             return [refusal]
         self.store.set_member(session.key, room, entering)
+        if self.rooms_in_use is not None and len(members) == (0 if entering else 1):
+            self.rooms_in_use += 1 if entering else -1  # a room's first member came, or its last went
         if entering:
             members.add(session.key)
             event = p.encode_join(session.name_bytes, p.now_ms(now), room)
@@ -444,7 +450,9 @@ class BrokerCore:
         if len(self.store.rooms_of(session.key)) >= c.max_rooms_per_user:
             return self._refuse(session.peer, msg_id, Code.TOO_MANY,
                                 f"you are in {c.max_rooms_per_user} rooms, the most one may be in")  # fmt: skip
-        if not members and len(self.store.room_sizes()) >= c.max_rooms:
+        if self.rooms_in_use is None:
+            self.rooms_in_use = len(self.store.room_sizes())  # once: counting them costs a scan
+        if not members and self.rooms_in_use >= c.max_rooms:
             return self._refuse(session.peer, msg_id, Code.TOO_MANY,
                                 f"this broker has {c.max_rooms} rooms, the most it holds")  # fmt: skip
         return None
@@ -458,11 +466,13 @@ class BrokerCore:
         confirmed = []
         for msg_id in command.ids:
             handed = (session.key, sender_key, msg_id)
-            if handed in self.awaiting:
-                del self.awaiting[handed]
-                confirmed.append(msg_id)
-            elif self.store.delivered(session.key, sender_key, msg_id):  # mail kept while it was away
-                confirmed.append(msg_id)
+            # Only ids handed over reach the store: made-up ones cost a dict lookup, no query.
+            from_mailbox = self.awaiting.pop(handed, None)
+            if from_mailbox is None:
+                continue
+            if from_mailbox:
+                self.store.delivered(session.key, sender_key, msg_id)
+            confirmed.append(msg_id)
         if not confirmed:
             return []
         time_ms = int(now * 1000)
@@ -498,7 +508,12 @@ class BrokerCore:
         recipient = f[4].decode()
         key = recipient.lower()
         self.store.add_private(key, StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6]))
-        self.awaiting[(key, forward.sender_key, f[2])] = None
+        self._await_receipt((key, forward.sender_key, f[2]), from_mailbox=False)
+
+    def _await_receipt(self, handed: tuple[str, str, bytes], from_mailbox: bool) -> None:
+        # Forgotten oldest first: an unconfirmed live message then gets no receipt, and
+        # unconfirmed mail stays in the mailbox, to be handed over (and awaited) again.
+        self.awaiting[handed] = from_mailbox
         if len(self.awaiting) > AWAITING_RECEIPTS:
             self.awaiting.popitem(last=False)
 

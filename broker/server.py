@@ -24,7 +24,7 @@ import zmq
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
 from zchat.broker.gate import DEFAULT_EXEMPT, UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
-from zchat.broker.store import Store, StoreFailed, open_store
+from zchat.broker.store import MemoryStore, Store, StoreFailed, open_store
 from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
 from zchat.common.protocol import Code
@@ -249,6 +249,9 @@ class BrokerServer:
         #: Published messages wait for the store too: a number on a topic is
         #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
         self._to_publish: list[list[bytes]] = []
+        #: Only a store on disk can fail a commit (a full disk): with one in memory a HISTORY
+        #: never waits for a commit to show only what is kept.
+        self._store_can_fail = not isinstance(store, MemoryStore)
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
@@ -349,12 +352,23 @@ class BrokerServer:
 
     def _handle(self, peer: bytes, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, through the core; a failure answers it alone."""
-        if len(frames) > 1 and frames[1] in SHOWS_STORED and (self._acks or self._to_publish):
+        if len(frames) > 1 and frames[1] in SHOWS_STORED and self._may_show_unstored(frames[1]):
             self._flush()  # it shows only what is stored, and what is not yet may be refused
         try:
             self.apply(self.core.receive(peer, frames, now, key))
         except Exception as e:  # that one command failed, not the broker
             self._failed(peer, frames, e)
+
+    def _may_show_unstored(self, command: bytes) -> bool:
+        """Would this HISTORY or SEARCH read what a failed commit may yet refuse?
+
+        Cheap first: at a sign-in storm every client asks the lobby's HISTORY, and a
+        commit before each would cost one per client and keep ACKs from combining."""
+        if not self._store_can_fail:
+            return False
+        if command == b"SEARCH":  # finds private mail too: anything held may be in it
+            return bool(self._acks or self._to_publish)
+        return any(frames[3] == MESSAGE for frames in self._to_publish)  # a room's, not yet kept
 
     def _failed(self, peer: bytes, frames: list[bytes], e: Exception) -> None:
         """A command whose handling raised: answer it with an ERROR, log it once, go on.

@@ -11,6 +11,7 @@ Rooms are named with their `#`; the lobby is "*".
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import re
 from collections import defaultdict
@@ -213,8 +214,12 @@ class MemoryStore:
         self.seqs[room] = max(seq, self.seqs.get(room, 0))
 
     def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
-        older = [m for _, m in self.history.get(room, ()) if after_seq < m.seq < before_seq]
-        return older[-limit:] if limit > 0 else []
+        if limit <= 0:
+            return []
+        kept = self.history.get(room, [])  # in the order of seq: a page is found by bisection
+        end = bisect.bisect_left(kept, before_seq, key=lambda k: k[1].seq)
+        start = max(bisect.bisect_right(kept, after_seq, 0, end, key=lambda k: k[1].seq), end - limit)
+        return [m for _, m in kept[start:end]]
 
     def last_seq(self, room: str) -> int:
         return self.seqs.get(room, 0)
