@@ -43,6 +43,13 @@ PACE_MARGIN = 0.95  # of the broker's rate
 #: Connections a request is sent on at most: one that cost the connection each time
 #: (too large for the broker, or crashing it) is refused to the user, not sent for ever.
 MAX_TRIES = 3
+#: The sign-in's own requests (ROOMS, ENTER, a join's HISTORY) are asked again when their
+#: answer is this late (lost, or ignored as malformed), or this long after a 5xx refusal.
+CATCH_UP_TIMEOUT = 10.0
+CATCH_UP_RETRY = 1.0
+#: While the user's requests are held back for the rate, receipts go at most this often:
+#: they share the bucket, and must not starve what the user sends (nor starve themselves).
+RECEIPTS_EVERY = 1.0
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -129,6 +136,9 @@ class Poller:
         #: sends: ("enter" | "history", room), released in order as the bucket allows.
         self.catching_up: deque[tuple[str, str]] = deque()
         self.caught_up: dict[bytes, tuple[str, str]] = {}  # id -> what of catching_up it sent
+        self.caught_up_at: dict[bytes, float] = {}  # id -> when it was sent
+        self.catch_up_after = 0.0  # after a 5xx: not before then
+        self.next_receipts_at = 0.0
         self.rooms_id = b""  # the ROOMS asked after registering
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
         self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
@@ -222,6 +232,7 @@ class Poller:
         self.join_histories.clear()
         self.catching_up.clear()
         self.caught_up.clear()
+        self.caught_up_at.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -252,6 +263,8 @@ class Poller:
             self._first(None)
         # Unanswered messages go again with their ids (recipients drop repeats),
         # then what was held back, then what waited: oldest first.
+        for request in self.inflight.values():
+            request.tries += 1  # its connection dropped before it was answered
         queued = sorted([*self.inflight.values(), *self.paced, *self.waiting], key=lambda r: r.created)
         self.inflight.clear()
         self.paced.clear()
@@ -330,7 +343,7 @@ class Poller:
         elif kind is p.RoomList:
             assert isinstance(event, p.RoomList)
             if event.msg_id == self.rooms_id:
-                self.caught_up.pop(event.msg_id, None)
+                self._answered_own(event.msg_id)
                 self._rejoin(event, now)
             elif (request := self.inflight.pop(event.msg_id, None)) is not None:
                 self._answer(request, ev.RoomList(event.sizes, event.mine))
@@ -448,7 +461,7 @@ class Poller:
     def _catch_up(self, now: float) -> None:
         """Our own requests of a sign-in or a join, as the broker's rate allows: a member
         of many rooms is not thrown out for flooding at every sign-in."""
-        while self.catching_up:
+        while self.catching_up and now >= self.catch_up_after:
             kind, name = self.catching_up[0]
             room = self.rooms.get(name)
             if kind == "history" and (room is None or room.phase != "history"):
@@ -459,6 +472,7 @@ class Poller:
             self.catching_up.popleft()
             msg_id = self.new_id().encode()
             self.caught_up[msg_id] = (kind, name)
+            self.caught_up_at[msg_id] = now
             if kind == "rooms":
                 self.rooms_id = msg_id
                 self._send(p.encode_command(b"ROOMS", msg_id), now)
@@ -476,7 +490,7 @@ class Poller:
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
-        self.caught_up.pop(reply.msg_id, None)
+        self._answered_own(reply.msg_id)
         name = self.join_histories.pop(reply.msg_id, None)
         if name is None:  # asked by the user: /history
             request = self.inflight.pop(reply.msg_id, None)
@@ -490,6 +504,12 @@ class Poller:
             return
         room = self.rooms.get(name)
         if room is None or room.phase != "history":
+            return
+        if room.seen_seq and reply.last_seq < room.seen_seq:
+            # The broker numbers afresh (it restarted without a store): what it has is all
+            # new to us, and an `after` of our old number hid it. Ask again from the start.
+            room.seen_seq = 0
+            self.catching_up.appendleft(("history", name))
             return
         # After a reconnect the records fill the gap: what others said meanwhile (also
         # what their clients held back) is shown as it would have been live.
@@ -543,6 +563,10 @@ class Poller:
     def _confirm_received(self, now: float) -> None:
         """RECEIVED, one per sender for what came meanwhile (PROTOCOL.md 13.4), as the
         broker's rate allows: what waits for a token gathers more ids meanwhile."""
+        if self.paced:  # the user's own requests wait for tokens: receipts now and then only
+            if now < self.next_receipts_at:
+                return
+            self.next_receipts_at = now + RECEIPTS_EVERY
         due, self.receipts_due = self.receipts_due, {}
         for sender, ids in due.items():
             for start in range(0, len(ids), p.MAX_RECEIVED_IDS):
@@ -574,7 +598,7 @@ class Poller:
             # still in flight and goes again once we are registered anew.
             self._lost("the broker no longer knows this session", now)
             return
-        if (own := self.caught_up.pop(msg_id, None)) is not None and self._caught_up_again(own, answer, now):
+        if (own := self._answered_own(msg_id)) is not None and self._caught_up_again(own, answer, now):
             return
         request = self.inflight.pop(msg_id, None)
         if request is not None and self._held_back_again(request, answer, now):
@@ -663,16 +687,42 @@ class Poller:
             return None
         return request.refusal(Code.TOO_LARGE, f"the message is {size} bytes, the broker's limit is {limit}")
 
+    def _answered_own(self, msg_id: bytes) -> tuple[str, str] | None:
+        self.caught_up_at.pop(msg_id, None)
+        return self.caught_up.pop(msg_id, None)
+
     def _caught_up_again(self, own: tuple[str, str], answer: p.Ack | p.Error, now: float) -> bool:
-        """Our own catching up met a 429 (a resumed session's bucket may be emptier than
-        our mirror knew): the broker's bucket is empty, so is ours; it goes again, first."""
-        if not (isinstance(answer, p.Error) and answer.code == Code.RATE_LIMITED):
+        """An answer to our own catching up that is not the end of it: True if handled here.
+
+        A 429 (a resumed session's bucket may be emptier than our mirror knew): the
+        broker's bucket is empty, so is ours; it goes again, first. A 5xx (the broker
+        failed, or its store): again after a pause. A re-ENTER refused (509: too many
+        rooms now): the room is left, and the user told."""
+        if not isinstance(answer, p.Error):
             return False
-        self.join_histories.pop(answer.msg_id, None)
-        if self.bucket is not None:
-            self.bucket.tokens, self.bucket.stamp = 0.0, now
-        self.catching_up.appendleft(own)
-        return True
+        kind, name = own
+        if answer.code == Code.RATE_LIMITED or answer.code >= 500:
+            self.join_histories.pop(answer.msg_id, None)
+            if answer.code == Code.RATE_LIMITED and self.bucket is not None:
+                self.bucket.tokens, self.bucket.stamp = 0.0, now
+            else:
+                self.catch_up_after = now + CATCH_UP_RETRY
+            self.catching_up.appendleft(own)
+            return True
+        if kind == "enter":
+            self._forget_room(name)
+            self.emit(ev.Status(self.state, f"could not join {name} again: {answer.text}"))
+            return True
+        return False
+
+    def _caught_up_late(self, now: float) -> None:
+        """Our own requests whose answer never came (lost, or ignored as malformed): again."""
+        late = [msg_id for msg_id, at in self.caught_up_at.items() if now - at > CATCH_UP_TIMEOUT]
+        for msg_id in late:
+            own = self._answered_own(msg_id)
+            self.join_histories.pop(msg_id, None)
+            if own is not None:
+                self.catching_up.append(own)
 
     def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
         """A 429 although we paced ourselves (our own HISTORY at a join counts
@@ -695,9 +745,8 @@ class Poller:
 
     def _send_request(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
-        request.tries += 1
-        if request.tries == 1:
-            request.sent_at = now
+        if not request.sent:
+            request.sent, request.sent_at = True, now
         self.inflight[msg_id] = request
         kind, target = request.kind, request.target
         if kind == "send":
@@ -756,6 +805,8 @@ class Poller:
         self._expire_requests(now)
 
     def _online_timers(self, now: float) -> None:
+        if self.caught_up_at:
+            self._caught_up_late(now)
         if self.catching_up:
             self._catch_up(now)
         if self.paced:

@@ -123,11 +123,11 @@ class Client:
 
     def send(self, to: str, text: str) -> Request:
         """A private message to `to`; `.wait()` gives its Ack or Refusal."""
-        return self._submit(Request("send", self._new_id(), to, text))
+        return self._checked(Request("send", self._new_id(), to, text))
 
     def broadcast(self, text: str) -> Request:
         """A message to everyone; `.wait()` gives its Ack or Refusal."""
-        return self._submit(Request("send", self._new_id(), EVERYONE, text))
+        return self._checked(Request("send", self._new_id(), EVERYONE, text))
 
     def who(self) -> Request:
         """Ask who is online; `.wait()` gives Users (or a Refusal)."""
@@ -168,7 +168,19 @@ class Client:
         """Messages of our rooms and our private ones with all of `words`; `.wait()` gives Found."""
         if not words.strip():
             return self._refused(Request("search", self._new_id()), "give words to search for")
-        return self._submit(Request("search", self._new_id(), text=words))
+        return self._checked(Request("search", self._new_id(), text=words))
+
+    def _checked(self, request: Request) -> Request:
+        """Text the wire can carry (UTF-8), else refused here: a byte a terminal or a C
+        locale could not decode arrives as a lone surrogate, which no encoder takes."""
+        try:
+            request.target.encode()
+            request.text.encode()
+        except UnicodeEncodeError:
+            return self._refused(
+                request, "the text is not valid UTF-8 (a byte your terminal could not decode?)"
+            )
+        return self._submit(request)
 
     def _room_request(
         self, kind: str, room: str, lobby: bool = False, before: int = 0, count: int = 0
