@@ -31,7 +31,10 @@ from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.client")
 
-POLL_MS = 50
+POLL_MS = 50  # while something waits its turn (a SYNC, a held-back message, an answer)
+#: Idle, the loop wakes for the next heartbeat only, and at least this often: 20 wake-ups a
+#: second cost an idle client about 1 ms of CPU a second, which a thousand clients feel.
+IDLE_POLL_MS = 1000
 SYNC_RETRY = 0.2  # seconds between SYNC attempts (PROTOCOL.md 4.5)
 MAX_BACKOFF = 5.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
@@ -116,6 +119,7 @@ class Poller:
         self.sync_id = b""
         self.next_sync_at = 0.0
         self.ready_id = b""
+        self.taken_since: float | None = None  # since when HELLO gets 409 after a reconnect
         self.bye_id = b""
         self.close_deadline = 0.0
         self.last_recv = 0.0
@@ -153,14 +157,17 @@ class Poller:
         try:
             self._open(time.monotonic())
             while not self.finished:
-                ready = dict(self.poller.poll(POLL_MS))
+                ready = dict(self.poller.poll(self._poll_ms(time.monotonic())))
                 now = time.monotonic()
                 if self.dealer is not None and self.dealer in ready:
                     self._drain(self.dealer, self._from_dealer, now)
                 if self.sub is not None and self.sub in ready:
                     self._drain(self.sub, self._from_sub, now)
                 if self.wake_fd in ready:
-                    os.read(self.wake_fd, 4096)
+                    if not os.read(self.wake_fd, 4096):  # the user side closed its end: it is gone
+                        self.poller.unregister(self.wake_fd)
+                        if not self.closing:
+                            self._begin_close(now)
                     self._take_requests(now)
                 if self.receipts_due and self.dealer is not None and self.welcome is not None:
                     self._confirm_received(now)
@@ -178,6 +185,19 @@ class Poller:
             self.waiting.clear()
             self._set_state(State.CLOSED, "closed")
             self._first(ev.Status(State.CLOSED, "closed before registering"))
+            os.close(self.wake_fd)  # ours: the user side may close its end before we are done
+
+    def _poll_ms(self, now: float) -> int:
+        """How long the loop may sleep: sockets and the user's requests wake it anyway."""
+        busy = (
+            self.phase != "online" or self.closing or self.inflight or self.waiting or self.paced
+            or self.catching_up or self.caught_up_at or self.receipts_due or self.room_syncs
+        )  # fmt: skip
+        if busy or self.welcome is None:
+            return POLL_MS
+        heartbeat = self.welcome.heartbeat_ms / 1000
+        due = min(self.last_send + heartbeat, self.last_recv + self.welcome.timeout_ms / 1000)
+        return int(min(max(due - now, POLL_MS / 1000), IDLE_POLL_MS / 1000) * 1000)
 
     def _drain(
         self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], float], None], now: float
@@ -253,6 +273,7 @@ class Poller:
         """READY is acknowledged: the broker has published our JOIN (PROTOCOL.md 4.6)."""
         self.phase = "online"
         self.attempt = 0
+        self.taken_since = None
         first = not self.was_online
         self.was_online = True
         assert self.welcome is not None
@@ -585,7 +606,9 @@ class Poller:
                 self._lost(f"registration failed: {answer.text} (code {answer.code})", now)
             return
         if msg_id == self.hello_id and isinstance(answer, p.Error):
-            if answer.code in FATAL_HELLO_CODES:
+            if answer.code == Code.NAME_TAKEN and self._our_ghost_may_hold_the_name(now):
+                self._lost("the name is still held by this client's last connection; trying again", now)
+            elif answer.code in FATAL_HELLO_CODES:
                 self._give_up(f"registration refused: {answer.text} (code {answer.code})")
             else:
                 self._lost(f"registration failed: {answer.text} (code {answer.code})", now)
@@ -686,6 +709,17 @@ class Poller:
         if size <= limit:
             return None
         return request.refusal(Code.TOO_LARGE, f"the message is {size} bytes, the broker's limit is {limit}")
+
+    def _our_ghost_may_hold_the_name(self, now: float) -> bool:
+        """After a reconnect, a 409 may be our own doing: a HELLO of ours registered a new
+        session but its WELCOME came too late (a busy broker, after a restart), so the
+        token we offer is the old one. That session dies at the broker's heartbeat
+        timeout: until twice that has passed since the first 409, try again."""
+        if not self.was_online or self.welcome is None:
+            return False
+        if self.taken_since is None:
+            self.taken_since = now
+        return now - self.taken_since < 2 * self.welcome.timeout_ms / 1000
 
     def _answered_own(self, msg_id: bytes) -> tuple[str, str] | None:
         self.caught_up_at.pop(msg_id, None)

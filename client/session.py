@@ -102,11 +102,13 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        started = self._thread.ident is not None
         if self._thread.is_alive():
             self._submit(Request("close", self._new_id()))
             self._thread.join(timeout)
         os.close(self._wake_w)
-        os.close(self._wake_r)
+        if not started:  # else the poller thread closes its end, once it no longer polls it
+            os.close(self._wake_r)
 
     def __enter__(self) -> Client:
         return self.connect()

@@ -35,7 +35,10 @@ class ScriptedBroker:
         refuse_first_rooms: bool = False,
         fail_first_history: bool = False,
         sends: tuple[str, ...] = (),
+        taken_after_restart: int = 0,
     ) -> None:
+        #: Forget the session at the first PING (a restart), then answer that many HELLOs 409.
+        self.taken_after_restart = taken_after_restart
         self.ack_ready = ack_ready
         self.lose_session_on_send = lose_session_on_send
         self.refuse_first_rooms = refuse_first_rooms
@@ -65,7 +68,9 @@ class ScriptedBroker:
             self.commands[command] += 1
             now = str(int(time.time() * 1000)).encode()
             reply: list[bytes] | None = p.encode_ack(msg_id, now)
-            if command == b"HELLO":
+            if command == b"HELLO" and 1 < self.commands[command] <= 1 + self.taken_after_restart:
+                reply = p.encode_error(msg_id, Code.NAME_TAKEN, "the name is taken")
+            elif command == b"HELLO":
                 names[peer] = frames[3].decode()
                 rate = (6000, 10) if self.script else (0, 0)  # flood control only where a 429 is scripted
                 welcome = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0, *rate)
@@ -74,6 +79,8 @@ class ScriptedBroker:
                 self.pub.send_multipart([p.private_topic(names[peer]), b"0", *p.encode_synced(msg_id)])
             elif command == b"READY" and not self.ack_ready:
                 reply = None
+            elif command == b"PING" and self.taken_after_restart and self.commands[command] == 1:
+                reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
             elif command == b"PING":
                 reply = p.encode_pong(msg_id, now)
             elif command == b"ROOMS" and self.refuse_first_rooms and self.commands[command] == 1:
@@ -165,6 +172,18 @@ def test_line_mode_in_a_c_locale_refuses_an_undecodable_line_and_sends_the_next(
 def test_a_join_history_the_broker_failed_on_is_asked_again() -> None:
     with scripted(fail_first_history=True) as broker, Client("alice", broker.endpoint, connect_timeout=5):
         wait_for(lambda: broker.commands[b"HISTORY"] >= 2, 10, what="the lobby's HISTORY asked again")
+
+
+def test_a_name_held_by_our_own_last_connection_is_waited_for_not_given_up() -> None:
+    # After a restart a HELLO of ours may register while we time out waiting for its
+    # WELCOME: our next HELLO, with the old token, gets 409 until that session expires.
+    with (
+        scripted(taken_after_restart=2) as broker,
+        Client("alice", broker.endpoint, connect_timeout=5) as client,
+    ):
+        wait_for(lambda: broker.commands[b"HELLO"] >= 4, 10, what="HELLO after the two 409s")
+        assert client.broadcast("back").wait(10).__class__ is ev.Ack
+        assert client.state is ev.State.ONLINE
 
 
 def test_the_sign_in_s_own_requests_refused_for_the_rate_go_again() -> None:
