@@ -29,6 +29,9 @@ COUNTED = (p.HistoryRequest, p.Search, p.Enter, p.Exit, p.Received, p.Rooms, p.N
 #: Private messages handed to an online recipient and not yet confirmed by it, remembered so
 #: that a RECEIVED names only what its sender really sent to that recipient (oldest forgotten).
 AWAITING_RECEIPTS = 100_000
+#: A resume token offered for a name that holds no session is kept as the new session's,
+#: when it is at least this long (a guess must not be easy): see _hello.
+ADOPTED_TOKEN_MIN = 16
 
 
 @dataclass(frozen=True)
@@ -325,7 +328,11 @@ class BrokerCore:
         if client_key and self.config.authorized is None and self.store.key_of(key) is None:
             self.store.bind(key, client_key)  # trust on first use
             log.info("the name %s now belongs to key %s", hello.name, client_key)
-        session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
+        # A token offered for a free name is kept as the new session's: a client back after
+        # a restart whose first HELLO registered while it stopped waiting (a busy broker)
+        # then resumes that session with its next HELLO, instead of meeting 409 from it.
+        token = hello.token if len(hello.token) >= ADOPTED_TOKEN_MIN else self.new_token()
+        session = Session(peer, hello.name, hello.name.encode(), token, now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
         # The store first: should it fail (StoreFailed), no session is left without its WELCOME.

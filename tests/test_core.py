@@ -604,3 +604,16 @@ def test_history_after_a_number_gives_only_the_gap(core: BrokerCore) -> None:
     assert [r.body for r in history.records] == [b"t2", b"t3"]
     out_of_range = p.encode_command(b"HISTORY", b"h", "*", "0", "10", str(2**63))
     assert error_code(core.receive(b"A", out_of_range, 2.0), b"A") == Code.MALFORMED
+
+
+def test_a_token_offered_for_a_free_name_is_kept_so_the_next_hello_resumes(core: BrokerCore) -> None:
+    # After a restart: the first HELLO registers (its WELCOME too late for its client),
+    # the client's next HELLO, with the same token, resumes that session: no 409.
+    token = "f" * 32
+    first = core.receive(b"A", p.encode_hello(b"h1", "alice", token), 1.0)
+    assert [w.token for w in replies(first, b"A") if isinstance(w, p.Welcome)] == [token]
+    again = core.receive(b"A2", p.encode_hello(b"h2", "alice", token), 2.0)
+    assert [w.token for w in replies(again, b"A2") if isinstance(w, p.Welcome)] == [token]
+    assert core.by_key["alice"].peer == b"A2"
+    short = core.receive(b"B", p.encode_hello(b"h3", "bob", "guessable"), 3.0)
+    assert [w.token for w in replies(short, b"B") if isinstance(w, p.Welcome)] != ["guessable"]

@@ -14,6 +14,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import pytest
 import zmq
@@ -108,7 +109,7 @@ class ScriptedBroker:
 
 
 @contextmanager
-def scripted(**behaviour: bool) -> Iterator[ScriptedBroker]:
+def scripted(**behaviour: Any) -> Iterator[ScriptedBroker]:
     broker = ScriptedBroker(**behaviour)
     broker.thread.start()
     try:

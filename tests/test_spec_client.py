@@ -348,11 +348,16 @@ def connect(broker: Broker, zmq_context: Context) -> Callable[[], SpecClient]:
 def online(connect: Callable[[], SpecClient]) -> Callable[..., SpecClient]:
     """A spec client registered under `name` and subscribed to `topics` (lobby by default)."""
 
+    made: list[SpecClient] = []
+
     def make(name: str, *topics: bytes) -> SpecClient:
         client = connect()
         client.hello(name.encode())
         client.subscribe(*(topics or (LOBBY,)))
         client.announce()
+        for earlier in made:  # their heartbeats go on while the next ones are set up (7.1)
+            earlier._pump(0)
+        made.append(client)
         return client
 
     return make
