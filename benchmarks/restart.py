@@ -81,6 +81,8 @@ class Plan:
     restarts: int
     #: Seconds after the restart by which a client that is not online counts as not back.
     bound: float
+    #: Seconds for every client to sign in before the first restart (else nothing is measured).
+    setup: float = SETUP_TIMEOUT
     #: Broker flood control in the reconnect part: the broker's defaults, as people run it.
     rate: float = 20.0
     burst: int = 100
@@ -560,17 +562,17 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
     args = ("--store", str(log_dir / "reconnect.db"), "--rate", f"{plan.rate:g}", "--burst", str(plan.burst))
     names = [f"user{i}" for i in range(plan.clients)]
     groups = [[names[i] for i in group] for group in split(range(plan.clients), plan.client_procs)]
-    budget = SETUP_TIMEOUT + plan.restarts * (plan.bound + SETTLE_MAX_S + 30)
+    budget = plan.setup + plan.restarts * (plan.bound + SETTLE_MAX_S + 30)
     server = start_server("zchat", log_dir, *args)
     result: dict[str, Any] = {"clients": plan.clients, "procs": plan.client_procs, "restarts": []}
     try:
         began = time.monotonic()
-        setup_deadline = time.monotonic_ns() + int(SETUP_TIMEOUT * 1e9)
+        setup_deadline = time.monotonic_ns() + int(plan.setup * 1e9)
         jobs = [
             (clients_worker, ClientsSpec(server.endpoint, group, setup_deadline, budget)) for group in groups
         ]
         with Crew(jobs) as crew:
-            online = sum(crew.gather("ready", SETUP_TIMEOUT + 30, server.check))
+            online = sum(crew.gather("ready", plan.setup + 30, server.check))
             result.update(setup_s=round(time.monotonic() - began, 1), setup_online=online)
             if online < plan.clients:  # nothing to restart: the machine cannot hold them
                 say(
@@ -691,13 +693,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, help="clients that reconnect (default 2000, quick 20)")
     parser.add_argument("--client-procs", type=int, help="processes they run in (default 8, quick 2)")
     parser.add_argument("--restarts", type=int, help="restarts they live through (default 3, quick 1)")
+    parser.add_argument(
+        "--setup", type=float, metavar="S", help="longest the clients may take to sign in (120)"
+    )
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the brokers' logs and stores in DIR")
     parser.add_argument("--quiet-below", type=float, default=30.0, metavar="PCT",
                         help="before each part, wait for other processes to use less CPU than this")  # fmt: skip
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     chosen = {"kills": args.kills, "clients": args.clients, "client_procs": args.client_procs,
-              "restarts": args.restarts}  # fmt: skip
+              "restarts": args.restarts, "setup": args.setup}  # fmt: skip
     plan = Plan(**{**asdict(plan), **{k: v for k, v in chosen.items() if v is not None}})
     say = Progress(args.quiet_below, 0.0 if args.quick else 8.0)
     results: dict[str, Any] = {
