@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import platformdirs
 import zmq
 
 from zchat.broker.gate import DEFAULT_EXEMPT, networks
-from zchat.broker.server import BrokerServer, BrokerSettings
+from zchat.broker.server import BrokerServer, BrokerSettings, advertisable
 from zchat.broker.store import StoreError
 from zchat.common import keys
 
@@ -43,6 +44,14 @@ def default_store() -> str:
     envvar="ZCHAT_PUB_PORT",
     type=click.IntRange(0, 65535),
     help="PUB port for broadcasts and presence (0: any free port).",
+)
+@click.option(
+    "--advertise-pub",
+    default=None,
+    envvar="ZCHAT_ADVERTISE_PUB",
+    metavar="ENDPOINT",
+    help="Tell clients to connect to broadcasts here, e.g. tcp://*:7001 behind a published or forwarded "
+    "port ('*': the host the client reached the broker on) [default: where the PUB listens].",
 )
 @click.option(
     "--heartbeat-interval",
@@ -184,6 +193,7 @@ def broker(
     host: str,
     port: int,
     pub_port: int,
+    advertise_pub: str | None,
     heartbeat_interval: float,
     heartbeat_timeout: float,
     max_message_size: int,
@@ -208,10 +218,16 @@ def broker(
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    faulthandler.enable()  # a fatal signal (SIGSEGV, SIGBUS, ...) leaves a traceback in the log
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
     if trust == "allowlist" and not (curve_secret and authorized_keys):
         raise click.UsageError("--trust allowlist needs --curve-secret and --authorized-keys DIR")
+    if advertise_pub is not None:
+        try:
+            advertisable(advertise_pub)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--advertise-pub") from None
     exempt = tuple(spec for spec in ban_exempt if spec.lower() != "none")
     try:
         networks(exempt)
@@ -228,6 +244,7 @@ def broker(
         host=host,
         port=port,
         pub_port=pub_port,
+        advertise_pub=advertise_pub,
         heartbeat_ms=int(heartbeat_interval * 1000),
         timeout_ms=int(heartbeat_timeout * 1000),
         max_body=max_message_size,

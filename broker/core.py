@@ -136,8 +136,11 @@ class BrokerCore:
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
     #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
     stuck: dict[bytes, float] = field(default_factory=dict)
-    #: (recipient key, sender key, message id) of private messages handed over, not yet confirmed.
-    awaiting: OrderedDict[tuple[str, str, bytes], None] = field(default_factory=OrderedDict)
+    #: (recipient key, sender key, message id) of private messages handed over, not yet
+    #: confirmed; True for one handed over from the mailbox (a RECEIVED clears it there).
+    awaiting: OrderedDict[tuple[str, str, bytes], bool] = field(default_factory=OrderedDict)
+    #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
+    rooms_in_use: int | None = None
 
     # --- input ---------------------------------------------------------------
 
@@ -270,16 +273,10 @@ class BrokerCore:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))
             text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
-            bye = SendTo(
-                session.peer,
-                [*p.encode_error(msg_id, Code.RATE_LIMITED, text), str(int(cool_off * 1000)).encode()],
-            )
+            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
             return [bye, *self._drop(session, now, "flooding"), Hangup(session.peer, now + cool_off)]
-        refusal = self._refuse(
-            session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms"
-        )
-        refusal.frames.append(str(retry_ms).encode())  # ERROR's optional retry-after field
-        return [refusal]
+        return [self._refuse(session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms",
+                             retry_ms)]  # fmt: skip
 
     def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
                         now: float) -> list[Action]:  # fmt: skip
@@ -331,13 +328,15 @@ class BrokerCore:
         session = Session(peer, hello.name, hello.name.encode(), self.new_token(), now, key, client_key)
         if self.config.rate > 0:
             session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
+        # The store first: should it fail (StoreFailed), no session is left without its WELCOME.
+        self.store.add_user(key)
+        waiting = self._waiting_for(session)
         self.by_peer[peer] = session
         self.by_key[key] = session
         self.online_names = None
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, len(self.by_key))
-        self.store.add_user(key)
-        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *self._waiting_for(session)]
+        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *waiting]
 
     def _waiting_for(self, session: Session) -> list[Action]:
         """What was kept for a user while it was away: mail, then receipts."""
@@ -346,6 +345,7 @@ class BrokerCore:
             time_ms = str(m.time_ms).encode()
             message = p.encode_message(m.msg_id, m.sender.encode(), m.target.encode(), time_ms, m.body)
             actions.append(SendTo(session.peer, message))
+            self._await_receipt((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
         by_recipient: dict[tuple[str, int], list[bytes]] = {}
         for msg_id, recipient, when in self.store.receipts(session.key):
             by_recipient.setdefault((recipient, when), []).append(msg_id)
@@ -413,10 +413,11 @@ class BrokerCore:
             last = self.last_seq.get(room)
             last = self.store.last_seq(room) if last is None else last
             before = command.before or last + 1
-            records = [_record(m) for m in self.store.room_history(room, before, command.limit)]
+            found = self.store.room_history(room, before, command.limit, command.after)
+            records = [_record(m) for m in found]
             return [SendTo(peer, p.encode_history(msg_id, room, last, records))]
         if isinstance(command, p.Search):
-            found = self.store.search(session.key, command.words, 50)
+            found = self.store.search(session.key, command.words, p.MAX_FOUND)
             return [SendTo(peer, p.encode_found(msg_id, [_record(m) for m in found]))]
         assert isinstance(command, p.Received)
         return [SendTo(peer, p.encode_ack(msg_id, stamp)), *self._received(session, command, now)]
@@ -434,6 +435,8 @@ class BrokerCore:
         if entering and (refusal := self._rooms_full(session, command.msg_id, room, members)):
             return [refusal]
         self.store.set_member(session.key, room, entering)
+        if self.rooms_in_use is not None and len(members) == (0 if entering else 1):
+            self.rooms_in_use += 1 if entering else -1  # a room's first member came, or its last went
         if entering:
             members.add(session.key)
             event = p.encode_join(session.name_bytes, p.now_ms(now), room)
@@ -447,7 +450,9 @@ class BrokerCore:
         if len(self.store.rooms_of(session.key)) >= c.max_rooms_per_user:
             return self._refuse(session.peer, msg_id, Code.TOO_MANY,
                                 f"you are in {c.max_rooms_per_user} rooms, the most one may be in")  # fmt: skip
-        if not members and len(self.store.room_sizes()) >= c.max_rooms:
+        if self.rooms_in_use is None:
+            self.rooms_in_use = len(self.store.room_sizes())  # once: counting them costs a scan
+        if not members and self.rooms_in_use >= c.max_rooms:
             return self._refuse(session.peer, msg_id, Code.TOO_MANY,
                                 f"this broker has {c.max_rooms} rooms, the most it holds")  # fmt: skip
         return None
@@ -461,11 +466,13 @@ class BrokerCore:
         confirmed = []
         for msg_id in command.ids:
             handed = (session.key, sender_key, msg_id)
-            if handed in self.awaiting:
-                del self.awaiting[handed]
-                confirmed.append(msg_id)
-            elif self.store.delivered(session.key, sender_key, msg_id):  # mail kept while it was away
-                confirmed.append(msg_id)
+            # Only ids handed over reach the store: made-up ones cost a dict lookup, no query.
+            from_mailbox = self.awaiting.pop(handed, None)
+            if from_mailbox is None:
+                continue
+            if from_mailbox:
+                self.store.delivered(session.key, sender_key, msg_id)
+            confirmed.append(msg_id)
         if not confirmed:
             return []
         time_ms = int(now * 1000)
@@ -501,7 +508,12 @@ class BrokerCore:
         recipient = f[4].decode()
         key = recipient.lower()
         self.store.add_private(key, StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6]))
-        self.awaiting[(key, forward.sender_key, f[2])] = None
+        self._await_receipt((key, forward.sender_key, f[2]), from_mailbox=False)
+
+    def _await_receipt(self, handed: tuple[str, str, bytes], from_mailbox: bool) -> None:
+        # Forgotten oldest first: an unconfirmed live message then gets no receipt, and
+        # unconfirmed mail stays in the mailbox, to be handed over (and awaited) again.
+        self.awaiting[handed] = from_mailbox
         if len(self.awaiting) > AWAITING_RECEIPTS:
             self.awaiting.popitem(last=False)
 
@@ -607,12 +619,12 @@ class BrokerCore:
     def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
         return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")
 
-    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str) -> SendTo:
+    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> SendTo:
         reason = code.name.lower()
         self.counters[f"refused.{reason}"] += 1
         self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
                                  msg_id.decode("ascii", "replace") or "-", self._who(peer), int(code), text)  # fmt: skip
-        return SendTo(peer, p.encode_error(msg_id, code, text))
+        return SendTo(peer, p.encode_error(msg_id, code, text, retry_after_ms))
 
     def _who(self, peer: bytes) -> str:
         session = self.by_peer.get(peer)

@@ -1,24 +1,33 @@
 """The broker's ZeroMQ shell: a ROUTER and a PUB socket around BrokerCore.
 
 It only receives, asks the core, and sends. One thread owns both sockets.
+A command whose handling fails is answered with an ERROR; the broker goes on.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import os
+import re
 import signal
 import socket
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import TypeVar
 
 import zmq
 
 from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
 from zchat.broker.gate import DEFAULT_EXEMPT, UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
-from zchat.broker.store import open_store
+from zchat.broker.store import MemoryStore, Store, StoreFailed, open_store
+from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
+from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
 
@@ -48,6 +57,16 @@ _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
 ACK = b"ACK"
 HELLO = b"HELLO"
+MESSAGE = b"MESSAGE"
+#: Commands whose answers show stored messages, read from the store's open transaction.
+SHOWS_STORED = frozenset((b"HISTORY", b"SEARCH"))
+#: What a message the store could not keep is refused with (PROTOCOL.md 9).
+NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
+NOT_DONE = "the broker cannot write its store now: not done; try again later"
+FAILED = "the broker failed on this command: it may not have been carried out; send it again"
+#: Distinct failures (exception type and where) whose traceback is logged; repeats are counted.
+FAILURES_LOGGED = 100
+T = TypeVar("T")
 #: ZAP requests answered per wake-up, so that a storm of connections cannot hold up the rest.
 ZAP_BATCH = 100
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
@@ -84,6 +103,9 @@ class BrokerSettings:
     host: str = "127.0.0.1"
     port: int = 5555
     pub_port: int = 5556
+    #: What WELCOME tells clients to connect their SUB to (--advertise-pub);
+    #: None: the PUB's own endpoint (see `advertised`).
+    advertise_pub: str | None = None
     heartbeat_ms: int = 2000
     timeout_ms: int = 6000
     max_body: int = 65536
@@ -112,17 +134,66 @@ def endpoint(host: str, port: int) -> str:
     return f"tcp://{shown}:{port if port else '*'}"
 
 
-def advertised(host: str, bound: str) -> str:
-    """What WELCOME tells clients: '*' as host when bound to every interface."""
+#: A host name as getaddrinfo takes it (Docker's service names may hold '_').
+HOST_NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]*[A-Za-z0-9])?")
+
+
+def advertisable(endpoint: str) -> str:
+    """`endpoint` if WELCOME may advertise it (--advertise-pub), else ValueError saying why.
+
+    A client connects its SUB to it as given (PROTOCOL.md 5.1), so it must be
+    an address a client can reach: tcp://HOST:PORT with a host name, an IPv4
+    address, an [IPv6] address, or '*' for the host the client reached the
+    ROUTER on; not a wildcard address, port 0 or a source address.
+    """
+    scheme, sep, rest = endpoint.partition("://")
+    host, colon, port = rest.rpartition(":")
+    if scheme != "tcp" or not sep or not colon:
+        raise ValueError(f"{endpoint!r} is not tcp://HOST:PORT")
+    if not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValueError(f"{endpoint!r}: the port must be a number from 1 to 65535")
+    if host == "*":
+        return endpoint
+    bracketed = host.startswith("[") and host.endswith("]")
+    try:
+        address = ipaddress.ip_address(host[1:-1] if bracketed else host)
+    except ValueError:
+        if bracketed or not HOST_NAME.fullmatch(host) or host.replace(".", "").isdigit():
+            raise ValueError(f"{endpoint!r}: {host!r} is not a host name, an IP address or '*'") from None
+        return endpoint
+    if bracketed != (address.version == 6):
+        raise ValueError(f"{endpoint!r}: an IPv6 address, and only one, goes in brackets")
+    if address.is_unspecified:
+        raise ValueError(
+            f"{endpoint!r}: clients cannot connect to {host}; tcp://*:{port} means the host each client "
+            "reached the broker on"
+        )
+    return endpoint
+
+
+def advertised(host: str, bound: str, given: str | None = None) -> str:
+    """What WELCOME tells clients: `given` if set (--advertise-pub), else the
+    bound endpoint, with '*' as host when bound to every interface."""
+    if given is not None:
+        return given
     if host in ("0.0.0.0", "*", "::", ""):
         return "tcp://*:" + bound.rsplit(":", 1)[1]
     return bound
 
 
+#: Held ACKs of one peer: the name key of the session each answers (for a failed
+#: commit to find the refused among them), and its frames.
+Held = tuple[str, list[bytes]]
+
+
 class BrokerServer:
-    def __init__(self, settings: BrokerSettings) -> None:
+    def __init__(self, settings: BrokerSettings, store: Store | None = None) -> None:
+        """`store`: one already open instead of settings.store (tests)."""
         self.settings = settings
-        store = open_store(settings.store)  # first: a bad store fails before any port is taken
+        if settings.advertise_pub is not None:
+            advertisable(settings.advertise_pub)  # fails before the store is opened or a port taken
+        if store is None:
+            store = open_store(settings.store)  # first: a bad store fails before any port is taken
         self.context = zmq.Context()
         # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
         self.gate = Gate(settings.ban_exempt)
@@ -158,7 +229,7 @@ class BrokerServer:
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
         self.core = BrokerCore(CoreConfig(
-            pub_endpoint=advertised(settings.host, self.pub_endpoint),
+            pub_endpoint=advertised(settings.host, self.pub_endpoint, settings.advertise_pub),
             heartbeat_ms=settings.heartbeat_ms,
             timeout_ms=settings.timeout_ms,
             max_body=settings.max_body,
@@ -173,17 +244,24 @@ class BrokerServer:
             cool_off=settings.cool_off,
         ), store=store)  # fmt: skip
         self._stopping = False
-        #: ACKs held during one wake-up, per sender, to go out as one message each.
-        self._acks: dict[bytes, list[list[bytes]]] = {}
+        #: ACKs held until the store has committed, per sender, combined where they can be.
+        self._acks: dict[bytes, list[Held]] = {}
         #: Published messages wait for the store too: a number on a topic is
         #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
         self._to_publish: list[list[bytes]] = []
+        #: Only a store on disk can fail a commit (a full disk): with one in memory a HISTORY
+        #: never waits for a commit to show only what is kept.
+        self._store_can_fail = not isinstance(store, MemoryStore)
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
         self._hangups: list[tuple[float, socket.socket]] = []
         #: The TCP peer of each connection that said HELLO, to know it again at a hangup (hangup.py).
         self._origins: dict[bytes, Peer] = {}
+        #: Since the store failed, until it takes messages again: logged once each way.
+        self._store_down = False
+        self._refused_before = 0
+        self._failures_seen: set[tuple[object, ...]] = set()
 
     def _encrypt(self, curve: KeyPair) -> None:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
@@ -214,7 +292,10 @@ class BrokerServer:
             self.router_endpoint, self.pub_endpoint,
             "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
         )  # fmt: skip
+        if self.settings.advertise_pub is not None:
+            log.info("clients are told to connect to broadcasts at %s", self.settings.advertise_pub)
         log.info("%s", self._flood_control_line())
+        log.info("%s", self._store_line())
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
@@ -241,34 +322,127 @@ class BrokerServer:
                         self._current = first
                         if noting and len(frames) > 1 and frames[1] == HELLO:
                             self._note_origin(first)
-                        key = str(first.get("User-Id")) if keyed else ""
-                        self.apply(core.receive(first.bytes, frames, now, key))
+                        self._handle(first.bytes, frames, now, str(first.get("User-Id")) if keyed else "")
                         if handled % FLUSH_EVERY == 0:
                             self._flush()
                     self._current = None
                     self._flush()
                 elif not ready:  # idle: the store does what it put off (indexing for search)
-                    put_off = core.store.catch_up()
-                    core.store.commit()
+                    put_off = self._guarded("indexing for search", False, core.store.catch_up)
+                    self._commit()
                 now = time.time()
                 if self._hangups:
                     self._hang_up_due(now)
                 if now >= next_sweep:
-                    self.apply(core.expire(now))
+                    self._guarded("the liveness sweep", None, self._expire, now)
                     self._flush()
                     self.gate.forget_expired(now)
                     self._forget_origins()
-                    core.maintain(now)
+                    self._guarded("retention", None, core.maintain, now)
                     # A busy broker is never idle: index a batch for search now and then anyway.
-                    put_off = core.store.catch_up() or put_off
-                    core.store.commit()
+                    put_off = self._guarded("indexing for search", False, core.store.catch_up) or put_off
+                    self._commit()
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._flush()
-            self.apply(core.shutdown(time.time()))
+            self._guarded("the shutdown notice", None, self._shutdown, time.time())
             self._flush()
         finally:
             self.close()
+
+    def _handle(self, peer: bytes, frames: list[bytes], now: float, key: str) -> None:
+        """One message from a client, through the core; a failure answers it alone."""
+        if len(frames) > 1 and frames[1] in SHOWS_STORED and self._may_show_unstored(frames[1]):
+            self._flush()  # it shows only what is stored, and what is not yet may be refused
+        try:
+            self.apply(self.core.receive(peer, frames, now, key))
+        except Exception as e:  # that one command failed, not the broker
+            self._failed(peer, frames, e)
+
+    def _may_show_unstored(self, command: bytes) -> bool:
+        """Would this HISTORY or SEARCH read what a failed commit may yet refuse?
+
+        Cheap first: at a sign-in storm every client asks the lobby's HISTORY, and a
+        commit before each would cost one per client and keep ACKs from combining."""
+        if not self._store_can_fail:
+            return False
+        if command == b"SEARCH":  # finds private mail too: anything held may be in it
+            return bool(self._acks or self._to_publish)
+        return any(frames[3] == MESSAGE for frames in self._to_publish)  # a room's, not yet kept
+
+    def _failed(self, peer: bytes, frames: list[bytes], e: Exception) -> None:
+        """A command whose handling raised: answer it with an ERROR, log it once, go on.
+
+        What the handler did before it failed stays done: a resend of a message that was
+        kept after all is answered as a duplicate, never delivered twice."""
+        msg_id = frames[2] if len(frames) > 2 and p.MSG_ID_RE.fullmatch(frames[2]) else b""
+        if isinstance(e, StoreFailed):  # a write the command needs cannot be made
+            self._store_failed(e)
+            code, text = Code.STORE_FAILED, NOT_DONE
+        else:
+            self._log_failure("a command", e)
+            code, text = Code.INTERNAL, FAILED
+        self.core.counters[f"refused.{code.name.lower()}"] += 1
+        try:
+            self._send(peer, p.encode_error(msg_id, code, text))
+        except Exception as again:
+            self._log_failure("an error reply", again)
+
+    def _expire(self, now: float) -> None:
+        self.apply(self.core.expire(now))
+
+    def _shutdown(self, now: float) -> None:
+        self.apply(self.core.shutdown(now))
+
+    def _guarded(self, what: str, otherwise: T, work: Callable[..., T], *args: object) -> T:
+        """Periodic work of the core or the store: a failure is logged and the broker goes on."""
+        try:
+            return work(*args)
+        except StoreFailed as e:
+            self._store_failed(e)
+        except Exception as e:
+            self._log_failure(what, e)
+        return otherwise
+
+    def _log_failure(self, what: str, e: BaseException) -> None:
+        """The traceback once per kind of failure (its type and the path it was raised
+        along): a client that can trigger a bug must not be able to flood the log with it."""
+        self.core.counters["failed"] += 1
+        where = (type(e).__name__, *((f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)))
+        if where in self._failures_seen:
+            log.debug("%s failed again: %r", what, e)
+            return
+        if len(self._failures_seen) < FAILURES_LOGGED:
+            self._failures_seen.add(where)
+        log.error("%s failed; the broker goes on (repeats are counted, not logged)", what, exc_info=e)
+
+    def _store_failed(self, e: StoreFailed) -> None:
+        self.core.counters["store.failed"] += 1
+        if self._store_down:
+            log.debug("the store still cannot be written: %s", e)
+            return
+        self._store_down = True
+        self._refused_before = self.core.counters["refused.store_failed"]
+        log.error("the store %s cannot be written (%s): until it can, what must be kept is refused "
+                  "(ERROR %d) and the rest goes on", self._store_name(), e.__cause__ or e,
+                  Code.STORE_FAILED)  # fmt: skip
+
+    def _commit(self) -> frozenset[tuple[str, bytes]] | None:
+        """Commit the store: the messages it could not keep (StoreFailed.refused), or None
+        when it is not known what it kept (a failure that is not the store's own)."""
+        try:
+            wrote = self.core.store.commit()
+        except StoreFailed as e:
+            self._store_failed(e)
+            return e.refused
+        except Exception as e:
+            self._log_failure("storing", e)
+            return None
+        if wrote and self._store_down:
+            self._store_down = False
+            log.warning("the store %s is written again (%d messages refused meanwhile)", self._store_name(),
+                        self.core.counters["refused.store_failed"] - self._refused_before)  # fmt: skip
+        return frozenset()
 
     def _flood_control_line(self) -> str:
         """What an operator should know of flood control at start (SECURITY.md, limits)."""
@@ -280,6 +454,16 @@ class BrokerServer:
             return line + "; flooders are disconnected (no cool-off)"
         exempt = ", ".join(s.ban_exempt) or "none"
         return line + f"; a flooder's address is turned away for {s.cool_off:g} s (exempt: {exempt})"
+
+    def _store_name(self) -> str:
+        path = self.settings.store
+        return path if path == ":memory:" else os.path.abspath(path)
+
+    def _store_line(self) -> str:
+        """Where the store is, said at start: what survives a restart (README, --store)."""
+        if self.settings.store == ":memory:":
+            return "store :memory:: nothing is kept across restarts"
+        return f"store {self._store_name()}: history, mailboxes and names are kept there"
 
     def apply(self, actions: list[Action]) -> None:
         for action in actions:
@@ -293,7 +477,8 @@ class BrokerServer:
             else:
                 assert isinstance(action, SendTo)
                 if action.frames[1] == ACK:
-                    self._ack_later(action.peer, action.frames)
+                    session = self.core.by_peer.get(action.peer)
+                    self._ack_later(action.peer, action.frames, session.key if session else "")
                 else:
                     self._send(action.peer, action.frames)
 
@@ -352,38 +537,76 @@ class BrokerServer:
             self.apply(self.core.undeliverable(forward, busy=False, now=time.time()))
         else:
             self.core.forwarded(forward)
-            self._ack_later(forward.sender, forward.ack)
+            # Handed to its recipient: delivered, so this ACK stands even if the store then
+            # fails (only the copy kept for search would be lost, see SqliteStore._fail).
+            self._ack_later(forward.sender, forward.ack, forward.sender_key)
 
-    def _ack_later(self, peer: bytes, ack: list[bytes]) -> None:
+    def _ack_later(self, peer: bytes, ack: list[bytes], key: str) -> None:
         """Hold an ACK to combine it with the sender's next ones (PROTOCOL.md 5.2)."""
         held = self._acks.get(peer)
         if held is None:
-            self._acks[peer] = [ack]
-        elif held[-1][3] == ack[3] and held[-1][4] == ack[4]:  # same time and status
-            held[-1].append(ack[2])
+            self._acks[peer] = [(key, ack)]
+            return
+        last_key, last = held[-1]
+        if last[3] == ack[3] and last[4] == ack[4] and last_key == key:  # same time, status and session
+            last.append(ack[2])
         else:
-            held.append(ack)
+            held.append((key, ack))
 
     def _flush(self) -> None:
-        """Store, then publish and acknowledge what this wake-up handled."""
-        self.core.store.commit()  # an ACK promises the message is kept: store first
+        """Store, then publish and acknowledge what was handled since the last time.
+
+        Everything held is of the transaction committed here (a commit anywhere else
+        flushes too, see _send), so a failed commit can answer for all of it."""
+        refused = self._commit()  # an ACK promises the message is kept: store first
+        stored = refused is not None and not refused
         for frames in self._to_publish:
+            # A message never kept is never published either. Its number stays used
+            # (the store keeps it as such), so subscribers see a gap (PROTOCOL.md 6.2).
+            if (not stored and frames[3] == MESSAGE
+                    and (refused is None or (frames[5].decode().lower(), frames[4]) in refused)):  # fmt: skip
+                continue
             # PUB never blocks: a subscriber whose queue is full loses
             # the message, and sees the gap in the sequence numbers.
             send(self.pub, frames[0], frames[1:])
         self._to_publish.clear()
         for peer, held in self._acks.items():
-            for ack in held:
-                self._send_now(peer, ack)
+            for key, ack in held:
+                if stored:
+                    self._send_now(peer, ack)
+                else:
+                    self._answer_unstored(peer, key, ack, refused)
         self._acks.clear()
 
+    def _answer_unstored(self, peer: bytes, key: str, ack: list[bytes],
+                         refused: frozenset[tuple[str, bytes]] | None) -> None:  # fmt: skip
+        """After a failed commit: an ACK's ids that were not kept become ERRORs, in
+        their place among the others (replies keep the order of commands)."""
+        if refused is None:  # the store failed in a way of its own: nothing is known kept
+            for msg_id in [ack[2], *ack[5:]]:
+                self.core.counters["refused.internal"] += 1
+                self._send_now(peer, p.encode_error(msg_id, Code.INTERNAL, FAILED))
+            return
+        run: list[bytes] = []
+        for msg_id in [ack[2], *ack[5:]]:
+            if (key, msg_id) not in refused:
+                run.append(msg_id)
+                continue
+            if run:
+                self._send_now(peer, [*ack[:2], run[0], *ack[3:5], *run[1:]])
+                run = []
+            self.core.counters["refused.store_failed"] += 1
+            self._send_now(peer, p.encode_error(msg_id, Code.STORE_FAILED, NOT_STORED))
+        if run:
+            self._send_now(peer, [*ack[:2], run[0], *ack[3:5], *run[1:]])
+
     def _send(self, peer: bytes, frames: list[bytes]) -> None:
-        """Any other reply: the peer's held ACKs go first, so replies keep their order."""
-        held = self._acks.pop(peer, None)
-        if held is not None:
-            self.core.store.commit()
-            for ack in held:
-                self._send_now(peer, ack)
+        """Any other reply: the peer's held ACKs go first, so replies keep their order.
+
+        They go out only stored, and with them everything else held: every held
+        ACK and publish then belongs to the one transaction the next commit ends."""
+        if peer in self._acks:
+            self._flush()
         self._send_now(peer, frames)
 
     def _send_now(self, peer: bytes, frames: list[bytes]) -> None:
@@ -403,7 +626,10 @@ class BrokerServer:
                 core.queue_drained(peer)
 
     def close(self) -> None:
-        self.core.store.close()
+        try:
+            self.core.store.close()
+        except Exception as e:  # StoreFailed too: what it could not write is lost, and said so
+            log.error("the store could not be closed cleanly: %s", e)
         for _, held in self._hangups:
             held.close()
         self.router.close()

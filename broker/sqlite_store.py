@@ -2,17 +2,25 @@
 
 Same behaviour as store.MemoryStore; message bodies are indexed with FTS5 for
 `search`. Nothing is durable until `commit()`, which the shell calls once per wake-up.
+A write that fails (a full disk) rolls the whole transaction back, and `commit()` says
+which messages were lost with it (StoreFailed).
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import sqlite3
 from pathlib import Path
+from typing import TypeVar
 
-from zchat.broker.store import StoredMessage, StoreError
+from zchat.broker.store import StoredMessage, StoreError, StoreFailed, search_words
 from zchat.common.protocol import name_key
+
+log = logging.getLogger("zchat.broker")
+S = TypeVar("S", bound="SqliteStore")
 
 # One entry per schema version, applied in order; never edit a released one, append.
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -68,6 +76,14 @@ INDEX_BATCH = 5000
 #: past its clients' heartbeat timeout (what is left is indexed a batch a second meanwhile).
 SEARCH_INDEX_BATCHES = 4
 SCHEMA_VERSION = len(MIGRATIONS)
+#: SQLite's integers are 64-bit: a larger Python int raises OverflowError when bound.
+SQL_MIN, SQL_MAX = -(2**63), 2**63 - 1
+#: Writes besides messages (membership, names, receipts) kept to write again while the store
+#: fails: each is small, but a user entering and leaving rooms on a full disk must not grow
+#: them without end. Past this the oldest are dropped, and the log says so.
+MAX_REPLAY = 10_000
+#: Seconds to wait at open for a store another process holds.
+OPEN_TIMEOUT = 2.0
 
 _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
 
@@ -77,7 +93,7 @@ def fts_query(words: str) -> str | None:
 
     Words without a letter or digit would be empty phrases, which match nothing: they are
     dropped (as MemoryStore ignores them); None if no word is left."""
-    kept = [w for w in words.split() if re.search(r"[^\W_]", w)]
+    kept = [w for w in search_words(words) if re.search(r"[^\W_]", w)]
     return " AND ".join('"' + w.replace('"', '""') + '"' for w in kept) or None
 
 
@@ -91,19 +107,41 @@ class SqliteStore:
         self._new_messages: list[tuple[object, ...]] = []
         self._new_seen: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._new_seqs: dict[str, int] = {}
+        # What the open transaction holds, for a failure to know what it loses (_fail):
+        # (sender key, msg id) of the messages promised to be kept (room messages, mail),
+        self._kept: set[tuple[str, bytes]] = set()
+        # the sequence numbers handed out (never to be handed out again, stored or not),
+        self._txn_seqs: dict[str, int] = {}
+        # and every other write, in order, to make again after a rollback.
+        self._replay: list[tuple[str, tuple[object, ...]]] = []
+        self._replay_due = False  # the replay is not in the open transaction (or there is none)
+        # Failures since the last commit(), which reports them: the first cause, and what was lost.
+        self._failure: BaseException | None = None
+        self._refused: set[tuple[str, bytes]] = set()
+        self._replay_cut = False  # MAX_REPLAY was reached since the store last wrote
+        self._messages_written = False  # the open transaction holds messages
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str]) -> SqliteStore:
+    def open(cls: type[S], path: str | os.PathLike[str]) -> S:
         name = os.fspath(path)
         try:
             if name != ":memory:":
                 Path(name).parent.mkdir(parents=True, exist_ok=True)
             # isolation_level=None: transactions are ours, begun by _write() and ended by commit().
-            db = sqlite3.connect(name, isolation_level=None)
+            # The timeout only matters at open: the file is ours alone after (_prepare), and a
+            # broker restarted at once may wait a moment for the old one to let go of it.
+            db = sqlite3.connect(name, isolation_level=None, timeout=OPEN_TIMEOUT)
         except (OSError, sqlite3.Error) as e:
             raise StoreError(f"cannot open the store {name}: {e}") from e
         try:
             _prepare(db, name)
+        except sqlite3.OperationalError as e:
+            db.close()
+            if "locked" in str(e):  # SQLITE_BUSY: another process has it
+                raise StoreError(
+                    f"cannot use the store {name}: another process (a broker?) has it open"
+                ) from e
+            raise StoreError(f"cannot use the store {name}: {e}") from e
         except sqlite3.Error as e:
             db.close()
             raise StoreError(f"cannot use the store {name}: {e}") from e
@@ -113,22 +151,42 @@ class SqliteStore:
         return cls(db)
 
     def _write(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        """One write, made now; StoreFailed if it cannot be (nothing of it is kept then)."""
         # One transaction per wake-up, ended by commit(): a commit per write would sync per write.
         self._flush()
-        self._begin()
-        return self._db.execute(sql, params)
+        try:
+            self._begin()
+            cursor = self._db.execute(sql, params)
+        except Exception as e:
+            self._fail(e)
+            raise StoreFailed(f"cannot write the store: {e}") from e
+        self._replay.append((sql, params))
+        return cursor
 
     def _begin(self) -> None:
         if not self._db.in_transaction:
             self._db.execute("BEGIN")
+        if self._replay_due:  # what a failed transaction held besides messages goes in first
+            self._replay_due = False
+            for sql, params in self._replay:
+                self._db.execute(sql, params)
 
     def _flush(self) -> None:
+        """Write what waits in the buffers. A failure is not raised here but noted for
+        commit() (see _fail): a read that flushed first goes on with the store as it was."""
+        try:
+            self._write_buffers()
+        except Exception as e:
+            self._fail(e)
+
+    def _write_buffers(self) -> None:
         if self._new_messages:
             self._begin()
             self._db.executemany(
                 "INSERT INTO messages VALUES (NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", self._new_messages
             )
             self._new_messages.clear()
+            self._messages_written = True
         if self._new_seqs:
             self._begin()
             self._db.executemany(
@@ -147,7 +205,54 @@ class SqliteStore:
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         self._flush()  # reads see every write before them
-        return self._db.execute(sql, params)
+        return self._read(sql, params)
+
+    def _read(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
+        writing = self._db.in_transaction
+        try:
+            return self._db.execute(sql, params)
+        except sqlite3.Error as e:
+            if writing and not self._db.in_transaction:  # SQLite rolled the transaction back itself
+                self._fail(e)
+            raise
+
+    def _fail(self, cause: BaseException) -> None:
+        """A write failed: roll back the whole transaction, so that nothing is half written.
+
+        The messages promised to be kept in it (room messages, mail) are lost, and their
+        seen ids with them: a resend is new. commit() names them, for their ACKs to become
+        errors. Private messages handed to their online recipient were delivered (their ACK
+        stands) but lose their copy for search and their seen id: a client resends only
+        what was not acknowledged. The rest (membership, names, receipts, the sequence
+        numbers handed out) is made again at once, and written with the next commit."""
+        if self._failure is None:
+            self._failure = cause
+        self._refused |= self._kept
+        self._kept.clear()
+        self._new_messages.clear()
+        self._new_seen.clear()
+        for room, seq in self._txn_seqs.items():  # a number published, or told in HISTORY, stays used
+            self._new_seqs[room] = max(seq, self._new_seqs.get(room, 0))
+        if len(self._replay) > MAX_REPLAY:
+            if not self._replay_cut:
+                log.warning("the store cannot be written for long: changes beyond the last %d are lost",
+                            MAX_REPLAY)  # fmt: skip
+                self._replay_cut = True
+            del self._replay[:-MAX_REPLAY]
+        self._rollback()
+        self._messages_written = False
+        self._replay_due = bool(self._replay)
+        if self._replay_due:
+            try:
+                self._begin()  # at once: reads until the next commit see what the rollback took
+            except Exception:  # the disk is still full: made again at the next write or commit
+                self._rollback()
+                self._replay_due = True
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("ROLLBACK")
 
     def _messages(self, sql: str, params: tuple[object, ...]) -> list[StoredMessage]:
         return [StoredMessage(*row) for row in self._query(sql, params)]
@@ -159,17 +264,25 @@ class SqliteStore:
 
     def used_seq(self, room: str, seq: int) -> None:
         self._new_seqs[room] = max(seq, self._new_seqs.get(room, 0))  # written at the next flush
+        self._txn_seqs[room] = max(seq, self._txn_seqs.get(room, 0))
 
     def _insert(self, m: StoredMessage, target_key: str, pending: bool) -> None:
-        self._new_messages.append((m.room, m.seq, m.msg_id, m.sender, name_key(m.sender), m.target,
+        sender_key = name_key(m.sender)
+        self._new_messages.append((m.room, m.seq, m.msg_id, m.sender, sender_key, m.target,
                                    target_key, m.time_ms, m.body, pending))  # fmt: skip
+        if m.room or pending:  # acknowledged as kept, not only delivered
+            self._kept.add((sender_key, m.msg_id))
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
         if limit <= 0:  # SQLite reads a negative LIMIT as "no limit"
             return []
+        # Clamped, whoever asks: seqs are far below SQL_MAX, so nothing found changes.
+        before_seq = min(max(before_seq, SQL_MIN), SQL_MAX)
+        after_seq = min(max(after_seq, SQL_MIN), SQL_MAX)
         newest = self._messages(
-            f"SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? ORDER BY seq DESC LIMIT ?",
-            (room, before_seq, limit),
+            f"""SELECT {_COLUMNS} FROM messages m WHERE room = ? AND seq < ? AND seq > ?
+            ORDER BY seq DESC LIMIT ?""",
+            (room, before_seq, after_seq, min(limit, SQL_MAX)),
         )
         return newest[::-1]
 
@@ -257,7 +370,7 @@ class SqliteStore:
         waiting = self._new_seen.get((sender, msg_id))
         if waiting is not None:
             return waiting[0]
-        row = self._db.execute(  # no flush: what waits to be written was looked at above
+        row = self._read(  # no flush: what waits to be written was looked at above
             "SELECT status FROM seen WHERE sender = ? AND msg_id = ?", (sender, msg_id)
         ).fetchone()
         return str(row[0]) if row else None
@@ -269,17 +382,22 @@ class SqliteStore:
     def catch_up(self, limit: int = INDEX_BATCH) -> bool:
         """Index up to `limit` new messages for search; True if more are waiting."""
         self._flush()
-        (upto,) = self._db.execute("SELECT upto FROM fts_state").fetchone()
-        (newest,) = self._db.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
+        (upto,) = self._read("SELECT upto FROM fts_state").fetchone()
+        (newest,) = self._read("SELECT coalesce(max(id), 0) FROM messages").fetchone()
         if newest <= upto:
             return False
         last = min(newest, upto + limit)
-        self._begin()
-        self._db.execute(
-            "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages WHERE id > ? AND id <= ?",
-            (upto, last),
-        )
-        self._db.execute("UPDATE fts_state SET upto = ?", (last,))
+        try:
+            self._begin()
+            self._db.execute(
+                "INSERT INTO messages_fts (rowid, body) SELECT id, body FROM messages WHERE id > ? AND id <= ?",
+                (upto, last),
+            )
+            self._db.execute("UPDATE fts_state SET upto = ?", (last,))
+        except Exception as e:
+            # The rollback takes fts_state back too: indexed later, from where it was.
+            self._fail(e)
+            return False  # not at once again: at the broker's next sweep
         return bool(last < newest)
 
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
@@ -310,21 +428,47 @@ class SqliteStore:
         self._write("DELETE FROM receipts WHERE time_ms < ?", (before_ms,))
         return removed
 
-    def commit(self) -> None:
+    def commit(self) -> bool:
         # In WAL mode with synchronous=NORMAL a COMMIT is written to the WAL file (the OS has it)
         # but not fsynced: it survives the broker being killed (even SIGKILL), not a power loss.
         self._flush()
-        if self._db.in_transaction:
-            self._db.execute("COMMIT")
+        wrote = False
+        try:
+            if self._replay_due:
+                self._begin()
+            if self._db.in_transaction:
+                self._db.execute("COMMIT")
+                wrote = self._messages_written
+                # All of it is in the file now.
+                self._kept.clear()
+                self._txn_seqs.clear()
+                self._replay.clear()
+                self._replay_cut = False
+                self._messages_written = False
+        except Exception as e:
+            self._fail(e)
+        failure, refused = self._failure, frozenset(self._refused)
+        if failure is not None:
+            self._failure = None
+            self._refused.clear()
+            raise StoreFailed(f"cannot write the store: {failure}", refused) from failure
+        return wrote
 
     def close(self) -> None:
-        self.commit()
-        self._db.close()
+        try:
+            self.commit()
+        finally:
+            self._db.close()
 
 
 def _prepare(db: sqlite3.Connection, name: str) -> None:
     """Set the journal up and bring the schema to SCHEMA_VERSION, or refuse a newer one."""
     if name != ":memory:":
+        # EXCLUSIVE before WAL: SQLite then keeps the WAL index in the heap instead of a -shm
+        # file mapped into memory, where a write the file system refuses (a full disk, an
+        # immutable file) is SIGBUS, which ends the broker without a word. It also keeps the
+        # file to this one broker: a second one fails at open (_in_use), not at its first write.
+        db.execute("PRAGMA locking_mode = EXCLUSIVE")
         # Raises "file is not a database" first thing for a corrupt file.
         db.execute("PRAGMA journal_mode = WAL")
         db.execute("PRAGMA synchronous = NORMAL")  # see commit()

@@ -11,10 +11,12 @@ Rooms are named with their `#`; the lobby is "*".
 
 from __future__ import annotations
 
+import bisect
+import itertools
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 
 def open_store(path: str) -> Store:
@@ -41,12 +43,28 @@ class StoreError(Exception):
     """The store cannot be used (newer schema, corrupt or read-only file)."""
 
 
+class StoreFailed(StoreError):
+    """Writes since the last commit were lost (a full disk, an unwritable file); the store
+    rolled them back as a whole, and goes on: the next commit may well succeed.
+
+    `refused` is (sender's name key, message id) of each message that was to be kept (a room
+    or lobby message, mail for an offline user) and is not: its ACK must not go out, and its
+    id is forgotten, so that a resend is taken as new. Raised by commit(), which reports
+    every loss since the last commit, also those met first by a read; a write that cannot
+    be made at all (a room's membership, say) raises it at once, with nothing refused
+    beyond that one write."""
+
+    def __init__(self, text: str, refused: frozenset[tuple[str, bytes]] = frozenset()) -> None:
+        super().__init__(text)
+        self.refused = refused
+
+
 class Store(Protocol):
     # --- rooms and history ---------------------------------------------------
     def add_room_message(self, message: StoredMessage) -> None: ...
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
-        """The last `limit` messages of `room` with seq < before_seq, oldest first."""
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
+        """The last `limit` messages of `room` with after_seq < seq < before_seq, oldest first."""
         ...
 
     def used_seq(self, room: str, seq: int) -> None:
@@ -124,9 +142,10 @@ class Store(Protocol):
         in the lobby and rooms it is a member of now, and private ones to or from it
         (delivered or not, until they expire).
 
-        Words match whole words, without regard to case; a word with punctuation inside
-        ("don't") matches its parts in a row; words with no letter or digit are ignored,
-        and a search with none left finds nothing."""
+        Words are separated by white space or control characters (a NUL too: see
+        `search_words`), and match whole words, without regard to case; a word with
+        punctuation inside ("don't") matches its parts in a row; words with no letter or
+        digit are ignored, and a search with none left finds nothing."""
         ...
 
     def catch_up(self) -> bool:
@@ -140,7 +159,11 @@ class Store(Protocol):
         Undelivered private messages are kept, whatever their age."""
         ...
 
-    def commit(self) -> None: ...
+    def commit(self) -> bool:
+        """Make every write since the last commit durable; True if messages were among them.
+
+        Raises StoreFailed (having rolled back) for what it could not write."""
+        ...
 
     def close(self) -> None: ...
 
@@ -150,23 +173,39 @@ MEMORY_HISTORY = 10_000  # messages per room
 MEMORY_SEEN = 100_000  # (sender, id) pairs
 
 
+class Kept(NamedTuple):
+    """A message in MemoryStore, numbered in the order kept (SQLite's row id), for
+    search to give the messages of one millisecond newest first."""
+
+    order: int
+    message: StoredMessage
+
+
+class KeptPrivate(NamedTuple):
+    order: int
+    sender: str  # name keys
+    recipient: str
+    message: StoredMessage
+
+
 @dataclass
 class MemoryStore:
     """A Store in memory: nothing survives the process, and only recent history."""
 
-    history: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
+    history: dict[str, list[Kept]] = field(default_factory=lambda: defaultdict(list))
     rooms: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))
     users: set[str] = field(default_factory=set)
     owners: dict[str, str] = field(default_factory=dict)
     mail: dict[str, list[StoredMessage]] = field(default_factory=lambda: defaultdict(list))
-    private: list[tuple[str, str, StoredMessage]] = field(default_factory=list)  # (sender, recipient, m)
+    private: list[KeptPrivate] = field(default_factory=list)
     owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
     seen_ids: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)  # outlives expiry: sequences never go back
+    counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_room_message(self, message: StoredMessage) -> None:
         messages = self.history[message.room]
-        messages.append(message)
+        messages.append(Kept(next(self.counter), message))
         if len(messages) > MEMORY_HISTORY * 1.1:  # trim now and then, not at every message
             del messages[: len(messages) - MEMORY_HISTORY]
         self.used_seq(message.room, message.seq)
@@ -174,9 +213,13 @@ class MemoryStore:
     def used_seq(self, room: str, seq: int) -> None:
         self.seqs[room] = max(seq, self.seqs.get(room, 0))
 
-    def room_history(self, room: str, before_seq: int, limit: int) -> list[StoredMessage]:
-        older = [m for m in self.history.get(room, ()) if m.seq < before_seq]
-        return older[-limit:] if limit > 0 else []
+    def room_history(self, room: str, before_seq: int, limit: int, after_seq: int = 0) -> list[StoredMessage]:
+        if limit <= 0:
+            return []
+        kept = self.history.get(room, [])  # in the order of seq: a page is found by bisection
+        end = bisect.bisect_left(kept, before_seq, key=lambda k: k[1].seq)
+        start = max(bisect.bisect_right(kept, after_seq, 0, end, key=lambda k: k[1].seq), end - limit)
+        return [m for _, m in kept[start:end]]
 
     def last_seq(self, room: str) -> int:
         return self.seqs.get(room, 0)
@@ -210,10 +253,10 @@ class MemoryStore:
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)
-        self.private.append((message.sender.lower(), recipient, message))
+        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
-        self.private.append((message.sender.lower(), recipient, message))
+        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
         if len(self.private) > MEMORY_HISTORY * 1.1:
             del self.private[: len(self.private) - MEMORY_HISTORY]
 
@@ -251,23 +294,26 @@ class MemoryStore:
             del self.seen_ids[next(iter(self.seen_ids))]  # the oldest: dicts keep insertion order
 
     def search(self, user: str, words: str, limit: int) -> list[StoredMessage]:
-        wanted = [t for t in map(_words, words.split()) if t]
+        wanted = [t for t in map(_words, search_words(words)) if t]
         if not wanted:
             return []
         allowed = self.rooms_of(user) | {"*"}
-        candidates = [m for room in allowed for m in self.history.get(room, ())]
-        candidates += [m for s, r, m in self.private if user in (s, r)]
-        hits = [m for m in candidates if _has_all(_words(m.body.decode("utf-8", "replace")), wanted)]
-        return sorted(hits, key=lambda m: m.time_ms, reverse=True)[:limit]
+        candidates = [kept for room in allowed for kept in self.history.get(room, ())]
+        candidates += [Kept(k.order, k.message) for k in self.private if user in (k.sender, k.recipient)]
+        hits = [k for k in candidates if _has_all(_words(k.message.body.decode("utf-8", "replace")), wanted)]
+        hits.sort(key=lambda k: (k.message.time_ms, k.order), reverse=True)  # as SQLite: time, then row id
+        return [k.message for k in hits[:limit]]
 
     def expire(self, before_ms: int) -> int:
         count = 0
         for room, messages in self.history.items():
-            kept = [m for m in messages if m.time_ms >= before_ms]
+            kept = [k for k in messages if k.message.time_ms >= before_ms]
             count += len(messages) - len(kept)
             self.history[room] = kept
         kept_private = [
-            (s, r, m) for s, r, m in self.private if m.time_ms >= before_ms or m in self.mail.get(r, ())
+            k
+            for k in self.private
+            if k.message.time_ms >= before_ms or k.message in self.mail.get(k.recipient, ())
         ]
         count += len(self.private) - len(kept_private)
         self.private = kept_private
@@ -280,11 +326,21 @@ class MemoryStore:
     def catch_up(self) -> bool:
         return False
 
-    def commit(self) -> None:
-        pass
+    def commit(self) -> bool:
+        return False  # nothing to write to
 
     def close(self) -> None:
         pass
+
+
+#: Control characters (Unicode's Cc): between search words they separate them, as spaces do.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def search_words(words: str) -> list[str]:
+    """The words of a search, for both stores alike. A control character is a separator:
+    a NUL inside an FTS5 string would end the query text there (SQLite reads it as C)."""
+    return _CONTROL.sub(" ", words).split()
 
 
 def _words(text: str) -> list[str]:

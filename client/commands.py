@@ -89,7 +89,7 @@ commands:
   /room [#ROOM]     switch the current room (without ROOM: the lobby)
   /rooms            the rooms, with their members
   /names [#ROOM]    who of ROOM is online
-  /history [#ROOM] [N]  N earlier messages of ROOM (default 50)
+  /history [#ROOM] [N]  N earlier messages of ROOM (default 50, at most 500)
   /search WORDS     messages of your rooms and yours with all of WORDS
   /who              who is online
   /help             this help

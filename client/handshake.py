@@ -7,6 +7,8 @@ so the user hears what is wrong instead of only "no answer".
 
 from __future__ import annotations
 
+import time
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
@@ -19,6 +21,8 @@ FAILED = (
     | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 )
 WATCHED = FAILED | zmq.EVENT_HANDSHAKE_SUCCEEDED
+#: How long a failed encrypted handshake waits for the plain probe that tells why (accepts_plain).
+PROBE_WAIT = 1.0
 
 
 def secure(sock: zmq.Socket[bytes], server_key: bytes | None, keys: KeyPair | None) -> None:
@@ -48,10 +52,10 @@ class HandshakeWatch:
                 self.close()  # an unread monitor fills up: watch only the first handshake
                 return None
             if kind & FAILED:
-                return self.explain(kind, value)
+                return self.explain(kind, value, event["endpoint"].decode())
         return None
 
-    def explain(self, kind: int, value: int) -> str:
+    def explain(self, kind: int, value: int, endpoint: str) -> str:
         if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == p.TURNED_AWAY_STATUS:
             return (
                 "the broker turned this connection away: it refuses this address for a while "
@@ -60,6 +64,11 @@ class HandshakeWatch:
         mismatch = kind == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and (
             value == zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH
         )
+        if self.encrypted and not mismatch and kind == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # A plain broker that sees a CURVE greeting closes the connection, and libzmq
+            # reports the mismatch only if it read the broker's greeting first: a race. A
+            # wrong server key looks the same. One plain handshake tells the two apart.
+            mismatch = accepts_plain(self.sock.context, endpoint, PROBE_WAIT)
         if mismatch and self.encrypted:
             return "the broker refused the handshake: it does not use encryption, but a server key was given"
         if mismatch:
@@ -82,3 +91,26 @@ class HandshakeWatch:
             self.sock.disable_monitor()
             self.monitor.close(linger=0)
             self.monitor = None
+
+
+def accepts_plain(context: zmq.Context[zmq.Socket[bytes]], endpoint: str, wait: float) -> bool:
+    """Whether the broker at `endpoint` takes an unencrypted (NULL) handshake, within `wait` seconds.
+
+    Nothing is sent past the handshake. A refusal by ZAP (an address turned away, ZAP status
+    400) also means the NULL mechanism was agreed: the broker does not use encryption."""
+    probe = context.socket(zmq.DEALER)
+    monitor = probe.get_monitor_socket(WATCHED)
+    try:
+        probe.connect(endpoint)
+        deadline = time.monotonic() + wait
+        while (left := deadline - time.monotonic()) > 0 and monitor.poll(max(1, int(left * 1000))):
+            kind = recv_monitor_message(monitor)["event"]
+            if kind in (zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+                return True
+            if kind & FAILED:
+                return False
+        return False
+    finally:
+        probe.disable_monitor()
+        monitor.close(linger=0)
+        probe.close(linger=0)

@@ -128,6 +128,7 @@ class Poller:
         #: Our own catching up, counted by the broker's flood control like anything the user
         #: sends: ("enter" | "history", room), released in order as the bucket allows.
         self.catching_up: deque[tuple[str, str]] = deque()
+        self.caught_up: dict[bytes, tuple[str, str]] = {}  # id -> what of catching_up it sent
         self.rooms_id = b""  # the ROOMS asked after registering
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
         self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
@@ -220,6 +221,7 @@ class Poller:
         self.room_sync_tag = b""  # its subscription went with the old SUB
         self.join_histories.clear()
         self.catching_up.clear()
+        self.caught_up.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -328,6 +330,7 @@ class Poller:
         elif kind is p.RoomList:
             assert isinstance(event, p.RoomList)
             if event.msg_id == self.rooms_id:
+                self.caught_up.pop(event.msg_id, None)
                 self._rejoin(event, now)
             elif (request := self.inflight.pop(event.msg_id, None)) is not None:
                 self._answer(request, ev.RoomList(event.sizes, event.mine))
@@ -455,6 +458,7 @@ class Poller:
                 return  # no token yet: the next timer tries again
             self.catching_up.popleft()
             msg_id = self.new_id().encode()
+            self.caught_up[msg_id] = (kind, name)
             if kind == "rooms":
                 self.rooms_id = msg_id
                 self._send(p.encode_command(b"ROOMS", msg_id), now)
@@ -463,13 +467,16 @@ class Poller:
             else:
                 assert room is not None
                 self.join_histories[msg_id] = name
-                # After a reconnect, what was missed: as much as one HISTORY gives.
-                count = self.s.history_count if not room.seen_seq else p.MAX_HISTORY
-                room.asked = count
-                self._send(p.encode_command(b"HISTORY", msg_id, name, "0", str(count)), now)
+                # After a reconnect only what was missed (above the last number shown),
+                # as much as one HISTORY gives: usually nothing, so it costs the broker little.
+                after = room.seen_seq
+                room.asked = count = self.s.history_count if not after else p.MAX_HISTORY
+                fields = [name, "0", str(count), *([str(after)] if after else [])]
+                self._send(p.encode_command(b"HISTORY", msg_id, *fields), now)
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
+        self.caught_up.pop(reply.msg_id, None)
         name = self.join_histories.pop(reply.msg_id, None)
         if name is None:  # asked by the user: /history
             request = self.inflight.pop(reply.msg_id, None)
@@ -567,6 +574,8 @@ class Poller:
             # still in flight and goes again once we are registered anew.
             self._lost("the broker no longer knows this session", now)
             return
+        if (own := self.caught_up.pop(msg_id, None)) is not None and self._caught_up_again(own, answer, now):
+            return
         request = self.inflight.pop(msg_id, None)
         if request is not None and self._held_back_again(request, answer, now):
             return
@@ -580,12 +589,6 @@ class Poller:
                     self._forget_room(request.target)
             self._answer(request, outcome)
         elif isinstance(answer, p.Error) and msg_id in self.join_histories:
-            if answer.code == Code.RATE_LIMITED:  # the broker's bucket is empty, so is ours: again, first
-                name = self.join_histories.pop(msg_id)
-                if self.bucket is not None:
-                    self.bucket.tokens, self.bucket.stamp = 0.0, now
-                self.catching_up.appendleft(("history", name))
-                return
             # No history for the room: show what was kept rather than hold it for ever.
             name = self.join_histories[msg_id]
             log.info("no history of %s: %s", name, answer.text)
@@ -659,6 +662,17 @@ class Poller:
         if size <= limit:
             return None
         return request.refusal(Code.TOO_LARGE, f"the message is {size} bytes, the broker's limit is {limit}")
+
+    def _caught_up_again(self, own: tuple[str, str], answer: p.Ack | p.Error, now: float) -> bool:
+        """Our own catching up met a 429 (a resumed session's bucket may be emptier than
+        our mirror knew): the broker's bucket is empty, so is ours; it goes again, first."""
+        if not (isinstance(answer, p.Error) and answer.code == Code.RATE_LIMITED):
+            return False
+        self.join_histories.pop(answer.msg_id, None)
+        if self.bucket is not None:
+            self.bucket.tokens, self.bucket.stamp = 0.0, now
+        self.catching_up.appendleft(own)
+        return True
 
     def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
         """A 429 although we paced ourselves (our own HISTORY at a join counts

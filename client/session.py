@@ -28,7 +28,7 @@ from zchat.client import events as ev
 from zchat.client.poller import Poller, Settings
 from zchat.client.request import Request
 from zchat.common.keys import KeyPair
-from zchat.common.protocol import EVERYONE, MAX_HISTORY, valid_room
+from zchat.common.protocol import EVERYONE, MAX_HISTORY, MAX_NUMBER, valid_room
 
 log = logging.getLogger("zchat.client")
 
@@ -57,7 +57,7 @@ class Client:
 
         Without it, events queue up for `events()` and `next_event()`.
         `history_count` messages of a room are shown on joining it (and on
-        registering, for the rooms one is in).
+        registering, for the rooms one is in): at most 500, what one HISTORY may ask.
         With `server_key`, the broker's public key (z85), all traffic is
         encrypted with CURVE, as `keys` (a fresh key pair when None).
         """
@@ -67,6 +67,7 @@ class Client:
             server_key = server_key.encode()
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
+        history_count = min(max(history_count, 0), MAX_HISTORY)  # the broker refuses more (400)
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
                                   server_key, keys)  # fmt: skip
         self._on_event = on_event
@@ -154,8 +155,11 @@ class Client:
         """The `count` messages of `room` before sequence number `before` (0: the newest).
 
         They come as Message events marked history, then `.wait()` gives History.
-        `before=-1` pages back from the oldest message shown so far.
+        `before=-1` pages back from the oldest message shown so far. `count` is
+        taken as 1 to 500, what one HISTORY may ask.
         """
+        if before > MAX_NUMBER:  # no sequence number is that high (PROTOCOL.md 3.2)
+            return self._refused(Request("history", self._new_id(), room), f"no message is numbered {before}")
         return self._room_request(
             "history", room, lobby=True, before=before, count=min(max(count, 1), MAX_HISTORY)
         )

@@ -24,7 +24,19 @@ TURNED_AWAY_STATUS = 400
 
 NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,32}")
 ROOM_RE = re.compile(r"#[A-Za-z0-9_.\-]{1,32}")
+#: The ranges of number fields (PROTOCOL.md 3.2). A `number` is what a signed 64-bit
+#: integer holds (SQLite's INTEGER, and most languages' widest plain integer).
+MAX_NUMBER = 2**63 - 1
+#: The latest `time`, 9999-12-31T23:59:59.999Z: the last instant common date types hold.
+MAX_TIME_MS = 253_402_300_799_999
+#: Durations in milliseconds and max-body: what a signed 32-bit integer (a timer) holds.
+MAX_INT32 = 2**31 - 1
+#: The codes ERROR carries; 600-699 are left to clients and never cross the wire.
+MIN_ERROR_CODE, MAX_ERROR_CODE = 400, 599
+#: Messages one HISTORY may ask for, and records one HISTORY or FOUND may carry.
 MAX_HISTORY = 500
+#: Matches one SEARCH is answered with, the newest.
+MAX_FOUND = 50
 #: Message ids one RECEIVED may confirm: each costs the broker a store write.
 MAX_RECEIVED_IDS = 500
 MSG_ID_RE = re.compile(rb"[\x21-\x7e]{1,64}")
@@ -50,6 +62,7 @@ class Code(IntEnum):
     INTERNAL = 500
     SHUTTING_DOWN = 503
     RECIPIENT_BUSY = 507
+    STORE_FAILED = 508
     TOO_MANY = 509
 
 
@@ -124,6 +137,8 @@ class HistoryRequest(NamedTuple):
     room: str
     before: int  # 0: up to now
     limit: int
+    #: Optional (PROTOCOL.md 13.1): only messages above this sequence number, for a gap.
+    after: int = 0
 
 
 class Search(NamedTuple):
@@ -186,6 +201,8 @@ class Error(NamedTuple):
     msg_id: bytes
     code: int
     text: str
+    #: For code 429 (PROTOCOL.md 8): wait this long before sending again; 0 otherwise.
+    retry_after_ms: int = 0
 
 
 class Users(NamedTuple):
@@ -346,10 +363,22 @@ def _text(frame: bytes, what: str, msg_id: bytes = b"") -> str:
         raise ProtocolError(Code.BAD_ENCODING, f"{what} is not valid UTF-8", msg_id) from None
 
 
-def _int(frame: bytes, what: str, msg_id: bytes = b"") -> int:
-    if not frame.isdigit() or len(frame) > 20:
+def _int(frame: bytes, what: str, msg_id: bytes = b"", *, low: int = 0, high: int = MAX_NUMBER) -> int:
+    """A `number` field from `low` to `high`: anything else is malformed (ERROR 400)."""
+    if not frame.isdigit() or len(frame) > 20:  # bytes.isdigit: ASCII digits only
         raise ProtocolError(Code.MALFORMED, f"{what} must be a decimal number", msg_id)
-    return int(frame)
+    value = int(frame)
+    if not low <= value <= high:
+        raise ProtocolError(Code.MALFORMED, f"{what} must be from {low} to {high}", msg_id)
+    return value
+
+
+def _time(frame: bytes, what: str = "time") -> int:
+    return _int(frame, what, high=MAX_TIME_MS)
+
+
+def _duration(frame: bytes, what: str, low: int = 1) -> int:
+    return _int(frame, what, low=low, high=MAX_INT32)
 
 
 def _check_signature(frames: list[bytes]) -> None:
@@ -446,9 +475,12 @@ def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
     if command == b"HISTORY":
         msg_id = _msg_id(frames, "HISTORY")
         _need(frames, 6, "HISTORY")
-        count = _int(frames[5], "count", msg_id)
-        return HistoryRequest(msg_id, _room(frames, 3, msg_id, lobby=True), _int(frames[4], "before", msg_id),
-                              min(count, MAX_HISTORY))  # fmt: skip
+        room = _room(frames, 3, msg_id, lobby=True)
+        before = _int(frames[4], "before", msg_id)
+        # More than a page is refused, as for RECEIVED, rather than cut short unsaid.
+        count = _int(frames[5], "count", msg_id, high=MAX_HISTORY)
+        after = _int(frames[6], "after", msg_id) if len(frames) > 6 else 0
+        return HistoryRequest(msg_id, room, before, count, after)
     if command == b"SEARCH":
         msg_id = _msg_id(frames, "SEARCH")
         _need(frames, 4, "SEARCH")
@@ -456,10 +488,12 @@ def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
     if command == b"RECEIVED":
         msg_id = _msg_id(frames, "RECEIVED")
         _need(frames, 5, "RECEIVED")
-        sender = frames[3].decode("latin-1")
+        sender = frames[3].decode("latin-1")  # any bytes: a non-ASCII name is invalid, not garbled
+        if not valid_name(sender):  # a `name` field: 422 (PROTOCOL.md 3.2), as in HELLO
+            raise ProtocolError(Code.INVALID_NAME, "the sender is not a valid name", msg_id)
         ids = tuple(frames[4:])
-        if not valid_name(sender) or not all(MSG_ID_RE.fullmatch(i) for i in ids):
-            raise ProtocolError(Code.MALFORMED, "RECEIVED needs a sender name and message ids", msg_id)
+        if not all(MSG_ID_RE.fullmatch(i) for i in ids):
+            raise ProtocolError(Code.MALFORMED, "RECEIVED needs message ids after the sender", msg_id)
         if len(ids) > MAX_RECEIVED_IDS:
             raise ProtocolError(Code.MALFORMED, f"RECEIVED takes at most {MAX_RECEIVED_IDS} ids", msg_id)
         return Received(msg_id, sender, ids)
@@ -500,8 +534,12 @@ def encode_ack(msg_id: bytes, time_ms: bytes, status: bytes = b"accepted") -> li
     return [SIGNATURE, b"ACK", msg_id, time_ms, status]
 
 
-def encode_error(msg_id: bytes, code: Code, text: str) -> list[bytes]:
-    return [SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
+def encode_error(msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> list[bytes]:
+    """ERROR; a 429 carries its retry-after (section 8), within the range of section 3.2."""
+    frames = [SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
+    if code == Code.RATE_LIMITED:
+        frames.append(str(min(max(retry_after_ms, 0), MAX_INT32)).encode())
+    return frames
 
 
 def encode_users(msg_id: bytes, names: list[str]) -> list[bytes]:
@@ -622,18 +660,18 @@ def _sizes(frame: bytes) -> tuple[tuple[str, int], ...]:
     pairs = []
     for item in _text(frame, "rooms").split():
         room, _, count = item.rpartition(":")
-        pairs.append((room, _int(count.encode(), "member count")))
+        pairs.append((room, _int(count.encode(), "member count", low=1)))
     return tuple(pairs)
 
 
 def _records(f: list[bytes], count_at: int) -> tuple[Record, ...]:
-    count = _int(f[count_at], "count")
+    count = _int(f[count_at], "count", high=MAX_HISTORY)
     start = count_at + 1
     if len(f) < start + 6 * count:
         raise ProtocolError(Code.MALFORMED, f"{count} records announced, fewer sent")
     return tuple(
         Record(_int(f[i], "seq"), f[i + 1], _text(f[i + 2], "sender"), _text(f[i + 3], "target"),
-               _int(f[i + 4], "time"), f[i + 5])
+               _time(f[i + 4]), f[i + 5])
         for i in range(start, start + 6 * count, 6)
     )  # fmt: skip
 
@@ -641,6 +679,13 @@ def _records(f: list[bytes], count_at: int) -> tuple[Record, ...]:
 def _optional_int(f: list[bytes], index: int, what: str) -> int:
     """A field appended in a later revision: 0 when an older peer leaves it out."""
     return _int(f[index], what) if len(f) > index else 0
+
+
+def _decode_error(f: list[bytes]) -> Error:
+    code = _int(f[3], "code", low=MIN_ERROR_CODE, high=MAX_ERROR_CODE)
+    # Only 429 defines the retry-after field: after any other code, a frame there is a later addition.
+    retry_after = _duration(f[5], "retry-after", low=0) if code == Code.RATE_LIMITED and len(f) > 5 else 0
+    return Error(f[2], code, _text(f[4], "text"), retry_after)
 
 
 def _decode_users(f: list[bytes]) -> Users:
@@ -651,23 +696,23 @@ def _decode_users(f: list[bytes]) -> Users:
 _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | PublishedEvent]]] = {
     b"WELCOME": (10, lambda f: Welcome(
         f[2], _text(f[3], "name"), _text(f[4], "token"), _text(f[5], "endpoint"),
-        _int(f[6], "heartbeat"), _int(f[7], "timeout"), _int(f[8], "max body"), _int(f[9], "time"),
+        _duration(f[6], "heartbeat"), _duration(f[7], "timeout"), _duration(f[8], "max body"), _time(f[9]),
         _optional_int(f, 10, "rate"), _optional_int(f, 11, "burst"),
     )),
-    b"ACK": (5, lambda f: Ack(f[2], _int(f[3], "time"), _text(f[4], "status"), tuple(f[5:]))),
-    b"ERROR": (5, lambda f: Error(f[2], _int(f[3], "code"), _text(f[4], "text"))),
+    b"ACK": (5, lambda f: Ack(f[2], _time(f[3]), _text(f[4], "status"), tuple(f[5:]))),
+    b"ERROR": (5, _decode_error),
     b"USERS": (4, _decode_users),
-    b"PONG": (4, lambda f: Pong(f[2], _int(f[3], "time"))),
+    b"PONG": (4, lambda f: Pong(f[2], _time(f[3]))),
     b"MESSAGE": (7, lambda f: Message(
-        f[2], _text(f[3], "sender"), _text(f[4], "target"), _int(f[5], "time"), f[6]
+        f[2], _text(f[3], "sender"), _text(f[4], "target"), _time(f[5]), f[6]
     )),
     b"SHUTDOWN": (3, lambda f: Shutdown(_text(f[2], "reason"))),
     b"REPLACED": (3, lambda f: Replaced(_text(f[2], "reason"))),
-    b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _int(f[3], "time"), _room_field(f, 4))),
-    b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _int(f[3], "time"), _text(f[4], "reason"), _room_field(f, 5))),
+    b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _time(f[3]), _room_field(f, 4))),
+    b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _time(f[3]), _text(f[4], "reason"), _room_field(f, 5))),
     b"ROOMS": (5, lambda f: RoomList(f[2], _sizes(f[3]), tuple(_text(f[4], "rooms").split()))),
-    b"HISTORY": (6, lambda f: History(f[2], _text(f[3], "room"), _int(f[4], "seq"), _records(f, 5))),
+    b"HISTORY": (6, lambda f: History(f[2], _text(f[3], "room"), _int(f[4], "last seq"), _records(f, 5))),
     b"FOUND": (4, lambda f: Found(f[2], _records(f, 3))),
-    b"RECEIPT": (5, lambda f: Receipt(_text(f[2], "recipient"), _int(f[3], "time"), tuple(f[4:]))),
+    b"RECEIPT": (5, lambda f: Receipt(_text(f[2], "recipient"), _time(f[3]), tuple(f[4:]))),
     b"SYNCED": (3, lambda f: Synced(f[2])),
 }  # fmt: skip

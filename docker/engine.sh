@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # A private Docker engine for zchat's container tests and demo, on a machine with no Docker Hub
-# and loopback-only networking (no bridge, no iptables: containers use host networking).
+# and loopback-only networking: no default bridge and no iptables, so a container uses host
+# networking or a network of its own (docker-compose makes one); published ports then go
+# through docker-proxy, as the compose demo's do.
 #
 #   docker/engine.sh start        install docker.io, docker-compose, debootstrap if missing (apt-get),
 #                                 start a private dockerd, wait until it answers, print the export line
@@ -115,7 +117,7 @@ start_engine() {
     fi
     [ -f "$DIR/daemon.json" ] || echo '{}' >"$DIR/daemon.json"
     rm -f "$SOCK" "$DOCKERD_PIDFILE"
-    log "starting dockerd (vfs, no bridge, no iptables) in $DIR; log: $LOGFILE"
+    log "starting dockerd (vfs, no default bridge, no iptables) in $DIR; log: $LOGFILE"
     local t0=$SECONDS
     # setsid: the engine outlives this script and is not hit by signals to the caller's process group.
     # 9>&-: the engine must not inherit (and so hold forever) the lock below.
@@ -213,8 +215,10 @@ build_base_image() {
     rootfs="$DIR/rootfs.$$"
     rm -rf "$rootfs"
     log "debootstrap --variant=minbase $SUITE from $mirror (log: $DIR/debootstrap.log)"
+    # </dev/null: run from a terminal, wget under timeout (its own process group) takes itself
+    # for a background job and writes wget-log files into the current folder (the project's).
     if ! timeout 900 debootstrap --variant=minbase --include=python3,python3-venv,ca-certificates,passwd \
-            "$SUITE" "$rootfs" "$mirror" >"$DIR/debootstrap.log" 2>&1; then
+            "$SUITE" "$rootfs" "$mirror" </dev/null >"$DIR/debootstrap.log" 2>&1; then
         tail -n 20 "$DIR/debootstrap.log" >&2 || true
         rm -rf "$rootfs"
         die "debootstrap failed (log above, $DIR/debootstrap.log)"

@@ -77,7 +77,12 @@ def start_curve_broker(tmp_path: Path, *args: str) -> tuple[Broker, KeyPair]:
 
 
 def start_broker(
-    log_dir: Path, *args: str, port: int = 0, pub_port: int = 0, timeout: float = 10.0
+    log_dir: Path,
+    *args: str,
+    port: int = 0,
+    pub_port: int = 0,
+    timeout: float = 10.0,
+    cwd: Path | None = None,
 ) -> Broker:
     """Start `zchat broker` on 127.0.0.1; ports 0 let the broker pick free ones."""
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -88,7 +93,7 @@ def start_broker(
              "--pub-port", str(pub_port), "--log-level", "debug",
              *([] if "--store" in args else ["--store", ":memory:"]),
              *([] if "--rate" in args else ["--rate", "0"]), *args],
-            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd,
         )  # fmt: skip
 
     def listening() -> re.Match[str] | None:

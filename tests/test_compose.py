@@ -1,7 +1,9 @@
 """The docker-compose demo, really run: engine, image, `up`, a host client, `down`.
 
 The engine is the private one of docker/engine.sh (no Docker Hub here: a
-local Debian base image; host networking: nothing leaves loopback).
+local Debian base image). One test runs the files as README says, on a
+bridge network with the ports published on 127.0.0.1; the other on host
+networking. Either way nothing leaves the machine.
 """
 
 from __future__ import annotations
@@ -105,5 +107,39 @@ def test_compose_demo_bots_converse_and_a_host_client_joins(docker_env: dict[str
         assert "broker stopped" in stopped  # SIGTERM: clients told, sockets closed
         assert stopped.count("-- closed") == 2  # both bots said BYE and closed
         run(*compose, "down", "--timeout", "10", env=env, timeout=120)
+    finally:
+        subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.mark.timeout(600)
+def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str, str]) -> None:
+    """docker-compose.yml with its override, on host ports that are not 5555/5556 (another
+    broker may have those): a host client reaches the ROUTER on one and is sent by WELCOME
+    to the PUB on the other, and the bots in the compose network still get broadcasts."""
+    probe = f"zchat-probe-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["/usr/bin/docker", "network", "create", probe], capture_output=True,
+                      env=docker_env, timeout=60).returncode:  # fmt: skip
+        pytest.skip("this engine cannot make a bridge network, so it cannot publish ports")
+    subprocess.run(
+        ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
+    )
+    port, pub_port = free_port(), free_port()
+    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port)}
+    compose = [str(COMPOSE), "-p", f"zchat{uuid.uuid4().hex[:8]}"]  # the files `docker-compose up` reads
+
+    def heard(bot: str, other: str) -> bool:
+        return f"<{other}> {other} here, public message" in run(
+            *compose, "logs", "--no-color", bot, env=env, timeout=60
+        )
+
+    try:
+        run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
+        wait_for(lambda: heard("alice", "bob") and heard("bob", "alice"), timeout=120, interval=1,
+                 what="the bots to hear each other's broadcasts")  # fmt: skip
+        with chat("me", f"tcp://127.0.0.1:{port}") as me:  # online: SYNCED came on the published PUB
+            me.expect(lambda e: isinstance(e, ev.Message) and not e.private and e.sender in ("alice", "bob"),
+                      timeout=30, what="a bot's broadcast")  # fmt: skip
+            me.client.send("alice", "hello from the host").wait(10)
+            assert me.message("echo: hello from the host", timeout=20).sender == "alice"
     finally:
         subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)

@@ -107,6 +107,13 @@ def test_broadcast_is_published_in_sequence_and_acknowledged(core: BrokerCore) -
         ([b"ZCHAT/9", b"SEND"], Code.BAD_VERSION),
         ([], Code.MALFORMED),
         (p.encode_hello(b"m", "bob"), Code.ALREADY_REGISTERED),
+        (p.encode_send(b"m", "a" * 33, "x"), Code.UNKNOWN_RECIPIENT),  # can be no one's name
+        (p.encode_send(b"m", "#" + "a" * 33, "x"), Code.UNKNOWN_RECIPIENT),
+        (p.encode_command(b"ENTER", b"m", "dev"), Code.MALFORMED),  # a room field of the wrong form
+        (p.encode_command(b"ENTER", b"m", "#" + "a" * 33), Code.MALFORMED),
+        (p.encode_command(b"HISTORY", b"m", "*", "0", "501"), Code.MALFORMED),  # more than a page
+        (p.encode_command(b"HISTORY", b"m", "*", str(2**63), "10"), Code.MALFORMED),
+        (p.encode_command(b"RECEIVED", b"m", "not a name", b"x1"), Code.INVALID_NAME),
     ],
 )
 def test_bad_input_is_refused_with_its_code(core: BrokerCore, frames: list[bytes], code: Code) -> None:
@@ -522,3 +529,78 @@ def test_without_a_cool_off_the_flood_left_in_the_queue_is_still_not_answered() 
     assert core.receive(b"A", p.encode_send(b"f9", "*", "x"), 1.0) == []
     assert core.receive(b"A", p.encode_hello(b"h", "alice"), 2.0) == []
     assert "alice" not in core.by_key
+
+
+def test_a_second_hello_in_another_case_welcomes_again_with_the_name_as_registered(core: BrokerCore) -> None:
+    register(core, b"B", "Bob")
+    core.receive(b"B", p.encode_simple(b"BYE", b"bye"), 0.5)
+    register(core, b"A", "alice")
+    core.receive(b"A", p.encode_send(b"m1", "bob", "while you were away"), 1.0)
+    first = replies(core.receive(b"B2", p.encode_hello(b"h1", "Bob"), 2.0), b"B2")
+    assert [type(e) for e in first] == [p.Welcome, p.Message]  # the mailbox, once
+    again = core.receive(b"B2", p.encode_hello(b"h2", "BOB", "any token"), 3.0)
+    # The name as registered and the session's token: nothing else is sent or published.
+    assert replies(again, b"B2") == [p.Welcome(b"h2", "Bob", "token2", PUB, 1000, 3000, 100, 3000)]
+    assert published(again) == []
+
+
+def test_names_sort_by_their_lower_case_form_in_ascii_order(core: BrokerCore) -> None:
+    names = ["Zed", "_x", "alice", "9z", "Bob", "-a", "a.b"]
+    for i, name in enumerate(names):
+        register(core, b"P%d" % i, name)
+        core.receive(b"P%d" % i, p.encode_command(b"ENTER", b"e", "#dev"), 1.0)
+    # '_' is 0x5F: after the digits, before the letters once they are lower case.
+    expected = ("-a", "9z", "_x", "a.b", "alice", "Bob", "Zed")
+    assert replies(core.receive(b"X", p.encode_simple(b"WHO", b"w"), 1.0), b"X") == [p.Users(b"w", expected)]
+    names_reply = replies(core.receive(b"P0", p.encode_command(b"NAMES", b"n", "#dev"), 1.0), b"P0")
+    assert names_reply == [p.Users(b"n", expected)]
+
+
+def test_rooms_counts_offline_members_and_names_lists_online_ones(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    for peer in (b"A", b"B"):
+        core.receive(peer, p.encode_command(b"ENTER", b"e", "#dev"), 1.0)
+    core.receive(b"A", p.encode_simple(b"BYE", b"bye"), 2.0)  # a member still, offline
+    register(core, b"C", "carol")
+    (rooms,) = replies(core.receive(b"C", p.encode_simple(b"ROOMS", b"r"), 3.0), b"C")
+    assert rooms == p.RoomList(b"r", (("#dev", 2),), ())
+    (online,) = replies(core.receive(b"C", p.encode_command(b"NAMES", b"n", "#dev"), 3.0), b"C")
+    assert online == p.Users(b"n", ("bob",))
+
+
+def test_an_empty_sync_tag_frame_syncs_on_the_own_topic(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    actions = core.receive(b"A", [*p.encode_simple(b"SYNC", b"s1"), b""], 1.0)
+    assert published(actions) == [p.Published(p.private_topic("alice"), 0, p.Synced(b"s1"))]
+    assert replies(actions, b"A") == [p.Ack(b"s1", 1000, "accepted")]
+
+
+def test_history_records_come_oldest_first_and_a_count_of_500_is_a_page(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    for i in range(3):
+        core.receive(b"A", p.encode_send(b"m%d" % i, "*", f"t{i}"), 1.0 + i)  # lobby seqs 2..4 (1: JOIN)
+    (page,) = replies(core.receive(b"A", p.encode_command(b"HISTORY", b"h", "*", "0", "500"), 9.0), b"A")
+    assert isinstance(page, p.History) and page.last_seq == 4
+    assert [(r.seq, r.body) for r in page.records] == [(2, b"t0"), (3, b"t1"), (4, b"t2")]
+
+
+def test_a_tiny_rate_still_gives_a_retry_after_clients_can_read() -> None:
+    core = BrokerCore(CoreConfig(PUB, rate=1e-9, burst=1.0))
+    register(core, b"A", "alice")
+    core.receive(b"A", p.encode_send(b"m1", "*", "x"), 1.0)
+    (refusal,) = replies(core.receive(b"A", p.encode_send(b"m2", "*", "x"), 1.0), b"A")
+    assert isinstance(refusal, p.Error) and refusal.code == Code.RATE_LIMITED
+    assert 0 < refusal.retry_after_ms <= p.MAX_INT32  # decoded, not dropped as out of range
+
+
+def test_history_after_a_number_gives_only_the_gap(core: BrokerCore) -> None:
+    register(core, b"A", "alice")  # JOIN: lobby seq 1
+    for i in range(4):
+        core.receive(b"A", p.encode_send(b"m%d" % i, "*", f"t{i}"), 1.0)  # seqs 2..5
+    asked = p.encode_command(b"HISTORY", b"h", "*", "0", "10", "3")
+    (history,) = replies(core.receive(b"A", asked, 2.0), b"A")
+    assert isinstance(history, p.History) and history.last_seq == 5
+    assert [r.body for r in history.records] == [b"t2", b"t3"]
+    out_of_range = p.encode_command(b"HISTORY", b"h", "*", "0", "10", str(2**63))
+    assert error_code(core.receive(b"A", out_of_range, 2.0), b"A") == Code.MALFORMED

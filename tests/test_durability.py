@@ -6,16 +6,20 @@ on the same store file.
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.chat import chat
 from tests.support import ZCHAT, start_broker, wait_for
 from zchat.client import events as ev
 from zchat.common import protocol as p
+from zchat.common.protocol import Code
 
 FAST = ("--heartbeat-interval", "0.2", "--heartbeat-timeout", "1")
 
@@ -89,3 +93,80 @@ def test_a_corrupt_or_unusable_store_is_a_clear_error_at_start(tmp_path: Path) -
                                 capture_output=True, text=True, timeout=30)  # fmt: skip
         assert result.returncode == 1, result.stderr
         assert str(path) in result.stderr and "Traceback" not in result.stderr
+
+
+def test_the_broker_says_at_start_where_its_store_is(tmp_path: Path) -> None:
+    """An operator must know what survives a restart: the absolute path, or nothing."""
+    (tmp_path / "run").mkdir()
+    broker = start_broker(tmp_path, "--store", "data/zchat.db", cwd=tmp_path / "run")
+    try:
+        assert str(tmp_path / "run" / "data" / "zchat.db") in broker.log()
+        assert (tmp_path / "run" / "data" / "zchat.db").is_file()
+    finally:
+        broker.stop()
+    broker = start_broker(tmp_path, "--store", ":memory:")
+    try:
+        assert ":memory:" in broker.log()
+    finally:
+        broker.stop()
+
+
+def test_a_second_broker_on_the_same_store_fails_clearly_at_start(tmp_path: Path) -> None:
+    store = str(tmp_path / "zchat.db")
+    broker = start_broker(tmp_path, "--store", store)
+    try:
+        second = subprocess.run([ZCHAT, "broker", "--port", "0", "--pub-port", "0", "--store", store],
+                                capture_output=True, text=True, timeout=30)  # fmt: skip
+        assert second.returncode == 1, second.stderr
+        assert store in second.stderr and "Traceback" not in second.stderr
+        assert broker.process.poll() is None  # the first goes on
+    finally:
+        broker.stop()
+
+
+def immutable(*paths: Path, on: bool) -> None:
+    """chattr +i / -i: no process may write the files, root included; skip where it cannot be done."""
+    if os.geteuid() != 0 or shutil.which("chattr") is None:
+        pytest.skip("only root can make a file immutable (chattr +i)")
+    done = subprocess.run(["chattr", "+i" if on else "-i", *map(str, paths)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"this file system cannot make a file immutable: {done.stderr!r}")
+
+
+def test_an_unwritable_store_refuses_what_it_cannot_keep_and_the_broker_stays_up(tmp_path: Path) -> None:
+    """Made immutable under a running broker (a stand-in for a disk gone bad): SQLite's
+    writes fail, and no -shm file is mapped whose failed write would be a SIGBUS."""
+    store = tmp_path / "zchat.db"
+    broker = start_broker(tmp_path, "--store", str(store))
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    files = [f for f in (store, tmp_path / "zchat.db-wal", tmp_path / "zchat.db-shm") if f.exists()]
+    try:
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(broker.endpoint)
+
+        def ask(*frames: bytes) -> p.ServerEvent | p.PublishedEvent:
+            dealer.send_multipart([p.SIGNATURE, *frames])
+            assert dealer.poll(10_000), "no answer: " + broker.log()[-2000:]
+            return p.decode_event(dealer.recv_multipart())
+
+        assert isinstance(ask(b"HELLO", b"h", b"alice", b""), p.Welcome)
+        assert isinstance(ask(b"SEND", b"m1", b"*", b"kept"), p.Ack)
+        files = [f for f in (store, tmp_path / "zchat.db-wal", tmp_path / "zchat.db-shm") if f.exists()]
+        immutable(*files, on=True)
+        refused = ask(b"SEND", b"m2", b"*", b"not kept")
+        assert isinstance(refused, p.Error) and refused.code == Code.STORE_FAILED
+        assert isinstance(ask(b"PING", b"p"), p.Pong)  # still up, still serving
+        immutable(*files, on=False)
+        assert isinstance(ask(b"SEND", b"m2", b"*", b"kept after all"), p.Ack)  # the resend is new
+        history = ask(b"HISTORY", b"hi", b"*", b"0", b"10")
+        assert isinstance(history, p.History) and [r.msg_id for r in history.records] == [b"m1", b"m2"]
+        assert broker.process.poll() is None
+        errors = [line for line in broker.log().splitlines() if " ERROR " in line]
+        assert len(errors) == 1, errors  # the store's failure, said once
+    finally:
+        if files and os.geteuid() == 0 and shutil.which("chattr"):
+            subprocess.run(["chattr", "-i", *map(str, files)], capture_output=True)
+        context.destroy(linger=0)
+        broker.stop()
+    assert "Fatal Python error" not in broker.log()

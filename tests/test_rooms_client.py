@@ -128,6 +128,29 @@ def test_history_pages_further_back_until_the_start(broker: Broker) -> None:
             assert all(m.history for m in bob.messages())
 
 
+def test_a_join_history_count_above_one_page_still_shows_the_history(broker: Broker) -> None:
+    # The broker refuses a HISTORY count above 500 (PROTOCOL.md 13.1): the client asks no more.
+    with chat("alice", broker.endpoint) as alice:
+        ack(alice.client.enter("#dev").wait(DEADLINE))
+        for i in range(3):
+            ack(alice.client.send("#dev", f"m{i}").wait(DEADLINE))
+        with chat("bob", broker.endpoint, history_count=p.MAX_HISTORY + 1000) as bob:
+            ack(bob.client.enter("#dev").wait(DEADLINE))
+            assert bob.message("m2").history
+            assert room_texts(bob, "#dev") == ["m0", "m1", "m2"]
+            page = bob.client.history("#dev", count=10**6).wait(DEADLINE)
+            assert isinstance(page, ev.History) and [m.text for m in page.messages] == ["m0", "m1", "m2"]
+
+
+def test_a_history_before_past_any_sequence_number_is_refused_by_the_client(broker: Broker) -> None:
+    with chat("alice", broker.endpoint) as alice:
+        refusal = alice.client.history("*", before=p.MAX_NUMBER + 1).wait(DEADLINE)
+        assert isinstance(refusal, ev.Refusal) and refusal.code == ev.USAGE
+        newest = alice.client.history("*", before=p.MAX_NUMBER).wait(DEADLINE)  # the highest there may be
+        assert isinstance(newest, ev.History)
+        assert isinstance(alice.client.who().wait(DEADLINE), ev.Users)
+
+
 def test_search_never_finds_other_rooms_or_other_peoples_private_messages(broker: Broker) -> None:
     with (
         chat("alice", broker.endpoint) as alice,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 import pytest
 import zmq
 
-from tests.support import ZCHAT, start_broker
+from tests.support import ZCHAT, start_broker, wait_for
 from zchat.client import events as ev
 from zchat.client.session import Client, ConnectError
 from zchat.common import protocol as p
@@ -27,9 +27,12 @@ from zchat.common.protocol import Code
 class ScriptedBroker:
     """Answers HELLO, SYNC, PING, ROOMS and HISTORY as a broker does; READY and SEND as told."""
 
-    def __init__(self, ack_ready: bool = True, lose_session_on_send: bool = False) -> None:
+    def __init__(
+        self, ack_ready: bool = True, lose_session_on_send: bool = False, refuse_first_rooms: bool = False
+    ) -> None:
         self.ack_ready = ack_ready
         self.lose_session_on_send = lose_session_on_send
+        self.refuse_first_rooms = refuse_first_rooms
         self.commands: Counter[bytes] = Counter()
         self.sends: Counter[bytes] = Counter()  # message id -> times it came
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -63,6 +66,8 @@ class ScriptedBroker:
                 reply = None
             elif command == b"PING":
                 reply = p.encode_pong(msg_id, now)
+            elif command == b"ROOMS" and self.refuse_first_rooms and self.commands[command] == 1:
+                reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 100)
             elif command == b"ROOMS":
                 reply = p.encode_rooms(msg_id, {}, set())
             elif command == b"HISTORY":
@@ -112,6 +117,12 @@ def test_a_message_that_costs_the_session_each_time_is_refused_after_three_tries
         assert isinstance(outcome, ev.Refusal) and outcome.code == ev.LOST, outcome
         assert broker.sends[outcome.msg_id.encode()] == 3
         assert broker.commands[b"HELLO"] >= 3  # it signed in again each time, then gave the message up
+
+
+def test_the_sign_in_s_own_requests_refused_for_the_rate_go_again() -> None:
+    # Without ROOMS answered, the client would never subscribe to its rooms again.
+    with scripted(refuse_first_rooms=True) as broker, Client("alice", broker.endpoint, connect_timeout=5):
+        wait_for(lambda: broker.commands[b"ROOMS"] >= 2, 10, what="ROOMS asked again")
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,8 @@ Context = zmq.Context[zmq.Socket[bytes]]
 
 SIGNATURE = b"ZCHAT/1"
 LOBBY = b"*\x00"  # section 6.1
-REPLIES = {b"WELCOME", b"ACK", b"ERROR", b"USERS", b"PONG"}  # carry the request's id (3.4)
+REPLIES = {b"WELCOME", b"ACK", b"ERROR", b"USERS", b"PONG", b"ROOMS", b"HISTORY", b"FOUND"}  # the id (3.4)
+MAX_NUMBER = 2**63 - 1  # the largest `number` (3.2)
 WAIT = 5.0  # seconds: the deadline for anything the broker should do "now"
 
 
@@ -48,6 +49,14 @@ def assert_number(frame: bytes) -> int:
     """A `number`: ASCII decimal digits, no sign, at most 20 digits (section 3.2)."""
     assert frame.isdigit() and len(frame) <= 20, frame
     return int(frame)
+
+
+def records(frames: Frames, n_at: int) -> list[Frames]:
+    """The records after the count at `n_at`: six frames each (section 13.2)."""
+    n = assert_number(frames[n_at])
+    body = frames[n_at + 1 :]
+    assert len(body) >= 6 * n, frames
+    return [body[i : i + 6] for i in range(0, 6 * n, 6)]
 
 
 def assert_time(frame: bytes) -> int:
@@ -411,6 +420,29 @@ def test_names_at_the_edges_of_the_rules_are_accepted(connect: Callable[[], Spec
         assert connect().hello(name).name == name
 
 
+def test_second_hello_in_another_case_welcomes_with_the_name_as_registered(
+    connect: Callable[[], SpecClient],
+) -> None:
+    alice = connect()
+    first = alice.hello(b"Alice")
+    again = alice.hello(b"ALICE", b"some other token")  # section 4.1
+    assert (again.name, again.token) == (b"Alice", first.token)
+    assert connect().who() == [b"Alice"]
+
+
+def test_names_are_listed_by_their_lower_case_form(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    names = [b"Zed", b"_x", b"alice", b"9z", b"Bob", b"-a"]
+    clients = [online(name.decode()) for name in names]
+    expected = [b"-a", b"9z", b"_x", b"alice", b"Bob", b"Zed"]  # section 3.5: `_` before the letters
+    assert connect().who() == expected
+    for client in clients:
+        client.ack(client.send(b"ENTER", b"#dev"))
+    frames = clients[0].request(b"NAMES", b"#dev")
+    assert frames[1] == b"USERS" and frames[3].split(b" ") == expected, frames
+
+
 def test_second_hello_same_name_welcomes_again_another_name_410(
     online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
 ) -> None:
@@ -517,6 +549,16 @@ def test_sync_with_a_tag_is_synced_on_that_tag_s_topic_only(connect: Callable[[]
     client.published(is_marker(marker))
     assert not [m for m in client.feed if m.topic == b"@alice\x00" and m.fields[:1] and m.fields[0] in tagged]
     assert client.error_code(client.send(b"SYNC", b"bad tag")) == 400
+
+
+def test_an_empty_sync_tag_frame_syncs_on_the_own_topic(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    client.hello(b"alice")
+    client.subscribe(LOBBY)
+    msg_id = client.send(b"SYNC", b"")  # section 4.5: the same as no tag
+    client.ack(msg_id)
+    synced = client.published(lambda m: m.topic == b"@alice\x00" and m.fields[:1] == [msg_id])
+    assert (synced.seq, synced.command) == (0, b"SYNCED")
 
 
 def test_welcome_appends_the_rate_limit_zero_when_there_is_none(connect: Callable[[], SpecClient]) -> None:
@@ -819,3 +861,137 @@ def test_resume_after_the_session_ended_registers_anew(
     assert again.hello(b"alice", token).name == b"alice"
     again.announce()
     watcher.lobby(b"JOIN", b"alice")
+
+
+# -- rooms, history, search (13) and number ranges (3.2) ------------------------------------
+
+
+def test_history_numbers_past_their_ranges_are_400(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    alice.ack(alice.send(b"SEND", b"*", b"kept"))
+    for before, count in [
+        (str(MAX_NUMBER + 1).encode(), b"10"),  # 2^63: past a `number`
+        (b"9" * 20, b"10"),
+        (b"0", b"501"),  # more than a page (13.1)
+        (b"0", b"9" * 20),
+    ]:
+        assert alice.error_code(alice.send(b"HISTORY", b"*", before, count)) == 400, (before, count)
+    page = alice.request(b"HISTORY", b"*", str(MAX_NUMBER).encode(), b"500")
+    assert page[1] == b"HISTORY" and [r[5] for r in records(page, 5)] == [b"kept"], page
+    nothing = alice.request(b"HISTORY", b"*", b"0", b"0")  # a count of 0: only the last seq
+    assert nothing[1] == b"HISTORY" and assert_number(nothing[5]) == 0 and assert_number(nothing[4]) > 0
+
+
+def test_history_records_come_oldest_first_with_their_published_numbers_and_times(
+    online: Callable[..., SpecClient],
+) -> None:
+    alice = online("alice")
+    sent = [alice.send(b"SEND", b"*", f"n{i}".encode()) for i in range(3)]
+    times = [alice.ack(msg_id) for msg_id in sent]
+    published = [alice.lobby(b"MESSAGE", msg_id) for msg_id in sent]
+    page = alice.request(b"HISTORY", b"*", b"0", b"2")
+    assert page[:4] == [SIGNATURE, b"HISTORY", page[2], b"*"], page
+    assert assert_number(page[4]) == published[-1].seq  # last seq: nothing was published since
+    got = records(page, 5)
+    # The newest two, oldest first, each as published; the ACK's time is the message's (5.2).
+    assert [(assert_number(r[0]), r[1], r[2], r[3], assert_time(r[4]), r[5]) for r in got] == [
+        (published[i].seq, sent[i], b"alice", b"*", times[i], f"n{i}".encode()) for i in (1, 2)
+    ]
+    older = alice.request(b"HISTORY", b"*", str(published[1].seq).encode(), b"10")
+    assert [r[1] for r in records(older, 5)] == [sent[0]]  # before that number: only the first
+    # 13.1: an optional `after`: only what came after a number, as a client back from an absence asks.
+    missed = alice.request(b"HISTORY", b"*", b"0", b"10", str(published[0].seq).encode())
+    assert [r[1] for r in records(missed, 5)] == sent[1:]
+    assert assert_number(missed[4]) == published[-1].seq
+    nothing = alice.request(b"HISTORY", b"*", b"0", b"10", str(published[-1].seq).encode())
+    assert records(nothing, 5) == []
+    assert alice.error_code(alice.send(b"HISTORY", b"*", b"0", b"10", str(2**63).encode())) == 400
+
+
+def test_a_malformed_room_is_400_and_a_send_target_that_can_be_nobody_404(
+    online: Callable[..., SpecClient],
+) -> None:
+    alice = online("alice")
+    for room in (b"dev", b"#" + b"x" * 33, b"#d v", b"*"):
+        assert alice.error_code(alice.send(b"ENTER", room)) == 400, room
+    assert alice.error_code(alice.send(b"NAMES", b"#" + b"x" * 33)) == 400
+    assert alice.error_code(alice.send(b"HISTORY", b"#" + b"x" * 33, b"0", b"10")) == 400
+    for target in (b"a" * 33, b"#" + b"a" * 33, b"#", b""):
+        assert alice.error_code(alice.send(b"SEND", target, b"hi")) == 404, target
+
+
+def test_received_with_a_sender_that_is_not_a_name_is_422(online: Callable[..., SpecClient]) -> None:
+    bob = online("bob")
+    for sender in (b"not a name", b"x" * 33, b"\xff\xfe"):
+        assert bob.error_code(bob.send(b"RECEIVED", sender, b"m1")) == 422, sender
+    assert bob.error_code(bob.send(b"RECEIVED", b"alice", b"bad id")) == 400
+
+
+def test_rooms_counts_members_online_or_not(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    alice.ack(alice.send(b"ENTER", b"#Dev"))
+    alice.ack(alice.send(b"BYE"))
+    bob = online("bob")
+    rooms = bob.request(b"ROOMS")
+    assert rooms[1] == b"ROOMS" and rooms[3].split(b" ") == [b"#dev:1"] and rooms[4] == b"", rooms
+    names = bob.request(b"NAMES", b"#dev")
+    assert names[1] == b"USERS" and names[3] == b"", names  # nobody of it is online
+
+
+def test_search_matches_whole_words_of_what_the_user_may_see_newest_first(
+    online: Callable[..., SpecClient],
+) -> None:
+    alice = online("alice")
+    bob = online("bob")
+    alice.ack(alice.send(b"ENTER", b"#secret"))
+    said = [
+        (b"#secret", b"the plan is ready"),
+        (b"*", b"the Plan for lunch"),
+        (b"*", b"planning ahead"),
+        (b"bob", b"plan for bob"),
+        (b"*", b"a plan, later"),
+    ]
+    ids = []
+    for target, body in said:
+        ids.append(alice.send(b"SEND", target, body))
+        alice.ack(ids[-1])
+
+    def found(client: SpecClient, words: bytes) -> list[bytes]:
+        """The bodies found, after checking they come newest first (messages of one
+        millisecond in any order, section 13.6)."""
+        frames = client.request(b"SEARCH", words)
+        assert frames[1] == b"FOUND", frames
+        got = records(frames, 3)
+        times = [assert_time(r[4]) for r in got]
+        assert times == sorted(times, reverse=True), got
+        return [r[5] for r in got]
+
+    # bob is not in #secret; "planning" is another word; the private one is his.
+    assert sorted(found(bob, b"PLAN")) == [b"a plan, later", b"plan for bob", b"the Plan for lunch"]
+    assert sorted(found(alice, b"plan for")) == [b"plan for bob", b"the Plan for lunch"]  # every word
+    assert len(found(alice, b"plan")) == 4
+    assert found(alice, b"!!!") == []
+    frames = bob.request(b"SEARCH", b"bob")
+    (private,) = records(frames, 3)
+    assert (assert_number(private[0]), private[1], private[3]) == (
+        0,
+        ids[3],
+        b"bob",
+    )  # seq 0, to its recipient
+
+
+def test_each_id_of_a_combined_ack_has_the_time_of_its_message(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    sent = [alice.send(b"SEND", b"alice", f"p{i}".encode()) for i in range(200)]  # pipelined
+    acked: dict[bytes, int] = {}
+    delivered: dict[bytes, int] = {}
+    while len(acked) < len(sent) or len(delivered) < len(sent):
+        frames = alice.next()
+        if frames[1] == b"ACK":
+            for msg_id in answered_ids(frames):  # section 5.2: same time and status for each
+                acked[msg_id] = assert_time(frames[3])
+            assert frames[4] == b"accepted", frames
+        else:
+            assert frames[1] == b"MESSAGE", frames
+            delivered[frames[2]] = assert_time(frames[5])
+    assert acked == delivered

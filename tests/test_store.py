@@ -15,8 +15,9 @@ from pathlib import Path
 
 import pytest
 
+from tests.stores import BIG, fill_disk
 from zchat.broker.sqlite_store import SCHEMA_VERSION, SqliteStore
-from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreError
+from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreError, StoreFailed
 
 FOREVER = 2**62  # a before_seq past every message
 
@@ -55,6 +56,25 @@ def test_history_is_the_last_messages_before_seq_oldest_first(store: Store) -> N
     assert store.room_history("#a", FOREVER, 0) == []
     assert store.room_history("#nowhere", FOREVER, 5) == []
     assert store.room_history("#b", FOREVER, 5) == [room_msg("#b", 1, "b1")]
+
+
+def test_history_after_a_number_gives_only_what_came_later_newest_first_cut(store: Store) -> None:
+    for seq in range(1, 8):
+        store.add_room_message(room_msg("#a", seq, f"a{seq}"))
+    assert bodies(store.room_history("#a", FOREVER, 10, after_seq=5)) == ["a6", "a7"]
+    assert bodies(store.room_history("#a", FOREVER, 2, after_seq=2)) == ["a6", "a7"]  # the newest of the gap
+    assert store.room_history("#a", FOREVER, 10, after_seq=7) == []  # nothing missed
+    assert bodies(store.room_history("#a", 5, 10, after_seq=2)) == ["a3", "a4"]
+    assert store.room_history("#a", FOREVER, 10, after_seq=2**70) == []  # any number, no overflow
+
+
+@pytest.mark.parametrize("before", [2**63 - 1, 2**63, 10**20 - 1, 2**200, -(2**63) - 1])
+def test_history_takes_any_number_as_before_and_limit(store: Store, before: int) -> None:
+    """The decoder lets 20 digits through, past SQLite's 64-bit integers: the store clamps."""
+    store.add_room_message(room_msg("#a", 1, "a1"))
+    expected = ["a1"] if before > 1 else []
+    assert bodies(store.room_history("#a", before, 10)) == expected
+    assert bodies(store.room_history("#a", before, 2**64)) == expected
 
 
 def test_last_seq_is_zero_for_a_new_room_and_the_highest_after(store: Store) -> None:
@@ -156,6 +176,21 @@ def test_search_needs_all_words_and_gives_newest_first(store: Store) -> None:
     assert store.search("alice", "quick", 0) == []
 
 
+def test_search_gives_messages_of_the_same_millisecond_newest_first(store: Store) -> None:
+    """PROTOCOL.md 13.2: newest first, and within one millisecond the one kept last first."""
+    store.set_member("alice", "#a", True)
+    for seq in range(2, 5):
+        store.add_room_message(room_msg("*", seq, f"same word {seq}", time_ms=5))
+    store.enqueue("alice", private_msg("Bob", "Alice", 1, "same word mail", time_ms=5))
+    store.add_room_message(room_msg("#a", 5, "same word 5", time_ms=5))
+    for seq in range(6, 8):
+        store.add_room_message(room_msg("*", seq, f"same word {seq}", time_ms=5))
+    expected = ["7", "6", "5", "mail", "4", "3", "2"]
+    assert [m.body.decode().split()[-1] for m in store.search("alice", "same word", 10)] == expected
+    store.commit()
+    assert [m.body.decode().split()[-1] for m in store.search("alice", "word", 3)] == expected[:3]
+
+
 def test_search_matches_whole_words(store: Store) -> None:
     store.add_room_message(room_msg("*", 1, "hello world, don't panic"))
     assert len(store.search("alice", "hello", 10)) == 1
@@ -218,6 +253,16 @@ def test_search_treats_operators_as_plain_words(store: Store) -> None:
     assert bodies(store.search("alice", "NEAR( end", 10)) == ["near the end"]
     assert bodies(store.search("alice", 'this "that"', 10)) == ["this or that"]
     assert store.search("alice", '" * (', 10) == []  # no word left: nothing, not everything
+
+
+@pytest.mark.parametrize("separator", ["\x00", "\x01", "\t", "\x1b", "\x1f", "\x7f", "\x85", "\x9f"])
+def test_a_control_character_between_search_words_separates_them(store: Store, separator: str) -> None:
+    store.add_room_message(room_msg("*", 1, "alpha then beta"))
+    # Two words anywhere in the message, not a phrase "alpha beta" (punctuation would make one).
+    assert bodies(store.search("alice", f"alpha{separator}beta", 10)) == ["alpha then beta"]
+    assert store.search("alice", f"alpha{separator}gamma", 10) == []
+    assert store.search("alice", separator * 3, 10) == []  # no word at all: nothing
+    assert bodies(store.search("alice", f'{separator}"then{separator}"', 10)) == ["alpha then beta"]
 
 
 def test_expire_forgets_old_messages_receipts_and_seen_ids_but_not_waiting_mail(store: Store) -> None:
@@ -296,15 +341,37 @@ def test_everything_survives_close_and_reopen(tmp_path: Path) -> None:
 
 
 def test_writes_wait_for_commit(tmp_path: Path) -> None:
-    """One transaction per wake-up: another reader sees nothing until commit()."""
+    """One transaction per wake-up: what was not committed is not in the file."""
     store = SqliteStore.open(tmp_path / "z.db")
     store.add_room_message(room_msg("#a", 1))
     store.add_user("alice")
-    reader = sqlite3.connect(tmp_path / "z.db")
-    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (0,)
     store.commit()
-    assert reader.execute("SELECT count(*) FROM messages").fetchone() == (1,)
-    reader.close()
+    store.add_room_message(room_msg("#a", 2))
+    store.add_user("bob")
+    store._db.close()  # no commit: as if the broker died here
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert (again.is_known("alice"), again.is_known("bob")) == (True, False)
+    assert [m.seq for m in again.room_history("#a", FOREVER, 10)] == [1]
+    again.close()
+
+
+def test_a_store_already_open_is_refused_at_open_naming_it(tmp_path: Path) -> None:
+    """One broker per file: a second one fails at once and clearly, not at its first write
+    (the file is held in SQLite's exclusive locking mode)."""
+    first = SqliteStore.open(tmp_path / "z.db")
+    with pytest.raises(StoreError, match="another process") as refused:
+        SqliteStore.open(tmp_path / "z.db")
+    assert str(tmp_path / "z.db") in str(refused.value)
+    first.close()
+    SqliteStore.open(tmp_path / "z.db").close()  # free once the first lets go
+
+
+def test_the_wal_index_is_kept_in_memory_not_in_a_mapped_file(tmp_path: Path) -> None:
+    """No -shm file: SQLite maps it, and a write the file system then refuses is SIGBUS."""
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, BIG))
+    store.commit()
+    assert (tmp_path / "z.db-wal").exists() and not (tmp_path / "z.db-shm").exists()
     store.close()
 
 
@@ -347,6 +414,83 @@ def test_uncommitted_data_does_not_survive_sigkill(tmp_path: Path) -> None:
     store = killed_after_commit(tmp_path / "z.db")
     assert bodies(store.room_history("*", FOREVER, 10)) == ["committed words"]
     assert store.last_seq("*") == 1
+    store.close()
+
+
+def test_a_full_disk_rolls_back_all_since_the_last_commit_and_names_the_messages_lost(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, "kept before"))
+    store.remember("alice", b"*1", "accepted", 1)
+    store.commit()
+    fill_disk(store)
+    store.add_room_message(room_msg("*", 2, "small"))  # fits where it is: lost all the same
+    store.remember("alice", b"*2", "accepted", 2)
+    store.add_room_message(room_msg("*", 3, BIG))
+    store.remember("alice", b"*3", "accepted", 3)
+    store.enqueue("bob", private_msg("Alice", "Bob", 4, BIG))
+    store.remember("alice", b"p4", "stored", 4)
+    store.add_private("carol", private_msg("Alice", "Carol", 5, BIG))  # delivered: not refused
+    store.remember("alice", b"p5", "accepted", 5)
+    store.used_seq("*", 4)  # say, a JOIN after them
+    store.set_member("alice", "#a", True)  # writes what waits first: the failure is met here
+    with pytest.raises(StoreFailed) as failed:
+        store.commit()
+    # The messages that were to be kept, (sender key, id): the shell refuses them.
+    assert failed.value.refused == {("alice", b"*2"), ("alice", b"*3"), ("alice", b"p4")}
+    # Nothing half written, and the ids forgotten: a resend is new.
+    assert bodies(store.room_history("*", FOREVER, 10)) == ["kept before"]
+    assert store.mailbox("bob") == []
+    assert [store.seen("alice", i) for i in (b"*1", b"*2", b"*3", b"p4")] == ["accepted", None, None, None]
+    # The rest is kept: membership, and every sequence number handed out (never reused).
+    assert (store.rooms_of("alice"), store.last_seq("*")) == ({"#a"}, 4)
+    fill_disk(store, full=False)  # space comes back: storing resumes
+    store.add_room_message(room_msg("*", 5, BIG))
+    store.remember("alice", b"*3", "accepted", 5)
+    assert store.commit() is True
+    store.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert bodies(again.room_history("*", FOREVER, 10)) == ["kept before", BIG]
+    assert (again.rooms_of("alice"), again.last_seq("*"), again.seen("alice", b"*3")) == (
+        {"#a"},
+        5,
+        "accepted",
+    )
+    again.close()
+
+
+def test_a_write_the_full_disk_cannot_take_is_refused_and_the_rest_stays(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.commit()
+    fill_disk(store)
+    with pytest.raises(StoreFailed):
+        for n in range(10_000):  # a page holds a few hundred
+            store.set_member(f"user{n}", "#a", True)
+    made = len(store.members("#a"))
+    assert 0 < made < 10_000 and f"user{made}" not in store.members("#a")
+    with pytest.raises(StoreFailed) as failed:  # commit() reports it too, with nothing refused
+        store.commit()
+    assert failed.value.refused == frozenset()
+    store.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert len(again.members("#a")) == made  # what was made before the failure was written
+    again.close()
+
+
+def test_indexing_on_a_full_disk_waits_and_search_finds_what_is_indexed(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.add_room_message(room_msg("*", 1, "old words"))
+    assert store.catch_up() is False
+    for seq in range(2, 50):
+        store.add_room_message(room_msg("*", seq, "new " + BIG))
+    store.commit()
+    fill_disk(store)
+    assert store.catch_up() is False  # nothing more to do now: tried again at the next sweep
+    assert bodies(store.search("bob", "old", 10)) == ["old words"]
+    with pytest.raises(StoreFailed) as failed:
+        store.commit()
+    assert failed.value.refused == frozenset()
+    fill_disk(store, full=False)
+    assert len(store.search("bob", "new", 100)) == 48
     store.close()
 
 
