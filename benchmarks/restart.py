@@ -446,8 +446,8 @@ class StatusLog:
         (it gave up before) is `absent`.
         """
         seen = list(self.seen)  # appended to by the client's thread
-        before = [state for state, when, _ in seen if when < kill_ns]
-        at_kill = before[-1] if before else ev.State.CONNECTING
+        before = [(state, detail) for state, when, detail in seen if when < kill_ns]
+        at_kill, why = before[-1] if before else (ev.State.CONNECTING, "")
         lost = online = None
         tries = 0
         gave_up = ""
@@ -465,12 +465,15 @@ class StatusLog:
             elif state in (ev.State.OFFLINE, ev.State.CLOSED):
                 gave_up = gave_up or detail
         absent = at_kill in (ev.State.OFFLINE, ev.State.CLOSED)
+        if absent:  # why it stopped: the detail of its OFFLINE
+            why = next((d for state, d in reversed(before) if state is ev.State.OFFLINE), why)
         return {
             "lost_ns": lost,
             "online_ns": online,
             "reconnectings": tries,
             "gave_up": gave_up,
             "absent": absent,
+            "absent_why": why if absent else "",
         }
 
 
@@ -619,10 +622,13 @@ def _reconnect_row(
     missing = [b for b in present if not b["online_ns"]]
     # The reasons clients gave for giving up, names left out.
     reasons = Counter(re.sub(r"user\d+", "NAME", b["gave_up"]) for b in missing if b["gave_up"])
+    gone = Counter(re.sub(r"user\d+", "NAME", b["absent_why"]) for b in backs if b["absent"])
     return {
         "restart": number + 1,
         "online_at_kill": len(present),
         "absent": len(backs) - len(present),
+        #: Why the clients not online at the kill had stopped (at an earlier restart, or between).
+        "absent_why": dict(gone),
         "broker_down_s": round((listening_ns - kill_ns) / 1e9, 3),
         "back": len(times),
         "not_back": len(missing),
