@@ -11,6 +11,7 @@ import click
 import platformdirs
 import zmq
 
+from zchat.broker.core import CoreConfig
 from zchat.broker.gate import DEFAULT_EXEMPT, networks
 from zchat.broker.server import BrokerServer, BrokerSettings, advertisable
 from zchat.broker.store import StoreError
@@ -125,7 +126,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-rooms-per-user",
-    default=250,
+    default=CoreConfig.max_rooms_per_user,
     show_default=True,
     envvar="ZCHAT_MAX_ROOMS_PER_USER",
     type=click.IntRange(1),
@@ -133,7 +134,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-rooms",
-    default=10_000,
+    default=CoreConfig.max_rooms,
     show_default=True,
     envvar="ZCHAT_MAX_ROOMS",
     type=click.IntRange(1),

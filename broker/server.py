@@ -121,8 +121,8 @@ class BrokerSettings:
     authorized: dict[str, str] | None = None
     max_clients: int = 10_000
     max_per_key: int = 8
-    max_rooms_per_user: int = 250
-    max_rooms: int = 10_000
+    max_rooms_per_user: int = CoreConfig.max_rooms_per_user  # one default, the core's
+    max_rooms: int = CoreConfig.max_rooms
     cool_off: float = 60.0
     #: Addresses or networks a flooder's address ban never applies to (gate.py).
     ban_exempt: tuple[str, ...] = DEFAULT_EXEMPT

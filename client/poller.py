@@ -31,7 +31,10 @@ from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.client")
 
-POLL_MS = 50
+POLL_MS = 50  # while something waits its turn (a SYNC, a held-back message, an answer)
+#: Idle, the loop wakes for the next heartbeat only, and at least this often: 20 wake-ups a
+#: second cost an idle client about 1 ms of CPU a second, which a thousand clients feel.
+IDLE_POLL_MS = 1000
 SYNC_RETRY = 0.2  # seconds between SYNC attempts (PROTOCOL.md 4.5)
 MAX_BACKOFF = 5.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
@@ -43,6 +46,13 @@ PACE_MARGIN = 0.95  # of the broker's rate
 #: Connections a request is sent on at most: one that cost the connection each time
 #: (too large for the broker, or crashing it) is refused to the user, not sent for ever.
 MAX_TRIES = 3
+#: The sign-in's own requests (ROOMS, ENTER, a join's HISTORY) are asked again when their
+#: answer is this late (lost, or ignored as malformed), or this long after a 5xx refusal.
+CATCH_UP_TIMEOUT = 10.0
+CATCH_UP_RETRY = 1.0
+#: While the user's requests are held back for the rate, receipts go at most this often:
+#: they share the bucket, and must not starve what the user sends (nor starve themselves).
+RECEIPTS_EVERY = 1.0
 #: Codes that make registration hopeless: retrying cannot help.
 FATAL_HELLO_CODES = {
     Code.NAME_OWNED,
@@ -109,6 +119,7 @@ class Poller:
         self.sync_id = b""
         self.next_sync_at = 0.0
         self.ready_id = b""
+        self.taken_since: float | None = None  # since when HELLO gets 409 after a reconnect
         self.bye_id = b""
         self.close_deadline = 0.0
         self.last_recv = 0.0
@@ -129,6 +140,9 @@ class Poller:
         #: sends: ("enter" | "history", room), released in order as the bucket allows.
         self.catching_up: deque[tuple[str, str]] = deque()
         self.caught_up: dict[bytes, tuple[str, str]] = {}  # id -> what of catching_up it sent
+        self.caught_up_at: dict[bytes, float] = {}  # id -> when it was sent
+        self.catch_up_after = 0.0  # after a 5xx: not before then
+        self.next_receipts_at = 0.0
         self.rooms_id = b""  # the ROOMS asked after registering
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
         self.receipts_due: dict[str, list[bytes]] = {}  # sender -> ids to confirm with RECEIVED
@@ -143,14 +157,17 @@ class Poller:
         try:
             self._open(time.monotonic())
             while not self.finished:
-                ready = dict(self.poller.poll(POLL_MS))
+                ready = dict(self.poller.poll(self._poll_ms(time.monotonic())))
                 now = time.monotonic()
                 if self.dealer is not None and self.dealer in ready:
                     self._drain(self.dealer, self._from_dealer, now)
                 if self.sub is not None and self.sub in ready:
                     self._drain(self.sub, self._from_sub, now)
                 if self.wake_fd in ready:
-                    os.read(self.wake_fd, 4096)
+                    if not os.read(self.wake_fd, 4096):  # the user side closed its end: it is gone
+                        self.poller.unregister(self.wake_fd)
+                        if not self.closing:
+                            self._begin_close(now)
                     self._take_requests(now)
                 if self.receipts_due and self.dealer is not None and self.welcome is not None:
                     self._confirm_received(now)
@@ -168,6 +185,19 @@ class Poller:
             self.waiting.clear()
             self._set_state(State.CLOSED, "closed")
             self._first(ev.Status(State.CLOSED, "closed before registering"))
+            os.close(self.wake_fd)  # ours: the user side may close its end before we are done
+
+    def _poll_ms(self, now: float) -> int:
+        """How long the loop may sleep: sockets and the user's requests wake it anyway."""
+        busy = (
+            self.phase != "online" or self.closing or self.inflight or self.waiting or self.paced
+            or self.catching_up or self.caught_up_at or self.receipts_due or self.room_syncs
+        )  # fmt: skip
+        if busy or self.welcome is None:
+            return POLL_MS
+        heartbeat = self.welcome.heartbeat_ms / 1000
+        due = min(self.last_send + heartbeat, self.last_recv + self.welcome.timeout_ms / 1000)
+        return int(min(max(due - now, POLL_MS / 1000), IDLE_POLL_MS / 1000) * 1000)
 
     def _drain(
         self, sock: zmq.Socket[bytes], handle: Callable[[list[bytes], float], None], now: float
@@ -222,6 +252,7 @@ class Poller:
         self.join_histories.clear()
         self.catching_up.clear()
         self.caught_up.clear()
+        self.caught_up_at.clear()
         self._sync(now)
 
     def _sync(self, now: float) -> None:
@@ -242,6 +273,7 @@ class Poller:
         """READY is acknowledged: the broker has published our JOIN (PROTOCOL.md 4.6)."""
         self.phase = "online"
         self.attempt = 0
+        self.taken_since = None
         first = not self.was_online
         self.was_online = True
         assert self.welcome is not None
@@ -252,6 +284,8 @@ class Poller:
             self._first(None)
         # Unanswered messages go again with their ids (recipients drop repeats),
         # then what was held back, then what waited: oldest first.
+        for request in self.inflight.values():
+            request.tries += 1  # its connection dropped before it was answered
         queued = sorted([*self.inflight.values(), *self.paced, *self.waiting], key=lambda r: r.created)
         self.inflight.clear()
         self.paced.clear()
@@ -330,7 +364,7 @@ class Poller:
         elif kind is p.RoomList:
             assert isinstance(event, p.RoomList)
             if event.msg_id == self.rooms_id:
-                self.caught_up.pop(event.msg_id, None)
+                self._answered_own(event.msg_id)
                 self._rejoin(event, now)
             elif (request := self.inflight.pop(event.msg_id, None)) is not None:
                 self._answer(request, ev.RoomList(event.sizes, event.mine))
@@ -448,7 +482,7 @@ class Poller:
     def _catch_up(self, now: float) -> None:
         """Our own requests of a sign-in or a join, as the broker's rate allows: a member
         of many rooms is not thrown out for flooding at every sign-in."""
-        while self.catching_up:
+        while self.catching_up and now >= self.catch_up_after:
             kind, name = self.catching_up[0]
             room = self.rooms.get(name)
             if kind == "history" and (room is None or room.phase != "history"):
@@ -459,6 +493,7 @@ class Poller:
             self.catching_up.popleft()
             msg_id = self.new_id().encode()
             self.caught_up[msg_id] = (kind, name)
+            self.caught_up_at[msg_id] = now
             if kind == "rooms":
                 self.rooms_id = msg_id
                 self._send(p.encode_command(b"ROOMS", msg_id), now)
@@ -476,7 +511,7 @@ class Poller:
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
-        self.caught_up.pop(reply.msg_id, None)
+        self._answered_own(reply.msg_id)
         name = self.join_histories.pop(reply.msg_id, None)
         if name is None:  # asked by the user: /history
             request = self.inflight.pop(reply.msg_id, None)
@@ -490,6 +525,12 @@ class Poller:
             return
         room = self.rooms.get(name)
         if room is None or room.phase != "history":
+            return
+        if room.seen_seq and reply.last_seq < room.seen_seq:
+            # The broker numbers afresh (it restarted without a store): what it has is all
+            # new to us, and an `after` of our old number hid it. Ask again from the start.
+            room.seen_seq = 0
+            self.catching_up.appendleft(("history", name))
             return
         # After a reconnect the records fill the gap: what others said meanwhile (also
         # what their clients held back) is shown as it would have been live.
@@ -543,6 +584,10 @@ class Poller:
     def _confirm_received(self, now: float) -> None:
         """RECEIVED, one per sender for what came meanwhile (PROTOCOL.md 13.4), as the
         broker's rate allows: what waits for a token gathers more ids meanwhile."""
+        if self.paced:  # the user's own requests wait for tokens: receipts now and then only
+            if now < self.next_receipts_at:
+                return
+            self.next_receipts_at = now + RECEIPTS_EVERY
         due, self.receipts_due = self.receipts_due, {}
         for sender, ids in due.items():
             for start in range(0, len(ids), p.MAX_RECEIVED_IDS):
@@ -561,7 +606,9 @@ class Poller:
                 self._lost(f"registration failed: {answer.text} (code {answer.code})", now)
             return
         if msg_id == self.hello_id and isinstance(answer, p.Error):
-            if answer.code in FATAL_HELLO_CODES:
+            if answer.code == Code.NAME_TAKEN and self._our_ghost_may_hold_the_name(now):
+                self._lost("the name is still held by this client's last connection; trying again", now)
+            elif answer.code in FATAL_HELLO_CODES:
                 self._give_up(f"registration refused: {answer.text} (code {answer.code})")
             else:
                 self._lost(f"registration failed: {answer.text} (code {answer.code})", now)
@@ -574,7 +621,7 @@ class Poller:
             # still in flight and goes again once we are registered anew.
             self._lost("the broker no longer knows this session", now)
             return
-        if (own := self.caught_up.pop(msg_id, None)) is not None and self._caught_up_again(own, answer, now):
+        if (own := self._answered_own(msg_id)) is not None and self._caught_up_again(own, answer, now):
             return
         request = self.inflight.pop(msg_id, None)
         if request is not None and self._held_back_again(request, answer, now):
@@ -663,16 +710,53 @@ class Poller:
             return None
         return request.refusal(Code.TOO_LARGE, f"the message is {size} bytes, the broker's limit is {limit}")
 
-    def _caught_up_again(self, own: tuple[str, str], answer: p.Ack | p.Error, now: float) -> bool:
-        """Our own catching up met a 429 (a resumed session's bucket may be emptier than
-        our mirror knew): the broker's bucket is empty, so is ours; it goes again, first."""
-        if not (isinstance(answer, p.Error) and answer.code == Code.RATE_LIMITED):
+    def _our_ghost_may_hold_the_name(self, now: float) -> bool:
+        """After a reconnect, a 409 may be our own doing: a HELLO of ours registered a new
+        session but its WELCOME came too late (a busy broker, after a restart), so the
+        token we offer is the old one. That session dies at the broker's heartbeat
+        timeout: until twice that has passed since the first 409, try again."""
+        if not self.was_online or self.welcome is None:
             return False
-        self.join_histories.pop(answer.msg_id, None)
-        if self.bucket is not None:
-            self.bucket.tokens, self.bucket.stamp = 0.0, now
-        self.catching_up.appendleft(own)
-        return True
+        if self.taken_since is None:
+            self.taken_since = now
+        return now - self.taken_since < 2 * self.welcome.timeout_ms / 1000
+
+    def _answered_own(self, msg_id: bytes) -> tuple[str, str] | None:
+        self.caught_up_at.pop(msg_id, None)
+        return self.caught_up.pop(msg_id, None)
+
+    def _caught_up_again(self, own: tuple[str, str], answer: p.Ack | p.Error, now: float) -> bool:
+        """An answer to our own catching up that is not the end of it: True if handled here.
+
+        A 429 (a resumed session's bucket may be emptier than our mirror knew): the
+        broker's bucket is empty, so is ours; it goes again, first. A 5xx (the broker
+        failed, or its store): again after a pause. A re-ENTER refused (509: too many
+        rooms now): the room is left, and the user told."""
+        if not isinstance(answer, p.Error):
+            return False
+        kind, name = own
+        if answer.code == Code.RATE_LIMITED or answer.code >= 500:
+            self.join_histories.pop(answer.msg_id, None)
+            if answer.code == Code.RATE_LIMITED and self.bucket is not None:
+                self.bucket.tokens, self.bucket.stamp = 0.0, now
+            else:
+                self.catch_up_after = now + CATCH_UP_RETRY
+            self.catching_up.appendleft(own)
+            return True
+        if kind == "enter":
+            self._forget_room(name)
+            self.emit(ev.Status(self.state, f"could not join {name} again: {answer.text}"))
+            return True
+        return False
+
+    def _caught_up_late(self, now: float) -> None:
+        """Our own requests whose answer never came (lost, or ignored as malformed): again."""
+        late = [msg_id for msg_id, at in self.caught_up_at.items() if now - at > CATCH_UP_TIMEOUT]
+        for msg_id in late:
+            own = self._answered_own(msg_id)
+            self.join_histories.pop(msg_id, None)
+            if own is not None:
+                self.catching_up.append(own)
 
     def _held_back_again(self, request: Request, answer: p.Ack | p.Error, now: float) -> bool:
         """A 429 although we paced ourselves (our own HISTORY at a join counts
@@ -695,9 +779,8 @@ class Poller:
 
     def _send_request(self, request: Request, now: float) -> None:
         msg_id = request.msg_id.encode()
-        request.tries += 1
-        if request.tries == 1:
-            request.sent_at = now
+        if not request.sent:
+            request.sent, request.sent_at = True, now
         self.inflight[msg_id] = request
         kind, target = request.kind, request.target
         if kind == "send":
@@ -756,6 +839,8 @@ class Poller:
         self._expire_requests(now)
 
     def _online_timers(self, now: float) -> None:
+        if self.caught_up_at:
+            self._caught_up_late(now)
         if self.catching_up:
             self._catch_up(now)
         if self.paced:

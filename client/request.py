@@ -19,6 +19,7 @@ class Request:
         "created",
         "kind",
         "msg_id",
+        "sent",
         "sent_at",
         "target",
         "text",
@@ -38,7 +39,9 @@ class Request:
         #: When it first went to the broker: its answer timeout counts from then, also
         #: across the resends after reconnecting (a paced one may have waited its turn long).
         self.sent_at = self.created
-        #: Connections it was sent on: one that costs the connection each time is not sent for ever.
+        self.sent = False
+        #: Connections it was sent on that dropped before it was answered: one that
+        #: costs the connection each time is not sent for ever.
         self.tries = 0
         self._done = threading.Event()
         self._outcome: ev.Outcome | None = None

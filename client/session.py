@@ -102,11 +102,13 @@ class Client:
         if self._closed:
             return
         self._closed = True
+        started = self._thread.ident is not None
         if self._thread.is_alive():
             self._submit(Request("close", self._new_id()))
             self._thread.join(timeout)
         os.close(self._wake_w)
-        os.close(self._wake_r)
+        if not started:  # else the poller thread closes its end, once it no longer polls it
+            os.close(self._wake_r)
 
     def __enter__(self) -> Client:
         return self.connect()
@@ -123,11 +125,11 @@ class Client:
 
     def send(self, to: str, text: str) -> Request:
         """A private message to `to`; `.wait()` gives its Ack or Refusal."""
-        return self._submit(Request("send", self._new_id(), to, text))
+        return self._checked(Request("send", self._new_id(), to, text))
 
     def broadcast(self, text: str) -> Request:
         """A message to everyone; `.wait()` gives its Ack or Refusal."""
-        return self._submit(Request("send", self._new_id(), EVERYONE, text))
+        return self._checked(Request("send", self._new_id(), EVERYONE, text))
 
     def who(self) -> Request:
         """Ask who is online; `.wait()` gives Users (or a Refusal)."""
@@ -168,7 +170,19 @@ class Client:
         """Messages of our rooms and our private ones with all of `words`; `.wait()` gives Found."""
         if not words.strip():
             return self._refused(Request("search", self._new_id()), "give words to search for")
-        return self._submit(Request("search", self._new_id(), text=words))
+        return self._checked(Request("search", self._new_id(), text=words))
+
+    def _checked(self, request: Request) -> Request:
+        """Text the wire can carry (UTF-8), else refused here: a byte a terminal or a C
+        locale could not decode arrives as a lone surrogate, which no encoder takes."""
+        try:
+            request.target.encode()
+            request.text.encode()
+        except UnicodeEncodeError:
+            return self._refused(
+                request, "the text is not valid UTF-8 (a byte your terminal could not decode?)"
+            )
+        return self._submit(request)
 
     def _room_request(
         self, kind: str, room: str, lobby: bool = False, before: int = 0, count: int = 0

@@ -7,6 +7,7 @@ message that costs the session every time it is sent.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 import time
@@ -28,11 +29,22 @@ class ScriptedBroker:
     """Answers HELLO, SYNC, PING, ROOMS and HISTORY as a broker does; READY and SEND as told."""
 
     def __init__(
-        self, ack_ready: bool = True, lose_session_on_send: bool = False, refuse_first_rooms: bool = False
+        self,
+        ack_ready: bool = True,
+        lose_session_on_send: bool = False,
+        refuse_first_rooms: bool = False,
+        fail_first_history: bool = False,
+        sends: tuple[str, ...] = (),
+        taken_after_restart: int = 0,
     ) -> None:
+        #: Forget the session at the first PING (a restart), then answer that many HELLOs 409.
+        self.taken_after_restart = taken_after_restart
         self.ack_ready = ack_ready
         self.lose_session_on_send = lose_session_on_send
         self.refuse_first_rooms = refuse_first_rooms
+        self.fail_first_history = fail_first_history
+        #: How the SENDs are answered in turn ("429", "403", "ack"), then as lose_session_on_send says.
+        self.script = list(sends)
         self.commands: Counter[bytes] = Counter()
         self.sends: Counter[bytes] = Counter()  # message id -> times it came
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
@@ -56,25 +68,35 @@ class ScriptedBroker:
             self.commands[command] += 1
             now = str(int(time.time() * 1000)).encode()
             reply: list[bytes] | None = p.encode_ack(msg_id, now)
-            if command == b"HELLO":
+            if command == b"HELLO" and 1 < self.commands[command] <= 1 + self.taken_after_restart:
+                reply = p.encode_error(msg_id, Code.NAME_TAKEN, "the name is taken")
+            elif command == b"HELLO":
                 names[peer] = frames[3].decode()
-                welcome = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0)
+                rate = (6000, 10) if self.script else (0, 0)  # flood control only where a 429 is scripted
+                welcome = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0, *rate)
                 reply = p.encode_welcome(welcome)
             elif command == b"SYNC":
                 self.pub.send_multipart([p.private_topic(names[peer]), b"0", *p.encode_synced(msg_id)])
             elif command == b"READY" and not self.ack_ready:
                 reply = None
+            elif command == b"PING" and self.taken_after_restart and self.commands[command] == 1:
+                reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
             elif command == b"PING":
                 reply = p.encode_pong(msg_id, now)
             elif command == b"ROOMS" and self.refuse_first_rooms and self.commands[command] == 1:
                 reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 100)
             elif command == b"ROOMS":
                 reply = p.encode_rooms(msg_id, {}, set())
+            elif command == b"HISTORY" and self.fail_first_history and self.commands[command] == 1:
+                reply = p.encode_error(msg_id, Code.INTERNAL, "the broker failed on this command")
             elif command == b"HISTORY":
                 reply = p.encode_history(msg_id, frames[3].decode(), 0, [])
             elif command == b"SEND":
                 self.sends[msg_id] += 1
-                if self.lose_session_on_send:  # as the real broker after its frame limit cut the connection
+                answer = self.script.pop(0) if self.script else ""
+                if answer == "429":
+                    reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 50)
+                elif answer == "403" or self.lose_session_on_send:
                     reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
             if reply is not None:
                 self.router.send_multipart([peer, *reply])
@@ -99,7 +121,7 @@ def test_a_client_is_not_online_before_its_ready_is_acknowledged() -> None:
     # The broker announces a client at READY: online before its ACK, a client killed
     # at once would have been "online" without anyone seeing it come or go.
     with scripted(ack_ready=False) as broker:
-        client = Client("alice", broker.endpoint, connect_timeout=1.5)
+        client = Client("alice", broker.endpoint, connect_timeout=5)
         with pytest.raises(ConnectError):
             client.connect()
         assert broker.commands[b"READY"] >= 1  # it got as far as READY
@@ -117,6 +139,51 @@ def test_a_message_that_costs_the_session_each_time_is_refused_after_three_tries
         assert isinstance(outcome, ev.Refusal) and outcome.code == ev.LOST, outcome
         assert broker.sends[outcome.msg_id.encode()] == 3
         assert broker.commands[b"HELLO"] >= 3  # it signed in again each time, then gave the message up
+
+
+def test_only_lost_connections_count_towards_giving_a_message_up() -> None:
+    # Two 429s are the broker's pace, not a lost connection: one drop, then it is accepted.
+    with (
+        scripted(sends=("429", "429", "403", "ack")) as broker,
+        Client("alice", broker.endpoint, connect_timeout=5) as client,
+    ):
+        outcome = client.broadcast("patience").wait(30)
+        assert isinstance(outcome, ev.Ack), outcome
+        assert broker.sends[outcome.msg_id.encode()] == 4
+
+
+def test_text_that_is_not_utf8_is_refused_and_the_client_goes_on(small_broker: str) -> None:
+    with Client("alice", small_broker) as client:
+        # A byte a C locale cannot decode comes from stdin or argv as a lone surrogate.
+        outcome = client.broadcast(b"caf\xff".decode("utf-8", "surrogateescape")).wait(10)
+        assert isinstance(outcome, ev.Refusal) and outcome.code == ev.USAGE, outcome
+        assert isinstance(client.broadcast("after").wait(10), ev.Ack)
+
+
+def test_line_mode_in_a_c_locale_refuses_an_undecodable_line_and_sends_the_next(small_broker: str) -> None:
+    done = subprocess.run(
+        [ZCHAT, "connect", "--name", "carl", "--broker", small_broker],
+        input=b"caf\xff\nhello after\n", capture_output=True, timeout=30,
+        env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "NO_COLOR": "1", "ZCHAT_STORE": ":memory:"},
+    )  # fmt: skip
+    assert b"hello after" in done.stdout and b"internal error" not in done.stdout + done.stderr, done
+
+
+def test_a_join_history_the_broker_failed_on_is_asked_again() -> None:
+    with scripted(fail_first_history=True) as broker, Client("alice", broker.endpoint, connect_timeout=5):
+        wait_for(lambda: broker.commands[b"HISTORY"] >= 2, 10, what="the lobby's HISTORY asked again")
+
+
+def test_a_name_held_by_our_own_last_connection_is_waited_for_not_given_up() -> None:
+    # After a restart a HELLO of ours may register while we time out waiting for its
+    # WELCOME: our next HELLO, with the old token, gets 409 until that session expires.
+    with (
+        scripted(taken_after_restart=2) as broker,
+        Client("alice", broker.endpoint, connect_timeout=5) as client,
+    ):
+        wait_for(lambda: broker.commands[b"HELLO"] >= 4, 10, what="HELLO after the two 409s")
+        assert client.broadcast("back").wait(10).__class__ is ev.Ack
+        assert client.state is ev.State.ONLINE
 
 
 def test_the_sign_in_s_own_requests_refused_for_the_rate_go_again() -> None:
