@@ -474,6 +474,7 @@ class StatusLog:
             "gave_up": gave_up,
             "absent": absent,
             "absent_why": why if absent else "",
+            "online_at_kill": at_kill is ev.State.ONLINE,
         }
 
 
@@ -515,6 +516,11 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
             kind, payload = conn.recv()
             if kind == "stop":
                 break
+            if kind == "count":  # online, and stopped for good
+                gone = (ev.State.OFFLINE, ev.State.CLOSED)
+                states = [c.state for c in clients]
+                conn.send(("count", (states.count(ev.State.ONLINE), sum(s in gone for s in states))))
+                continue
             assert kind == "watch", kind
             kill_ns, deadline_ns = payload
             conn.send(("back", _watch(spec.names, logs, kill_ns, deadline_ns)))
@@ -591,6 +597,9 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
                 say(f"{plan.clients} clients online in {result['setup_s']} s")
                 settle(server.pid, say)
             for number in range(plan.restarts if online == plan.clients else 0):
+                if number and not recovered(crew, plan.clients, say):
+                    result["stopped"] = "clients still reconnecting from the restart before: no more restarts"
+                    break
                 kill_ns = kill(server)
                 server = restart(server, log_dir, *args)
                 listening_ns = time.monotonic_ns()
@@ -601,7 +610,7 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
                 meter.stop()
                 row = _reconnect_row(number, backs, kill_ns, listening_ns, meter)
                 row["settled_s"] = settle(server.pid, say)
-                say(f"restart {number + 1}: {row['back']}/{row['online_at_kill']} back, all online "
+                say(f"restart {number + 1}: {row['back']}/{row['online_at_kill'] + row['reconnecting_at_kill']} back, all online "
                     f"{row['all_online_s']} s after the restart, p50 {row['p50_s']} s, p99 {row['p99_s']} s, "
                     f"{row['gave_up']} gave up")  # fmt: skip
                 result["restarts"].append(row)
@@ -611,6 +620,26 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
     finally:
         server.stop()
     return result
+
+
+def recovered(crew: Crew, clients: int, say: Callable[[str], None]) -> bool:
+    """Wait until every client that has not stopped for good is online again (at most SETTLE_MAX_S).
+
+    Killing the broker again before would measure the aftermath of the last restart.
+    """
+    deadline = time.monotonic() + SETTLE_MAX_S
+    while True:
+        crew.tell("count")
+        counts = crew.gather("count", 30)
+        online, gone = sum(c[0] for c in counts), sum(c[1] for c in counts)
+        if online + gone >= clients:
+            return True
+        if time.monotonic() > deadline:
+            say(
+                f"{clients - online - gone} clients still not online {SETTLE_MAX_S:g} s after the last restart"
+            )
+            return False
+        time.sleep(1)
 
 
 def _reconnect_row(
@@ -625,7 +654,9 @@ def _reconnect_row(
     gone = Counter(re.sub(r"user\d+", "NAME", b["absent_why"]) for b in backs if b["absent"])
     return {
         "restart": number + 1,
-        "online_at_kill": len(present),
+        "online_at_kill": sum(b["online_at_kill"] for b in present),
+        #: Not online at the kill but not stopped either: counted as not back until they are.
+        "reconnecting_at_kill": sum(not b["online_at_kill"] for b in present),
         "absent": len(backs) - len(present),
         #: Why the clients not online at the kill had stopped (at an earlier restart, or between).
         "absent_why": dict(gone),
@@ -688,6 +719,8 @@ def markdown(results: dict[str, Any]) -> str:
           f"{r['server_cpu_pct']} ({r['server_main_thread_pct']})",
           f"{r['load_cpu_pct']} / {r['machine_cpu_pct']}"] for r in rec["restarts"]],
     ))  # fmt: skip
+    if rec.get("stopped"):
+        parts += ["", f"Stopped after {len(rec['restarts'])} restart(s): {rec['stopped']}."]
     reasons: Counter[str] = Counter()
     for r in rec["restarts"]:
         reasons.update(r["gave_up_reasons"])
