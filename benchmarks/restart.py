@@ -610,7 +610,8 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
                 meter.stop()
                 row = _reconnect_row(number, backs, kill_ns, listening_ns, meter)
                 row["settled_s"] = settle(server.pid, say)
-                say(f"restart {number + 1}: {row['back']}/{row['online_at_kill'] + row['reconnecting_at_kill']} back, all online "
+                tracked = row["online_at_kill"] + row["reconnecting_at_kill"]
+                say(f"restart {number + 1}: {row['back']}/{tracked} back, all online "
                     f"{row['all_online_s']} s after the restart, p50 {row['p50_s']} s, p99 {row['p99_s']} s, "
                     f"{row['gave_up']} gave up")  # fmt: skip
                 result["restarts"].append(row)
