@@ -90,6 +90,11 @@ def connect(name: str, broker: str, connect_timeout: float, server_key: str | No
         code = 130
     finally:
         client.close()
+    if client.running():
+        # Ctrl-C inside a wait can leave the poller thread stuck on a lock the wait held;
+        # then its ZeroMQ context would hold the interpreter's exit for ever.
+        sys.stdout.flush()
+        os._exit(code)
     sys.exit(code)
 
 

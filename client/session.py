@@ -110,6 +110,10 @@ class Client:
         if not started:  # else the poller thread closes its end, once it no longer polls it
             os.close(self._wake_r)
 
+    def running(self) -> bool:
+        """The poller thread is still alive (after close(): it did not end in time)."""
+        return self._thread.is_alive()
+
     def __enter__(self) -> Client:
         return self.connect()
 
