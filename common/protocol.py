@@ -716,3 +716,52 @@ _EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | Pu
     b"RECEIPT": (5, lambda f: Receipt(_text(f[2], "recipient"), _time(f[3]), tuple(f[4:]))),
     b"SYNCED": (3, lambda f: Synced(f[2])),
 }  # fmt: skip
+
+
+# --- typed values to frames, both directions -----------------------------------
+
+_ENCODERS: dict[type, Callable[..., list[bytes]]] = {
+    Hello: lambda m: encode_hello(m.msg_id, m.name, m.token),
+    Send: lambda m: [SIGNATURE, b"SEND", m.msg_id, m.target.encode(), m.body],
+    Who: lambda m: encode_simple(b"WHO", m.msg_id),
+    Ping: lambda m: encode_simple(b"PING", m.msg_id),
+    Sync: lambda m: encode_command(b"SYNC", m.msg_id, *((m.tag,) if m.tag else ())),
+    Ready: lambda m: encode_simple(b"READY", m.msg_id),
+    Bye: lambda m: encode_simple(b"BYE", m.msg_id),
+    Enter: lambda m: encode_command(b"ENTER", m.msg_id, m.room),
+    Exit: lambda m: encode_command(b"EXIT", m.msg_id, m.room),
+    Rooms: lambda m: encode_command(b"ROOMS", m.msg_id),
+    Names: lambda m: encode_command(b"NAMES", m.msg_id, m.room),
+    HistoryRequest: lambda m: encode_command(
+        b"HISTORY", m.msg_id, m.room, str(m.before), str(m.limit), *((str(m.after),) if m.after else ())
+    ),
+    Search: lambda m: encode_command(b"SEARCH", m.msg_id, m.words),
+    Received: lambda m: encode_command(b"RECEIVED", m.msg_id, m.sender, *m.ids),
+    Welcome: encode_welcome,
+    Ack: lambda m: [*encode_ack(m.msg_id, str(m.time_ms).encode(), m.status.encode()), *m.more_ids],
+    Error: lambda m: encode_error(m.msg_id, Code(m.code), m.text, m.retry_after_ms),
+    Users: lambda m: encode_users(m.msg_id, list(m.names)),
+    Pong: lambda m: encode_pong(m.msg_id, str(m.time_ms).encode()),
+    Message: lambda m: encode_message(
+        m.msg_id, m.sender.encode(), m.target.encode(), str(m.time_ms).encode(), m.body
+    ),
+    Shutdown: lambda m: encode_shutdown(m.reason),
+    Replaced: lambda m: encode_replaced(m.reason),
+    RoomList: lambda m: encode_rooms(m.msg_id, dict(m.sizes), set(m.mine)),
+    History: lambda m: encode_history(m.msg_id, m.room, m.last_seq, list(m.records)),
+    Found: lambda m: encode_found(m.msg_id, list(m.records)),
+    Receipt: lambda m: encode_receipt(m.recipient.encode(), str(m.time_ms).encode(), list(m.msg_ids)),
+    Join: lambda m: encode_join(m.name.encode(), str(m.time_ms).encode(), m.room),
+    Leave: lambda m: encode_leave(m.name.encode(), str(m.time_ms).encode(), m.reason, m.room),
+    Synced: lambda m: encode_synced(m.msg_id),
+}
+
+
+def encode(message: ClientCommand | ServerEvent | PublishedEvent) -> list[bytes]:
+    """The frames of any typed command, reply or event: the inverse of the decoders."""
+    return _ENCODERS[type(message)](message)
+
+
+def encode_published(published: Published) -> list[bytes]:
+    """A PUB message: topic, sequence number, then the event; the inverse of decode_published."""
+    return [published.topic, str(published.seq).encode(), *encode(published.event)]

@@ -312,3 +312,33 @@ def test_a_name_that_is_not_utf8_is_422_not_415() -> None:
     assert refused([p.SIGNATURE, b"HELLO", b"h1", b"\xff\xfe", b""]).code == Code.INVALID_NAME
     # 415 is for text fields only.
     assert refused([p.SIGNATURE, b"SEARCH", b"s1", b"\xff\xfe"]).code == Code.BAD_ENCODING
+
+
+_RECORD = p.Record(1, b"m1", "alice", "#dev", 5, b"body")
+EVERY_COMMAND = [
+    p.Hello(b"1", "alice", "tok"), p.Send(b"2", "bob", b"hi"), p.Who(b"3"), p.Ping(b"4"), p.Sync(b"5"),
+    p.Sync(b"5", b"tag"), p.Ready(b"6"), p.Bye(b"7"), p.Enter(b"8", "#dev"), p.Exit(b"9", "#dev"),
+    p.Rooms(b"a"), p.Names(b"b", "*"), p.HistoryRequest(b"c", "#dev", 0, 50),
+    p.HistoryRequest(b"c", "#dev", 10, 50, 3), p.Search(b"d", "x y"), p.Received(b"e", "bob", (b"x", b"y")),
+]  # fmt: skip
+EVERY_EVENT = [
+    p.Welcome(b"1", "a", "t", "tcp://x:1", 2000, 6000, 65536, 5, 20, 100), p.Ack(b"1", 5, "accepted", (b"2",)),
+    p.Error(b"1", 429, "slow", 30), p.Error(b"1", 404, "no", 0), p.Users(b"1", ("a", "b")), p.Pong(b"1", 5),
+    p.Message(b"1", "a", "b", 5, b"x"), p.Shutdown("bye"), p.Replaced("r"),
+    p.RoomList(b"1", (("#a", 2), ("#b", 1)), ("#a",)), p.History(b"1", "#a", 9, (_RECORD,)),
+    p.Found(b"1", (_RECORD,)), p.Receipt("b", 5, (b"1", b"2")), p.Join("a", 5), p.Join("a", 5, "#r"),
+    p.Leave("a", 5, "quit"), p.Leave("a", 5, "left", "#r"), p.Synced(b"1"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("command", EVERY_COMMAND, ids=lambda c: type(c).__name__)
+def test_every_command_decodes_to_what_was_encoded(command: p.ClientCommand) -> None:
+    assert p.decode_command(p.encode(command)) == command
+
+
+@pytest.mark.parametrize("event", EVERY_EVENT, ids=lambda e: type(e).__name__)
+def test_every_reply_and_event_decodes_to_what_was_encoded(event: p.ServerEvent | p.PublishedEvent) -> None:
+    assert p.decode_event(p.encode(event)) == event
+    published = p.Published(b"#r\x00", 7, event)
+    if isinstance(event, p.Message | p.Join | p.Leave | p.Synced | p.Shutdown):
+        assert p.decode_published(p.encode_published(published)) == published
