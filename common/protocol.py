@@ -1,19 +1,29 @@
-"""The zchat wire protocol, version 1: frames, commands, error codes.
+"""The zchat wire protocol, ZCHAT/2: one message table, typed values both ways.
 
-docs/PROTOCOL.md is the specification; this module follows it. Decoders take
-the frames of one ZeroMQ message and return a typed command or raise
-ProtocolError; encoders return lists of frames. Nothing here touches a socket.
+docs/PROTOCOL.md is the specification; this module follows it. Every message
+is one ZeroMQ frame holding a MessagePack array: the command, then its fields
+in the order of the table below (MESSAGES), which drives both the decoders
+and the encoder. On PUB the frame starts with the topic. Decoders return a
+typed value or raise ProtocolError; `encode` is their inverse. Nothing here
+touches a socket.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Sequence
 from enum import IntEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-SIGNATURE = b"ZCHAT/1"
+import msgpack
+
+#: The protocol version, carried by HELLO (PROTOCOL.md 10).
+VERSION = "ZCHAT/2"
+SIGNATURE = VERSION.encode()
 OTHER_VERSION_RE = re.compile(rb"ZCHAT/[0-9]{1,3}")
+#: The signature frame of a ZCHAT/1 message: the version before this one, answered in its framing.
+OLD_SIGNATURE = b"ZCHAT/1"
 
 #: The target of a broadcast to everyone (the lobby) and its PUB topic.
 EVERYONE = "*"
@@ -83,6 +93,8 @@ class Hello(NamedTuple):
     msg_id: bytes
     name: str
     token: str
+    #: The version the client speaks: a broker that does not speak it answers 426.
+    version: str = VERSION
 
 
 class Send(NamedTuple):
@@ -342,8 +354,8 @@ def sync_topic(name: str, tag: bytes) -> bytes:
     return b"@" + name.encode() + b"\x01" + tag + b"\x00"
 
 
-def now_ms(now: float) -> bytes:
-    return str(int(now * 1000)).encode()
+def now_ms(now: float) -> int:
+    return int(now * 1000)
 
 
 def is_utf8(data: bytes) -> bool:
@@ -356,412 +368,447 @@ def is_utf8(data: bytes) -> bool:
     return True
 
 
-def _text(frame: bytes, what: str, msg_id: bytes = b"") -> str:
+# --- field readers: one wire value in, one typed value out (PROTOCOL.md 3.2) ---
+#
+# Strings arrive as bytes (MessagePack str or bin alike: the reader checks what
+# they must hold), numbers as int. A reader gets the message id, for its error.
+
+Reader = Callable[[Any, bytes], Any]
+
+
+def _string(value: Any, what: str, msg_id: bytes) -> bytes:
+    if type(value) is not bytes:
+        raise ProtocolError(Code.MALFORMED, f"{what} must be a string", msg_id)
+    return value
+
+
+def _id(value: Any, msg_id: bytes) -> bytes:
+    if type(value) is not bytes or MSG_ID_RE.fullmatch(value) is None:
+        raise ProtocolError(Code.MALFORMED, "a message id must be 1-64 visible ASCII characters", msg_id)
+    return value
+
+
+def _error_id(value: Any, msg_id: bytes) -> bytes:
+    """ERROR's id: empty when the request's could not be read."""
+    return value if value == b"" else _id(value, msg_id)
+
+
+def _name(value: Any, msg_id: bytes) -> str:
+    name = _string(value, "a name", msg_id).decode("latin-1")  # a non-ASCII name is invalid, not garbled
+    if not valid_name(name):
+        raise ProtocolError(Code.INVALID_NAME, "a name is 1-32 letters, digits, '_', '-' or '.'", msg_id)
+    return name
+
+
+def _token(value: Any, msg_id: bytes) -> str:
+    token = _string(value, "the resume token", msg_id)
+    if len(token) > 64 or not token.isascii():
+        raise ProtocolError(Code.MALFORMED, "resume token must be at most 64 ASCII bytes", msg_id)
+    return token.decode("ascii")
+
+
+def _version(value: Any, msg_id: bytes) -> str:
+    if value == SIGNATURE:
+        return VERSION
+    if type(value) is bytes and OTHER_VERSION_RE.fullmatch(value):
+        raise ProtocolError(Code.BAD_VERSION, version_mismatch(value.decode()), msg_id)
+    raise ProtocolError(Code.MALFORMED, f"HELLO's last field is the protocol version, {VERSION}", msg_id)
+
+
+def version_mismatch(theirs: str) -> str:
+    """What a broker of this version tells a client of another (PROTOCOL.md 10)."""
+    return f"this broker speaks {VERSION}, the client {theirs}: use a client and a broker of one version"
+
+
+def _target(value: Any, msg_id: bytes) -> str:
+    target = _string(value, "the target", msg_id)
+    if not target.isascii():  # an address, not a name field: it reaches nobody (PROTOCOL.md 4.2)
+        raise ProtocolError(Code.UNKNOWN_RECIPIENT, "no such user", msg_id)
+    return target.decode("ascii")
+
+
+def _body(value: Any, msg_id: bytes) -> bytes:
+    body = _string(value, "the message text", msg_id)
+    if not is_utf8(body):
+        raise ProtocolError(Code.BAD_ENCODING, "message text is not valid UTF-8", msg_id)
+    return body  # forwarded as received
+
+
+def _text(value: Any, msg_id: bytes, what: str = "text") -> str:
     try:
-        return frame.decode("utf-8")
+        return _string(value, what, msg_id).decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(Code.BAD_ENCODING, f"{what} is not valid UTF-8", msg_id) from None
 
 
-def _int(frame: bytes, what: str, msg_id: bytes = b"", *, low: int = 0, high: int = MAX_NUMBER) -> int:
-    """A `number` field from `low` to `high`: anything else is malformed (ERROR 400)."""
-    if not frame.isdigit() or len(frame) > 20:  # bytes.isdigit: ASCII digits only
-        raise ProtocolError(Code.MALFORMED, f"{what} must be a decimal number", msg_id)
-    value = int(frame)
-    if not low <= value <= high:
-        raise ProtocolError(Code.MALFORMED, f"{what} must be from {low} to {high}", msg_id)
+def _room_reader(lobby: bool) -> Reader:
+    def read(value: Any, msg_id: bytes) -> str:
+        room = _string(value, "the room", msg_id).decode("latin-1").lower()
+        if not (valid_room(room) or (lobby and room == EVERYONE)):
+            raise ProtocolError(
+                Code.MALFORMED, "a room is '#' and 1-32 letters, digits, '_', '-' or '.'", msg_id
+            )
+        return room
+
+    return read
+
+
+def _number(what: str, low: int = 0, high: int = MAX_NUMBER) -> Reader:
+    """A `number` from `low` to `high`: anything else is malformed (ERROR 400)."""
+
+    def read(value: Any, msg_id: bytes) -> int:
+        if type(value) is not int or not low <= value <= high:  # type(): True is no number
+            raise ProtocolError(Code.MALFORMED, f"{what} must be a whole number from {low} to {high}", msg_id)
+        return value
+
+    return read
+
+
+_time = _number("a time", high=MAX_TIME_MS)
+
+
+def _tag(value: Any, msg_id: bytes) -> bytes:
+    tag = _string(value, "a SYNC tag", msg_id)
+    if tag and MSG_ID_RE.fullmatch(tag) is None:
+        raise ProtocolError(Code.MALFORMED, "a SYNC tag must be 1-64 visible ASCII characters", msg_id)
+    return tag
+
+
+def _array(value: Any, what: str, msg_id: bytes, low: int = 0, high: int = MAX_NUMBER) -> list[Any]:
+    if type(value) is not list or not low <= len(value) <= high:
+        raise ProtocolError(Code.MALFORMED, f"{what} must be an array of {low} to {high} items", msg_id)
     return value
 
 
-def _time(frame: bytes, what: str = "time") -> int:
-    return _int(frame, what, high=MAX_TIME_MS)
+def _ids_reader(low: int, high: int = MAX_RECEIVED_IDS) -> Reader:
+    def read(value: Any, msg_id: bytes) -> tuple[bytes, ...]:
+        return tuple(_id(i, msg_id) for i in _array(value, "the message ids", msg_id, low, high))
 
+    return read
 
-def _duration(frame: bytes, what: str, low: int = 1) -> int:
-    return _int(frame, what, low=low, high=MAX_INT32)
 
+def _names(value: Any, msg_id: bytes) -> tuple[str, ...]:
+    return tuple(_text(n, msg_id, "a name") for n in _array(value, "the names", msg_id))
 
-def _check_signature(frames: list[bytes]) -> None:
-    if not frames:
-        raise ProtocolError(Code.MALFORMED, "empty message")
-    signature = frames[0]
-    if signature != SIGNATURE:
-        # Answer with the request's id when there is a readable one.
-        msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
-        if OTHER_VERSION_RE.fullmatch(signature):
-            raise ProtocolError(Code.BAD_VERSION, "this broker speaks ZCHAT/1 only", msg_id)
-        raise ProtocolError(Code.MALFORMED, "first frame must be the signature ZCHAT/1", msg_id)
-    if len(frames) < 2:
-        raise ProtocolError(Code.MALFORMED, "missing command frame")
 
+def _rooms(value: Any, msg_id: bytes) -> tuple[str, ...]:
+    return tuple(_text(r, msg_id, "a room") for r in _array(value, "the rooms", msg_id))
 
-def _need(frames: list[bytes], count: int, command: str) -> None:
-    if len(frames) < count:
-        msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
-        raise ProtocolError(Code.MALFORMED, f"{command} needs {count - 2} frames after the command", msg_id)
 
+_member_count = _number("a member count", low=1)
 
-def _msg_id(frames: list[bytes], command: str) -> bytes:
-    _need(frames, 3, command)
-    msg_id = frames[2]
-    if MSG_ID_RE.fullmatch(msg_id) is None:
-        raise ProtocolError(Code.MALFORMED, "message id must be 1-64 visible ASCII characters")
-    return msg_id
 
-
-# --- client command decoding (used by the broker) ----------------------------
-
-
-def decode_command(frames: list[bytes]) -> ClientCommand:
-    """Decode one client message; frames beyond those defined are ignored."""
-    _check_signature(frames)
-    command = frames[1]
-    if command == b"SEND":  # the hot path comes first
-        msg_id = _msg_id(frames, "SEND")
-        _need(frames, 5, "SEND")
-        target = frames[3]
-        if not target.isascii():
-            raise ProtocolError(Code.UNKNOWN_RECIPIENT, "no such user", msg_id)
-        body = frames[4]
-        if not is_utf8(body):
-            raise ProtocolError(Code.BAD_ENCODING, "message text is not valid UTF-8", msg_id)
-        return Send(msg_id, target.decode("ascii"), body)
-    if command == b"PING":
-        return Ping(_msg_id(frames, "PING"))
-    if command == b"HELLO":
-        msg_id = _msg_id(frames, "HELLO")
-        _need(frames, 5, "HELLO")
-        name = frames[3].decode("latin-1")  # any bytes: a non-ASCII name is invalid, not garbled
-        if not valid_name(name):
-            raise ProtocolError(Code.INVALID_NAME, "a name is 1-32 letters, digits, '_', '-' or '.'", msg_id)
-        token = frames[4]
-        if len(token) > 64 or not token.isascii():
-            raise ProtocolError(Code.MALFORMED, "resume token must be at most 64 ASCII bytes", msg_id)
-        return Hello(msg_id, name, token.decode("ascii"))
-    if command == b"WHO":
-        return Who(_msg_id(frames, "WHO"))
-    if command == b"SYNC":
-        msg_id = _msg_id(frames, "SYNC")
-        tag = frames[3] if len(frames) > 3 else b""
-        if tag and MSG_ID_RE.fullmatch(tag) is None:
-            raise ProtocolError(Code.MALFORMED, "a SYNC tag must be 1-64 visible ASCII characters", msg_id)
-        return Sync(msg_id, tag)
-    if command == b"READY":
-        return Ready(_msg_id(frames, "READY"))
-    if command == b"BYE":
-        return Bye(_msg_id(frames, "BYE"))
-    return _decode_room_command(command, frames)
-
-
-def _room(frames: list[bytes], index: int, msg_id: bytes, lobby: bool = False) -> str:
-    room = frames[index].decode("latin-1").lower()
-    if not (valid_room(room) or (lobby and room == EVERYONE)):
-        raise ProtocolError(Code.MALFORMED, "a room is '#' and 1-32 letters, digits, '_', '-' or '.'", msg_id)
-    return room
-
-
-def _decode_room_command(command: bytes, frames: list[bytes]) -> ClientCommand:
-    """The commands of rooms, history and offline delivery (PROTOCOL.md 13)."""
-    if command in (b"ENTER", b"EXIT", b"NAMES"):
-        name = command.decode()
-        msg_id = _msg_id(frames, name)
-        _need(frames, 4, name)
-        if command == b"NAMES":
-            return Names(msg_id, _room(frames, 3, msg_id, lobby=True))
-        room = _room(frames, 3, msg_id, lobby=command == b"EXIT")  # EXIT of the lobby: refused later
-        return Enter(msg_id, room) if command == b"ENTER" else Exit(msg_id, room)
-    if command == b"ROOMS":
-        return Rooms(_msg_id(frames, "ROOMS"))
-    if command == b"HISTORY":
-        msg_id = _msg_id(frames, "HISTORY")
-        _need(frames, 6, "HISTORY")
-        room = _room(frames, 3, msg_id, lobby=True)
-        before = _int(frames[4], "before", msg_id)
-        # More than a page is refused, as for RECEIVED, rather than cut short unsaid.
-        count = _int(frames[5], "count", msg_id, high=MAX_HISTORY)
-        after = _int(frames[6], "after", msg_id) if len(frames) > 6 else 0
-        return HistoryRequest(msg_id, room, before, count, after)
-    if command == b"SEARCH":
-        msg_id = _msg_id(frames, "SEARCH")
-        _need(frames, 4, "SEARCH")
-        return Search(msg_id, _text(frames[3], "words", msg_id))
-    if command == b"RECEIVED":
-        msg_id = _msg_id(frames, "RECEIVED")
-        _need(frames, 5, "RECEIVED")
-        sender = frames[3].decode("latin-1")  # any bytes: a non-ASCII name is invalid, not garbled
-        if not valid_name(sender):  # a `name` field: 422 (PROTOCOL.md 3.2), as in HELLO
-            raise ProtocolError(Code.INVALID_NAME, "the sender is not a valid name", msg_id)
-        ids = tuple(frames[4:])
-        if not all(MSG_ID_RE.fullmatch(i) for i in ids):
-            raise ProtocolError(Code.MALFORMED, "RECEIVED needs message ids after the sender", msg_id)
-        if len(ids) > MAX_RECEIVED_IDS:
-            raise ProtocolError(Code.MALFORMED, f"RECEIVED takes at most {MAX_RECEIVED_IDS} ids", msg_id)
-        return Received(msg_id, sender, ids)
-    msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
-    shown = command[:32].decode("ascii", "replace")
-    raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {shown!r}", msg_id)
-
-
-# --- client command encoding (used by clients) -------------------------------
-
-
-def encode_hello(msg_id: bytes, name: str, token: str = "") -> list[bytes]:
-    return [SIGNATURE, b"HELLO", msg_id, name.encode(), token.encode()]
-
-
-def encode_send(msg_id: bytes, target: str, text: str) -> list[bytes]:
-    return [SIGNATURE, b"SEND", msg_id, target.encode(), text.encode()]
-
-
-def encode_simple(command: bytes, msg_id: bytes) -> list[bytes]:
-    """WHO, PING, SYNC (without a tag), READY and BYE carry only a message id."""
-    return [SIGNATURE, command, msg_id]
-
-
-# --- broker replies: encoding ------------------------------------------------
-
-
-def encode_welcome(w: Welcome) -> list[bytes]:
-    return [
-        SIGNATURE, b"WELCOME", w.msg_id, w.name.encode(), w.token.encode(),
-        w.pub_endpoint.encode(), str(w.heartbeat_ms).encode(), str(w.timeout_ms).encode(),
-        str(w.max_body).encode(), str(w.time_ms).encode(),
-        str(w.rate_per_minute).encode(), str(w.burst).encode(),
-    ]  # fmt: skip
-
-
-def encode_ack(msg_id: bytes, time_ms: bytes, status: bytes = b"accepted") -> list[bytes]:
-    return [SIGNATURE, b"ACK", msg_id, time_ms, status]
-
-
-def encode_error(msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> list[bytes]:
-    """ERROR; a 429 carries its retry-after (section 8), within the range of section 3.2."""
-    frames = [SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
-    if code == Code.RATE_LIMITED:
-        frames.append(str(min(max(retry_after_ms, 0), MAX_INT32)).encode())
-    return frames
-
-
-def encode_users(msg_id: bytes, names: list[str]) -> list[bytes]:
-    return [SIGNATURE, b"USERS", msg_id, " ".join(names).encode()]
-
-
-def encode_pong(msg_id: bytes, time_ms: bytes) -> list[bytes]:
-    return [SIGNATURE, b"PONG", msg_id, time_ms]
-
-
-def encode_message(msg_id: bytes, sender: bytes, target: bytes, time_ms: bytes, body: bytes) -> list[bytes]:
-    return [SIGNATURE, b"MESSAGE", msg_id, sender, target, time_ms, body]
-
-
-def encode_shutdown(reason: str) -> list[bytes]:
-    return [SIGNATURE, b"SHUTDOWN", reason.encode()]
-
-
-def encode_replaced(reason: str) -> list[bytes]:
-    return [SIGNATURE, b"REPLACED", reason.encode()]
-
-
-def encode_join(name: bytes, time_ms: bytes, room: str = EVERYONE) -> list[bytes]:
-    frames = [SIGNATURE, b"JOIN", name, time_ms]
-    return frames if room == EVERYONE else [*frames, room.encode()]
-
-
-def encode_leave(name: bytes, time_ms: bytes, reason: str, room: str = EVERYONE) -> list[bytes]:
-    frames = [SIGNATURE, b"LEAVE", name, time_ms, reason.encode()]
-    return frames if room == EVERYONE else [*frames, room.encode()]
-
-
-def encode_command(command: bytes, msg_id: bytes, *fields: str | bytes) -> list[bytes]:
-    """Any client command: ENTER, EXIT, NAMES, HISTORY, SEARCH, RECEIVED, ..."""
-    return [SIGNATURE, command, msg_id, *(f.encode() if isinstance(f, str) else f for f in fields)]
-
-
-def encode_rooms(msg_id: bytes, sizes: dict[str, int], mine: set[str]) -> list[bytes]:
-    listing = " ".join(f"{room}:{count}" for room, count in sorted(sizes.items()))
-    return [SIGNATURE, b"ROOMS", msg_id, listing.encode(), " ".join(sorted(mine)).encode()]
-
-
-def record_frames(r: Record) -> list[bytes]:
-    return [
-        str(r.seq).encode(),
-        r.msg_id,
-        r.sender.encode(),
-        r.target.encode(),
-        str(r.time_ms).encode(),
-        r.body,
-    ]
-
-
-def encode_history(msg_id: bytes, room: str, last_seq: int, records: list[Record]) -> list[bytes]:
-    frames = [
-        SIGNATURE,
-        b"HISTORY",
-        msg_id,
-        room.encode(),
-        str(last_seq).encode(),
-        str(len(records)).encode(),
-    ]
-    for record in records:
-        frames += record_frames(record)
-    return frames
-
-
-def encode_found(msg_id: bytes, records: list[Record]) -> list[bytes]:
-    frames = [SIGNATURE, b"FOUND", msg_id, str(len(records)).encode()]
-    for record in records:
-        frames += record_frames(record)
-    return frames
-
-
-def encode_receipt(recipient: bytes, time_ms: bytes, msg_ids: list[bytes]) -> list[bytes]:
-    return [SIGNATURE, b"RECEIPT", recipient, time_ms, *msg_ids]
-
-
-def encode_synced(msg_id: bytes) -> list[bytes]:
-    return [SIGNATURE, b"SYNCED", msg_id]
-
-
-# --- broker replies: decoding (used by clients) ------------------------------
-
-
-def _field_count(frames: list[bytes], count: int, command: str) -> None:
-    if len(frames) < count:
-        raise ProtocolError(Code.MALFORMED, f"{command} needs {count - 2} frames after the command")
-
-
-def decode_event(frames: list[bytes]) -> ServerEvent | PublishedEvent:
-    """Decode a message from the broker, without the PUB topic and sequence."""
-    _check_signature(frames)
-    command = frames[1]
-    decoder = _EVENT_DECODERS.get(command)
-    if decoder is None:
-        raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {command[:32]!r}")
-    count, build = decoder
-    _field_count(frames, count, command.decode())
-    return build(frames)
-
-
-def decode_published(frames: list[bytes]) -> Published:
-    """Decode a PUB message: topic, sequence number, then a broker message."""
-    if len(frames) < 4:
-        raise ProtocolError(Code.MALFORMED, "a published message needs topic and sequence frames")
-    event = decode_event(frames[2:])
-    if isinstance(event, (Welcome, Ack, Error, Users, Pong, Replaced, RoomList, History, Found, Receipt)):
-        raise ProtocolError(Code.MALFORMED, f"{type(event).__name__} is never published")
-    return Published(frames[0], _int(frames[1], "sequence"), event)
-
-
-def _room_field(f: list[bytes], index: int) -> str:
-    return _text(f[index], "room") if len(f) > index else EVERYONE
-
-
-def _sizes(frame: bytes) -> tuple[tuple[str, int], ...]:
+def _sizes(value: Any, msg_id: bytes) -> tuple[tuple[str, int], ...]:
     pairs = []
-    for item in _text(frame, "rooms").split():
-        room, _, count = item.rpartition(":")
-        pairs.append((room, _int(count.encode(), "member count", low=1)))
+    for pair in _array(value, "the rooms", msg_id):
+        room, count = _array(pair, "a room and its member count", msg_id, 2, 2)
+        pairs.append((_text(room, msg_id, "a room"), _member_count(count, msg_id)))
     return tuple(pairs)
 
 
-def _records(f: list[bytes], count_at: int) -> tuple[Record, ...]:
-    count = _int(f[count_at], "count", high=MAX_HISTORY)
-    start = count_at + 1
-    if len(f) < start + 6 * count:
-        raise ProtocolError(Code.MALFORMED, f"{count} records announced, fewer sent")
-    return tuple(
-        Record(_int(f[i], "seq"), f[i + 1], _text(f[i + 2], "sender"), _text(f[i + 3], "target"),
-               _time(f[i + 4]), f[i + 5])
-        for i in range(start, start + 6 * count, 6)
-    )  # fmt: skip
+_seq = _number("a sequence number")
 
 
-def _optional_int(f: list[bytes], index: int, what: str) -> int:
-    """A field appended in a later revision: 0 when an older peer leaves it out."""
-    return _int(f[index], what) if len(f) > index else 0
+def _records_reader(high: int) -> Reader:
+    def read(value: Any, msg_id: bytes) -> tuple[Record, ...]:
+        records = []
+        for item in _array(value, "the records", msg_id, 0, high):
+            seq, record_id, sender, target, time_ms, body = _array(item, "a record", msg_id, 6, 6)
+            records.append(Record(
+                _seq(seq, msg_id), _id(record_id, msg_id), _text(sender, msg_id, "a sender"),
+                _text(target, msg_id, "a target"), _time(time_ms, msg_id), _body(body, msg_id),
+            ))  # fmt: skip
+        return tuple(records)
+
+    return read
 
 
-def _decode_error(f: list[bytes]) -> Error:
-    code = _int(f[3], "code", low=MIN_ERROR_CODE, high=MAX_ERROR_CODE)
-    # Only 429 defines the retry-after field: after any other code, a frame there is a later addition.
-    retry_after = _duration(f[5], "retry-after", low=0) if code == Code.RATE_LIMITED and len(f) > 5 else 0
-    return Error(f[2], code, _text(f[4], "text"), retry_after)
+def _reason(value: Any, msg_id: bytes) -> str:
+    return _text(value, msg_id, "the reason")
 
 
-def _decode_users(f: list[bytes]) -> Users:
-    names = _text(f[3], "names")
-    return Users(f[2], tuple(names.split()))
+def _words(value: Any, msg_id: bytes) -> str:
+    return _text(value, msg_id, "words")
 
 
-_EVENT_DECODERS: dict[bytes, tuple[int, Callable[[list[bytes]], ServerEvent | PublishedEvent]]] = {
-    b"WELCOME": (10, lambda f: Welcome(
-        f[2], _text(f[3], "name"), _text(f[4], "token"), _text(f[5], "endpoint"),
-        _duration(f[6], "heartbeat"), _duration(f[7], "timeout"), _duration(f[8], "max body"), _time(f[9]),
-        _optional_int(f, 10, "rate"), _optional_int(f, 11, "burst"),
-    )),
-    b"ACK": (5, lambda f: Ack(f[2], _time(f[3]), _text(f[4], "status"), tuple(f[5:]))),
-    b"ERROR": (5, _decode_error),
-    b"USERS": (4, _decode_users),
-    b"PONG": (4, lambda f: Pong(f[2], _time(f[3]))),
-    b"MESSAGE": (7, lambda f: Message(
-        f[2], _text(f[3], "sender"), _text(f[4], "target"), _time(f[5]), f[6]
-    )),
-    b"SHUTDOWN": (3, lambda f: Shutdown(_text(f[2], "reason"))),
-    b"REPLACED": (3, lambda f: Replaced(_text(f[2], "reason"))),
-    b"JOIN": (4, lambda f: Join(_text(f[2], "name"), _time(f[3]), _room_field(f, 4))),
-    b"LEAVE": (5, lambda f: Leave(_text(f[2], "name"), _time(f[3]), _text(f[4], "reason"), _room_field(f, 5))),
-    b"ROOMS": (5, lambda f: RoomList(f[2], _sizes(f[3]), tuple(_text(f[4], "rooms").split()))),
-    b"HISTORY": (6, lambda f: History(f[2], _text(f[3], "room"), _int(f[4], "last seq"), _records(f, 5))),
-    b"FOUND": (4, lambda f: Found(f[2], _records(f, 3))),
-    b"RECEIPT": (5, lambda f: Receipt(_text(f[2], "recipient"), _time(f[3]), tuple(f[4:]))),
-    b"SYNCED": (3, lambda f: Synced(f[2])),
-}  # fmt: skip
+# --- the message table --------------------------------------------------------
 
 
-# --- typed values to frames, both directions -----------------------------------
+class Field(NamedTuple):
+    name: str
+    read: Reader
+    #: Left out by the sender, it takes the typed value's default (later additions, options).
+    optional: bool = False
 
-_ENCODERS: dict[type, Callable[..., list[bytes]]] = {
-    Hello: lambda m: encode_hello(m.msg_id, m.name, m.token),
-    Send: lambda m: [SIGNATURE, b"SEND", m.msg_id, m.target.encode(), m.body],
-    Who: lambda m: encode_simple(b"WHO", m.msg_id),
-    Ping: lambda m: encode_simple(b"PING", m.msg_id),
-    Sync: lambda m: encode_command(b"SYNC", m.msg_id, *((m.tag,) if m.tag else ())),
-    Ready: lambda m: encode_simple(b"READY", m.msg_id),
-    Bye: lambda m: encode_simple(b"BYE", m.msg_id),
-    Enter: lambda m: encode_command(b"ENTER", m.msg_id, m.room),
-    Exit: lambda m: encode_command(b"EXIT", m.msg_id, m.room),
-    Rooms: lambda m: encode_command(b"ROOMS", m.msg_id),
-    Names: lambda m: encode_command(b"NAMES", m.msg_id, m.room),
-    HistoryRequest: lambda m: encode_command(
-        b"HISTORY", m.msg_id, m.room, str(m.before), str(m.limit), *((str(m.after),) if m.after else ())
+
+class Kind(NamedTuple):
+    """One message of the protocol: its command string, its typed value, its fields in order."""
+
+    command: bytes
+    type: type
+    fields: tuple[Field, ...]
+    #: Derived from the fields, for the decoder: whether the first is the message id, the
+    #: readers of the others, and what an optional field left out stands for.
+    has_id: bool
+    readers: tuple[Reader, ...]
+    defaults: tuple[Any, ...]
+
+
+def _kind(command: str, cls: Any, *fields: Field) -> Kind:
+    assert tuple(f.name for f in fields) == cls._fields, command  # the table and the types agree
+    optional = [f.optional for f in fields]
+    assert optional == sorted(optional), f"{command}: only trailing fields may be optional"
+    has_id = bool(fields) and fields[0] is ID
+    readers = tuple(f.read for f in (fields[1:] if has_id else fields))
+    defaults = tuple(cls._field_defaults.get(f.name) for f in fields)
+    return Kind(command.encode(), cls, fields, has_id, readers, defaults)
+
+
+ID = Field("msg_id", _id)
+_duration_ms = _number("a duration", low=1, high=MAX_INT32)
+_any_number = _number("a number")
+
+#: What a client sends (DEALER -> ROUTER), PROTOCOL.md 4 and 13.1.
+COMMANDS: tuple[Kind, ...] = (
+    _kind("SEND", Send, ID, Field("target", _target), Field("body", _body)),
+    _kind("PING", Ping, ID),
+    _kind("HELLO", Hello, ID, Field("name", _name), Field("token", _token), Field("version", _version)),
+    _kind("WHO", Who, ID),
+    _kind("SYNC", Sync, ID, Field("tag", _tag, optional=True)),
+    _kind("READY", Ready, ID),
+    _kind("BYE", Bye, ID),
+    _kind("ENTER", Enter, ID, Field("room", _room_reader(lobby=False))),
+    _kind("EXIT", Exit, ID, Field("room", _room_reader(lobby=True))),  # EXIT of the lobby: refused later
+    _kind("ROOMS", Rooms, ID),
+    _kind("NAMES", Names, ID, Field("room", _room_reader(lobby=True))),
+    _kind(
+        "HISTORY",
+        HistoryRequest,
+        ID,
+        Field("room", _room_reader(lobby=True)),
+        Field("before", _number("before")),
+        Field("limit", _number("count", high=MAX_HISTORY)),
+        Field("after", _number("after"), optional=True),
     ),
-    Search: lambda m: encode_command(b"SEARCH", m.msg_id, m.words),
-    Received: lambda m: encode_command(b"RECEIVED", m.msg_id, m.sender, *m.ids),
-    Welcome: encode_welcome,
-    Ack: lambda m: [*encode_ack(m.msg_id, str(m.time_ms).encode(), m.status.encode()), *m.more_ids],
-    Error: lambda m: encode_error(m.msg_id, Code(m.code), m.text, m.retry_after_ms),
-    Users: lambda m: encode_users(m.msg_id, list(m.names)),
-    Pong: lambda m: encode_pong(m.msg_id, str(m.time_ms).encode()),
-    Message: lambda m: encode_message(
-        m.msg_id, m.sender.encode(), m.target.encode(), str(m.time_ms).encode(), m.body
+    _kind("SEARCH", Search, ID, Field("words", _words)),
+    _kind("RECEIVED", Received, ID, Field("sender", _name), Field("ids", _ids_reader(1))),
+)
+#: What the broker sends to one client (ROUTER -> DEALER), PROTOCOL.md 5 and 13.2.
+REPLIES: tuple[Kind, ...] = (
+    _kind(
+        "WELCOME",
+        Welcome,
+        ID,
+        Field("name", _reason),
+        Field("token", _token),
+        Field("pub_endpoint", _reason),
+        Field("heartbeat_ms", _duration_ms),
+        Field("timeout_ms", _duration_ms),
+        Field("max_body", _duration_ms),
+        Field("time_ms", _time),
+        Field("rate_per_minute", _any_number),
+        Field("burst", _any_number),
     ),
-    Shutdown: lambda m: encode_shutdown(m.reason),
-    Replaced: lambda m: encode_replaced(m.reason),
-    RoomList: lambda m: encode_rooms(m.msg_id, dict(m.sizes), set(m.mine)),
-    History: lambda m: encode_history(m.msg_id, m.room, m.last_seq, list(m.records)),
-    Found: lambda m: encode_found(m.msg_id, list(m.records)),
-    Receipt: lambda m: encode_receipt(m.recipient.encode(), str(m.time_ms).encode(), list(m.msg_ids)),
-    Join: lambda m: encode_join(m.name.encode(), str(m.time_ms).encode(), m.room),
-    Leave: lambda m: encode_leave(m.name.encode(), str(m.time_ms).encode(), m.reason, m.room),
-    Synced: lambda m: encode_synced(m.msg_id),
-}
+    _kind(
+        "ACK",
+        Ack,
+        ID,
+        Field("time_ms", _time),
+        Field("status", _reason),
+        Field("more_ids", _ids_reader(0, MAX_NUMBER), optional=True),
+    ),
+    _kind(
+        "ERROR",
+        Error,
+        Field("msg_id", _error_id),
+        Field("code", _number("a code", MIN_ERROR_CODE, MAX_ERROR_CODE)),
+        Field("text", _reason),
+        Field("retry_after_ms", _number("retry-after", high=MAX_INT32)),
+    ),
+    _kind("USERS", Users, ID, Field("names", _names)),
+    _kind("PONG", Pong, ID, Field("time_ms", _time)),
+    _kind(
+        "MESSAGE",
+        Message,
+        ID,
+        Field("sender", _reason),
+        Field("target", _reason),
+        Field("time_ms", _time),
+        Field("body", _body),
+    ),
+    _kind("SHUTDOWN", Shutdown, Field("reason", _reason)),
+    _kind("REPLACED", Replaced, Field("reason", _reason)),
+    _kind("ROOMS", RoomList, ID, Field("sizes", _sizes), Field("mine", _rooms)),
+    _kind(
+        "HISTORY",
+        History,
+        ID,
+        Field("room", _reason),
+        Field("last_seq", _seq),
+        Field("records", _records_reader(MAX_HISTORY)),
+    ),
+    _kind("FOUND", Found, ID, Field("records", _records_reader(MAX_HISTORY))),
+    _kind(
+        "RECEIPT",
+        Receipt,
+        Field("recipient", _reason),
+        Field("time_ms", _time),
+        Field("msg_ids", _ids_reader(1, MAX_NUMBER)),
+    ),
+)
+#: What the broker publishes (PUB -> SUB), after the topic and the sequence number, PROTOCOL.md 6.
+PUBLISHED: tuple[Kind, ...] = (
+    next(k for k in REPLIES if k.type is Message),
+    _kind("JOIN", Join, Field("name", _reason), Field("time_ms", _time), Field("room", _reason)),
+    _kind(
+        "LEAVE",
+        Leave,
+        Field("name", _reason),
+        Field("time_ms", _time),
+        Field("reason", _reason),
+        Field("room", _reason),
+    ),
+    _kind("SYNCED", Synced, ID),
+    next(k for k in REPLIES if k.type is Shutdown),
+)
+
+_COMMANDS = {k.command: k for k in COMMANDS}
+_REPLIES = {k.command: k for k in REPLIES}
+_PUBLISHED = {k.command: k for k in PUBLISHED}
+_COMMAND_OF = {k.type: k.command for k in (*COMMANDS, *REPLIES, *PUBLISHED)}
+
+
+# --- decoding -------------------------------------------------------------------
+
+
+def _unpack(data: bytes | memoryview, what: str) -> list[Any]:
+    try:
+        items = msgpack.unpackb(data, raw=True, use_list=True)
+    except Exception:  # any way the bytes are not one MessagePack value
+        raise ProtocolError(
+            Code.MALFORMED, f"{what} is not a {VERSION} message (one MessagePack array)"
+        ) from None
+    if type(items) is not list or not items:
+        raise ProtocolError(Code.MALFORMED, f"{what} is not a {VERSION} message (one MessagePack array)")
+    return items
+
+
+def _old_version(frames: Sequence[bytes]) -> bytes | None:
+    """The signature of a message in ZCHAT/1 framing (several frames, a signature first)."""
+    if len(frames) > 1 and OTHER_VERSION_RE.fullmatch(frames[0]):
+        return frames[0]
+    return None
+
+
+_new_tuple = tuple.__new__  # a NamedTuple from its values, without its Python-level __new__
+
+
+def _read(kind: Kind, items: list[Any], first: int) -> Any:
+    """The typed value of `kind` from items[first:]; later items are ignored (PROTOCOL.md 3.3)."""
+    fields = kind.fields
+    values = items[first : first + len(fields)]
+    present = len(values)
+    if present < len(fields) and not fields[present].optional:
+        raise _missing(kind, values)
+    if kind.has_id:  # the id first: every other field's error carries it
+        msg_id = _id(values[0], b"")
+        decoded = [msg_id]
+        for read, value in zip(kind.readers, values[1:], strict=False):  # fewer when options are left out
+            decoded.append(read(value, msg_id))
+    else:
+        decoded = [read(value, b"") for read, value in zip(kind.readers, values, strict=False)]
+    if present < len(fields):
+        decoded += kind.defaults[present:]
+    return _new_tuple(kind.type, decoded)
+
+
+def _missing(kind: Kind, values: list[Any]) -> ProtocolError:
+    msg_id = values[0] if values and kind.has_id and type(values[0]) is bytes else b""
+    needed = ", ".join(f.name.removeprefix("msg_") for f in kind.fields if not f.optional)
+    return ProtocolError(Code.MALFORMED, f"{kind.command.decode()} needs its fields: {needed}",
+                         msg_id if MSG_ID_RE.fullmatch(msg_id) else b"")  # fmt: skip
+
+
+def decode_command(frames: Sequence[bytes]) -> ClientCommand:
+    """Decode one client message (one frame)."""
+    if not frames:
+        raise ProtocolError(Code.MALFORMED, "empty message")
+    old = _old_version(frames)
+    if old is not None:
+        msg_id = frames[2] if len(frames) > 2 and MSG_ID_RE.fullmatch(frames[2]) else b""
+        raise ProtocolError(Code.BAD_VERSION, version_mismatch(old.decode()), msg_id)
+    if len(frames) > 1:
+        raise ProtocolError(Code.MALFORMED, f"a {VERSION} message is one frame, not {len(frames)}")
+    items = _unpack(frames[0], "the message")
+    kind = _COMMANDS.get(items[0]) if type(items[0]) is bytes else None
+    if kind is None:
+        msg_id = (
+            items[1] if len(items) > 1 and type(items[1]) is bytes and MSG_ID_RE.fullmatch(items[1]) else b""
+        )
+        shown = items[0][:32].decode("ascii", "replace") if type(items[0]) is bytes else repr(items[0])[:32]
+        raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {shown!r}", msg_id)
+    command: ClientCommand = _read(kind, items, 1)
+    return command
+
+
+def decode_event(frames: Sequence[bytes]) -> ServerEvent | PublishedEvent:
+    """Decode a message from the broker's ROUTER."""
+    if not frames:
+        raise ProtocolError(Code.MALFORMED, "empty message")
+    old = _old_version(frames)
+    if old is not None:  # an older broker refusing what it cannot read
+        raise ProtocolError(Code.BAD_VERSION, f"the broker speaks {old.decode()}, this client {VERSION}")
+    items = _unpack(frames[0], "the broker's message")
+    kind = _REPLIES.get(items[0]) if type(items[0]) is bytes else None
+    if kind is None:
+        raise ProtocolError(Code.UNKNOWN_COMMAND, f"unknown command {items[0]!r:.32}")
+    event: ServerEvent = _read(kind, items, 1)
+    return event
+
+
+def decode_published(frames: Sequence[bytes]) -> Published:
+    """Decode a PUB message: the topic (up to its NUL), then [sequence, command, fields...]."""
+    if not frames:
+        raise ProtocolError(Code.MALFORMED, "empty message")
+    frame = frames[0]
+    end = frame.find(b"\x00") + 1
+    if end == 0:
+        raise ProtocolError(Code.MALFORMED, "a published message starts with a topic ending in NUL")
+    items = _unpack(memoryview(frame)[end:], "the published message")
+    if len(items) < 2:
+        raise ProtocolError(Code.MALFORMED, "a published message needs a sequence number and a command")
+    kind = _PUBLISHED.get(items[1]) if type(items[1]) is bytes else None
+    if kind is None:
+        raise ProtocolError(Code.UNKNOWN_COMMAND, f"{items[1]!r:.32} is never published")
+    return Published(frame[:end], _seq(items[0], b""), _read(kind, items, 2))
+
+
+# --- encoding -------------------------------------------------------------------
+
+_packers = threading.local()  # a Packer is not thread-safe, and the library runs a thread per client
+
+
+def _pack(value: object) -> bytes:
+    try:
+        packer = _packers.packer
+    except AttributeError:
+        # Strings and bytes alike go out as MessagePack str: every string field is text.
+        packer = _packers.packer = msgpack.Packer(use_bin_type=False)
+    data: bytes = packer.pack(value)
+    return data
 
 
 def encode(message: ClientCommand | ServerEvent | PublishedEvent) -> list[bytes]:
-    """The frames of any typed command, reply or event: the inverse of the decoders."""
-    return _ENCODERS[type(message)](message)
+    """The one frame of any typed command, reply or event: the inverse of the decoders."""
+    return [_pack((_COMMAND_OF[type(message)], *message))]
 
 
 def encode_published(published: Published) -> list[bytes]:
-    """A PUB message: topic, sequence number, then the event; the inverse of decode_published."""
-    return [published.topic, str(published.seq).encode(), *encode(published.event)]
+    """A PUB message, one frame: the topic, then [sequence, command, fields...]."""
+    event = published.event
+    return [published.topic + _pack((published.seq, _COMMAND_OF[type(event)], *event))]
+
+
+def encode_old_error(msg_id: bytes, code: Code, text: str) -> list[bytes]:
+    """ERROR in ZCHAT/1 framing, for a client of that version (PROTOCOL.md 10)."""
+    return [OLD_SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
