@@ -897,7 +897,9 @@ def test_sync_with_a_tag_is_synced_on_that_tag_s_topic_only(connect: Callable[[]
     assert synced.command == "SYNCED"
     marker = broadcast_marker(client)  # what was published before it has arrived by then
     client.published(is_marker(marker))
-    assert not [m for m in client.feed if m.topic == b"@alice\x00"]  # none on the own topic
+    tagged = {m.fields[0] for m in client.feed if m.topic == topic}
+    assert not [m for m in client.feed if m.topic == b"@alice\x00" and m.fields[0] in tagged]
+    assert synced.fields[0] not in [m.fields[0] for m in client.feed if m.topic == b"@alice\x00"]
     longest = "t" * 64  # 1-64 visible ASCII characters, like an id
     client.sub.setsockopt(zmq.SUBSCRIBE, sync_topic("alice", longest))
     client.sync_until(sync_topic("alice", longest), longest)
@@ -1134,6 +1136,7 @@ def test_the_form_of_fields_is_checked_before_registration(connect: Callable[[],
     assert client.error_code(client.send("SEND", 5, "x")) == 400
     assert client.error_code(client.send("SEND", "*", b"\xff")) == 415
     assert client.error_code(client.send("RECEIVED", "not a name", ["m1"])) == 422
+    assert client.error_code(client.send("SEND", "zoë", "x")) == 404  # a target that is not ASCII
     assert client.error_code(client.send("SEND", "*", "well formed")) == 403
 
 
@@ -1475,3 +1478,97 @@ def test_each_id_of_a_combined_ack_has_the_time_of_its_message(online: Callable[
             assert message[0] == "MESSAGE", message
             delivered[message[1]] = assert_time(message[4])
     assert acked == delivered
+
+
+def test_rooms_enter_send_history_and_exit_on_the_room_s_topic(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    bob = online("bob", LOBBY, b"#dev\x00")
+    carol = online("carol")
+    room = b"#dev\x00"  # section 13.3: the room's topic, its lower-case form
+
+    def on_room(command: str, *fields: Any) -> Published:
+        return bob.published(
+            lambda m: m.topic == room and m.command == command and m.fields[: len(fields)] == list(fields),
+            what=f"{command} {fields} on #dev",
+        )
+
+    bob.ack(bob.send("ENTER", "#dev"))
+    joined = on_room("JOIN", "bob")
+    assert joined.seq == 1 and joined.fields[2] == "#dev", joined  # a counter of its own (6.2)
+    alice.ack(alice.send("ENTER", "#Dev"))  # rooms are compared without regard to case
+    assert on_room("JOIN", "alice").seq == 2
+    said = alice.send("SEND", "#DEV", "hi room")
+    said_at = alice.ack(said)
+    message = on_room("MESSAGE", said)
+    assert message.seq == 3 and message.fields[1:] == ["alice", "#dev", said_at, "hi room"], message
+
+    assert carol.error_code(carol.send("SEND", "#dev", "let me in")) == 423  # members only (13.1)
+    assert carol.error_code(carol.send("HISTORY", "#dev", 0, 10)) == 423
+    names = carol.request("NAMES", "#dev")  # NAMES needs no membership
+    assert names[0] == "USERS" and names[2] == ["alice", "bob"], names
+    page = bob.request("HISTORY", "#dev", 0, 10)
+    assert page[0] == "HISTORY" and page[2:4] == ["#dev", 3], page  # last seq: the message's
+    assert records_of(page, 4) == [[3, said, "alice", "#dev", said_at, "hi room"]]  # no JOIN in it
+
+    alice.ack(alice.send("ENTER", "#zz"))
+    alice.ack(alice.send("ENTER", "#Aa"))
+    rooms = carol.request("ROOMS")  # every room with members, sorted; carol is in none
+    assert rooms[0] == "ROOMS" and rooms[2:4] == [[["#aa", 1], ["#dev", 2], ["#zz", 1]], []], rooms
+    mine = alice.request("ROOMS")
+    assert mine[3] == ["#aa", "#dev", "#zz"], mine
+
+    # ENTER of a room one is in, EXIT of one one is not in: ACK, and nothing published.
+    alice.ack(alice.send("ENTER", "#dev"))
+    carol.ack(carol.send("EXIT", "#dev"))
+    marker = alice.send("SEND", "#dev", "room marker")
+    alice.ack(marker)
+    until = on_room("MESSAGE", marker)
+    assert until.seq == 4, until
+    alice.ack(alice.send("EXIT", "#dev"))
+    left = on_room("LEAVE", "alice")
+    assert left.seq == 5 and left.fields[2:4] == ["left", "#dev"], left
+    assert not [m for m in bob.feed if m.topic == room], list(bob.feed)
+    assert alice.error_code(alice.send("SEND", "#dev", "gone")) == 423
+
+
+def test_offline_mail_is_stored_delivered_once_and_receipted(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    alice = online("alice")
+    bob = connect()
+    bob.hello("bob")  # bob has been here, and goes
+    bob.ack(bob.send("BYE"))
+
+    # Section 13.4: a private message to a user who is offline is kept: ACK `stored`.
+    kept = alice.send("SEND", "bob", "while you were away")
+    kept_at = alice.ack(kept, "stored")
+    alice.ack(alice.send("SEND", "bob", "while you were away"), "stored")  # a new id: a second one
+    alice.send_items("SEND", kept, "bob", "while you were away")  # the same id again: a duplicate
+    alice.ack(kept, "stored")  # answered with the status of the first, not kept again
+
+    back = connect()
+    welcome = back.hello("bob")
+    assert welcome.name == "bob"
+    mail = back.next()  # right after WELCOME, in order, with the original id, sender and time
+    assert mail == ["MESSAGE", kept, "alice", "bob", kept_at, "while you were away"], mail
+    second = back.next()
+    assert second[:3] == ["MESSAGE", second[1], "alice"] and second[1] != kept, second
+    marker = alice.send("SEND", "bob", "live marker")
+    alice.ack(marker)
+    assert back.next()[:2] == ["MESSAGE", marker]  # nothing else came from the mailbox
+
+    back.ack(back.send("RECEIVED", "alice", [kept, second[1], marker, "never-sent"]))
+    receipted: list[str] = []  # in one RECEIPT or several (section 13.2)
+    while len(receipted) < 3:
+        receipt = alice.delivery("RECEIPT")
+        assert receipt[1] == "bob", receipt
+        assert_time(receipt[2])
+        receipted += receipt[3]
+    assert sorted(receipted) == sorted([kept, second[1], marker])  # "never-sent" is ignored
+
+    back.ack(back.send("BYE"))
+    again = connect()
+    again.hello("bob")  # the confirmed mail is forgotten: not sent again
+    last = alice.send("SEND", "bob", "after")
+    alice.ack(last)
+    assert again.next()[:2] == ["MESSAGE", last]
