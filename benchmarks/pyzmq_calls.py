@@ -18,7 +18,7 @@ import zmq.backend
 
 from benchmarks.wire import recv_frames, send_frames
 
-#: A private MESSAGE as the broker sends it: 7 frames.
+#: A private MESSAGE as a ZCHAT/1 broker sent it: 7 frames (ZCHAT/2 sends one).
 FRAMES = [b"ZCHAT/1", b"MESSAGE", b"12345", b"alice", b"bob", b"1795750606134", b"x" * 64]
 
 

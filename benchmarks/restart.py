@@ -52,6 +52,8 @@ from benchmarks.wire import (
     ACK,
     ERROR,
     ack_ids,
+    ack_status,
+    answered_id,
     body,
     make_wire,
     parse_body,
@@ -202,7 +204,7 @@ def _stream(
                     break
                 what, payload = wire.classify(frames)
                 if what == ACK:
-                    status = frames[4].decode()
+                    status = ack_status(frames)
                     for msg_id in ack_ids(frames):
                         if outstanding[i].pop(msg_id, None) is None:
                             other += 1  # an answer to nothing we sent: counted, never lost
@@ -211,7 +213,7 @@ def _stream(
                         statuses[f"{'broadcast' if msg_id[:1] == b'b' else 'private'} {status}"] += 1
                 elif what == ERROR:
                     refused[payload.decode()] += 1
-                    outstanding[i].pop(frames[2], None)
+                    outstanding[i].pop(answered_id(frames), None)
                 else:
                     other += 1
     names = [sender_name(g) for g in spec.senders]
@@ -295,9 +297,7 @@ def lobby_history(ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> list[p.
     records: list[p.Record] = []
     before = 0
     while True:
-        sock.send_multipart(
-            p.encode_command(b"HISTORY", b"page", p.EVERYONE, str(before), str(p.MAX_HISTORY))
-        )
+        sock.send_multipart(p.encode(p.HistoryRequest(b"page", p.EVERYONE, before, p.MAX_HISTORY)))
         (events,) = _collect([sock], p.History, ANSWER_TIMEOUT_S)
         page = events[-1].records
         if not page:

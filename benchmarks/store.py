@@ -46,9 +46,7 @@ def fill_and_replay(log_dir: Path, store: str, count: int) -> dict[str, float]:
             started = time.perf_counter()
             replayed, before = 0, 0
             while True:
-                history = request(
-                    dealer, p.encode_command(b"HISTORY", b"h", "#archive", str(before), str(PAGE))
-                )
+                history = request(dealer, p.encode(p.HistoryRequest(b"h", "#archive", before, PAGE)))
                 assert isinstance(history, p.History), history
                 if not history.records:
                     break

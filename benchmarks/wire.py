@@ -1,4 +1,4 @@
-"""The mode switch of the load clients: ZCHAT/1 or the ceiling's bare frames.
+"""The mode switch of the load clients: ZCHAT/2 or the ceiling's bare frames.
 
 A load client asks its `Wire` how to register, how to send, and what a
 message it received is, so the same load code drives the zchat broker and the
@@ -16,7 +16,8 @@ import time
 
 import zmq
 
-from zchat.common.protocol import LOBBY_TOPIC, SIGNATURE
+from zchat.common import protocol as p
+from zchat.common.protocol import LOBBY_TOPIC
 
 #: What a received message is.
 ACK, ERROR, DELIVERY, PONG, OTHER = range(5)
@@ -140,43 +141,46 @@ class Wire:
 
 
 class ZchatWire(Wire):
-    """ZCHAT/1 as in docs/PROTOCOL.md, with raw frames for speed."""
+    """ZCHAT/2 as in docs/PROTOCOL.md, through the project's own codec."""
 
     kind = "zchat"
     acks = True
 
     def hello(self, name: bytes) -> list[bytes]:
-        return [SIGNATURE, b"HELLO", b"h-" + name, name, b""]
+        return p.encode(p.Hello(b"h-" + name, name.decode(), ""))
 
     def welcomed(self, frames: list[bytes]) -> bool:
-        if len(frames) > 1 and frames[1] == b"ERROR":
-            raise RuntimeError(f"registration refused: {frames!r}")
-        return len(frames) > 1 and frames[1] == b"WELCOME"
+        event = p.decode_event(frames)
+        if isinstance(event, p.Error):
+            raise RuntimeError(f"registration refused: {event!r}")
+        return isinstance(event, p.Welcome)
 
     def send(self, msg_id: bytes, target: bytes, data: bytes) -> list[bytes]:
-        return [SIGNATURE, b"SEND", msg_id, target, data]
+        return p.encode(p.Send(msg_id, target.decode(), data))
 
     def ping(self, name: bytes, msg_id: bytes) -> list[bytes]:
-        return [SIGNATURE, b"PING", msg_id]
+        return p.encode(p.Ping(msg_id))
 
     def ready(self, msg_id: bytes) -> list[bytes] | None:
-        return [SIGNATURE, b"READY", msg_id]
+        return p.encode(p.Ready(msg_id))
 
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
-        command = frames[1] if len(frames) > 2 else b""
-        if command == b"ACK":
-            return ACK, frames[2]
-        if command == b"MESSAGE" and len(frames) >= 7:
-            return DELIVERY, frames[6]
-        if command == b"ERROR" and len(frames) >= 4:
-            return ERROR, frames[3]
-        if command == b"PONG":
-            return PONG, frames[2]
+        event = p.decode_event(frames)
+        kind = type(event)
+        if kind is p.Ack:
+            return ACK, event.msg_id  # type: ignore[union-attr]
+        if kind is p.Message:
+            return DELIVERY, event.body  # type: ignore[union-attr]
+        if kind is p.Error:
+            return ERROR, str(event.code).encode()  # type: ignore[union-attr]
+        if kind is p.Pong:
+            return PONG, event.msg_id  # type: ignore[union-attr]
         return OTHER, b""
 
     def published(self, frames: list[bytes]) -> bytes | None:
-        if len(frames) >= 9 and frames[3] == b"MESSAGE":
-            return frames[8]
+        event = p.decode_published(frames).event
+        if isinstance(event, p.Message):
+            return event.body
         return None  # JOIN, LEAVE, SHUTDOWN...
 
 
@@ -219,12 +223,27 @@ class CeilingWire(Wire):
 
 
 def acked(frames: list[bytes]) -> int:
-    """How many commands an ACK answers: its id, and every id after the status (PROTOCOL.md 5.2)."""
-    return max(1, len(frames) - 4)
+    """How many commands an ACK answers: its id, and every further id (PROTOCOL.md 5.2)."""
+    return len(ack_ids(frames))
 
 
 def ack_ids(frames: list[bytes]) -> list[bytes]:
-    return [frames[2], *frames[5:]]
+    ack = p.decode_event(frames)
+    assert isinstance(ack, p.Ack), ack
+    return list(ack.ids())
+
+
+def answered_id(frames: list[bytes]) -> bytes:
+    """The id an ACK or ERROR answers (the first, for a combined ACK)."""
+    answer = p.decode_event(frames)
+    assert isinstance(answer, p.Ack | p.Error), answer
+    return answer.msg_id
+
+
+def ack_status(frames: list[bytes]) -> str:
+    ack = p.decode_event(frames)
+    assert isinstance(ack, p.Ack), ack
+    return ack.status
 
 
 def make_wire(kind: str) -> Wire:

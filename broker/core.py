@@ -1,8 +1,8 @@
 """The broker's routing core: who is online, routing and liveness, no sockets.
 
 Input is (routing id, frames or a decoded command, time); output is a list of
-actions saying what to send where. The ZeroMQ shell in server.py carries them
-out, so everything here is tested without I/O.
+actions saying what to send where, as typed messages: the ZeroMQ shell in
+server.py encodes and sends them, so everything here is tested without I/O.
 """
 
 from __future__ import annotations
@@ -60,16 +60,16 @@ class CoreConfig:
 
 
 class SendTo(NamedTuple):
-    """Send these frames to one client over the ROUTER."""
+    """Send this reply or message to one client over the ROUTER."""
 
     peer: bytes
-    frames: list[bytes]
+    message: p.ServerEvent
 
 
 class Publish(NamedTuple):
-    """Publish these frames (topic and sequence first) on the PUB socket."""
+    """Publish this event, on its topic with its sequence number, on the PUB socket."""
 
-    frames: list[bytes]
+    published: p.Published
 
 
 class Forward(NamedTuple):
@@ -80,9 +80,9 @@ class Forward(NamedTuple):
     """
 
     peer: bytes
-    frames: list[bytes]
+    message: p.Message
     sender: bytes
-    ack: list[bytes]
+    ack: p.Ack
     sender_key: str
 
 
@@ -97,7 +97,14 @@ class Hangup(NamedTuple):
     until: float
 
 
-Action = SendTo | Publish | Forward | Hangup
+class SendOld(NamedTuple):
+    """Send these frames, in ZCHAT/1's framing, to a client of that version (PROTOCOL.md 10)."""
+
+    peer: bytes
+    frames: list[bytes]
+
+
+Action = SendTo | Publish | Forward | Hangup | SendOld
 
 
 @dataclass(slots=True)
@@ -153,6 +160,13 @@ class BrokerCore:
         `key` is the sender's CURVE public key, proven by ZeroMQ for this very
         message ("" without encryption).
         """
+        command = self.decode(peer, frames, now)
+        if isinstance(command, list):
+            return command
+        return self.handle(peer, command, now, key)
+
+    def decode(self, peer: bytes, frames: list[bytes], now: float) -> p.ClientCommand | list[Action]:
+        """The command in one client message, or what to do instead of handling it."""
         self.counters["received"] += 1
         self.now = now
         if self.cooling.until and self.cooling.holds(peer, now):  # a dict's truth: cheapest per message
@@ -162,10 +176,12 @@ class BrokerCore:
         if session is not None:
             session.last_seen = now  # any traffic proves the client alive
         try:
-            command = p.decode_command(frames)
+            return p.decode_command(frames)
         except p.ProtocolError as e:
-            return [self._refuse(peer, e.msg_id, e.code, e.text)]
-        return self.handle(peer, command, now, key)
+            refusal = self._refuse(peer, e.msg_id, e.code, e.text)
+            if e.code == Code.BAD_VERSION and len(frames) > 1:  # a ZCHAT/1 client: told in its framing
+                return [SendOld(peer, p.encode_old_error(e.msg_id, e.code, e.text))]
+            return [refusal]
 
     def handle(self, peer: bytes, command: p.ClientCommand, now: float, key: str = "") -> list[Action]:
         self.now = now
@@ -186,11 +202,11 @@ class BrokerCore:
         if kind is p.Ping:
             if session is None:
                 return [self._not_registered(peer, command.msg_id)]
-            return [SendTo(peer, p.encode_pong(command.msg_id, p.now_ms(now)))]
+            return [SendTo(peer, p.Pong(command.msg_id, p.now_ms(now)))]
         if kind is p.Hello:
             return self._hello(peer, session, command, now, key)  # type: ignore[arg-type]
         if kind is p.Who:
-            return [SendTo(peer, p.encode_users(command.msg_id, self._online()))]
+            return [SendTo(peer, p.Users(command.msg_id, tuple(self._online())))]
         if session is None:
             return [self._not_registered(peer, command.msg_id)]
         if kind is p.Sync:
@@ -198,17 +214,17 @@ class BrokerCore:
             assert isinstance(command, p.Sync)
             tag = command.tag
             topic = p.sync_topic(session.name, tag) if tag else p.private_topic(session.name)
-            synced = [topic, b"0", *p.encode_synced(command.msg_id)]
-            return [Publish(synced), SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))]
+            synced = p.Published(topic, 0, p.Synced(command.msg_id))
+            return [Publish(synced), SendTo(peer, _ack(command.msg_id, now))]
         if kind is p.Ready:
-            ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+            ack = SendTo(peer, _ack(command.msg_id, now))
             if session.announced:
                 return [ack]
             session.announced = True
-            join = p.encode_join(session.name_bytes, p.now_ms(now))
+            join = p.Join(session.name, p.now_ms(now))
             return [ack, Publish(self._published(p.EVERYONE, join))]
         if kind is p.Bye:  # the client leaves on purpose
-            ack = SendTo(peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+            ack = SendTo(peer, _ack(command.msg_id, now))
             return [ack, *self._drop(session, now, "quit")]
         # Searches and history read the store: counted like messages. Membership
         # and listings are cheap, and RECEIVED confirms what the broker paced.
@@ -227,7 +243,7 @@ class BrokerCore:
         status = self.store.seen(session.key, msg_id)
         if status is not None:  # a resend of what was accepted: answer again, deliver nothing
             self.counters["duplicate"] += 1
-            return [SendTo(session.peer, p.encode_ack(msg_id, stamp, status.encode()))]
+            return [SendTo(session.peer, p.Ack(msg_id, stamp, status))]
         if target == p.EVERYONE or target.startswith("#"):
             return self._to_room(session, msg_id, target.lower(), body, now)
         key = target.lower()
@@ -242,8 +258,8 @@ class BrokerCore:
                 text = f"{target!r} is neither a user name, a #room nor '*'"
             return [self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, text)]
         self.counters["private"] += 1
-        message = p.encode_message(msg_id, session.name_bytes, recipient.name_bytes, stamp, body)
-        return [Forward(recipient.peer, message, session.peer, p.encode_ack(msg_id, stamp), session.key)]
+        message = p.Message(msg_id, session.name, recipient.name, stamp, body)
+        return [Forward(recipient.peer, message, session.peer, p.Ack(msg_id, stamp, "accepted"), session.key)]
 
     def _to_room(self, session: Session, msg_id: bytes, room: str, body: bytes, now: float) -> list[Action]:
         if room != p.EVERYONE:
@@ -255,15 +271,12 @@ class BrokerCore:
                 return [self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")]
         self.counters["broadcast"] += 1
         stamp = p.now_ms(now)
-        published = self._published(
-            room, p.encode_message(msg_id, session.name_bytes, room.encode(), stamp, body)
-        )
-        time_ms = int(stamp)
+        published = self._published(room, p.Message(msg_id, session.name, room, stamp, body))
         self.store.add_room_message(
-            StoredMessage(room, int(published[1]), msg_id, session.name, room, time_ms, body)
+            StoredMessage(room, published.seq, msg_id, session.name, room, stamp, body)
         )
-        self.store.remember(session.key, msg_id, "accepted", time_ms)
-        return [Publish(published), SendTo(session.peer, p.encode_ack(msg_id, stamp))]
+        self.store.remember(session.key, msg_id, "accepted", stamp)
+        return [Publish(published), SendTo(session.peer, p.Ack(msg_id, stamp, "accepted"))]
 
     def _flooding(self, session: Session, msg_id: bytes, wait: float, now: float) -> list[Action]:
         """Over the rate limit: refused with a retry-after, or disconnected when it persists."""
@@ -276,7 +289,7 @@ class BrokerCore:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))
             text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
-            bye = SendTo(session.peer, p.encode_error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
+            bye = SendTo(session.peer, _error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
             return [bye, *self._drop(session, now, "flooding"), Hangup(session.peer, now + cool_off)]
         return [self._refuse(session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms",
                              retry_ms)]  # fmt: skip
@@ -292,7 +305,7 @@ class BrokerCore:
         self.counters["stored"] += 1
         self.store.enqueue(key, message)
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
-        return [SendTo(sender, p.encode_ack(message.msg_id, p.now_ms(now), b"stored"))]
+        return [SendTo(sender, p.Ack(message.msg_id, p.now_ms(now), "stored"))]
 
     def _hello(self, peer: bytes, current: Session | None, hello: p.Hello, now: float,
                client_key: str = "") -> list[Action]:  # fmt: skip
@@ -320,7 +333,7 @@ class BrokerCore:
                 self.by_peer[peer] = holder
                 self.counters["resumed"] += 1
                 log.info("%s resumed its session on a new connection", holder.name)
-                replaced = SendTo(old_peer, p.encode_replaced("your session continues on another connection"))
+                replaced = SendTo(old_peer, p.Replaced("your session continues on another connection"))
                 return [replaced, SendTo(peer, self._welcome(hello.msg_id, holder, now))]
             return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
         if refusal := self._over_limits(peer, hello.msg_id, client_key):
@@ -349,18 +362,14 @@ class BrokerCore:
         """What was kept for a user while it was away: mail, then receipts."""
         actions: list[Action] = []
         for m in self.store.mailbox(session.key):
-            time_ms = str(m.time_ms).encode()
-            message = p.encode_message(m.msg_id, m.sender.encode(), m.target.encode(), time_ms, m.body)
-            actions.append(SendTo(session.peer, message))
+            actions.append(SendTo(session.peer, p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body)))
             self._await_receipt((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
         by_recipient: dict[tuple[str, int], list[bytes]] = {}
         for msg_id, recipient, when in self.store.receipts(session.key):
             by_recipient.setdefault((recipient, when), []).append(msg_id)
             self.store.clear_receipt(session.key, msg_id)
         for (recipient, when), ids in by_recipient.items():
-            actions.append(
-                SendTo(session.peer, p.encode_receipt(recipient.encode(), str(when).encode(), ids))
-            )
+            actions.append(SendTo(session.peer, p.Receipt(recipient, when, tuple(ids))))
         return actions
 
     def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> SendTo | None:
@@ -389,30 +398,30 @@ class BrokerCore:
             )
         return None
 
-    def _welcome(self, msg_id: bytes, session: Session, now: float) -> list[bytes]:
+    def _welcome(self, msg_id: bytes, session: Session, now: float) -> p.Welcome:
         c = self.config
-        return p.encode_welcome(p.Welcome(
+        return p.Welcome(
             msg_id, session.name, session.token, c.pub_endpoint,
             c.heartbeat_ms, c.timeout_ms, c.max_body, int(now * 1000),
             max(1, int(c.rate * 60)) if c.rate > 0 else 0, int(c.burst) if c.rate > 0 else 0,
-        ))  # fmt: skip
+        )  # fmt: skip
 
     # --- rooms, history, search, receipts (PROTOCOL.md 13) ---------------------
 
     def _room_command(self, session: Session, command: p.ClientCommand, now: float) -> list[Action]:
         peer, msg_id = session.peer, command.msg_id
-        stamp = p.now_ms(now)
         if isinstance(command, p.Enter | p.Exit):
             return self._membership(session, command, now)
         if isinstance(command, p.Rooms):
             sizes = self.store.room_sizes()
-            return [SendTo(peer, p.encode_rooms(msg_id, sizes, self.store.rooms_of(session.key)))]
+            mine = tuple(sorted(self.store.rooms_of(session.key)))
+            return [SendTo(peer, p.RoomList(msg_id, tuple(sorted(sizes.items())), mine))]
         if isinstance(command, p.Names):
             if command.room == p.EVERYONE:
-                return [SendTo(peer, p.encode_users(msg_id, self._online()))]
+                return [SendTo(peer, p.Users(msg_id, tuple(self._online())))]
             keys = self._members(command.room)
             names = sorted((self.by_key[k].name for k in keys if k in self.by_key), key=str.lower)
-            return [SendTo(peer, p.encode_users(msg_id, names))]
+            return [SendTo(peer, p.Users(msg_id, tuple(names)))]
         if isinstance(command, p.HistoryRequest):
             room = command.room
             if room != p.EVERYONE and session.key not in self._members(room):
@@ -421,17 +430,16 @@ class BrokerCore:
             last = self.store.last_seq(room) if last is None else last
             before = command.before or last + 1
             found = self.store.room_history(room, before, command.limit, command.after)
-            records = [_record(m) for m in found]
-            return [SendTo(peer, p.encode_history(msg_id, room, last, records))]
+            return [SendTo(peer, p.History(msg_id, room, last, tuple(_record(m) for m in found)))]
         if isinstance(command, p.Search):
             found = self.store.search(session.key, command.words, p.MAX_FOUND)
-            return [SendTo(peer, p.encode_found(msg_id, [_record(m) for m in found]))]
+            return [SendTo(peer, p.Found(msg_id, tuple(_record(m) for m in found)))]
         assert isinstance(command, p.Received)
-        return [SendTo(peer, p.encode_ack(msg_id, stamp)), *self._received(session, command, now)]
+        return [SendTo(peer, _ack(msg_id, now)), *self._received(session, command, now)]
 
     def _membership(self, session: Session, command: p.Enter | p.Exit, now: float) -> list[Action]:
         room, entering = command.room, isinstance(command, p.Enter)
-        ack = SendTo(session.peer, p.encode_ack(command.msg_id, p.now_ms(now)))
+        ack = SendTo(session.peer, _ack(command.msg_id, now))
         if room == p.EVERYONE:
             return [
                 self._refuse(session.peer, command.msg_id, Code.MALFORMED, "everyone is always in the lobby")
@@ -446,10 +454,10 @@ class BrokerCore:
             self.rooms_in_use += 1 if entering else -1  # a room's first member came, or its last went
         if entering:
             members.add(session.key)
-            event = p.encode_join(session.name_bytes, p.now_ms(now), room)
+            event: p.Join | p.Leave = p.Join(session.name, p.now_ms(now), room)
         else:
             members.discard(session.key)
-            event = p.encode_leave(session.name_bytes, p.now_ms(now), "left", room)
+            event = p.Leave(session.name, p.now_ms(now), "left", room)
         return [ack, Publish(self._published(room, event))]
 
     def _rooms_full(self, session: Session, msg_id: bytes, room: str, members: set[str]) -> SendTo | None:
@@ -485,8 +493,7 @@ class BrokerCore:
         time_ms = int(now * 1000)
         sender = self.by_key.get(sender_key)
         if sender is not None:
-            receipt = p.encode_receipt(session.name_bytes, str(time_ms).encode(), confirmed)
-            return [SendTo(sender.peer, receipt)]
+            return [SendTo(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))]
         if self.store.is_known(sender_key):  # kept only for someone who can come back for it
             for msg_id in confirmed:
                 self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
@@ -507,15 +514,13 @@ class BrokerCore:
     def forwarded(self, forward: Forward) -> None:
         """A Forward reached its recipient's connection: a resend is a duplicate now,
         and the message is kept for /search."""
-        f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
+        m = forward.message
         if self.stuck:
             self.stuck.pop(forward.peer, None)  # it reads again
-        time_ms = int(f[5])
-        self.store.remember(forward.sender_key, f[2], "accepted", time_ms)
-        recipient = f[4].decode()
-        key = recipient.lower()
-        self.store.add_private(key, StoredMessage("", 0, f[2], f[3].decode(), recipient, time_ms, f[6]))
-        self._await_receipt((key, forward.sender_key, f[2]), from_mailbox=False)
+        self.store.remember(forward.sender_key, m.msg_id, "accepted", m.time_ms)
+        key = m.target.lower()
+        self.store.add_private(key, StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body))
+        self._await_receipt((key, forward.sender_key, m.msg_id), from_mailbox=False)
 
     def _await_receipt(self, handed: tuple[str, str, bytes], from_mailbox: bool) -> None:
         # Forgotten oldest first: an unconfirmed live message then gets no receipt, and
@@ -536,7 +541,7 @@ class BrokerCore:
     def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
         """A Forward could not be handed to its recipient: tell the sender why."""
         self.now = now
-        msg_id = forward.ack[2]
+        msg_id = forward.ack.msg_id
         recipient = self.by_peer.get(forward.peer)
         if busy:
             name = recipient.name if recipient else "the recipient"
@@ -552,10 +557,10 @@ class BrokerCore:
         if recipient is not None:
             actions += self._drop(recipient, now, "disconnected")
         # The recipient is gone but known: the message waits in its mailbox.
-        f = forward.frames  # a MESSAGE: id, sender, recipient, time, body
-        kept = StoredMessage("", 0, f[2], f[3].decode(), f[4].decode(), int(f[5]), f[6])
+        m = forward.message
+        kept = StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body)
         return [
-            *self._keep_for_later(forward.sender, forward.sender_key, f[4].decode().lower(), kept, now),
+            *self._keep_for_later(forward.sender, forward.sender_key, m.target.lower(), kept, now),
             *actions,
         ]
 
@@ -582,9 +587,9 @@ class BrokerCore:
     def shutdown(self, now: float, reason: str = "the broker is shutting down") -> list[Action]:
         """Tell every client, directly and on PUB, that the broker is going away."""
         self.shutting_down = True
-        frames = p.encode_shutdown(reason)
-        actions: list[Action] = [SendTo(peer, frames) for peer in self.by_peer]
-        actions.append(Publish(self._published(p.EVERYONE, frames)))
+        notice = p.Shutdown(reason)
+        actions: list[Action] = [SendTo(peer, notice) for peer in self.by_peer]
+        actions.append(Publish(self._published(p.EVERYONE, notice)))
         return actions
 
     # --- helpers -------------------------------------------------------------
@@ -598,10 +603,10 @@ class BrokerCore:
         log.info("%s left (%s; %d online)", session.name, reason, len(self.by_key))
         if not session.announced:
             return []  # nobody was told it joined
-        leave = p.encode_leave(session.name_bytes, p.now_ms(now), reason)
+        leave = p.Leave(session.name, p.now_ms(now), reason)
         return [Publish(self._published(p.EVERYONE, leave))]
 
-    def _published(self, room: str, message: list[bytes]) -> list[bytes]:
+    def _published(self, room: str, event: p.PublishedEvent) -> p.Published:
         """Topic and the room's next sequence number (continued from the store) first."""
         seq = self.last_seq.get(room)
         if seq is None:
@@ -609,7 +614,7 @@ class BrokerCore:
         seq += 1
         self.last_seq[room] = seq
         self.store.used_seq(room, seq)  # also a JOIN's or LEAVE's: never reused after a restart
-        return [p.topic_of(room), str(seq).encode(), *message]
+        return p.Published(p.topic_of(room), seq, event)
 
     def _online(self) -> list[str]:
         """Everyone online, sorted: kept until someone joins or leaves (WHO is not rate limited)."""
@@ -631,7 +636,7 @@ class BrokerCore:
         self.counters[f"refused.{reason}"] += 1
         self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
                                  msg_id.decode("ascii", "replace") or "-", self._who(peer), int(code), text)  # fmt: skip
-        return SendTo(peer, p.encode_error(msg_id, code, text, retry_after_ms))
+        return SendTo(peer, _error(msg_id, code, text, retry_after_ms))
 
     def _who(self, peer: bytes) -> str:
         session = self.by_peer.get(peer)
@@ -640,3 +645,13 @@ class BrokerCore:
 
 def _record(m: StoredMessage) -> p.Record:
     return p.Record(m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body)
+
+
+def _ack(msg_id: bytes, now: float) -> p.Ack:
+    return p.Ack(msg_id, p.now_ms(now), "accepted")
+
+
+def _error(msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> p.Error:
+    """ERROR; a 429 carries its retry-after (PROTOCOL.md 8), within its range (3.2)."""
+    retry = min(max(retry_after_ms, 0), p.MAX_INT32) if code == Code.RATE_LIMITED else 0
+    return p.Error(msg_id, code, text, retry)

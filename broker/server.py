@@ -21,7 +21,7 @@ from typing import TypeVar
 
 import zmq
 
-from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendTo
+from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendOld, SendTo
 from zchat.broker.gate import DEFAULT_EXEMPT, UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.store import MemoryStore, Store, StoreFailed, open_store
@@ -55,11 +55,8 @@ NOBLOCK = int(zmq.NOBLOCK)
 # The compiled methods under pyzmq's Python wrappers: half the cost per frame.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-ACK = b"ACK"
-HELLO = b"HELLO"
-MESSAGE = b"MESSAGE"
 #: Commands whose answers show stored messages, read from the store's open transaction.
-SHOWS_STORED = frozenset((b"HISTORY", b"SEARCH"))
+SHOWS_STORED = (p.HistoryRequest, p.Search)
 #: What a message the store could not keep is refused with (PROTOCOL.md 9).
 NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
@@ -96,6 +93,22 @@ def send(sock: zmq.Socket[bytes], first: bytes, frames: list[bytes]) -> None:
     for frame in frames[:-1]:
         _send(sock, frame, MORE_NOBLOCK)
     _send(sock, frames[-1], NOBLOCK)
+
+
+class HeldAck:
+    """ACKs of one sender held to go out as one (PROTOCOL.md 5.2): same session, time and status."""
+
+    __slots__ = ("ids", "key", "status", "time_ms")
+
+    def __init__(self, key: str, ack: p.Ack) -> None:
+        self.key, self.time_ms, self.status = key, ack.time_ms, ack.status
+        self.ids = [*ack.ids()]
+
+    def takes(self, key: str, ack: p.Ack) -> bool:
+        return self.time_ms == ack.time_ms and self.status == ack.status and self.key == key
+
+    def acks(self, ids: list[bytes]) -> p.Ack:
+        return p.Ack(ids[0], self.time_ms, self.status, tuple(ids[1:]))
 
 
 @dataclass(frozen=True)
@@ -181,11 +194,6 @@ def advertised(host: str, bound: str, given: str | None = None) -> str:
     return bound
 
 
-#: Held ACKs of one peer: the name key of the session each answers (for a failed
-#: commit to find the refused among them), and its frames.
-Held = tuple[str, list[bytes]]
-
-
 class BrokerServer:
     def __init__(self, settings: BrokerSettings, store: Store | None = None) -> None:
         """`store`: one already open instead of settings.store (tests)."""
@@ -245,10 +253,10 @@ class BrokerServer:
         ), store=store)  # fmt: skip
         self._stopping = False
         #: ACKs held until the store has committed, per sender, combined where they can be.
-        self._acks: dict[bytes, list[Held]] = {}
+        self._acks: dict[bytes, list[HeldAck]] = {}
         #: Published messages wait for the store too: a number on a topic is
         #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
-        self._to_publish: list[list[bytes]] = []
+        self._to_publish: list[p.Published] = []
         #: Only a store on disk can fail a commit (a full disk): with one in memory a HISTORY
         #: never waits for a commit to show only what is kept.
         self._store_can_fail = not isinstance(store, MemoryStore)
@@ -320,9 +328,10 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self._current = first
-                        if noting and len(frames) > 1 and frames[1] == HELLO:
+                        peer = first.bytes
+                        if noting and peer not in core.by_peer:  # a HELLO may come: know its connection
                             self._note_origin(first)
-                        self._handle(first.bytes, frames, now, str(first.get("User-Id")) if keyed else "")
+                        self._handle(peer, frames, now, str(first.get("User-Id")) if keyed else "")
                         if handled % FLUSH_EVERY == 0:
                             self._flush()
                     self._current = None
@@ -352,30 +361,35 @@ class BrokerServer:
 
     def _handle(self, peer: bytes, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, through the core; a failure answers it alone."""
-        if len(frames) > 1 and frames[1] in SHOWS_STORED and self._may_show_unstored(frames[1]):
+        core = self.core
+        command = core.decode(peer, frames, now)
+        if type(command) is list:  # refused or ignored as it came
+            self.apply(command)
+            return
+        assert not isinstance(command, list)
+        if isinstance(command, SHOWS_STORED) and self._may_show_unstored(command):
             self._flush()  # it shows only what is stored, and what is not yet may be refused
         try:
-            self.apply(self.core.receive(peer, frames, now, key))
+            self.apply(core.handle(peer, command, now, key))
         except Exception as e:  # that one command failed, not the broker
-            self._failed(peer, frames, e)
+            self._failed(peer, command.msg_id, e)
 
-    def _may_show_unstored(self, command: bytes) -> bool:
+    def _may_show_unstored(self, command: p.HistoryRequest | p.Search) -> bool:
         """Would this HISTORY or SEARCH read what a failed commit may yet refuse?
 
         Cheap first: at a sign-in storm every client asks the lobby's HISTORY, and a
         commit before each would cost one per client and keep ACKs from combining."""
         if not self._store_can_fail:
             return False
-        if command == b"SEARCH":  # finds private mail too: anything held may be in it
+        if type(command) is p.Search:  # finds private mail too: anything held may be in it
             return bool(self._acks or self._to_publish)
-        return any(frames[3] == MESSAGE for frames in self._to_publish)  # a room's, not yet kept
+        return any(type(held.event) is p.Message for held in self._to_publish)  # a room's, not yet kept
 
-    def _failed(self, peer: bytes, frames: list[bytes], e: Exception) -> None:
+    def _failed(self, peer: bytes, msg_id: bytes, e: Exception) -> None:
         """A command whose handling raised: answer it with an ERROR, log it once, go on.
 
         What the handler did before it failed stays done: a resend of a message that was
         kept after all is answered as a duplicate, never delivered twice."""
-        msg_id = frames[2] if len(frames) > 2 and p.MSG_ID_RE.fullmatch(frames[2]) else b""
         if isinstance(e, StoreFailed):  # a write the command needs cannot be made
             self._store_failed(e)
             code, text = Code.STORE_FAILED, NOT_DONE
@@ -384,7 +398,7 @@ class BrokerServer:
             code, text = Code.INTERNAL, FAILED
         self.core.counters[f"refused.{code.name.lower()}"] += 1
         try:
-            self._send(peer, p.encode_error(msg_id, code, text))
+            self._send(peer, p.encode(p.Error(msg_id, code, text, 0)))
         except Exception as again:
             self._log_failure("an error reply", again)
 
@@ -469,18 +483,21 @@ class BrokerServer:
         for action in actions:
             kind = type(action)
             if kind is Publish:
-                self._to_publish.append(action.frames)  # type: ignore[union-attr]
+                self._to_publish.append(action.published)  # type: ignore[union-attr]
             elif kind is Forward:
                 self._forward(action)  # type: ignore[arg-type]
             elif kind is Hangup:
                 self._hang_up_later(action)  # type: ignore[arg-type]
+            elif kind is SendOld:
+                self._send(action.peer, action.frames)  # type: ignore[union-attr]
             else:
                 assert isinstance(action, SendTo)
-                if action.frames[1] == ACK:
+                message = action.message
+                if type(message) is p.Ack:
                     session = self.core.by_peer.get(action.peer)
-                    self._ack_later(action.peer, action.frames, session.key if session else "")
+                    self._ack_later(action.peer, message, session.key if session else "")
                 else:
-                    self._send(action.peer, action.frames)
+                    self._send(action.peer, p.encode(message))
 
     def _answer_zap(self) -> None:
         """Answer libzmq's questions about new connections (gate.py)."""
@@ -528,7 +545,7 @@ class BrokerServer:
 
     def _forward(self, forward: Forward) -> None:
         try:
-            send(self.router, forward.peer, forward.frames)
+            send(self.router, forward.peer, p.encode(forward.message))
         except zmq.Again:
             self.apply(self.core.undeliverable(forward, busy=True, now=time.time()))
         except zmq.ZMQError as e:
@@ -541,17 +558,15 @@ class BrokerServer:
             # fails (only the copy kept for search would be lost, see SqliteStore._fail).
             self._ack_later(forward.sender, forward.ack, forward.sender_key)
 
-    def _ack_later(self, peer: bytes, ack: list[bytes], key: str) -> None:
+    def _ack_later(self, peer: bytes, ack: p.Ack, key: str) -> None:
         """Hold an ACK to combine it with the sender's next ones (PROTOCOL.md 5.2)."""
         held = self._acks.get(peer)
         if held is None:
-            self._acks[peer] = [(key, ack)]
-            return
-        last_key, last = held[-1]
-        if last[3] == ack[3] and last[4] == ack[4] and last_key == key:  # same time, status and session
-            last.append(ack[2])
+            self._acks[peer] = [HeldAck(key, ack)]
+        elif held[-1].takes(key, ack):
+            held[-1].ids += ack.ids()
         else:
-            held.append((key, ack))
+            held.append(HeldAck(key, ack))
 
     def _flush(self) -> None:
         """Store, then publish and acknowledge what was handled since the last time.
@@ -560,45 +575,48 @@ class BrokerServer:
         flushes too, see _send), so a failed commit can answer for all of it."""
         refused = self._commit()  # an ACK promises the message is kept: store first
         stored = refused is not None and not refused
-        for frames in self._to_publish:
+        pub = self.pub
+        for published in self._to_publish:
             # A message never kept is never published either. Its number stays used
             # (the store keeps it as such), so subscribers see a gap (PROTOCOL.md 6.2).
-            if (not stored and frames[3] == MESSAGE
-                    and (refused is None or (frames[5].decode().lower(), frames[4]) in refused)):  # fmt: skip
+            event = published.event
+            if (not stored and type(event) is p.Message
+                    and (refused is None or (event.sender.lower(), event.msg_id) in refused)):  # fmt: skip
                 continue
             # PUB never blocks: a subscriber whose queue is full loses
             # the message, and sees the gap in the sequence numbers.
-            send(self.pub, frames[0], frames[1:])
+            _send(pub, p.encode_published(published)[0], NOBLOCK)
         self._to_publish.clear()
         for peer, held in self._acks.items():
-            for key, ack in held:
+            for acks in held:
                 if stored:
-                    self._send_now(peer, ack)
+                    self._send_now(peer, p.encode(acks.acks(acks.ids)))
                 else:
-                    self._answer_unstored(peer, key, ack, refused)
+                    self._answer_unstored(peer, acks, refused)
         self._acks.clear()
 
-    def _answer_unstored(self, peer: bytes, key: str, ack: list[bytes],
-                         refused: frozenset[tuple[str, bytes]] | None) -> None:  # fmt: skip
+    def _answer_unstored(
+        self, peer: bytes, held: HeldAck, refused: frozenset[tuple[str, bytes]] | None
+    ) -> None:
         """After a failed commit: an ACK's ids that were not kept become ERRORs, in
         their place among the others (replies keep the order of commands)."""
         if refused is None:  # the store failed in a way of its own: nothing is known kept
-            for msg_id in [ack[2], *ack[5:]]:
+            for msg_id in held.ids:
                 self.core.counters["refused.internal"] += 1
-                self._send_now(peer, p.encode_error(msg_id, Code.INTERNAL, FAILED))
+                self._send_now(peer, p.encode(p.Error(msg_id, Code.INTERNAL, FAILED, 0)))
             return
         run: list[bytes] = []
-        for msg_id in [ack[2], *ack[5:]]:
-            if (key, msg_id) not in refused:
+        for msg_id in held.ids:
+            if (held.key, msg_id) not in refused:
                 run.append(msg_id)
                 continue
             if run:
-                self._send_now(peer, [*ack[:2], run[0], *ack[3:5], *run[1:]])
+                self._send_now(peer, p.encode(held.acks(run)))
                 run = []
             self.core.counters["refused.store_failed"] += 1
-            self._send_now(peer, p.encode_error(msg_id, Code.STORE_FAILED, NOT_STORED))
+            self._send_now(peer, p.encode(p.Error(msg_id, Code.STORE_FAILED, NOT_STORED, 0)))
         if run:
-            self._send_now(peer, [*ack[:2], run[0], *ack[3:5], *run[1:]])
+            self._send_now(peer, p.encode(held.acks(run)))
 
     def _send(self, peer: bytes, frames: list[bytes]) -> None:
         """Any other reply: the peer's held ACKs go first, so replies keep their order.

@@ -28,7 +28,7 @@ def who(
     try:
         dealer.connect(broker)
         msg_id = secrets.token_hex(4).encode()
-        dealer.send_multipart(p.encode_simple(b"WHO", msg_id))
+        dealer.send_multipart(p.encode(p.Who(msg_id)))
         deadline = time.monotonic() + timeout
         while not dealer.poll(STEP_MS):
             refused = handshake.failure()

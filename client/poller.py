@@ -210,6 +210,9 @@ class Poller:
             try:
                 handle(frames, now)
             except p.ProtocolError as e:
+                if e.code == Code.BAD_VERSION and sock is self.dealer:
+                    self._give_up(e.text)  # a broker of another version: retrying cannot help
+                    return
                 log.warning("ignored a malformed message from the broker: %s", e)
             if sock is not self.dealer and sock is not self.sub:
                 return  # the socket was replaced while handling
@@ -230,7 +233,7 @@ class Poller:
         wait = self.s.connect_timeout if not self.was_online else min(self.s.connect_timeout, 3.0)
         self.hello_deadline = now + wait
         self.phase = "hello"
-        self._send(p.encode_hello(self.hello_id, self.s.name, self.token), now)
+        self._send(p.encode(p.Hello(self.hello_id, self.s.name, self.token)), now)
 
     def _subscribe(self, welcome: p.Welcome, now: float) -> None:
         self.sub = self.context.socket(zmq.SUB)
@@ -258,7 +261,7 @@ class Poller:
     def _sync(self, now: float) -> None:
         self.sync_id = self.new_id().encode()
         self.next_sync_at = now + SYNC_RETRY
-        self._send(p.encode_simple(b"SYNC", self.sync_id), now)
+        self._send(p.encode(p.Sync(self.sync_id)), now)
 
     def _ready(self, now: float) -> None:
         """We hear the lobby: READY makes the broker announce us, and its ACK makes us online."""
@@ -267,7 +270,7 @@ class Poller:
         lobby.synced()  # subscribed before the own topic, so live too: its history comes next
         self.catching_up.append(("history", p.EVERYONE))
         self.ready_id = self.new_id().encode()
-        self._send(p.encode_simple(b"READY", self.ready_id), now)
+        self._send(p.encode(p.Ready(self.ready_id)), now)
 
     def _online(self, now: float) -> None:
         """READY is acknowledged: the broker has published our JOIN (PROTOCOL.md 4.6)."""
@@ -467,7 +470,7 @@ class Poller:
         sync_id = self.new_id().encode()
         self.room_syncs[sync_id] = syncing
         self.next_room_sync_at = now + SYNC_RETRY
-        self._send(p.encode_command(b"SYNC", sync_id, self.room_sync_tag), now)
+        self._send(p.encode(p.Sync(sync_id, self.room_sync_tag)), now)
 
     def _rooms_live(self, names: list[str], now: float) -> None:
         for name in names:
@@ -496,9 +499,9 @@ class Poller:
             self.caught_up_at[msg_id] = now
             if kind == "rooms":
                 self.rooms_id = msg_id
-                self._send(p.encode_command(b"ROOMS", msg_id), now)
+                self._send(p.encode(p.Rooms(msg_id)), now)
             elif kind == "enter":
-                self._send(p.encode_command(b"ENTER", msg_id, name), now)
+                self._send(p.encode(p.Enter(msg_id, name)), now)
             else:
                 assert room is not None
                 self.join_histories[msg_id] = name
@@ -506,8 +509,7 @@ class Poller:
                 # as much as one HISTORY gives: usually nothing, so it costs the broker little.
                 after = room.seen_seq
                 room.asked = count = self.s.history_count if not after else p.MAX_HISTORY
-                fields = [name, "0", str(count), *([str(after)] if after else [])]
-                self._send(p.encode_command(b"HISTORY", msg_id, *fields), now)
+                self._send(p.encode(p.HistoryRequest(msg_id, name, 0, count, after)), now)
 
     def _history(self, reply: p.History) -> None:
         records = sorted(reply.records, key=lambda r: r.seq)
@@ -595,7 +597,7 @@ class Poller:
                     self.receipts_due.setdefault(sender, []).extend(ids[start:])
                     break
                 chunk = ids[start : start + p.MAX_RECEIVED_IDS]
-                self._send(p.encode_command(b"RECEIVED", self.new_id().encode(), sender, *chunk), now)
+                self._send(p.encode(p.Received(self.new_id().encode(), sender, tuple(chunk))), now)
 
     def _answered(self, answer: p.Ack | p.Error, now: float) -> None:
         msg_id = answer.msg_id
@@ -788,35 +790,35 @@ class Poller:
                 self.sent[msg_id] = request.text
                 if len(self.sent) > SENT_TEXTS:
                     self.sent.popitem(last=False)
-            self._send(p.encode_send(msg_id, target, request.text), now)
+            self._send(p.encode(p.Send(msg_id, target, request.text.encode())), now)
         elif kind == "who":
-            self._send(p.encode_simple(b"WHO", msg_id), now)
+            self._send(p.encode(p.Who(msg_id)), now)
         elif kind == "enter":
-            self._send(p.encode_command(b"ENTER", msg_id, target), now)
+            self._send(p.encode(p.Enter(msg_id, target)), now)
             room = self.rooms.setdefault(target, Room(target))
             if not room.subscribed:
                 self._watch([room], now)
         elif kind == "exit":
-            self._send(p.encode_command(b"EXIT", msg_id, target), now)
+            self._send(p.encode(p.Exit(msg_id, target)), now)
             self._forget_room(target)
         elif kind == "rooms":
-            self._send(p.encode_command(b"ROOMS", msg_id), now)
+            self._send(p.encode(p.Rooms(msg_id)), now)
         elif kind == "names":
-            self._send(p.encode_command(b"NAMES", msg_id, target), now)
+            self._send(p.encode(p.Names(msg_id, target)), now)
         elif kind == "history":
             before = request.before
             if before < 0:  # page back from the oldest shown
                 before = self.oldest.get(target, 0)
-            self._send(p.encode_command(b"HISTORY", msg_id, target, str(before), str(request.count)), now)
+            self._send(p.encode(p.HistoryRequest(msg_id, target, before, request.count)), now)
         elif kind == "search":
-            self._send(p.encode_command(b"SEARCH", msg_id, request.text), now)
+            self._send(p.encode(p.Search(msg_id, request.text)), now)
 
     def _begin_close(self, now: float) -> None:
         self.closing = True
         if self.state is State.ONLINE:
             self.bye_id = self.new_id().encode()
             self.close_deadline = now + BYE_WAIT
-            self._send(p.encode_simple(b"BYE", self.bye_id), now)
+            self._send(p.encode(p.Bye(self.bye_id)), now)
         else:
             self.finished = True
 
@@ -869,7 +871,7 @@ class Poller:
         if now - self.last_recv > self.welcome.timeout_ms / 1000:
             self._lost("the broker stopped answering", now)
         elif now - self.last_send >= self.welcome.heartbeat_ms / 1000:
-            self._send(p.encode_simple(b"PING", self.new_id().encode()), now)
+            self._send(p.encode(p.Ping(self.new_id().encode())), now)
 
     def _expire_requests(self, now: float) -> None:
         deadline = now - self.s.answer_timeout

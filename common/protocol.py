@@ -798,6 +798,11 @@ def _pack(value: object) -> bytes:
     return data
 
 
+def command_of(message: ClientCommand | ServerEvent | PublishedEvent) -> bytes:
+    """The command string of a typed value on the wire (b"SEND" for a Send)."""
+    return _COMMAND_OF[type(message)]
+
+
 def encode(message: ClientCommand | ServerEvent | PublishedEvent) -> list[bytes]:
     """The one frame of any typed command, reply or event: the inverse of the decoders."""
     return [_pack((_COMMAND_OF[type(message)], *message))]
@@ -812,3 +817,24 @@ def encode_published(published: Published) -> list[bytes]:
 def encode_old_error(msg_id: bytes, code: Code, text: str) -> list[bytes]:
     """ERROR in ZCHAT/1 framing, for a client of that version (PROTOCOL.md 10)."""
     return [OLD_SIGNATURE, b"ERROR", msg_id, str(int(code)).encode(), text.encode()]
+
+
+# --- shorthands for clients and tests -----------------------------------------
+
+
+def encode_hello(msg_id: bytes, name: str, token: str = "") -> list[bytes]:
+    return encode(Hello(msg_id, name, token))
+
+
+def encode_send(msg_id: bytes, target: str, text: str) -> list[bytes]:
+    return encode(Send(msg_id, target, text.encode()))
+
+
+def encode_simple(command: bytes, msg_id: bytes) -> list[bytes]:
+    """WHO, PING, SYNC (without a tag), READY, BYE and ROOMS carry only a message id."""
+    return [_pack((command, msg_id))]
+
+
+def encode_command(command: bytes, *fields: Any) -> list[bytes]:
+    """Any command from its fields as they go on the wire, checked by nothing: for tests and tools."""
+    return [_pack((command, *fields))]

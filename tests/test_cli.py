@@ -221,7 +221,7 @@ def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
         peer, *frames = router.recv_multipart()
         hello = p.decode_command(frames)
         assert isinstance(hello, p.Hello)
-        router.send_multipart([peer, *p.encode_error(hello.msg_id, p.Code.NAME_TAKEN, HOSTILE)])
+        router.send_multipart([peer, *p.encode(p.Error(hello.msg_id, p.Code.NAME_TAKEN, HOSTILE, 0))])
         _, err = process.communicate(timeout=10)
     finally:
         process.kill()

@@ -14,7 +14,7 @@ from pathlib import Path
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendTo
+from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Publish, SendOld, SendTo
 from zchat.broker.sqlite_store import SqliteStore
 from zchat.common import protocol as p
 
@@ -32,25 +32,25 @@ texts = st.sampled_from([
 ]).flatmap(lambda kind: kind)  # fmt: skip
 # What is not a number at all comes from anything().
 numbers = st.sampled_from([
-    st.sampled_from([str(2**63), str(2**64), "9" * 20, str(2**63 - 1), "0", "10"]),  # past SQLite's integers
-    st.integers(min_value=0, max_value=10**20 - 1).map(str),
+    st.sampled_from([2**63, 2**64 - 1, 2**63 - 1, 0, 10, -1]),  # past SQLite's integers
+    st.integers(min_value=0, max_value=2**64 - 1),
 ]).flatmap(lambda kind: kind)  # fmt: skip
 ids = st.one_of(st.sampled_from([b"m1", b"m2", b"h", b"x" * 64]), st.from_regex(p.MSG_ID_RE, fullmatch=True))
 
 
-def frame(value: str) -> bytes:
-    return value.encode()
+def item(value: str | int) -> bytes | int:
+    return value.encode() if isinstance(value, str) else value
 
 
-def anything(*likely: st.SearchStrategy[str]) -> st.SearchStrategy[bytes]:
-    """A field: mostly what the command expects, sometimes text or bytes of any kind
-    (chosen from a sample: one_of would favour the short and simple)."""
-    kinds: list[st.SearchStrategy[bytes]] = [s.map(frame) for s in (*likely * 4, texts)]
-    return st.sampled_from([*kinds, st.binary(max_size=24)]).flatmap(lambda kind: kind)
+def anything(*likely: st.SearchStrategy[str] | st.SearchStrategy[int]) -> st.SearchStrategy[object]:
+    """A field: mostly what the command expects, sometimes text, bytes or a number of any
+    kind (chosen from a sample: one_of would favour the short and simple)."""
+    kinds: list[st.SearchStrategy[object]] = [s.map(item) for s in (*likely * 4, texts)]
+    return st.sampled_from([*kinds, st.binary(max_size=24), numbers]).flatmap(lambda kind: kind)
 
 
-FIELDS: dict[bytes, list[st.SearchStrategy[bytes]]] = {
-    b"HELLO": [anything(names), anything(st.sampled_from(["", "t0", "t1"]))],
+FIELDS: dict[bytes, list[st.SearchStrategy[object]]] = {
+    b"HELLO": [anything(names), anything(st.sampled_from(["", "t0", "t1"])), anything(st.just(p.VERSION))],
     b"SEND": [anything(names, rooms), anything(texts)],
     b"WHO": [],
     b"PING": [],
@@ -63,7 +63,7 @@ FIELDS: dict[bytes, list[st.SearchStrategy[bytes]]] = {
     b"NAMES": [anything(rooms)],
     b"HISTORY": [anything(rooms), anything(numbers), anything(numbers)],
     b"SEARCH": [anything(texts)],
-    b"RECEIVED": [anything(names), ids, ids],
+    b"RECEIVED": [anything(names), st.one_of(st.lists(ids, max_size=3), anything())],
 }
 
 
@@ -73,33 +73,46 @@ def rarely(draw: st.DrawFn) -> bool:
 
 
 @st.composite
-def messages(draw: st.DrawFn) -> tuple[bytes, list[bytes], str]:
-    """(peer, frames, what becomes of a private message sent: delivered, busy or gone)."""
+def messages(draw: st.DrawFn) -> tuple[bytes, list[bytes], bytes, str]:
+    """(peer, frames, the id a reply must carry, what becomes of a private message sent:
+    delivered, busy or gone)."""
     command = draw(st.sampled_from([*FIELDS, b"NOPE"]))
     msg_id = draw(st.binary(max_size=8)) if rarely(draw) else draw(ids)
-    frames = [p.SIGNATURE, command, msg_id, *(draw(s) for s in FIELDS.get(command, []))]
+    fields = [msg_id, *(draw(s) for s in FIELDS.get(command, []))]
     if rarely(draw):
-        frames.pop()  # one frame short
-    if rarely(draw):
-        frames[0] = draw(st.sampled_from([b"ZCHAT/2", b"", b"zchat/1"]))
-    return draw(st.sampled_from(PEERS)), frames, draw(st.sampled_from(["delivered", "busy", "gone"]))
+        fields.pop()  # one field short
+    frames = p.encode_command(command, *fields)
+    if rarely(draw):  # not ZCHAT/2: an older client's frames, or none of any version
+        frames = [draw(st.sampled_from([b"ZCHAT/1", b"", b"zchat/1", b"\xc1"])), command, msg_id]
+    answer_id = msg_id if fields and p.MSG_ID_RE.fullmatch(msg_id) else b""
+    if len(frames) == 3 and not p.OTHER_VERSION_RE.fullmatch(frames[0]):
+        answer_id = b""  # garbage: no id can be read
+    return (
+        draw(st.sampled_from(PEERS)),
+        frames,
+        answer_id,
+        draw(st.sampled_from(["delivered", "busy", "gone"])),
+    )
 
 
 def replies(core: BrokerCore, actions: list[Action], peer: bytes, fate: str, now: float) -> list[list[bytes]]:
-    """What reaches `peer`, carrying out private deliveries as the shell would."""
+    """What reaches `peer`, encoded, carrying out private deliveries as the shell would."""
     out: list[list[bytes]] = []
     for action in actions:
         if isinstance(action, Forward):
             if action.peer == peer:
-                out.append(action.frames)  # a message to oneself
+                out.append(p.encode(action.message))  # a message to oneself
             if fate == "delivered":
                 core.forwarded(action)
                 answer: list[Action] = [SendTo(action.sender, action.ack)]
             else:
                 answer = core.undeliverable(action, busy=fate == "busy", now=now)
-            out += [a.frames for a in answer if isinstance(a, SendTo) and a.peer == peer]
+            out += [p.encode(a.message) for a in answer if isinstance(a, SendTo) and a.peer == peer]
         elif isinstance(action, SendTo) and action.peer == peer:
-            out.append(action.frames)
+            out.append(p.encode(action.message))
+        elif isinstance(action, SendOld) and action.peer == peer:  # for ZCHAT/1: read as it would
+            code, text = int(action.frames[3]), action.frames[4].decode()
+            out.append(p.encode(p.Error(action.frames[2], code, text, 0)))
     return out
 
 
@@ -111,7 +124,7 @@ def answered(frames_out: list[list[bytes]], msg_id: bytes) -> list[p.ServerEvent
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages(), min_size=5, max_size=30))
 def test_any_command_with_any_fields_is_answered_once_and_the_core_goes_on(
-    sent: list[tuple[bytes, list[bytes], str]],
+    sent: list[tuple[bytes, list[bytes], bytes, str]],
 ) -> None:
     with tempfile.TemporaryDirectory() as folder:
         store = SqliteStore.open(Path(folder) / "z.db")
@@ -122,12 +135,11 @@ def test_any_command_with_any_fields_is_answered_once_and_the_core_goes_on(
             for peer, name in ((b"A", "alice"), (b"B", "bob")):  # most commands need a session
                 core.receive(peer, p.encode_hello(b"h", name), 999.0)
                 core.receive(peer, p.encode_command(b"ENTER", b"e", "#dev"), 999.0)
-            for n, (peer, frames, fate) in enumerate(sent):
+            for n, (peer, frames, answer_id, fate) in enumerate(sent):
                 now = 1000.0 + n
                 out = replies(core, core.receive(peer, frames, now), peer, fate, now)
                 store.commit()  # as the shell does at each wake-up
-                valid = len(frames) > 2 and p.MSG_ID_RE.fullmatch(frames[2]) is not None
-                got = answered(out, frames[2] if valid else b"")
+                got = answered(out, answer_id)
                 assert len(got) == 1, (frames, got)
                 if n % 7 == 0:
                     store.catch_up()

@@ -45,7 +45,7 @@ def raw_records(endpoint: str, name: str, want: int, room: str) -> tuple[list[by
                 return mail, history
             if len(mail) >= want and not asked:  # everything kept has come: now the history
                 dealer.send_multipart(p.encode_command(b"ENTER", b"e", room))
-                dealer.send_multipart(p.encode_command(b"HISTORY", b"hi", room, "0", "500"))
+                dealer.send_multipart(p.encode(p.HistoryRequest(b"hi", room, 0, 500)))
                 asked = True
     finally:
         context.destroy(linger=0)
@@ -145,12 +145,12 @@ def test_an_unwritable_store_refuses_what_it_cannot_keep_and_the_broker_stays_up
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(broker.endpoint)
 
-        def ask(*frames: bytes) -> p.ServerEvent | p.PublishedEvent:
-            dealer.send_multipart([p.SIGNATURE, *frames])
+        def ask(command: bytes, *fields: bytes | int) -> p.ServerEvent | p.PublishedEvent:
+            dealer.send_multipart(p.encode_command(command, *fields))
             assert dealer.poll(10_000), "no answer: " + broker.log()[-2000:]
             return p.decode_event(dealer.recv_multipart())
 
-        assert isinstance(ask(b"HELLO", b"h", b"alice", b""), p.Welcome)
+        assert isinstance(ask(b"HELLO", b"h", b"alice", b"", p.SIGNATURE), p.Welcome)
         assert isinstance(ask(b"SEND", b"m1", b"*", b"kept"), p.Ack)
         files = [f for f in (store, tmp_path / "zchat.db-wal", tmp_path / "zchat.db-shm") if f.exists()]
         immutable(*files, on=True)
@@ -159,7 +159,7 @@ def test_an_unwritable_store_refuses_what_it_cannot_keep_and_the_broker_stays_up
         assert isinstance(ask(b"PING", b"p"), p.Pong)  # still up, still serving
         immutable(*files, on=False)
         assert isinstance(ask(b"SEND", b"m2", b"*", b"kept after all"), p.Ack)  # the resend is new
-        history = ask(b"HISTORY", b"hi", b"*", b"0", b"10")
+        history = ask(b"HISTORY", b"hi", b"*", 0, 10)
         assert isinstance(history, p.History) and [r.msg_id for r in history.records] == [b"m1", b"m2"]
         assert broker.process.poll() is None
         errors = [line for line in broker.log().splitlines() if " ERROR " in line]

@@ -56,18 +56,22 @@ def test_history_numbers_past_their_range_are_refused_and_the_sqlite_store_lives
     dealer = zmq_context.socket(zmq.DEALER)
     dealer.connect(broker.endpoint)
 
-    def ask(*frames: bytes) -> p.ServerEvent | p.PublishedEvent:
-        dealer.send_multipart([p.SIGNATURE, *frames])
-        assert dealer.poll(10_000), f"no answer to {frames}"
+    def ask(command: bytes, *fields: bytes | int) -> p.ServerEvent | p.PublishedEvent:
+        dealer.send_multipart(p.encode_command(command, *fields))
+        assert dealer.poll(10_000), f"no answer to {command!r} {fields}"
         return p.decode_event(dealer.recv_multipart())
 
     try:
-        assert isinstance(ask(b"HELLO", b"h", b"alice", b""), p.Welcome)
+        assert isinstance(ask(b"HELLO", b"h", b"alice", b"", p.SIGNATURE), p.Welcome)
         assert isinstance(ask(b"SEND", b"m1", b"*", b"kept"), p.Ack)
-        for before, count in ((2**63, 10), (10**20 - 1, 10), (0, p.MAX_HISTORY + 1)):
-            refusal = ask(b"HISTORY", b"h1", b"*", str(before).encode(), str(count).encode())
+        for before, count in (
+            (2**63, 10),
+            (2**64 - 1, 10),
+            (0, p.MAX_HISTORY + 1),
+        ):  # 2**64-1: the most MessagePack holds
+            refusal = ask(b"HISTORY", b"h1", b"*", before, count)
             assert isinstance(refusal, p.Error) and (refusal.msg_id, refusal.code) == (b"h1", 400), refusal
-        page = ask(b"HISTORY", b"h2", b"*", str(p.MAX_NUMBER).encode(), str(p.MAX_HISTORY).encode())
+        page = ask(b"HISTORY", b"h2", b"*", p.MAX_NUMBER, p.MAX_HISTORY)
         assert isinstance(page, p.History) and [r.body for r in page.records] == [b"kept"]
         assert ask(b"WHO", b"w") == p.Users(b"w", ("alice",))
     finally:
@@ -114,7 +118,7 @@ class Raw:
         self.dealer.setsockopt(zmq.LINGER, 0)
         self.dealer.connect(endpoint)
 
-    def send(self, command: bytes, msg_id: bytes, *fields: str | bytes) -> None:
+    def send(self, command: bytes, msg_id: bytes, *fields: str | bytes | int) -> None:
         self.dealer.send_multipart(p.encode_command(command, msg_id, *fields))
 
     def next(self) -> p.ServerEvent | p.PublishedEvent:
@@ -129,7 +133,7 @@ class Raw:
         return events
 
     def hello(self, name: str) -> None:
-        self.send(b"HELLO", b"h", name, "")
+        self.send(b"HELLO", b"h", name, "", p.VERSION)
         assert isinstance(self.next(), p.Welcome)
 
 
@@ -196,7 +200,7 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         alice.send(b"SEND", b"m2", "*", BIG)
         alice.send(b"SEND", b"m3", "carol", BIG)
         alice.send(b"SEND", b"m4", "bob", BIG)  # bob is online: handed to him, so delivered
-        alice.send(b"HISTORY", b"h1", "*", "0", "10")  # shows only what is kept
+        alice.send(b"HISTORY", b"h1", "*", 0, 10)  # shows only what is kept
         alice.send(b"PING", b"p1")
         replies = alice.until(b"p1")
         assert answers(replies) == [
@@ -218,7 +222,7 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         assert answers(alice.until(b"m3")) == [("ACK", b"m2", "accepted"), ("ACK", b"m3", "stored")]
         # m2 was never published; the number it had stays used: subscribers see a gap.
         assert lobby_messages(sub, b"m2") == [(first_seq + 2, b"m2")]
-        alice.send(b"HISTORY", b"h2", "*", "0", "10")
+        alice.send(b"HISTORY", b"h2", "*", 0, 10)
         (later,) = alice.until(b"h2")
         assert isinstance(later, p.History) and [r.msg_id for r in later.records] == [b"m1", b"m2"]
         carol.hello("carol")
@@ -279,14 +283,14 @@ def test_a_history_in_the_same_wake_up_shows_only_what_is_stored(
         server._flush()
 
     try:
-        alice.send(b"HELLO", b"h", "alice", "")
+        alice.send(b"HELLO", b"h", "alice", "", p.VERSION)
         wake_up(1)
         assert isinstance(alice.next(), p.Welcome)
         alice.send(b"SEND", b"m1", "*", "kept")
         wake_up(1)
         store.commit_fails = True  # m2 goes into the transaction; its COMMIT fails
         alice.send(b"SEND", b"m2", "*", "said, not kept")
-        alice.send(b"HISTORY", b"hi", "*", "0", "10")
+        alice.send(b"HISTORY", b"hi", "*", 0, 10)
         wake_up(2)
         replies = alice.until(b"hi")
         assert answers(replies) == [("ACK", b"m1", "accepted"), ("ERROR", b"m2", Code.STORE_FAILED)]

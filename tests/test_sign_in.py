@@ -65,42 +65,44 @@ class ScriptedBroker:
             if not self.router.poll(50):
                 continue
             peer, *frames = self.router.recv_multipart()
-            command, msg_id = frames[1], frames[2]
+            request = p.decode_command(frames)
+            command, msg_id = p.command_of(request), request.msg_id
             self.commands[command] += 1
-            now = str(int(time.time() * 1000)).encode()
-            reply: list[bytes] | None = p.encode_ack(msg_id, now)
+            now = int(time.time() * 1000)
+            reply: p.ServerEvent | None = p.Ack(msg_id, now, "accepted")
             if command == b"HELLO" and 1 < self.commands[command] <= 1 + self.taken_after_restart:
-                reply = p.encode_error(msg_id, Code.NAME_TAKEN, "the name is taken")
-            elif command == b"HELLO":
-                names[peer] = frames[3].decode()
+                reply = p.Error(msg_id, Code.NAME_TAKEN, "the name is taken", 0)
+            elif isinstance(request, p.Hello):
+                names[peer] = request.name
                 rate = (6000, 10) if self.script else (0, 0)  # flood control only where a 429 is scripted
-                welcome = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0, *rate)
-                reply = p.encode_welcome(welcome)
+                reply = p.Welcome(msg_id, names[peer], "token", pub_endpoint, 200, 1000, 65536, 0, *rate)
             elif command == b"SYNC":
-                self.pub.send_multipart([p.private_topic(names[peer]), b"0", *p.encode_synced(msg_id)])
+                self.pub.send_multipart(
+                    p.encode_published(p.Published(p.private_topic(names[peer]), 0, p.Synced(msg_id)))
+                )
             elif command == b"READY" and not self.ack_ready:
                 reply = None
             elif command == b"PING" and self.taken_after_restart and self.commands[command] == 1:
-                reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
+                reply = p.Error(msg_id, Code.NOT_REGISTERED, "send HELLO first", 0)
             elif command == b"PING":
-                reply = p.encode_pong(msg_id, now)
+                reply = p.Pong(msg_id, now)
             elif command == b"ROOMS" and self.refuse_first_rooms and self.commands[command] == 1:
-                reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 100)
+                reply = p.Error(msg_id, Code.RATE_LIMITED, "slow down", 100)
             elif command == b"ROOMS":
-                reply = p.encode_rooms(msg_id, {}, set())
+                reply = p.RoomList(msg_id, (), ())
             elif command == b"HISTORY" and self.fail_first_history and self.commands[command] == 1:
-                reply = p.encode_error(msg_id, Code.INTERNAL, "the broker failed on this command")
-            elif command == b"HISTORY":
-                reply = p.encode_history(msg_id, frames[3].decode(), 0, [])
+                reply = p.Error(msg_id, Code.INTERNAL, "the broker failed on this command", 0)
+            elif isinstance(request, p.HistoryRequest):
+                reply = p.History(msg_id, request.room, 0, ())
             elif command == b"SEND":
                 self.sends[msg_id] += 1
                 answer = self.script.pop(0) if self.script else ""
                 if answer == "429":
-                    reply = p.encode_error(msg_id, Code.RATE_LIMITED, "slow down", 50)
+                    reply = p.Error(msg_id, Code.RATE_LIMITED, "slow down", 50)
                 elif answer == "403" or self.lose_session_on_send:
-                    reply = p.encode_error(msg_id, Code.NOT_REGISTERED, "send HELLO first")
+                    reply = p.Error(msg_id, Code.NOT_REGISTERED, "send HELLO first", 0)
             if reply is not None:
-                self.router.send_multipart([peer, *reply])
+                self.router.send_multipart([peer, *p.encode(reply)])
 
     def stop(self) -> None:
         self.stopping.set()
