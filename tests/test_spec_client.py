@@ -1049,8 +1049,10 @@ def test_a_frame_that_is_not_one_array_or_misses_fields_400(connect: Callable[[]
         assert client.next_error() == 400, bad_id  # with an empty id: it could not be read
     client.send_items("WHO")  # no id at all: ERROR with an empty id (section 5)
     assert client.next_error() == 400
-    client.send_items(7, "w-5")  # a command that is not a string (3.1)
-    assert client.next_error("w-5") == 400
+    client.send_items(7, "w-5")  # a first item that is not a string "names no command" (9)
+    assert client.next_error("w-5") == 405
+    client.send_items(b"WHO", "w-6")  # bin for a string, the command too (3.2)
+    assert client.next()[:2] == ["USERS", "w-6"]
     assert connect().who() == ["alice"]
 
 
