@@ -1575,3 +1575,79 @@ def test_offline_mail_is_stored_delivered_once_and_receipted(
     last = alice.send("SEND", "bob", "after")
     alice.ack(last)
     assert again.next()[:2] == ["MESSAGE", last]
+
+
+def test_a_repeated_id_is_answered_as_the_first_and_not_delivered_again(
+    online: Callable[..., SpecClient],
+) -> None:
+    alice = online("alice")
+    bob = online("bob")
+    # Section 13.4: the broker remembers every accepted (sender, id); a SEND repeating one is
+    # answered with the status of the first and not delivered again (a resend after a reconnect).
+    shout = alice.send("SEND", "*", "once to all")
+    first_at = alice.ack(shout)
+    alice.send_items("SEND", shout, "*", "once to all")
+    assert alice.ack(shout) >= first_at  # the time the repeat was answered (5.2)
+    private = alice.send("SEND", "bob", "once to bob")
+    alice.ack(private)
+    alice.send_items("SEND", private, "bob", "once to bob")
+    alice.ack(private)
+    marker = alice.send("SEND", "bob", "private marker")
+    alice.ack(marker)
+    assert [bob.next()[1] for _ in range(2)] == [private, marker]  # one copy, then the marker
+    said = broadcast_marker(alice)
+    seen = bob.published_until(is_marker(said))
+    assert [m.fields[0] for m in seen if m.command == "MESSAGE"] == [shout, seen[-1].fields[0]]
+
+
+def test_welcome_tells_the_rate_a_minute_rounded_down_but_never_below_1(
+    tmp_path: Path, zmq_context: Context
+) -> None:
+    # Section 5.1; the broker's --rate is a second's, its WELCOME a minute's.
+    for rate, burst, per_minute in (("2", "3", 120), ("0.5", "7", 30), ("0.01", "1", 1), ("0.0251", "2", 1)):
+        limited = start_broker(tmp_path, "--rate", rate, "--burst", burst)
+        try:
+            welcome = SpecClient(zmq_context, limited.endpoint).hello("alice")
+            assert (welcome.rate_per_minute, welcome.burst) == (per_minute, int(burst)), rate
+        finally:
+            assert limited.stop() == 0
+
+
+def test_flood_control_refuses_with_429_and_a_retry_after_then_drops_the_flooder(
+    tmp_path: Path, zmq_context: Context
+) -> None:
+    limited = start_broker(tmp_path, "--rate", "2", "--burst", "3", "--cool-off", "5")
+    try:
+        watcher = SpecClient(zmq_context, limited.endpoint)
+        watcher.hello("watcher")
+        watcher.subscribe(LOBBY)
+        watcher.announce()
+        flooder = SpecClient(zmq_context, limited.endpoint)
+        assert flooder.hello("flood").rate_per_minute == 120
+        flooder.announce()  # READY, like HELLO, WHO, PING, SYNC and BYE, is not counted (8)
+        # A new session starts with one second's worth: 2 of ROOMS, then 429 with a retry-after.
+        asked = [flooder.send("ROOMS") for _ in range(4)]
+        answers = [flooder.reply(msg_id) for msg_id in asked]
+        assert [a[0] for a in answers[:2]] == ["ROOMS", "ROOMS"], answers
+        refused = [a for a in answers if a[0] == "ERROR"]
+        assert refused and all(a[2] == 429 and 0 < a[4] <= MAX_INT32 for a in refused), answers
+        assert flooder.request("PING")[0] == "PONG"  # upkeep is never refused
+        assert flooder.request("WHO")[0] == "USERS"
+        # Sending on into the refusals: dropped, LEAVE with reason `flooding`.
+        flooder.heartbeats = False
+        for _ in range(40):
+            flooder.send("ROOMS")
+        leave = watcher.lobby("LEAVE", "flood")
+        assert leave.fields[2:4] == ["flooding", "*"], leave
+        # One last 429 whose retry-after is the cool-off, usually before the connection closes
+        # (best effort, section 8: so it is looked for, not required).
+        flooder._find(flooder.inbox, lambda m: isinstance(m, list) and m[0] == "ERROR" and m[4] == 5000, WAIT)
+        for message in list(flooder.inbox):  # whatever else it was answered: 429s
+            assert isinstance(message, list) and message[0] in ("ROOMS", "ERROR", "PONG", "USERS"), message
+            assert message[0] != "ERROR" or (message[2] == 429 and 0 < message[4] <= 5000), message
+        # Loopback is never turned away (--ban-exempt): new sockets may register at once (7.3).
+        again = SpecClient(zmq_context, limited.endpoint)
+        assert again.hello("flood").name == "flood"
+        assert watcher.who() == ["flood", "watcher"]
+    finally:
+        assert limited.stop() == 0
