@@ -770,6 +770,8 @@ def test_second_hello_same_name_welcomes_again_another_name_410(
     assert alice.hello("alice").name == "alice"
     assert alice.error_code(alice.send("HELLO", "mallory", "", VERSION)) == 410
     assert connect().who() == ["alice"]
+    seen = alice.published_until(is_marker(broadcast_marker(alice)))
+    assert [m.fields[0] for m in seen if m.command == "JOIN"] == ["alice"]  # nothing else happens (4.1)
 
 
 def test_a_token_offered_for_a_free_name_becomes_the_new_session_s(connect: Callable[[], SpecClient]) -> None:
@@ -1315,6 +1317,7 @@ def test_resume_takes_over_the_session_silently(
     welcome = second.hello("alice", token)
     assert (welcome.name, welcome.token) == ("alice", token)
     second.subscribe(LOBBY)
+    second.announce()  # a resumed session was announced already (4.6): no JOIN
 
     marker = broadcast_marker(watcher)
     seen = watcher.published_until(is_marker(marker))
@@ -1326,12 +1329,14 @@ def test_resume_takes_over_the_session_silently(
     msg_id = watcher.send("SEND", "alice", "to the new connection")
     watcher.ack(msg_id)
     assert second.delivery("MESSAGE")[1] == msg_id
-    # Section 5.5: the old connection is told, so that it does not take the session back.
-    replaced = first.delivery("REPLACED")
-    assert len(replaced) >= 2 and isinstance(replaced[1], str), replaced
+    # Section 5.5: the old connection is told, so that it does not take the session back,
+    # before any reply that follows the takeover.
     first.heartbeats = False
     ping = first.send("PING")
+    replaced = first.next()
+    assert replaced[0] == "REPLACED" and len(replaced) >= 2 and isinstance(replaced[1], str), replaced
     assert first.error_code(ping) == 403  # forgotten
+    assert first.who() == ["alice", "watcher"]  # WHO is still answered
     assert not [m for m in first.inbox if isinstance(m, list) and m[0] == "MESSAGE"]  # to the new one only
 
 
@@ -1651,3 +1656,195 @@ def test_flood_control_refuses_with_429_and_a_retry_after_then_drops_the_flooder
         assert watcher.who() == ["flood", "watcher"]
     finally:
         assert limited.stop() == 0
+
+
+def test_ready_announces_once_and_a_session_never_ready_comes_and_goes_unannounced(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    watcher = online("watcher")
+    bob = connect()
+    bob.hello("bob")
+    bob.announce()
+    bob.announce()  # only the first READY of a session publishes JOIN (4.6)
+    carol = connect()
+    carol.hello("carol")  # online, but never READY
+    assert watcher.who() == ["bob", "carol", "watcher"]
+    message = carol.send("SEND", "watcher", "unannounced, but here")
+    carol.ack(message)
+    assert watcher.delivery("MESSAGE")[1:3] == [message, "carol"]
+    carol.ack(carol.send("BYE"))  # LEAVE only for a session whose JOIN was published (6.3)
+    assert carol.error_code(carol.send("PING")) == 403  # BYE forgot the session (4.7)
+    seen = watcher.published_until(is_marker(broadcast_marker(watcher)))
+    assert [(m.command, m.fields[0]) for m in seen if m.command in ("JOIN", "LEAVE")] == [
+        ("JOIN", "watcher"),
+        ("JOIN", "bob"),
+    ], seen
+
+
+def test_replies_keep_the_order_of_the_commands(online: Callable[..., SpecClient]) -> None:
+    # Section 5.2: an ACK is never held back behind a later reply, combined or not.
+    alice = online("alice")
+    commands: list[tuple[Any, ...]] = [
+        ("SEND", "alice", "a"),
+        ("WHO",),
+        ("SEND", "alice", "b"),
+        ("SEND", "*", "c"),
+        ("PING",),
+        ("SEND", "alice", "d"),
+        ("ROOMS",),
+        ("SEND", "nobody", "e"),
+        ("SEND", "alice", "f"),
+        ("SEND", "alice", "g"),
+        ("HISTORY", "*", 0, 1),
+        ("ENTER", "#dev"),
+    ]
+    sent = [alice.send(*command) for command in commands]
+    answered: list[str] = []
+    while len(answered) < len(sent):
+        message = alice.next()
+        if message[0] in REPLIES:
+            answered += answered_ids(message)
+    assert answered == sent
+
+
+def test_items_after_the_last_field_are_ignored(connect: Callable[[], SpecClient]) -> None:
+    # Section 3.3: later revisions append optional fields; a receiver ignores what it does not know.
+    alice = connect()
+    hello = alice.send("HELLO", "alice", "", VERSION, "extra", [1, 2])
+    alice.welcome = Welcome.parse(alice.reply(hello))
+    assert alice.request("WHO", "extra", 5)[0] == "USERS"
+    assert alice.request("PING", ["x"])[0] == "PONG"
+    alice.ack(alice.send("SYNC", "", "extra"))
+    alice.ack(alice.send("READY", 1))
+    alice.ack(alice.send("ENTER", "#dev", "#other"))
+    assert alice.request("NAMES", "#dev", "x")[2] == ["alice"]
+    assert alice.request("HISTORY", "*", 0, 10, 0, "extra")[0] == "HISTORY"
+    assert alice.request("ROOMS", 0)[3] == ["#dev"]
+    assert alice.request("SEARCH", "anything", 7)[0] == "FOUND"
+    alice.ack(alice.send("RECEIVED", "bob", ["m1"], "extra"))
+    alice.ack(alice.send("EXIT", "#dev", "x"))
+    alice.ack(alice.send("BYE", "x"))
+
+
+def test_a_full_mailbox_is_507(online: Callable[..., SpecClient], connect: Callable[[], SpecClient]) -> None:
+    # Section 13.4: at most 1,000 messages and 1 MiB of bodies by default.
+    alice = online("alice")
+    for name in ("bob", "carol"):
+        away = connect()
+        away.hello(name)
+        away.ack(away.send("BYE"))
+    many = [alice.send("SEND", "bob", f"m{i}") for i in range(1000)]
+    for msg_id in many:
+        alice.ack(msg_id, "stored")
+    assert alice.error_code(alice.send("SEND", "bob", "one too many")) == 507
+    big = "x" * 65536
+    for _ in range(16):  # 16 x 64 KiB: 1 MiB exactly
+        alice.ack(alice.send("SEND", "carol", big), "stored")
+    assert alice.error_code(alice.send("SEND", "carol", "x")) == 507
+    alice.ack(alice.send("SEND", "alice", "others are not full"))
+
+
+def test_a_receipt_waits_for_its_sender_to_come_back(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    alice = connect()
+    alice.hello("alice")
+    bob = online("bob")
+    said = alice.send("SEND", "bob", "confirm me")
+    alice.ack(said)
+    assert bob.delivery("MESSAGE")[1] == said
+    alice.ack(alice.send("BYE"))
+    bob.ack(bob.send("RECEIVED", "alice", [said]))  # alice is away: the receipt is kept (13.4)
+    back = connect()
+    back.hello("alice")
+    receipt = back.delivery("RECEIPT")
+    assert receipt[1] == "bob" and receipt[3] == [said], receipt
+    assert_time(receipt[2])
+    bob.ack(bob.send("RECEIVED", "alice", [said]))  # confirmed before: receipted no more
+    marker = bob.send("SEND", "alice", "marker")
+    bob.ack(marker)
+    assert back.next()[:2] == ["MESSAGE", marker]
+
+
+def test_a_takeover_is_not_a_registration_mail_is_not_sent_again(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    alice = online("alice")
+    away = connect()
+    away.hello("bob")
+    away.ack(away.send("BYE"))
+    kept = alice.send("SEND", "bob", "kept for bob")
+    alice.ack(kept, "stored")
+    first = connect()
+    token = first.hello("bob").token
+    assert first.next()[:2] == ["MESSAGE", kept]  # not confirmed: sent at every registration
+    second = connect()
+    second.hello("bob", token)  # a takeover (4.1): the mailbox is not sent again
+    marker = alice.send("SEND", "bob", "marker")
+    alice.ack(marker)
+    assert second.next()[:2] == ["MESSAGE", marker]
+    second.ack(second.send("BYE"))
+    third = connect()
+    third.hello("bob")
+    assert third.next()[:2] == ["MESSAGE", kept]
+
+
+def test_search_words_follow_the_rules_of_section_13_6(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    alice.ack(alice.send("ENTER", "#left"))
+    bodies = [
+        "un café noir",
+        "a cafe au lait",
+        "snake_case names",
+        "I don't know",
+        "don t panic",
+        "t don order",
+        "this AND that",
+        "the answer is 42",
+        "planning the plan",
+    ]
+    for body in bodies:
+        alice.ack(alice.send("SEND", "*", body))
+    alice.ack(alice.send("SEND", "#left", "said in a room left later"))
+
+    def found(words: str) -> list[str]:
+        reply = alice.request("SEARCH", words)
+        assert reply[0] == "FOUND", reply
+        return sorted(r[5] for r in records_of(reply, 2))
+
+    assert found("café") == ["un café noir"]  # with regard to accents
+    assert found("Café") == ["un café noir"]  # without regard to case
+    assert found("cafe") == ["a cafe au lait"]
+    assert found("snake") == found("case") == ["snake_case names"]  # `_` separates
+    assert found("don't") == ["I don't know", "don t panic"]  # its parts in a row
+    assert found("and") == ["this AND that"]  # AND is a word like any other
+    assert found("this OR that") == []  # every word must match; OR is a word
+    assert found("42") == ["the answer is 42"]
+    assert found("plan*") == found('"plan"') == found("-plan") == ["planning the plan"]
+    assert found("plan !!!") == ["planning the plan"]  # a word of no letter or digit is ignored
+    assert found("room") == ["said in a room left later"]
+    alice.ack(alice.send("EXIT", "#left"))
+    assert found("room") == []  # none of a room it has left
+
+
+def test_found_comes_newest_first_also_within_a_millisecond(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    sent = [alice.send("SEND", "*", f"needle {i}") for i in range(60)]  # pipelined: many a millisecond
+    for msg_id in sent:
+        alice.ack(msg_id)
+    reply = alice.request("SEARCH", "needle")
+    got = records_of(reply, 2)
+    assert len(got) == 50  # at most 50 (13.6)
+    assert [r[1] for r in got] == sent[::-1][:50]  # newest first, in the order accepted
+    assert [r[0] for r in got] == sorted((r[0] for r in got), reverse=True)
+
+
+def test_enter_beyond_the_rooms_one_may_be_in_is_509(online: Callable[..., SpecClient]) -> None:
+    alice = online("alice")
+    entered = [alice.send("ENTER", f"#r{i}") for i in range(250)]  # 250 by default (9)
+    for msg_id in entered:
+        alice.ack(msg_id)
+    assert alice.error_code(alice.send("ENTER", "#one-too-many")) == 509
+    alice.ack(alice.send("ENTER", "#r0"))  # one it is in: ACK, as before
+    rooms = alice.request("ROOMS")
+    assert len(rooms[3]) == 250 and rooms[3] == sorted(rooms[3]), rooms
