@@ -61,6 +61,23 @@ def address_of(frame: zmq.Frame) -> str:
         return ""
 
 
+def peer_of_descriptor(fd: int) -> Peer | None:
+    """Who is at the other end of descriptor `fd` now; None if it is no open TCP socket."""
+    try:
+        copy = os.dup(fd)
+    except OSError:
+        return None
+    try:
+        held = socket.socket(fileno=copy)
+    except OSError:
+        os.close(copy)
+        return None
+    try:
+        return _peer(held)
+    finally:
+        held.close()
+
+
 def origin_of(frame: zmq.Frame) -> Peer | None:
     """Who is at the other end of the connection `frame` arrived on; None when that
     cannot be the connection the message came on (closed, or now another host's)."""
