@@ -1364,6 +1364,9 @@ def test_resume_takes_over_the_session_silently(
     assert first.error_code(ping) == 403  # forgotten
     assert first.who() == ["alice", "watcher"]  # WHO is still answered
     assert not [m for m in first.inbox if isinstance(m, list) and m[0] == "MESSAGE"]  # to the new one only
+    # A HELLO from it is handled like any other: it takes the session back (5.5).
+    assert first.hello("alice", token).token == token
+    assert second.delivery("REPLACED")[0] == "REPLACED"
 
 
 def test_resume_after_the_session_ended_registers_anew(
@@ -1804,6 +1807,10 @@ def test_a_takeover_is_not_a_registration_mail_is_not_sent_again(
     first = connect()
     token = first.hello("bob").token
     assert first.next()[:2] == ["MESSAGE", kept]  # not confirmed: sent at every registration
+    first.hello("bob")  # a second HELLO on the connection: the mailbox is not sent again (4.1)
+    hint = alice.send("SEND", "bob", "after the second HELLO")
+    alice.ack(hint)
+    assert first.next()[:2] == ["MESSAGE", hint]
     second = connect()
     second.hello("bob", token)  # a takeover (4.1): the mailbox is not sent again
     marker = alice.send("SEND", "bob", "marker")
