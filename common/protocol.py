@@ -695,7 +695,7 @@ def _unpack(data: bytes | memoryview, what: str) -> list[Any]:
 
 def _old_version(frames: Sequence[bytes]) -> bytes | None:
     """The signature of a message in ZCHAT/1 framing (several frames, a signature first)."""
-    if len(frames) > 1 and OTHER_VERSION_RE.fullmatch(frames[0]):
+    if len(frames) > 1 and frames[0] != SIGNATURE and OTHER_VERSION_RE.fullmatch(frames[0]):
         return frames[0]
     return None
 

@@ -312,3 +312,9 @@ def test_every_reply_decodes_to_what_was_encoded(event: p.ServerEvent) -> None:
 def test_every_published_event_decodes_to_what_was_encoded(event: p.PublishedEvent) -> None:
     published = p.Published(b"#r\x00", 7, event)
     assert p.decode_published(p.encode_published(published)) == published
+
+
+def test_several_frames_headed_by_this_version_are_400_not_426() -> None:
+    error = refused([p.SIGNATURE, b"HELLO", b"h1", b"alice", b""])
+    assert (error.code, error.msg_id) == (Code.MALFORMED, b"")
+    assert refused([b"ZCHAT/02", b"HELLO", b"h1"]).code == Code.BAD_VERSION
