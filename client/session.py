@@ -25,14 +25,15 @@ from types import TracebackType
 import zmq
 
 from zchat.client import events as ev
-from zchat.client.poller import Poller, Settings
+from zchat.client.poller import Poller
 from zchat.client.request import Request
+from zchat.client.settings import DEFAULT_BROKER, Settings
 from zchat.common.keys import KeyPair
 from zchat.common.protocol import EVERYONE, MAX_HISTORY, MAX_NUMBER, valid_room
 
-log = logging.getLogger("zchat.client")
+__all__ = ["DEFAULT_BROKER", "Client", "ConnectError", "Settings"]
 
-DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+log = logging.getLogger("zchat.client")
 
 
 class ConnectError(Exception):
@@ -45,10 +46,10 @@ class Client:
         name: str,
         broker: str = DEFAULT_BROKER,
         *,
-        connect_timeout: float = 5.0,
-        answer_timeout: float = 30.0,
-        max_queued: int = 1000,
-        history_count: int = 50,
+        connect_timeout: float = Settings.connect_timeout,
+        answer_timeout: float = Settings.answer_timeout,
+        max_queued: int = Settings.max_queued,
+        history_count: int = Settings.history_count,
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
@@ -67,7 +68,6 @@ class Client:
             server_key = server_key.encode()
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
-        history_count = min(max(history_count, 0), MAX_HISTORY)  # the broker refuses more (400)
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
                                   server_key, keys)  # fmt: skip
         self._on_event = on_event
