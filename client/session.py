@@ -85,6 +85,14 @@ class Client:
         self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
         self._closed = False
 
+    @classmethod
+    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None) -> Client:
+        """A client of the program's settings (settings.py), as the command line reads them."""
+        return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
+                   answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
+                   history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
+                   keys=settings.keys)  # fmt: skip
+
     # --- lifetime ------------------------------------------------------------
 
     def connect(self) -> Client:
