@@ -82,8 +82,8 @@ class Poller:
                         self.poller.unregister(self.wake_fd)
                         engine.user_gone(now)
                     self._take_requests(now)
-                if self.handshake is not None and (refused := self.handshake.failure()) is not None:
-                    engine.handshake_failed(refused, now)
+                if self.handshake is not None:
+                    self._watch_handshake(now)
                 engine.tick(now)
                 self._carry_out()
         except Exception as e:  # never die silently: the user must hear of it
@@ -96,6 +96,15 @@ class Poller:
             engine.stop()
             self._carry_out()
             os.close(self.wake_fd)  # ours: the user side may close its end before we are done
+
+    def _watch_handshake(self, now: float) -> None:
+        """A refused handshake is an input; once registered, nothing more to watch."""
+        assert self.handshake is not None
+        if self.engine.phase not in c.REGISTERING:
+            self.handshake.close()
+            self.handshake = None
+        elif (refused := self.handshake.failure()) is not None:
+            self.engine.handshake_failed(refused, now)
 
     def _poll_ms(self, now: float) -> int:
         """Until the engine's next deadline: sockets and the user's requests wake the loop anyway."""

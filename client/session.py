@@ -1,8 +1,9 @@
 """The zchat client library: `Client`, the user side of a chat connection.
 
-A Client starts a poller thread (poller.py) that owns its sockets. The user
-side hands it requests through a queue and a wake-up pipe, and gets events
-back by callback or by iteration, so it is safe to use from any thread.
+A Client starts a poller thread (poller.py) that owns its sockets and runs
+the connection engine (connection.py). The user side hands it requests
+through a queue and a wake-up pipe, and gets events back by callback or by
+iteration, so it is safe to use from any thread.
 
     with Client("alice", "tcp://127.0.0.1:5555") as chat:
         chat.broadcast("hello").wait(5)
