@@ -23,7 +23,7 @@ from typing import Any, NamedTuple
 from zchat.client import events as ev
 from zchat.client.events import State
 from zchat.client.request import Request
-from zchat.client.rooms import Room
+from zchat.client.rooms import Joining, Room
 from zchat.client.settings import Settings
 from zchat.common import protocol as p
 from zchat.common.flood import TokenBucket
@@ -891,7 +891,7 @@ class Connection:
         self.room_sync_tag = b""
 
     def _sync_rooms(self, now: float) -> None:
-        syncing = [name for name, room in self.rooms.items() if room.phase == "syncing"]
+        syncing = [name for name, room in self.rooms.items() if room.phase is Joining.SYNCING]
         if not syncing:
             self.room_syncs.clear()
             self._drop_room_sync_topic()
@@ -904,10 +904,10 @@ class Connection:
     def _rooms_live(self, names: list[str]) -> None:
         for name in names:
             room = self.rooms.get(name)
-            if room is not None and room.phase == "syncing":
+            if room is not None and room.phase is Joining.SYNCING:
                 room.synced()
                 self.catching_up.append(CatchUp("history", name))
-        if not any(room.phase == "syncing" for room in self.rooms.values()):
+        if not any(room.phase is Joining.SYNCING for room in self.rooms.values()):
             self.room_syncs.clear()
             self._drop_room_sync_topic()
 
@@ -917,7 +917,7 @@ class Connection:
         while self.catching_up and now >= self.catch_up_after:
             own = self.catching_up[0]
             room = self.rooms.get(own.room)
-            if own.kind == "history" and (room is None or room.phase != "history"):
+            if own.kind == "history" and (room is None or room.phase is not Joining.HISTORY):
                 self.catching_up.popleft()  # left meanwhile, or a new SUB joins it afresh
                 continue
             if self.bucket is not None and self.bucket.take(now):
@@ -987,7 +987,7 @@ class Connection:
 
     def _join_history(self, name: str, last_seq: int, records: list[p.Record]) -> None:
         room = self.rooms.get(name)
-        if room is None or room.phase != "history":
+        if room is None or room.phase is not Joining.HISTORY:
             return
         if room.seen_seq and last_seq < room.seen_seq:
             # The broker numbers afresh (it restarted without a store): what it has is all
