@@ -13,6 +13,7 @@ and `encode`.
 from __future__ import annotations
 
 import logging
+import math
 import random
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -86,6 +87,10 @@ class Phase(Enum):
     OFFLINE = "offline"  # gave up: only the user can help (name taken, wrong key, signed in elsewhere)
     CLOSED = "closed"
 
+    # Members are singletons: hashed by identity in C, not by name in Python (Enum's own
+    # __hash__), as every input looks its phase up in a set or the table.
+    __hash__ = object.__hash__
+
 
 class Trigger(Enum):
     CONNECT = "connect"  # new sockets, HELLO sent
@@ -143,61 +148,53 @@ class InvalidTransition(RuntimeError):
 
 
 # --- effects: what the shell carries out, in order ----------------------------------
+# NamedTuples, as the codec's values: one or two for every message, cheap to make.
 
 
-@dataclass(frozen=True, slots=True)
-class OpenDealer:
+class OpenDealer(NamedTuple):
     """Close any sockets, open a new DEALER to `endpoint` (and watch its handshake)."""
 
     endpoint: str
 
 
-@dataclass(frozen=True, slots=True)
-class OpenSub:
+class OpenSub(NamedTuple):
     """Open a new SUB socket to `endpoint` (the DEALER's registration was welcomed)."""
 
     endpoint: str
 
 
-@dataclass(frozen=True, slots=True)
-class CloseSockets:
+class CloseSockets(NamedTuple):
     """Close the DEALER and the SUB: the connection is over."""
 
 
-@dataclass(frozen=True, slots=True)
-class ToBroker:
+class ToBroker(NamedTuple):
     """Frames of one message to send on the DEALER."""
 
     frames: list[bytes]
 
 
-@dataclass(frozen=True, slots=True)
-class Subscribe:
+class Subscribe(NamedTuple):
     topic: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Unsubscribe:
+class Unsubscribe(NamedTuple):
     topic: bytes
 
 
-@dataclass(frozen=True, slots=True)
-class Notify:
+class Notify(NamedTuple):
     """An event for the user."""
 
     event: ev.Event
 
 
-@dataclass(frozen=True, slots=True)
-class Answer:
+class Answer(NamedTuple):
     """The outcome of one of the user's requests (told to the user once resolved)."""
 
     request: Request
     outcome: ev.Outcome
 
 
-@dataclass(frozen=True, slots=True)
-class FirstOutcome:
+class FirstOutcome(NamedTuple):
     """The first connection's outcome, for `Client.connect()`: None when registered."""
 
     failure: ev.Status | None
@@ -284,6 +281,7 @@ class Connection:
         self.taken_since: float | None = None  # since when HELLO gets 409 after a reconnect
         self.token = ""
         self.welcome: p.Welcome | None = None
+        self.heartbeat = self.timeout = 0.0  # the WELCOME's, in seconds
         self.last_recv = 0.0
         self.last_send = 0.0
         self.bucket: TokenBucket | None = None  # a mirror of the broker's, from WELCOME
@@ -308,7 +306,9 @@ class Connection:
 
     def effects(self) -> list[Effect]:
         """What to carry out, in order, since the last call."""
-        effects, self._effects = self._effects, []
+        effects = self._effects
+        if effects:  # else the same empty list: nothing to allocate on a quiet tick
+            self._effects = []
         return effects
 
     @property
@@ -330,15 +330,22 @@ class Connection:
     def wakeup(self) -> float | None:
         """When the next deadline falls (monotonic seconds): the shell sleeps until then at most."""
         phase = self.phase
-        if phase in FINISHED:
+        if phase is Phase.ONLINE:
+            # Idle (the usual case, asked at every wake-up): the next heartbeat, or the broker's death.
+            soonest = min(self.last_send + self.heartbeat, self.last_recv + self.timeout)
+            if self.catching_up or self.requests or self.room_syncs or self.own or self.receipts_due:
+                soonest = min(soonest, self._busy_wakeup(phase))
+            return soonest
+        if phase is Phase.OFFLINE or phase is Phase.CLOSED:
             return None
-        times = [self.deadline] if phase is not Phase.ONLINE else []
-        if phase is Phase.SYNC:
-            times.append(self.next_sync_at)
-        elif phase is Phase.ONLINE:
-            assert self.welcome is not None
-            times.append(self.last_send + self.welcome.heartbeat_ms / 1000)
-            times.append(self.last_recv + self.welcome.timeout_ms / 1000)
+        soonest = min(self.deadline, self.next_sync_at) if phase is Phase.SYNC else self.deadline
+        if self.requests or self.receipts_due:
+            soonest = min(soonest, self._busy_wakeup(phase))
+        return soonest
+
+    def _busy_wakeup(self, phase: Phase) -> float:
+        times = [math.inf]
+        if phase is Phase.ONLINE:
             if self.catching_up:
                 times.append(max(self.catch_up_after, self._token_at()))
             if self.requests.held:
@@ -484,6 +491,7 @@ class Connection:
             return
         self._go(Trigger.WELCOMED)
         self.welcome = welcome
+        self.heartbeat, self.timeout = welcome.heartbeat_ms / 1000, welcome.timeout_ms / 1000
         self._mirror_flood_control(welcome, now)
         self.token = welcome.token
         self._effects.append(OpenSub(pub_endpoint_for(welcome.pub_endpoint, self.s.broker)))
@@ -585,10 +593,9 @@ class Connection:
             self._sync(now)
 
     def _heartbeat(self, now: float) -> None:
-        assert self.welcome is not None
-        if now - self.last_recv >= self.welcome.timeout_ms / 1000:
+        if now - self.last_recv >= self.timeout:
             self._lost("the broker stopped answering", now)
-        elif now - self.last_send >= self.welcome.heartbeat_ms / 1000:
+        elif now - self.last_send >= self.heartbeat:
             self._send(p.Ping(self.new_id().encode()), now)
 
     def _online_timers(self, now: float) -> None:

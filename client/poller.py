@@ -15,6 +15,7 @@ import os
 import queue
 import time
 from collections.abc import Callable
+from typing import Any
 
 import zmq
 
@@ -137,26 +138,19 @@ class Poller:
 
     def _carry_out(self) -> None:
         for effect in self.engine.effects():
-            match effect:
-                case c.ToBroker(frames):
-                    self._send(frames)
-                case c.Notify(event):
-                    self.emit(event)
-                case c.Answer(request, outcome):
-                    if request.resolve(outcome):  # answered once: a late answer is not told
-                        self.emit(outcome)
-                case c.Subscribe(topic) if self.sub is not None:
-                    self.sub.setsockopt(zmq.SUBSCRIBE, topic)
-                case c.Unsubscribe(topic) if self.sub is not None:
-                    self.sub.setsockopt(zmq.UNSUBSCRIBE, topic)
-                case c.OpenDealer(endpoint):
-                    self._open_dealer(endpoint)
-                case c.OpenSub(endpoint):
-                    self._open_sub(endpoint)
-                case c.CloseSockets():
-                    self._close_sockets()
-                case c.FirstOutcome(failure):
-                    self.on_first_outcome(failure)
+            _EFFECTS[type(effect)](self, effect)
+
+    def _answer(self, effect: c.Answer) -> None:
+        if effect.request.resolve(effect.outcome):  # answered once: a late answer is not told
+            self.emit(effect.outcome)
+
+    def _subscribe(self, effect: c.Subscribe) -> None:
+        if self.sub is not None:
+            self.sub.setsockopt(zmq.SUBSCRIBE, effect.topic)
+
+    def _unsubscribe(self, effect: c.Unsubscribe) -> None:
+        if self.sub is not None:
+            self.sub.setsockopt(zmq.UNSUBSCRIBE, effect.topic)
 
     def _send(self, frames: list[bytes]) -> None:
         if self.dealer is None:
@@ -199,3 +193,17 @@ class Poller:
                 self.poller.unregister(sock)
                 sock.close(linger=0)
         self.dealer = self.sub = None
+
+
+#: How each of the engine's effects is carried out.
+_EFFECTS: dict[type, Callable[[Poller, Any], None]] = {
+    c.ToBroker: lambda poller, effect: poller._send(effect.frames),
+    c.Notify: lambda poller, effect: poller.emit(effect.event),
+    c.Answer: Poller._answer,
+    c.Subscribe: Poller._subscribe,
+    c.Unsubscribe: Poller._unsubscribe,
+    c.OpenDealer: lambda poller, effect: poller._open_dealer(effect.endpoint),
+    c.OpenSub: lambda poller, effect: poller._open_sub(effect.endpoint),
+    c.CloseSockets: lambda poller, effect: poller._close_sockets(),
+    c.FirstOutcome: lambda poller, effect: poller.on_first_outcome(effect.failure),
+}
