@@ -847,3 +847,71 @@ def test_internal_failure_is_told_and_ends_the_client(h: Harness) -> None:
     h.pump()
     assert h.state() is State.OFFLINE
     assert h.statuses(State.OFFLINE)[-1].detail == "internal error: boom"
+
+
+# --- deadlines: the poller sleeps until wakeup(), so every timer must be in it ------------
+
+
+def wake_as_the_poller_does(h: Harness) -> None:
+    """Time passes to the engine's next deadline (at most 1 s, the idle poll), then a tick."""
+    wake = h.conn.wakeup()
+    h.advance(1.0 if wake is None else min(max(wake - h.now, 0.001), 1.0))
+    for ping in h.take(p.Ping):
+        h.deliver(p.Pong(ping.msg_id, 1))
+
+
+def sleep_as_the_poller_does(h: Harness, seconds: float) -> None:
+    end = h.now + seconds
+    while h.now < end:
+        wake_as_the_poller_does(h)
+
+
+def test_held_message_goes_when_its_token_comes_not_at_the_next_idle_wake_up() -> None:
+    h = Harness()
+    h.sign_in(rate=30, burst=1)  # a token every 2.1 s
+    sleep_as_the_poller_does(h, 3.0)
+    h.ask("send", "*", "first")
+    h.ask("send", "*", "second")
+    assert [s.body for s in h.take(p.Send)] == [b"first"]
+    first_at = h.now
+    while not h.take(p.Send):
+        wake_as_the_poller_does(h)
+    assert h.now - first_at == pytest.approx(60 / 30 / 0.95, abs=0.01)
+
+
+def test_sync_is_sent_again_on_time_by_a_sleeping_poller(h: Harness) -> None:
+    h.start()
+    h.welcome()
+    h.take(p.Sync)
+    synced_at = h.now
+    wake_as_the_poller_does(h)
+    assert len(h.take(p.Sync)) == 1
+    assert h.now - synced_at == pytest.approx(0.2, abs=0.002)
+
+
+def test_reconnect_and_expiry_happen_on_time_by_a_sleeping_poller() -> None:
+    h = Harness(answer_timeout=2.5)
+    h.sign_in()
+    request = h.ask("send", "bob", "hi")
+    asked_at = h.now
+    while not request.done():
+        wake_as_the_poller_does(h)
+    assert h.now - asked_at == pytest.approx(2.5, abs=0.002)
+    h.deliver(p.Shutdown("restart"))
+    lost_at, dealers = h.now, h.dealers
+    while h.dealers == dealers:
+        wake_as_the_poller_does(h)
+    assert h.now - lost_at <= 0.1 * 1.2 + 0.002  # the first back-off, not the 1 s idle wake-up
+
+
+def test_receipts_waiting_for_a_token_go_when_it_comes() -> None:
+    h = Harness()
+    h.sign_in(rate=30, burst=1)
+    sleep_as_the_poller_does(h, 3.0)
+    h.ask("send", "*", "takes the token")
+    h.take(p.Send)
+    sent_at = h.now
+    h.deliver(message("hi", "b-1"))
+    while not h.take(p.Received):
+        wake_as_the_poller_does(h)
+    assert h.now - sent_at == pytest.approx(60 / 30 / 0.95, abs=0.01)
