@@ -915,3 +915,19 @@ def test_receipts_waiting_for_a_token_go_when_it_comes() -> None:
     while not h.take(p.Received):
         wake_as_the_poller_does(h)
     assert h.now - sent_at == pytest.approx(60 / 30 / 0.95, abs=0.01)
+
+
+def test_room_sync_and_catching_up_happen_on_time_by_a_sleeping_poller() -> None:
+    h = Harness()
+    h.sign_in(rate=30, burst=1)
+    sleep_as_the_poller_does(h, 3.0)
+    h.ask("enter", "#dev")
+    h.take(p.Enter)
+    sync = h.one(p.Sync)
+    asked_at = h.now
+    wake_as_the_poller_does(h)
+    assert h.now - asked_at == pytest.approx(0.2, abs=0.002) and h.one(p.Sync).tag == sync.tag
+    h.publish(p.sync_topic("alice", sync.tag), p.Synced(sync.msg_id), seq=0)
+    while not h.take(p.HistoryRequest):  # the ENTER took the token: the join's HISTORY waits for the next
+        wake_as_the_poller_does(h)
+    assert h.now - asked_at == pytest.approx(60 / 30 / 0.95, abs=0.01)
