@@ -93,10 +93,13 @@ class Poller:
         finally:
             self._close_sockets()
             self.context.term()
-            self._take_requests(time.monotonic())  # what came too late: refused, not left unanswered
+            # Ours to close: the user side may close its end before we are done. Closed before the
+            # last look at the queue: a request whose wake-up got through is taken below, one
+            # whose wake-up found the pipe closed is refused by the user side (session.py).
+            os.close(self.wake_fd)
+            self._take_requests(time.monotonic())
             engine.stop()
             self._carry_out()
-            os.close(self.wake_fd)  # ours: the user side may close its end before we are done
 
     def _watch_handshake(self, now: float) -> None:
         """A refused handshake is an input; once registered, nothing more to watch."""

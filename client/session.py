@@ -13,7 +13,6 @@ iteration, so it is safe to use from any thread.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -263,9 +262,12 @@ class Client:
                     self._pending = [r for r in self._pending if not r.done()]
                 self._pending.append(request)
         self._requests.put(request)
-        # A full pipe already holds wake-ups: the poller will look anyway.
-        with contextlib.suppress(BlockingIOError):
+        try:
             os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # a full pipe already holds wake-ups: the poller will look anyway
+        except BrokenPipeError:  # the poller thread ended (it closed its end) after our check
+            request.resolve(request.refusal(ev.CLOSED, "the client is closed"))
         return request
 
     def _emit(self, event: ev.Event) -> None:
