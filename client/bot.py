@@ -16,7 +16,7 @@ from typing import TextIO
 from zchat.client import events as ev
 from zchat.client.render import Renderer, visible
 from zchat.client.session import Client, ConnectError
-from zchat.common.keys import KeyPair
+from zchat.client.settings import Settings
 
 ECHO = "echo: "
 
@@ -68,15 +68,14 @@ class Bot:
             self.out.flush()
 
 
-def run_bot(name: str, broker: str, connect_timeout: float, chat_with: str | None, every: float,
-            rounds: int, server_key: bytes | None = None, keys: KeyPair | None = None) -> int:  # fmt: skip
+def run_bot(settings: Settings, chat_with: str | None, every: float, rounds: int) -> int:
     """Run until SIGINT/SIGTERM or `rounds` rounds of chat (0: forever)."""
 
     def stop(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    client = connect_patiently(name, broker, connect_timeout, server_key, keys)
+    client = connect_patiently(settings)
     bot = Bot(client, sys.stdout, chat_with)
     client.who()  # its answer seeds the bot's list of who is online
     next_round = time.monotonic() + every
@@ -98,14 +97,12 @@ def run_bot(name: str, broker: str, connect_timeout: float, chat_with: str | Non
     return 0
 
 
-def connect_patiently(name: str, broker: str, connect_timeout: float, server_key: bytes | None = None,
-                      keys: KeyPair | None = None) -> Client:  # fmt: skip
+def connect_patiently(settings: Settings) -> Client:
     """Bots start alongside their broker: keep trying until it answers."""
     delay = 0.5
     while True:
         try:
-            return Client(name, broker, connect_timeout=connect_timeout, server_key=server_key,
-                          keys=keys).connect()  # fmt: skip
+            return Client.from_settings(settings).connect()
         except ConnectError as e:
             if "taken" in str(e) or "refused" in str(e):  # a refused handshake too: keys do not change
                 raise

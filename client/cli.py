@@ -11,22 +11,24 @@ from zchat.client import events as ev
 from zchat.client import oneshot
 from zchat.client.render import visible
 from zchat.client.script import LineWriter, run_lines
-from zchat.client.session import DEFAULT_BROKER, Client, ConnectError
+from zchat.client.session import Client, ConnectError
+from zchat.client.settings import ENVIRONMENT, Settings
 from zchat.common import keys
 from zchat.common.protocol import valid_name
 
+# Each option's default is the setting's own (settings.py): one default per setting.
 broker_option = click.option(
-    "--broker", default=DEFAULT_BROKER, show_default=True, envvar="ZCHAT_BROKER",
+    "--broker", default=Settings.broker, show_default=True, envvar=ENVIRONMENT["broker"],
     help="The broker's ROUTER endpoint.",
 )  # fmt: skip
 timeout_option = click.option(
-    "--connect-timeout", default=5.0, show_default=True, envvar="ZCHAT_CONNECT_TIMEOUT",
-    type=click.FloatRange(0.1, 600), help="Seconds to wait for the broker.",
+    "--connect-timeout", default=Settings.connect_timeout, show_default=True,
+    envvar=ENVIRONMENT["connect_timeout"], type=click.FloatRange(0.1, 600), help="Seconds to wait for the broker.",
 )  # fmt: skip
 
 
 server_key_option = click.option(
-    "--server-key", default=None, envvar="ZCHAT_SERVER_KEY", metavar="KEY",
+    "--server-key", default=None, envvar=ENVIRONMENT["server_key"], metavar="KEY",
     help="The broker's public key (z85, or a file holding it): encrypt with CURVE, as your own key pair.",
 )  # fmt: skip
 
@@ -47,13 +49,19 @@ def encryption(server_key: str | None) -> tuple[bytes | None, keys.KeyPair | Non
     return key, pair
 
 
+def settings_of(name: str, broker: str, connect_timeout: float, server_key: str | None) -> Settings:
+    """The program's settings, read once from the options (and through them the environment)."""
+    key, pair = encryption(server_key)
+    return Settings(name, broker, connect_timeout, server_key=key, keys=pair)
+
+
 def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
     if not valid_name(value):
         raise click.BadParameter("a name is 1-32 letters, digits, '_', '-' or '.'")
     return value
 
 
-name_option = click.option("--name", required=True, envvar="ZCHAT_NAME", callback=check_name,
+name_option = click.option("--name", required=True, envvar=ENVIRONMENT["name"], callback=check_name,
                            help="Your name: 1-32 letters, digits, _ - .")  # fmt: skip
 
 
@@ -76,16 +84,17 @@ def start(client: Client) -> Client:
 @click.option("--json", "json_mode", is_flag=True, help="Line mode with one JSON object per event.")
 def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool) -> None:
     """Chat: a terminal UI, or line mode when stdin is not a terminal."""
-    key, pair = encryption(server_key)
+    settings = settings_of(name, broker, connect_timeout, server_key)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_mode:
         from zchat.client.tui import run_tui  # prompt_toolkit loads only here
 
-        sys.exit(run_tui(name, broker, connect_timeout, "NO_COLOR" not in os.environ, key, pair))
+        sys.exit(run_tui(settings, "NO_COLOR" not in os.environ))
     writer = LineWriter(sys.stdout, name, json_mode, colour=not json_mode and wants_colour(sys.stdout))
-    client = Client(name, broker, connect_timeout=connect_timeout, on_event=writer, server_key=key, keys=pair)
+    client = Client.from_settings(settings, on_event=writer)
     try:
         start(client)
-        code = run_lines(client, sys.stdin, writer, drain_timeout=30.0)
+        # Every request is answered within the answer timeout: waiting longer would be for nothing.
+        code = run_lines(client, sys.stdin, writer, drain_timeout=settings.answer_timeout)
     except KeyboardInterrupt:  # Ctrl-C: leave properly, then exit as interrupted
         code = 130
     finally:
@@ -111,14 +120,13 @@ def send(name: str, broker: str, connect_timeout: float, server_key: str | None,
     """Send one message; exit 0 only when the broker accepted it."""
     if bool(to) == everyone:
         raise click.UsageError("give exactly one of --to NAME and --all")
-    key, pair = encryption(server_key)
-    client = start(Client(name, broker, connect_timeout=connect_timeout, on_event=lambda event: None,
-                          server_key=key, keys=pair))  # fmt: skip
+    settings = settings_of(name, broker, connect_timeout, server_key)
+    client = start(Client.from_settings(settings, on_event=lambda event: None))
     try:
         message = " ".join(text)
         request = client.send(to, message) if to else client.broadcast(message)
-        # The client answers every request within its answer timeout (30 s); this is a backstop.
-        outcome = request.wait(timeout=connect_timeout + 35)
+        # The client answers every request within its answer timeout; this is a backstop.
+        outcome = request.wait(timeout=settings.connect_timeout + settings.answer_timeout + 5)
     except TimeoutError:
         raise click.ClickException("not sent: no answer from the client library in time") from None
     finally:
@@ -168,8 +176,8 @@ def bot(name: str, broker: str, connect_timeout: float, server_key: str | None, 
     """A greeter and echo bot (see client/bot.py to write your own)."""
     from zchat.client.bot import run_bot
 
-    key, pair = encryption(server_key)
+    settings = settings_of(name, broker, connect_timeout, server_key)
     try:
-        sys.exit(run_bot(name, broker, connect_timeout, chat_with, every, rounds, key, pair))
+        sys.exit(run_bot(settings, chat_with, every, rounds))
     except ConnectError as e:
         raise click.ClickException(f"cannot join {broker} as {name}: {e}") from None

@@ -1,7 +1,7 @@
 """What a zchat client tells its user: typed, immutable events.
 
-The poller thread turns protocol messages into these; front ends (terminal
-UI, line mode, JSON, bots) only ever see these.
+The connection engine (connection.py) turns protocol messages into these;
+front ends (terminal UI, line mode, JSON, bots, a web gateway) only ever see these.
 """
 
 from __future__ import annotations

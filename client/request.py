@@ -36,12 +36,10 @@ class Request:
         self.before = before  # history: the sequence number to page back from; -1: from the oldest seen
         self.count = count
         self.created = time.monotonic()
-        #: When it first went to the broker: its answer timeout counts from then, also
-        #: across the resends after reconnecting (a paced one may have waited its turn long).
+        # Kept for callers that read them; the engine no longer sets them: its own record of
+        # each request (connection.Pending) holds when it was sent and on how many connections.
         self.sent_at = self.created
         self.sent = False
-        #: Connections it was sent on that dropped before it was answered: one that
-        #: costs the connection each time is not sent for ever.
         self.tries = 0
         self._done = threading.Event()
         self._outcome: ev.Outcome | None = None

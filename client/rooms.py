@@ -9,10 +9,19 @@ in order, with no gap at the seam.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 
 from zchat.common import protocol as p
 
 Live = tuple[int, p.PublishedEvent]  # (sequence number, event) as published on the room's topic
+
+
+class Joining(Enum):
+    """Where a room's gapless join stands."""
+
+    SYNCING = "syncing"  # subscribed: SYNC until SYNCED proves the subscription live
+    HISTORY = "history"  # live: its HISTORY is asked, what arrives meanwhile kept
+    LIVE = "live"  # history shown: what arrives is shown
 
 
 @dataclass
@@ -21,8 +30,7 @@ class Room:
 
     name: str
     subscribed: bool = False  # on the current SUB socket
-    #: "syncing" (SYNC until SYNCED) -> "history" (HISTORY asked) -> "live".
-    phase: str = "syncing"
+    phase: Joining = Joining.SYNCING
     #: What arrived on the topic before the HISTORY reply, shown after it.
     kept: list[Live] = field(default_factory=list)
     seen_seq: int = 0  # the highest sequence number shown
@@ -31,12 +39,12 @@ class Room:
     def watch(self) -> None:
         """Subscribed (again): everything waits for the next SYNCED and HISTORY."""
         self.subscribed = True
-        self.phase = "syncing"
+        self.phase = Joining.SYNCING
         self.kept.clear()
 
     def synced(self) -> None:
         """SYNCED came: the subscription is live, and the join's HISTORY is asked next."""
-        self.phase = "history"
+        self.phase = Joining.HISTORY
 
     def unwatch(self) -> None:
         """The SUB socket is gone (a reconnect): subscribe again later."""
@@ -50,7 +58,7 @@ class Room:
             self.seen_seq = 0
         shown = [r for r in records if r.seq > self.seen_seq]
         self.seen_seq = max(self.seen_seq, last_seq)
-        self.phase = "live"
+        self.phase = Joining.LIVE
         kept, self.kept = self.kept, []
         after: list[Live] = []
         for seq, event in kept:
@@ -61,7 +69,7 @@ class Room:
 
     def take_published(self, seq: int, event: p.PublishedEvent) -> tuple[list[Live], int]:
         """One event from the topic: what to show now, and how many were missed before it."""
-        if self.phase != "live":
+        if self.phase is not Joining.LIVE:
             self.kept.append((seq, event))
             return [], 0
         if seq <= self.seen_seq:

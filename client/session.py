@@ -1,8 +1,9 @@
 """The zchat client library: `Client`, the user side of a chat connection.
 
-A Client starts a poller thread (poller.py) that owns its sockets. The user
-side hands it requests through a queue and a wake-up pipe, and gets events
-back by callback or by iteration, so it is safe to use from any thread.
+A Client starts a poller thread (poller.py) that owns its sockets and runs
+the connection engine (connection.py). The user side hands it requests
+through a queue and a wake-up pipe, and gets events back by callback or by
+iteration, so it is safe to use from any thread.
 
     with Client("alice", "tcp://127.0.0.1:5555") as chat:
         chat.broadcast("hello").wait(5)
@@ -12,7 +13,6 @@ back by callback or by iteration, so it is safe to use from any thread.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
 import os
@@ -25,14 +25,15 @@ from types import TracebackType
 import zmq
 
 from zchat.client import events as ev
-from zchat.client.poller import Poller, Settings
+from zchat.client.poller import Poller
 from zchat.client.request import Request
+from zchat.client.settings import DEFAULT_BROKER, Settings
 from zchat.common.keys import KeyPair
 from zchat.common.protocol import EVERYONE, MAX_HISTORY, MAX_NUMBER, valid_room
 
-log = logging.getLogger("zchat.client")
+__all__ = ["DEFAULT_BROKER", "Client", "ConnectError", "Settings"]
 
-DEFAULT_BROKER = "tcp://127.0.0.1:5555"
+log = logging.getLogger("zchat.client")
 
 
 class ConnectError(Exception):
@@ -45,10 +46,10 @@ class Client:
         name: str,
         broker: str = DEFAULT_BROKER,
         *,
-        connect_timeout: float = 5.0,
-        answer_timeout: float = 30.0,
-        max_queued: int = 1000,
-        history_count: int = 50,
+        connect_timeout: float = Settings.connect_timeout,
+        answer_timeout: float = Settings.answer_timeout,
+        max_queued: int = Settings.max_queued,
+        history_count: int = Settings.history_count,
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
@@ -67,7 +68,6 @@ class Client:
             server_key = server_key.encode()
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
-        history_count = min(max(history_count, 0), MAX_HISTORY)  # the broker refuses more (400)
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
                                   server_key, keys)  # fmt: skip
         self._on_event = on_event
@@ -84,6 +84,14 @@ class Client:
         self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
         self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
         self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None) -> Client:
+        """A client of the program's settings (settings.py), as the command line reads them."""
+        return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
+                   answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
+                   history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
+                   keys=settings.keys)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 
@@ -254,9 +262,12 @@ class Client:
                     self._pending = [r for r in self._pending if not r.done()]
                 self._pending.append(request)
         self._requests.put(request)
-        # A full pipe already holds wake-ups: the poller will look anyway.
-        with contextlib.suppress(BlockingIOError):
+        try:
             os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # a full pipe already holds wake-ups: the poller will look anyway
+        except BrokenPipeError:  # the poller thread ended (it closed its end) after our check
+            request.resolve(request.refusal(ev.CLOSED, "the client is closed"))
         return request
 
     def _emit(self, event: ev.Event) -> None:

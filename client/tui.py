@@ -26,7 +26,7 @@ from zchat.client import events as ev
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
-from zchat.common.keys import KeyPair
+from zchat.client.settings import Settings
 
 #: Seconds to wait, on the way out, for answers to messages just sent.
 DRAIN_TIMEOUT = 3.0
@@ -184,12 +184,11 @@ class _Hangup(Exception):
     """SIGTERM or SIGHUP, or the client gave up: leave the prompt."""
 
 
-def run_tui(name: str, broker: str, connect_timeout: float, colour: bool, server_key: bytes | None = None,
-            keys: KeyPair | None = None) -> int:  # fmt: skip
+def run_tui(settings: Settings, colour: bool) -> int:
     """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
+    name, broker = settings.name, settings.broker
     screen = Screen(name, colour)
-    client = Client(name, broker, connect_timeout=connect_timeout, on_event=screen, server_key=server_key,
-                    keys=keys)  # fmt: skip
+    client = Client.from_settings(settings, on_event=screen)
     try:
         client.connect()
     except ConnectError as e:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from zchat.client.poller import pub_endpoint_for
+from zchat.client.connection import pub_endpoint_for
 
 
 @pytest.mark.parametrize(
