@@ -1031,7 +1031,7 @@ def test_other_version_in_hello_426_naming_both(connect: Callable[[], SpecClient
 def test_a_zchat1_message_is_answered_426_in_zchat1_framing(connect: Callable[[], SpecClient]) -> None:
     # Section 10: several frames, the first `ZCHAT/` and 1-3 digits: ZCHAT/1's framing back.
     client = connect()
-    for signature in (b"ZCHAT/1", b"ZCHAT/2", b"ZCHAT/3", b"ZCHAT/10", b"ZCHAT/0", b"ZCHAT/999"):
+    for signature in (b"ZCHAT/1", b"ZCHAT/3", b"ZCHAT/10", b"ZCHAT/0", b"ZCHAT/02", b"ZCHAT/999"):
         client.send_frames(signature, b"HELLO", b"k-1", b"alice", b"")
         frames = client.next_frames()
         assert frames[:4] == (b"ZCHAT/1", b"ERROR", b"k-1", b"426"), frames
@@ -1044,6 +1044,7 @@ def test_a_zchat1_message_is_answered_426_in_zchat1_framing(connect: Callable[[]
     # Several frames of anything else are not ZCHAT/2: 400, in ZCHAT/2's framing (3.1, 8).
     for first in (
         *(b"ZCHAT/1.1", b"ZCHAT/1 ", b" ZCHAT/1", b"ZCHAT/1000", b"zchat/1", b"ZCHAT1", b"ZCHAT/", b"HELLO"),
+        b"ZCHAT/2",  # this very version, but not one frame (3.1)
         encode(["WHO", "w-1"]),
     ):
         client.send_frames(first, b"WHO", b"w-2")
