@@ -146,10 +146,9 @@ class Reply(NamedTuple):
     event: p.ServerEvent
 
 
-class Publish(NamedTuple):
-    """Publish this event on its topic, with its sequence number."""
-
-    published: p.Published
+#: Publish this event on its topic, with its sequence number: the effect is the typed
+#: PUB message itself (no wrapper to make for every broadcast).
+Publish = p.Published
 
 
 class Deliver(NamedTuple):
@@ -274,16 +273,16 @@ class BrokerCore:
         if self.shutting_down:
             self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")
             return
-        rule = RULES[type(command)]
-        if rule.needs_hello:
+        needs_hello, counted, handler = RULES[type(command)]
+        if needs_hello:
             if session is None:
                 self._refuse(peer, command.msg_id, Code.NOT_REGISTERED, "send HELLO first")
                 return
-            if rule.counted and session.bucket is not None and (wait := session.bucket.take(now)):
+            if counted and session.bucket is not None and (wait := session.bucket.take(now)):
                 self._flooding(session, command.msg_id, wait, now)
                 return
         try:
-            rule.handler(self, peer, session, command, now, key)
+            handler(self, peer, session, command, now, key)
         except Exception as e:  # that one command failed, not the broker
             self._failed(peer, command.msg_id, e)
 
@@ -726,7 +725,7 @@ class BrokerCore:
                 assert isinstance(message, p.Message)
                 if refused is None or (message.sender.lower(), message.msg_id) in refused:
                     continue
-            out.append(Publish(published))
+            out.append(published)
         self._to_publish = []
         if stored:
             for peer, held in self._acks.items():

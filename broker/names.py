@@ -78,6 +78,8 @@ class LocalNames:
         self.store = store
         self.authorized = authorized
         self.by_key: dict[str, Session] = {}
+        # The dict's own get: every private message looks its recipient up here.
+        self.holder = self.by_key.get  # type: ignore[method-assign, assignment]
 
     def holder(self, key: str) -> Session | None:
         return self.by_key.get(key)

@@ -33,7 +33,10 @@ class StoreSequencer:
         self.last_seq: dict[str, int] = {}  # per room; "*" is the lobby
 
     def next(self, room: str) -> int:
-        seq = self.last(room) + 1
+        seq = self.last_seq.get(room)  # last() by hand: this is on every broadcast's path
+        if seq is None:
+            seq = self.store.last_seq(room)
+        seq += 1
         self.last_seq[room] = seq
         self.store.used_seq(room, seq)
         return seq

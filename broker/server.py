@@ -365,13 +365,13 @@ class BrokerServer:
         for effect in effects:
             kind = type(effect)
             if kind is Reply:
-                self._send(effect.peer, effect.event)  # type: ignore[union-attr]
+                self._send(effect.peer, effect.event)  # type: ignore[union-attr, arg-type]
             elif kind is Deliver:
                 self._deliver(effect)  # type: ignore[arg-type]
             elif kind is Publish:
                 # PUB never blocks: a subscriber whose queue is full loses
                 # the message, and sees the gap in the sequence numbers.
-                publish(self.pub, p.encode_published(effect.published))  # type: ignore[union-attr]
+                publish(self.pub, p.encode_published(effect))  # type: ignore[arg-type]
             else:
                 assert isinstance(effect, Hangup)
                 self._hang_up_later(effect)
@@ -432,7 +432,9 @@ class BrokerServer:
             outcome = Undelivered(delivery, False, time.time())
         else:
             outcome = Delivered(delivery)
-        self.apply(self.core.handle(outcome))
+        effects = self.core.handle(outcome)
+        if effects:  # a delivered one's ACK waits for the flush: usually none
+            self.apply(effects)
 
     def _send(self, peer: bytes, event: p.ServerEvent) -> None:
         core = self.core

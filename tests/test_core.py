@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.stores import FaultyStore, FillingStore
 from zchat.broker.core import (
     Blocked,
     BrokerCore,
@@ -27,14 +29,14 @@ from zchat.broker.core import (
     Unreadable,
 )
 from zchat.broker.settings import BrokerSettings
-from zchat.broker.store import MemoryStore
+from zchat.broker.store import MemoryStore, Store, StoreFailed
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
 
 PUB = "tcp://127.0.0.1:5556"
 
 
-def make_core(store: MemoryStore | None = None, **settings: Any) -> BrokerCore:
+def make_core(store: Store | None = None, **settings: Any) -> BrokerCore:
     """A core with no flood control unless a test asks for it, and tokens token0, token1, ..."""
     tokens = (f"token{i}" for i in itertools.count())
     return BrokerCore(BrokerSettings(**{"rate": 0.0, **settings}), PUB, store=store or MemoryStore(),
@@ -71,7 +73,7 @@ def replies(effects: Sequence[Effect], peer: bytes) -> list[p.ServerEvent]:
 
 
 def published(effects: Sequence[Effect]) -> list[p.Published]:
-    return [e.published for e in effects if isinstance(e, Publish)]
+    return [e for e in effects if type(e) is Publish]
 
 
 def events(effects: Sequence[Effect]) -> list[p.PublishedEvent]:
@@ -675,3 +677,142 @@ def test_a_token_offered_for_a_free_name_is_kept_so_the_next_hello_resumes(core:
     assert core.holder("alice").peer == b"A2"  # type: ignore[union-attr]
     short = say(core, b"B", p.Hello(b"h3", "bob", "guessable"), 3.0)
     assert [w.token for w in replies(short, b"B") if isinstance(w, p.Welcome)] != ["guessable"]
+
+
+# --- held until the commit: ACKs combined, refused, ordered ---------------------------
+
+
+class RefusingStore(MemoryStore):
+    """A store whose next commit fails, refusing the messages named (StoreFailed.refused)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.commits = 0
+        self.refuse: frozenset[tuple[str, bytes]] | None = None
+
+    def commit(self) -> bool:
+        self.commits += 1
+        refused, self.refuse = self.refuse, None
+        if refused is not None:
+            raise StoreFailed("the disk is full", refused)
+        return True
+
+
+class UnwritableRooms(MemoryStore):
+    def set_member(self, user: str, room: str, member: bool) -> None:
+        raise StoreFailed("the disk is full")
+
+
+def test_acks_of_one_wake_up_are_combined_and_sent_only_after_the_commit() -> None:
+    store = RefusingStore()
+    core = make_core(store)
+    register(core, b"A", "alice")
+    commits = store.commits
+    for i in range(3):
+        assert core.handle(Command(b"A", p.Send(b"m%d" % i, "*", b"x"), 1.0)) == []  # all held
+    flushed = core.handle(Flush(1.0))
+    assert store.commits == commits + 1
+    assert [type(e) for e in flushed] == [Publish, Publish, Publish, Reply]
+    assert replies(flushed, b"A") == [p.Ack(b"m0", 1000, "accepted", (b"m1", b"m2"))]
+
+
+def test_acks_of_another_time_or_status_are_not_combined(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    say(core, b"B", p.Bye(b"bye"), 0.5)  # bob is away: mail to him is stored
+    register(core, b"A", "alice")
+    core.handle(Command(b"A", p.Send(b"m1", "*", b"x"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m2", "bob", b"x"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m3", "*", b"x"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m4", "*", b"x"), 2.0))
+    assert replies(core.handle(Flush(2.0)), b"A") == [
+        p.Ack(b"m1", 1000, "accepted"),
+        p.Ack(b"m2", 1000, "stored"),
+        p.Ack(b"m3", 1000, "accepted"),
+        p.Ack(b"m4", 2000, "accepted"),
+    ]
+
+
+def test_any_other_reply_to_a_connection_releases_its_held_acks_first(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    assert core.handle(Command(b"A", p.Send(b"m1", "*", b"x"), 1.0)) == []
+    effects = core.handle(Command(b"A", p.Ping(b"p1"), 1.0))
+    assert [type(e) for e in effects] == [Publish, Reply, Reply]  # replies keep the order of commands
+    assert replies(effects, b"A") == [p.Ack(b"m1", 1000, "accepted"), p.Pong(b"p1", 1000)]
+
+
+def test_a_delivered_message_is_acknowledged_at_the_next_flush(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    delivery = deliver(core.handle(Command(b"A", p.Send(b"m1", "bob", b"hi"), 1.0)))
+    assert core.handle(Delivered(delivery)) == []
+    assert replies(core.handle(Flush(1.0)), b"A") == [p.Ack(b"m1", 1000, "accepted")]
+
+
+def test_a_failed_commit_refuses_exactly_what_was_not_kept_in_its_place() -> None:
+    store = RefusingStore()
+    core = make_core(store)
+    register(core, b"B", "bob")
+    say(core, b"B", p.Bye(b"bye"), 0.5)  # away: his mail is stored
+    register(core, b"A", "alice")
+    register(core, b"C", "carol")
+    core.handle(Command(b"A", p.Send(b"m1", "*", b"kept"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m2", "bob", b"not kept"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m3", "*", b"not kept"), 1.0))
+    # Handed to carol: delivered, so acknowledged whatever the store does.
+    core.handle(Delivered(deliver(core.handle(Command(b"A", p.Send(b"m4", "carol", b"hi"), 1.0)))))
+    store.refuse = frozenset({("alice", b"m2"), ("alice", b"m3")})
+    flushed = core.handle(Flush(1.0))
+    assert [(type(e).__name__, getattr(e, "code", None)) for e in replies(flushed, b"A")] == [
+        ("Ack", None), ("Error", Code.STORE_FAILED), ("Error", Code.STORE_FAILED), ("Ack", None)
+    ]  # fmt: skip
+    assert [a.ids() for a in replies(flushed, b"A") if isinstance(a, p.Ack)] == [(b"m1",), (b"m4",)]
+    # Only what was kept is published; m3's number (6) stays used: subscribers see a gap.
+    assert [(x.seq, x.event.msg_id) for x in published(flushed)] == [(5, b"m1")]  # type: ignore[union-attr]
+    assert core.counters["refused.store_failed"] == 2
+
+
+def test_a_commit_that_fails_in_a_way_of_its_own_answers_500_and_publishes_no_message() -> None:
+    store = FaultyStore()
+    core = make_core(store)
+    register(core, b"A", "alice")
+    say(core, b"B", p.Hello(b"h", "bob", ""), 0.0)
+    core.handle(Command(b"B", p.Ready(b"r"), 1.0))
+    core.handle(Command(b"A", p.Send(b"m1", "*", b"x"), 1.0))
+    store.failing.add("commit")
+    flushed = core.handle(Flush(1.0))
+    assert events(flushed) == [p.Join("bob", 1000)]  # presence is not a message: it goes out
+    assert error_code(flushed, b"A") == Code.INTERNAL and error_code(flushed, b"B") == Code.INTERNAL
+
+
+def test_a_handler_that_raises_is_answered_500_and_the_engine_goes_on() -> None:
+    store = FaultyStore(failing={"search"})
+    core = make_core(store)
+    register(core, b"A", "alice")
+    assert error_code(say(core, b"A", p.Search(b"s1", "plan")), b"A") == Code.INTERNAL
+    assert replies(say(core, b"A", p.Send(b"m1", "*", b"on")), b"A") == [p.Ack(b"m1", 1000, "accepted")]
+    assert core.counters["failed"] == 1
+
+
+def test_a_store_write_a_command_needs_that_fails_is_answered_508() -> None:
+    core = make_core(UnwritableRooms())
+    register(core, b"A", "alice")
+    (refusal,) = replies(say(core, b"A", p.Enter(b"e", "#dev")), b"A")
+    assert isinstance(refusal, p.Error) and (refusal.msg_id, refusal.code) == (b"e", Code.STORE_FAILED)
+
+
+def test_a_history_in_the_same_wake_up_reads_after_a_commit(tmp_path: Path) -> None:
+    store = FillingStore.open(tmp_path / "z.db")
+    try:
+        core = make_core(store)
+        register(core, b"A", "alice")
+        say(core, b"A", p.Send(b"m1", "*", b"kept"), 1.0)
+        store.commit_fails = True  # m2 goes into the transaction; its COMMIT fails
+        assert core.handle(Command(b"A", p.Send(b"m2", "*", b"said, not kept"), 2.0)) == []
+        effects = core.handle(Command(b"A", p.HistoryRequest(b"hi", "*", 0, 10), 2.0))
+        refusal, history = replies(effects, b"A")
+        assert isinstance(refusal, p.Error) and (refusal.msg_id, refusal.code) == (b"m2", Code.STORE_FAILED)
+        assert isinstance(history, p.History) and [r.msg_id for r in history.records] == [b"m1"]
+        assert published(effects) == []  # never kept, never published
+    finally:
+        store.commit_fails = False
+        store.close()
