@@ -60,8 +60,10 @@ FAILED = "the broker failed on this command: it may not have been carried out; s
 
 
 class Command(NamedTuple):
-    """A decoded command from a connection. `key` is the sender's CURVE public key,
-    proven by ZeroMQ for this very message ("" without encryption)."""
+    """A decoded command from a connection. `peer` is an opaque id the shell chose for
+    the connection (a ROUTER routing id; a gateway's web session would give its own);
+    the core never reads it. `key` is the identity the shell proved for this very
+    message: the CURVE public key ZeroMQ gives ("" without encryption)."""
 
     peer: bytes
     command: p.ClientCommand
@@ -457,11 +459,16 @@ class BrokerCore:
         session = Session(peer, hello.name, token, now, key, client_key)
         if self.settings.rate > 0:
             session.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
-        # The store first: should it fail (StoreFailed), no session is left without its WELCOME.
-        self.store.add_user(key)
-        mail, receipts = self._waiting_for(session)
+        if not self._names.claim(session):  # taken meanwhile elsewhere (a cluster's brokers share names)
+            self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {hello.name} is taken")
+            return
+        try:
+            self.store.add_user(key)
+            mail, receipts = self._waiting_for(session)
+        except Exception:
+            self._names.release(session)  # should the store fail, no session is left without its WELCOME
+            raise
         self.by_peer[peer] = session
-        self._names.claim(session)
         self.online_names = None
         self.counters["joined"] += 1
         log.info("%s joined (%d online)", session.name, self._names.count())

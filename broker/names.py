@@ -43,8 +43,9 @@ class NameRegistry(Protocol):
         """The session holding the name now, if any (409, takeovers, private messages)."""
         ...
 
-    def claim(self, session: Session) -> None:
-        """`session` holds its name from now on (the core checked that it is free)."""
+    def claim(self, session: Session) -> bool:
+        """`session` holds its name from now on; False if another holds it (the core
+        checked `holder` first, but brokers of a cluster claim names concurrently)."""
         ...
 
     def take_over(self, session: Session) -> None:
@@ -84,8 +85,8 @@ class LocalNames:
     def holder(self, key: str) -> Session | None:
         return self.by_key.get(key)
 
-    def claim(self, session: Session) -> None:
-        self.by_key[session.key] = session
+    def claim(self, session: Session) -> bool:
+        return self.by_key.setdefault(session.key, session) is session
 
     def take_over(self, session: Session) -> None:
         pass  # the session object is the one held: nothing else to move here

@@ -816,3 +816,17 @@ def test_a_history_in_the_same_wake_up_reads_after_a_commit(tmp_path: Path) -> N
     finally:
         store.commit_fails = False
         store.close()
+
+
+class UnwritableUsers(MemoryStore):
+    def add_user(self, user: str) -> None:
+        raise StoreFailed("the disk is full")
+
+
+def test_a_hello_the_store_cannot_record_leaves_no_session_behind() -> None:
+    store = UnwritableUsers()
+    core = make_core(store)
+    assert error_code(say(core, b"A", p.Hello(b"h", "alice", "")), b"A") == Code.STORE_FAILED
+    assert core.holder("alice") is None and not core.by_peer
+    store.add_user = MemoryStore.add_user.__get__(store)  # type: ignore[method-assign]
+    assert isinstance(replies(say(core, b"A", p.Hello(b"h2", "alice", "")), b"A")[0], p.Welcome)
