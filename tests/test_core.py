@@ -830,3 +830,14 @@ def test_a_hello_the_store_cannot_record_leaves_no_session_behind() -> None:
     assert core.holder("alice") is None and not core.by_peer
     store.add_user = MemoryStore.add_user.__get__(store)  # type: ignore[method-assign]
     assert isinstance(replies(say(core, b"A", p.Hello(b"h2", "alice", "")), b"A")[0], p.Welcome)
+
+
+def test_the_dispatch_checks_key_then_shutdown_then_registration_then_rate() -> None:
+    core = make_core(rate=1.0, burst=1.0)
+    say(core, b"A", p.Hello(b"h", "alice", ""), 0.0, "KEY-A")
+    say(core, b"A", p.Send(b"m1", "*", b"x"), 0.0, "KEY-A")  # the bucket is empty now
+    assert error_code(say(core, b"A", p.Send(b"m2", "*", b"x"), 0.0, "KEY-A"), b"A") == Code.RATE_LIMITED
+    assert error_code(say(core, b"X", p.Send(b"m3", "*", b"x"), 0.0), b"X") == Code.NOT_REGISTERED
+    core.handle(Shutdown(0.0))
+    assert error_code(say(core, b"X", p.Send(b"m4", "*", b"x"), 0.0), b"X") == Code.SHUTTING_DOWN
+    assert error_code(say(core, b"A", p.Send(b"m5", "*", b"x"), 0.0, "KEY-B"), b"A") == Code.NAME_OWNED
