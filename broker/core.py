@@ -271,7 +271,7 @@ class BrokerCore:
                 self._refuse(
                     peer, command.msg_id, Code.NAME_OWNED, "this message is not from the key of the session"
                 )
-                return  # fmt: skip
+                return
         if self.shutting_down:
             self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")
             return
@@ -366,7 +366,7 @@ class BrokerCore:
         self._to_publish.append(
             p.Published(p.topic_of(room), seq, p.Message(msg_id, session.name, room, time_ms, body))
         )
-        self._ack(session.peer, session.key, msg_id, time_ms)  # fmt: skip
+        self._ack(session.peer, session.key, msg_id, time_ms)
 
     def _flooding(self, session: Session, msg_id: bytes, wait: float, now: float) -> None:
         """Over the rate limit: refused with a retry-after, or disconnected when it persists."""
@@ -605,7 +605,7 @@ class BrokerCore:
             self._refuse(
                 session.peer, msg_id, Code.TOO_MANY, f"this broker has {s.max_rooms} rooms, the most it holds"
             )
-            return True  # fmt: skip
+            return True
         return False
 
     def _received(self, peer: bytes, session: Session, command: p.Received, now: float, key: str) -> None:
