@@ -250,7 +250,13 @@ class BrokerCore:
         """One input in, its effects out, in the order the shell must carry them out."""
         out: list[Effect] = []
         self._out = out
-        _INPUTS[type(event)](self, event)
+        kind = type(event)
+        if kind is Command:  # most inputs: no table lookup
+            self._command(event)  # type: ignore[arg-type]
+        elif kind is Delivered:
+            self._delivered(event)  # type: ignore[arg-type]
+        else:
+            _INPUTS[kind](self, event)
         return out
 
     def holder(self, name: str) -> Session | None:
@@ -651,17 +657,18 @@ class BrokerCore:
     def _delivered(self, event: Delivered) -> None:
         """A private message reached its recipient's connection: a resend is a duplicate now,
         the message is kept for /search, and its sender is answered."""
-        d = event.delivery
-        m = d.message
+        peer, message, sender, sender_key = event.delivery
+        msg_id, name, target, time_ms, body = message
         if self.stuck:
-            self.stuck.pop(d.peer, None)  # it reads again
-        self.store.remember(d.sender_key, m.msg_id, "accepted", m.time_ms)
-        key = m.target.lower()
-        self.store.add_private(key, StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body))
-        self._handed.add((key, d.sender_key, m.msg_id), from_mailbox=False)
+            self.stuck.pop(peer, None)  # it reads again
+        store = self.store
+        store.remember(sender_key, msg_id, "accepted", time_ms)
+        key = target.lower()
+        store.add_private(key, StoredMessage("", 0, msg_id, name, target, time_ms, body))
+        self._handed.add((key, sender_key, msg_id), False)
         # Handed to its recipient: delivered, so this ACK stands even if the store then
         # fails (only the copy kept for search would be lost, see SqliteStore._fail).
-        self._ack(d.sender, d.sender_key, m.msg_id, m.time_ms)
+        self._ack(sender, sender_key, msg_id, time_ms)
 
     def _undelivered(self, event: Undelivered) -> None:
         """A private message could not be handed to its recipient: tell the sender why."""
