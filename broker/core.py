@@ -56,6 +56,10 @@ NOT_STORED = "the broker cannot write its store now: not kept, not delivered; se
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
 FAILED = "the broker failed on this command: it may not have been carried out; send it again"
 
+#: Makes a NamedTuple from a tuple of all its fields, in half the time of the class's
+#: own (Python-level) __new__: only on the path every private message takes.
+_make = tuple.__new__
+
 # --- inputs ----------------------------------------------------------------------
 
 
@@ -342,8 +346,8 @@ class BrokerCore:
             self._to_absent(session, msg_id, target, body, time_ms)
             return
         self.counters["private"] += 1
-        message = p.Message(msg_id, session.name, recipient.name, time_ms, body)
-        self._out.append(Deliver(recipient.peer, message, peer, session.key))
+        message = _make(p.Message, (msg_id, session.name, recipient.name, time_ms, body))
+        self._out.append(_make(Deliver, (recipient.peer, message, peer, session.key)))
 
     def _to_absent(self, session: Session, msg_id: bytes, target: str, body: bytes, time_ms: int) -> None:
         key = target.lower()

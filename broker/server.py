@@ -81,6 +81,9 @@ T = TypeVar("T")
 #: ZAP requests answered per wake-up, so that a storm of connections cannot hold up the rest.
 ZAP_BATCH = 100
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
+#: Makes a NamedTuple from a tuple of all its fields, in half the time of the class's
+#: own __new__: for the inputs every message brings.
+_make = tuple.__new__
 
 
 def receive(sock: zmq.Socket[bytes]) -> tuple[zmq.Frame, list[bytes]]:
@@ -321,7 +324,7 @@ class BrokerServer:
                 msg_id = command.msg_id
                 if self._noting and type(command) is p.Hello:
                     self._note_origin(first)
-                event = Command(peer, command, now, key)
+                event = _make(Command, (peer, command, now, key))
             self.apply(self.core.handle(event))
         except Exception as e:  # a fault outside the core's handlers (they have their own guard)
             self._guarded("an error reply", None, self._feed, Failed(peer, msg_id, e, now))
@@ -431,7 +434,7 @@ class BrokerServer:
                 raise
             outcome = Undelivered(delivery, False, time.time())
         else:
-            outcome = Delivered(delivery)
+            outcome = _make(Delivered, (delivery,))
         effects = self.core.handle(outcome)
         if effects:  # a delivered one's ACK waits for the flush: usually none
             self.apply(effects)
