@@ -63,7 +63,7 @@ from benchmarks.wire import (
 )
 from benchmarks.workers import Crew, expect, sleep_until, split
 from benchmarks.workloads import SETUP_TIMEOUT, START_LEAD_NS
-from zchat.broker.core import CoreConfig
+from zchat.broker.settings import default
 from zchat.client import events as ev
 from zchat.client.session import Client, ConnectError
 from zchat.common import protocol as p
@@ -98,7 +98,7 @@ QUICK = Plan(kills=1, sender_procs=2, senders_per_proc=2, boxes_per_sender=2, wi
              clients=20, client_procs=2, restarts=1, bound=20.0)  # fmt: skip
 
 #: What one mailbox holds (the broker's default); more is refused with 507.
-MAILBOX = CoreConfig(pub_endpoint="").mailbox_messages
+MAILBOX = default("mailbox_messages")
 SEND_BATCH = 64
 DRAIN_BATCH = 256
 #: After the kill, how long the senders still read what the broker wrote before it died.

@@ -1,38 +1,38 @@
-"""`zchat broker`: options, logging and the process lifetime of the broker."""
+"""`zchat broker`: options, logging and the process lifetime of the broker.
+
+The options make one BrokerSettings (settings.py), read once from the command
+line and the environment; each option's default is the setting's own.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import faulthandler
 import logging
 import sys
 from pathlib import Path
 
 import click
-import platformdirs
 import zmq
 
-from zchat.broker.core import CoreConfig
-from zchat.broker.gate import DEFAULT_EXEMPT, networks
-from zchat.broker.server import BrokerServer, BrokerSettings, advertisable
+from zchat.broker.gate import networks
+from zchat.broker.server import BrokerServer, advertisable
+from zchat.broker.settings import BrokerSettings, default
 from zchat.broker.store import StoreError
 from zchat.common import keys
-
-
-def default_store() -> str:
-    return str(Path(platformdirs.user_data_dir("zchat")) / "zchat.db")
 
 
 @click.command()
 @click.option(
     "--host",
-    default="127.0.0.1",
+    default=default("host"),
     show_default=True,
     envvar="ZCHAT_HOST",
     help="Interface to bind; 0.0.0.0 for every interface (containers).",
 )
 @click.option(
     "--port",
-    default=5555,
+    default=default("port"),
     show_default=True,
     envvar="ZCHAT_PORT",
     type=click.IntRange(0, 65535),
@@ -40,7 +40,7 @@ def default_store() -> str:
 )
 @click.option(
     "--pub-port",
-    default=5556,
+    default=default("pub_port"),
     show_default=True,
     envvar="ZCHAT_PUB_PORT",
     type=click.IntRange(0, 65535),
@@ -56,7 +56,7 @@ def default_store() -> str:
 )
 @click.option(
     "--heartbeat-interval",
-    default=2.0,
+    default=default("heartbeat_ms") / 1000,
     show_default=True,
     envvar="ZCHAT_HEARTBEAT_INTERVAL",
     type=click.FloatRange(0.05, 3600),
@@ -64,7 +64,7 @@ def default_store() -> str:
 )
 @click.option(
     "--heartbeat-timeout",
-    default=6.0,
+    default=default("timeout_ms") / 1000,
     show_default=True,
     envvar="ZCHAT_HEARTBEAT_TIMEOUT",
     type=click.FloatRange(0.1, 86400),
@@ -72,7 +72,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-message-size",
-    default=65536,
+    default=default("max_body"),
     show_default=True,
     envvar="ZCHAT_MAX_MESSAGE_SIZE",
     type=click.IntRange(1, 64 * 1024 * 1024),
@@ -88,7 +88,7 @@ def default_store() -> str:
 )
 @click.option(
     "--history-days",
-    default=30.0,
+    default=default("history_days"),
     show_default=True,
     envvar="ZCHAT_HISTORY_DAYS",
     type=click.FloatRange(0.001, 36500),
@@ -118,7 +118,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-clients",
-    default=10_000,
+    default=default("max_clients"),
     show_default=True,
     envvar="ZCHAT_MAX_CLIENTS",
     type=click.IntRange(1),
@@ -126,7 +126,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-rooms-per-user",
-    default=CoreConfig.max_rooms_per_user,
+    default=default("max_rooms_per_user"),
     show_default=True,
     envvar="ZCHAT_MAX_ROOMS_PER_USER",
     type=click.IntRange(1),
@@ -134,7 +134,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-rooms",
-    default=CoreConfig.max_rooms,
+    default=default("max_rooms"),
     show_default=True,
     envvar="ZCHAT_MAX_ROOMS",
     type=click.IntRange(1),
@@ -142,7 +142,7 @@ def default_store() -> str:
 )
 @click.option(
     "--max-sessions-per-key",
-    default=8,
+    default=default("max_per_key"),
     show_default=True,
     envvar="ZCHAT_MAX_SESSIONS_PER_KEY",
     type=click.IntRange(1),
@@ -150,7 +150,7 @@ def default_store() -> str:
 )
 @click.option(
     "--rate",
-    default=20.0,
+    default=default("rate"),
     show_default=True,
     envvar="ZCHAT_RATE",
     type=click.FloatRange(0, 1e9),
@@ -159,7 +159,7 @@ def default_store() -> str:
 )
 @click.option(
     "--burst",
-    default=100,
+    default=int(default("burst")),
     show_default=True,
     envvar="ZCHAT_BURST",
     type=click.IntRange(1, 10**9),
@@ -167,7 +167,7 @@ def default_store() -> str:
 )
 @click.option(
     "--cool-off",
-    default=60.0,
+    default=default("cool_off"),
     show_default=True,
     envvar="ZCHAT_COOL_OFF",
     type=click.FloatRange(0, 86400),
@@ -176,7 +176,7 @@ def default_store() -> str:
 @click.option(
     "--ban-exempt",
     multiple=True,
-    default=DEFAULT_EXEMPT,
+    default=default("ban_exempt"),
     show_default=True,
     envvar="ZCHAT_BAN_EXEMPT",
     metavar="ADDRESS|NETWORK",
@@ -249,7 +249,6 @@ def broker(
         heartbeat_ms=int(heartbeat_interval * 1000),
         timeout_ms=int(heartbeat_timeout * 1000),
         max_body=max_message_size,
-        store=store or default_store(),
         history_days=history_days,
         rate=rate,
         burst=burst,
@@ -262,6 +261,8 @@ def broker(
         max_rooms_per_user=max_rooms_per_user,
         max_rooms=max_rooms,
     )
+    if store:  # else the setting's own default, in the user data folder
+        settings = dataclasses.replace(settings, store=store)
     try:
         server = BrokerServer(settings)
     except zmq.ZMQError as e:

@@ -1,88 +1,169 @@
-"""The broker's routing core: who is online, routing and liveness, no sockets.
+"""The broker's engine: sessions, routing, rooms, liveness, no sockets and no frames.
 
-Input is (routing id, frames or a decoded command, time); output is a list of
-actions saying what to send where, as typed messages: the ZeroMQ shell in
-server.py encodes and sends them, so everything here is tested without I/O.
+`BrokerCore.handle` takes one typed input (a decoded command from a connection
+with its time and CURVE key, one that could not be decoded, the outcome of a
+delivery, a flush, a tick of time, shutdown) and returns typed effects (a reply
+to a connection, an event to publish on a topic with its sequence number, a
+private message to deliver, a connection to hang up). The shell (server.py)
+decodes and encodes at the edge, only with protocol.py, and feeds what becomes
+of a delivery back in as one more input. A gateway or a cluster bridge is one
+more shell around the same engine.
+
+The store's commit and ACK combining live here, not in the shell: an ACK
+promises that what it answers is kept, and after a failed commit exactly what
+was not kept is refused (508), the rest acknowledged; that promise is tested
+here without sockets. So ACKs and published events are held until a commit:
+the shell says when (`Flush`: every so many messages and at the end of each
+wake-up, its batching), and the engine flushes on its own where the order of
+replies needs it (any other reply to a connection with ACKs held, as replies
+keep the order of commands) and before a HISTORY or SEARCH that could show
+what a failed commit would then refuse. ACKs held between two flushes are
+combined (PROTOCOL.md 5.2).
+
+What a cluster of brokers will share sits behind small interfaces the core
+calls, as it calls the Store: room sequence numbers (sequences.py), names and
+their owners (names.py), messages handed over awaiting receipts (handed.py).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from zchat.broker.expiring import Expiring
+from zchat.broker.failures import Failures
+from zchat.broker.handed import HandedOver, LocalHandedOver
+from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
-from zchat.broker.store import MemoryStore, Store, StoredMessage
+from zchat.broker.sequences import Sequencer, StoreSequencer
+from zchat.broker.settings import BrokerSettings
+from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
 from zchat.common import protocol as p
 from zchat.common.flood import TokenBucket
 from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
 
-#: Commands besides SEND that flood control counts (PROTOCOL.md 8): all that need HELLO
-#: but the connection's own upkeep (PING, SYNC, READY, BYE).
-COUNTED = (p.HistoryRequest, p.Search, p.Enter, p.Exit, p.Received, p.Rooms, p.Names)
-#: Private messages handed to an online recipient and not yet confirmed by it, remembered so
-#: that a RECEIVED names only what its sender really sent to that recipient (oldest forgotten).
-AWAITING_RECEIPTS = 100_000
 #: A resume token offered for a name that holds no session is kept as the new session's,
 #: when it is at least this long (a guess must not be easy): see _hello.
 ADOPTED_TOKEN_MIN = 16
+#: What a message the store could not keep is refused with (PROTOCOL.md 9).
+NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
+NOT_DONE = "the broker cannot write its store now: not done; try again later"
+FAILED = "the broker failed on this command: it may not have been carried out; send it again"
+
+#: Makes a NamedTuple from a tuple of all its fields, in half the time of the class's
+#: own (Python-level) __new__: only on the path every private message takes.
+_make = tuple.__new__
+
+# --- inputs ----------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CoreConfig:
-    pub_endpoint: str
-    heartbeat_ms: int = 2000
-    timeout_ms: int = 6000
-    max_body: int = 65536
-    mailbox_messages: int = 1000
-    mailbox_bytes: int = 1 << 20
-    history_days: float = 30.0
-    #: With CURVE: name key -> the only public key (z85) it may use; None: trust on first use.
-    authorized: dict[str, str] | None = None
-    #: Registration limits: clients in all, and sessions per CURVE key.
-    max_clients: int = 10_000
-    max_per_key: int = 8
-    #: Messages a second and burst per client (flood.py); rate 0: no limit.
-    rate: float = 0.0
-    burst: float = 100.0
-    #: Seconds a flooder's address is turned away after it is disconnected
-    #: (and what is still queued from its connection ignored).
-    cool_off: float = 60.0
-    #: Rooms one user may be a member of, and rooms with members in all.
-    max_rooms_per_user: int = 250
-    max_rooms: int = 10_000
-
-
-class SendTo(NamedTuple):
-    """Send this reply or message to one client over the ROUTER."""
+class Command(NamedTuple):
+    """A decoded command from a connection. `peer` is an opaque id the shell chose for
+    the connection (a ROUTER routing id; a gateway's web session would give its own);
+    the core never reads it. `key` is the identity the shell proved for this very
+    message: the CURVE public key ZeroMQ gives ("" without encryption)."""
 
     peer: bytes
-    message: p.ServerEvent
+    command: p.ClientCommand
+    now: float
+    key: str = ""
 
 
-class Publish(NamedTuple):
-    """Publish this event, on its topic with its sequence number, on the PUB socket."""
+class Unreadable(NamedTuple):
+    """A message from a connection that could not be decoded: answered with its ERROR."""
 
-    published: p.Published
+    peer: bytes
+    error: p.ProtocolError
+    now: float
 
 
-class Forward(NamedTuple):
-    """A private message: deliver it, then acknowledge it to the sender.
+class Failed(NamedTuple):
+    """Handling a message from `peer` failed outside the core (decoding it, encoding what
+    it caused): answered 500, after the connection's held ACKs, as any other reply."""
 
-    Delivery can fail (peer gone, queue full); the shell then asks
-    `BrokerCore.undeliverable` what to tell the sender instead of the ack.
-    """
+    peer: bytes
+    msg_id: bytes
+    error: Exception
+    now: float
+
+
+class Delivered(NamedTuple):
+    """A Deliver reached its recipient's connection."""
+
+    delivery: Deliver
+
+
+class Undelivered(NamedTuple):
+    """A Deliver could not be handed over: the recipient's queue is full (`busy`), or
+    its connection is gone."""
+
+    delivery: Deliver
+    busy: bool
+    now: float
+
+
+class Blocked(NamedTuple):
+    """A reply could not be handed to `peer`: its queue is full."""
+
+    peer: bytes
+    now: float
+
+
+class Unblocked(NamedTuple):
+    """A reply reached `peer` again: it reads (the shell says so only while `stuck` is not empty)."""
+
+    peer: bytes
+
+
+class Flush(NamedTuple):
+    """Commit the store, then release what waited for it: published events and ACKs."""
+
+    now: float
+
+
+class Tick(NamedTuple):
+    """Time passed: the liveness sweep drops silent and stuck clients."""
+
+    now: float
+
+
+class Shutdown(NamedTuple):
+    now: float
+    reason: str = "the broker is shutting down"
+
+
+Input = (
+    Command | Unreadable | Failed | Delivered | Undelivered | Blocked | Unblocked | Flush | Tick | Shutdown
+)
+
+# --- effects ---------------------------------------------------------------------
+
+
+class Reply(NamedTuple):
+    """Send this to one connection: an answer, or a MESSAGE, RECEIPT, REPLACED, SHUTDOWN unasked."""
+
+    peer: bytes
+    event: p.ServerEvent
+
+
+#: Publish this event on its topic, with its sequence number: the effect is the typed
+#: PUB message itself (no wrapper to make for every broadcast).
+Publish = p.Published
+
+
+class Deliver(NamedTuple):
+    """A private message for `peer`'s connection; what becomes of it comes back as
+    Delivered or Undelivered, and only then is its sender answered."""
 
     peer: bytes
     message: p.Message
     sender: bytes
-    ack: p.Ack
     sender_key: str
 
 
@@ -97,40 +178,43 @@ class Hangup(NamedTuple):
     until: float
 
 
-class SendOld(NamedTuple):
-    """Send these frames, in ZCHAT/1's framing, to a client of that version (PROTOCOL.md 10)."""
+Effect = Reply | Publish | Deliver | Hangup
 
-    peer: bytes
-    frames: list[bytes]
+# --- the rules of commands, one table ----------------------------------------------
 
 
-Action = SendTo | Publish | Forward | Hangup | SendOld
+class Rule(NamedTuple):
+    """What the dispatch checks for a command before its handler runs (PROTOCOL.md 4, 8, 13.1)."""
+
+    needs_hello: bool
+    #: Counted by flood control (PROTOCOL.md 8): all that need HELLO but the connection's own upkeep.
+    counted: bool
+    handler: Callable[..., None]  # (core, peer, session or None, command, now, key)
 
 
 @dataclass(slots=True)
-class Session:
-    peer: bytes
-    name: str
-    name_bytes: bytes
-    token: str
-    last_seen: float
-    key: str
-    client_key: str = ""  # its CURVE public key (z85), "" without encryption
-    #: JOIN goes out at READY, once the client hears the lobby: whatever
-    #: others answer to a JOIN then reaches the newcomer.
-    announced: bool = False
-    bucket: TokenBucket | None = None
+class HeldAck:
+    """ACKs of one session waiting for the commit, combined while time and status agree."""
+
+    key: str  # the name key of the session they answer: a failed commit refuses by (key, id)
+    time_ms: int
+    status: str
+    ids: list[bytes]
 
 
 @dataclass
 class BrokerCore:
-    config: CoreConfig
+    settings: BrokerSettings
+    #: What WELCOME tells clients to connect their SUB to (known once the shell has bound).
+    pub_endpoint: str
     store: Store = field(default_factory=MemoryStore)
     new_token: Callable[[], str] = lambda: secrets.token_hex(16)
+    #: None: the local ones, on `store` (sequences.py, names.py, handed.py).
+    sequencer: Sequencer | None = None
+    names: NameRegistry | None = None
+    handed: HandedOver | None = None
     by_peer: dict[bytes, Session] = field(default_factory=dict)
-    by_key: dict[str, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
-    last_seq: dict[str, int] = field(default_factory=dict)  # per room; "*" is the lobby
     #: Room members by name key, read once per room from the store and kept in step.
     room_members: dict[str, set[str]] = field(default_factory=dict)
     next_maintenance: float = 0.0
@@ -140,339 +224,401 @@ class BrokerCore:
     refusal_log: QuietLog = field(default_factory=lambda: QuietLog(log))
     #: WHO's answer, kept until someone joins or leaves: WHO is not rate
     #: limited (it needs no HELLO), so it must not sort 10,000 names each time.
-    online_names: list[str] | None = None
+    online_names: tuple[str, ...] | None = None
     #: Connections disconnected for flooding, ignored until the time given.
     cooling: Expiring[bytes] = field(default_factory=Expiring)
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
     #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
     stuck: dict[bytes, float] = field(default_factory=dict)
-    #: (recipient key, sender key, message id) of private messages handed over, not yet
-    #: confirmed; True for one handed over from the mailbox (a RECEIVED clears it there).
-    awaiting: OrderedDict[tuple[str, str, bytes], bool] = field(default_factory=OrderedDict)
     #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
     rooms_in_use: int | None = None
 
+    def __post_init__(self) -> None:
+        self._sequencer: Sequencer = self.sequencer or StoreSequencer(self.store)
+        self._names: NameRegistry = self.names or LocalNames(self.store, self.settings.authorized)
+        self._handed: HandedOver = self.handed or LocalHandedOver()
+        self.failures = Failures(self.counters)
+        #: Only a store on disk can fail a commit (a full disk): with one in memory a HISTORY
+        #: never waits for a commit to show only what is kept.
+        self._store_can_fail = not isinstance(self.store, MemoryStore)
+        self._out: list[Effect] = []
+        #: ACKs held until the store has committed, per connection, combined where they can be.
+        self._acks: dict[bytes, list[HeldAck]] = {}
+        #: Published events wait for the store too: a number on a topic is never seen
+        #: by a subscriber before what it numbers is kept (PROTOCOL.md 6.2).
+        self._to_publish: list[p.Published] = []
+
     # --- input ---------------------------------------------------------------
 
-    def receive(self, peer: bytes, frames: list[bytes], now: float, key: str = "") -> list[Action]:
-        """Decode one client message and handle it; bad input becomes an ERROR.
+    def handle(self, event: Input) -> list[Effect]:
+        """One input in, its effects out, in the order the shell must carry them out."""
+        out: list[Effect] = []
+        self._out = out
+        kind = type(event)
+        if kind is Command:  # most inputs: no table lookup
+            self._command(event)  # type: ignore[arg-type]
+        elif kind is Delivered:
+            self._delivered(event)  # type: ignore[arg-type]
+        else:
+            _INPUTS[kind](self, event)
+        return out
 
-        `key` is the sender's CURVE public key, proven by ZeroMQ for this very
-        message ("" without encryption).
-        """
-        command = self.decode(peer, frames, now)
-        if isinstance(command, list):
-            return command
-        return self.handle(peer, command, now, key)
+    def holder(self, name: str) -> Session | None:
+        """The session online under `name` (any case), if any."""
+        return self._names.holder(p.name_key(name))
 
-    def decode(self, peer: bytes, frames: list[bytes], now: float) -> p.ClientCommand | list[Action]:
-        """The command in one client message, or what to do instead of handling it."""
+    def _command(self, event: Command) -> None:
+        peer, command, now, key = event
         self.counters["received"] += 1
         self.now = now
         if self.cooling.until and self.cooling.holds(peer, now):  # a dict's truth: cheapest per message
             self.counters["dropped.flooder"] += 1
-            return []  # it was told, and answering a flood would be the flood's work
+            return  # it was told, and answering a flood would be the flood's work
         session = self.by_peer.get(peer)
         if session is not None:
             session.last_seen = now  # any traffic proves the client alive
-        try:
-            return p.decode_command(frames)
-        except p.ProtocolError as e:
-            refusal = self._refuse(peer, e.msg_id, e.code, e.text)
-            if e.code == Code.BAD_VERSION and len(frames) > 1:  # a ZCHAT/1 client: told in its framing
-                return [SendOld(peer, p.encode_old_error(e.msg_id, e.code, e.text))]
-            return [refusal]
-
-    def handle(self, peer: bytes, command: p.ClientCommand, now: float, key: str = "") -> list[Action]:
-        self.now = now
-        session = self.by_peer.get(peer)
-        if session is not None and session.client_key != key:  # never, unless something is forged
-            return [
+            if session.client_key != key:  # never, unless something is forged
                 self._refuse(
                     peer, command.msg_id, Code.NAME_OWNED, "this message is not from the key of the session"
                 )
-            ]
+                return
         if self.shutting_down:
-            return [self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")]
-        kind = type(command)
-        if kind is p.Send:
+            self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")
+            return
+        needs_hello, counted, handler = RULES[type(command)]
+        if needs_hello:
             if session is None:
-                return [self._not_registered(peer, command.msg_id)]
-            return self._send(session, command, now)  # type: ignore[arg-type]
-        if kind is p.Ping:
-            if session is None:
-                return [self._not_registered(peer, command.msg_id)]
-            return [SendTo(peer, p.Pong(command.msg_id, p.now_ms(now)))]
-        if kind is p.Hello:
-            return self._hello(peer, session, command, now, key)  # type: ignore[arg-type]
-        if kind is p.Who:
-            return [SendTo(peer, p.Users(command.msg_id, tuple(self._online())))]
-        if session is None:
-            return [self._not_registered(peer, command.msg_id)]
-        if kind is p.Sync:
-            # Per-client topics carry no sequence (0): nothing is counted there.
-            assert isinstance(command, p.Sync)
-            tag = command.tag
-            topic = p.sync_topic(session.name, tag) if tag else p.private_topic(session.name)
-            synced = p.Published(topic, 0, p.Synced(command.msg_id))
-            return [Publish(synced), SendTo(peer, _ack(command.msg_id, now))]
-        if kind is p.Ready:
-            ack = SendTo(peer, _ack(command.msg_id, now))
-            if session.announced:
-                return [ack]
-            session.announced = True
-            join = p.Join(session.name, p.now_ms(now))
-            return [ack, Publish(self._published(p.EVERYONE, join))]
-        if kind is p.Bye:  # the client leaves on purpose
-            ack = SendTo(peer, _ack(command.msg_id, now))
-            return [ack, *self._drop(session, now, "quit")]
-        # Searches and history read the store: counted like messages. Membership
-        # and listings are cheap, and RECEIVED confirms what the broker paced.
-        if kind in COUNTED and session.bucket is not None and (wait := session.bucket.take(now)):
-            return self._flooding(session, command.msg_id, wait, now)
-        return self._room_command(session, command, now)
+                self._refuse(peer, command.msg_id, Code.NOT_REGISTERED, "send HELLO first")
+                return
+            if counted and session.bucket is not None and (wait := session.bucket.take(now)):
+                self._flooding(session, command.msg_id, wait, now)
+                return
+        try:
+            handler(self, peer, session, command, now, key)
+        except Exception as e:  # that one command failed, not the broker
+            self._failed(peer, command.msg_id, e)
 
-    def _send(self, session: Session, command: p.Send, now: float) -> list[Action]:
+    def _unreadable(self, event: Unreadable) -> None:
+        peer, error, now = event
+        self.counters["received"] += 1
+        self.now = now
+        if self.cooling.until and self.cooling.holds(peer, now):
+            self.counters["dropped.flooder"] += 1
+            return
+        session = self.by_peer.get(peer)
+        if session is not None:
+            session.last_seen = now
+        self._refuse(peer, error.msg_id, error.code, error.text)
+
+    def _failed(self, peer: bytes, msg_id: bytes, e: Exception) -> None:
+        """A handler raised: answer its command with an ERROR, log it once, go on.
+
+        What the handler did before it failed stays done: a resend of a message that was
+        kept after all is answered as a duplicate, never delivered twice."""
+        if isinstance(e, StoreFailed):  # a write the command needs cannot be made
+            self.failures.store_failed(e)
+            code, text = Code.STORE_FAILED, NOT_DONE
+        else:
+            self.failures.failed("a command", e)
+            code, text = Code.INTERNAL, FAILED
+        self.counters[f"refused.{code.name.lower()}"] += 1
+        self._reply(peer, p.Error(msg_id, code, text))
+
+    # --- commands --------------------------------------------------------------
+
+    def _send(self, peer: bytes, session: Session, command: p.Send, now: float, key: str) -> None:
         msg_id, target, body = command
-        if session.bucket is not None and (wait := session.bucket.take(now)):
-            return self._flooding(session, msg_id, wait, now)
-        if len(body) > self.config.max_body:
-            return [self._refuse(session.peer, msg_id, Code.TOO_LARGE,
-                                 f"message is {len(body)} bytes, the limit is {self.config.max_body}")]  # fmt: skip
-        stamp = p.now_ms(now)
+        if len(body) > self.settings.max_body:
+            self._refuse(peer, msg_id, Code.TOO_LARGE,
+                         f"message is {len(body)} bytes, the limit is {self.settings.max_body}")  # fmt: skip
+            return
+        time_ms = int(now * 1000)
         status = self.store.seen(session.key, msg_id)
         if status is not None:  # a resend of what was accepted: answer again, deliver nothing
             self.counters["duplicate"] += 1
-            return [SendTo(session.peer, p.Ack(msg_id, stamp, status))]
+            self._ack(peer, session.key, msg_id, time_ms, status)
+            return
         if target == p.EVERYONE or target.startswith("#"):
-            return self._to_room(session, msg_id, target.lower(), body, now)
-        key = target.lower()
-        recipient = self.by_key.get(key)
+            self._to_room(session, msg_id, target.lower(), body, time_ms)
+            return
+        recipient = self._names.holder(target.lower())
         if recipient is None:
-            if p.valid_name(target) and self.store.is_known(key):
-                stored = StoredMessage("", 0, msg_id, session.name, target, int(now * 1000), body)
-                return self._keep_for_later(session.peer, session.key, key, stored, now)
-            if p.valid_name(target):
-                text = f"{target} is not online and has never been here"
-            else:
-                text = f"{target!r} is neither a user name, a #room nor '*'"
-            return [self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, text)]
+            self._to_absent(session, msg_id, target, body, time_ms)
+            return
         self.counters["private"] += 1
-        message = p.Message(msg_id, session.name, recipient.name, stamp, body)
-        return [Forward(recipient.peer, message, session.peer, p.Ack(msg_id, stamp, "accepted"), session.key)]
+        message = _make(p.Message, (msg_id, session.name, recipient.name, time_ms, body))
+        self._out.append(_make(Deliver, (recipient.peer, message, peer, session.key)))
 
-    def _to_room(self, session: Session, msg_id: bytes, room: str, body: bytes, now: float) -> list[Action]:
+    def _to_absent(self, session: Session, msg_id: bytes, target: str, body: bytes, time_ms: int) -> None:
+        key = target.lower()
+        if p.valid_name(target) and self.store.is_known(key):
+            stored = StoredMessage("", 0, msg_id, session.name, target, time_ms, body)
+            self._keep_for_later(session.peer, session.key, key, stored, time_ms)
+            return
+        if p.valid_name(target):
+            text = f"{target} is not online and has never been here"
+        else:
+            text = f"{target!r} is neither a user name, a #room nor '*'"
+        self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, text)
+
+    def _to_room(self, session: Session, msg_id: bytes, room: str, body: bytes, time_ms: int) -> None:
         if room != p.EVERYONE:
             if not p.valid_room(room):
-                return [
-                    self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, f"{room!r} is not a room name")
-                ]
+                self._refuse(session.peer, msg_id, Code.UNKNOWN_RECIPIENT, f"{room!r} is not a room name")
+                return
             if session.key not in self._members(room):
-                return [self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")]
+                self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")
+                return
         self.counters["broadcast"] += 1
-        stamp = p.now_ms(now)
-        published = self._published(room, p.Message(msg_id, session.name, room, stamp, body))
-        self.store.add_room_message(
-            StoredMessage(room, published.seq, msg_id, session.name, room, stamp, body)
+        seq = self._sequencer.next(room)
+        self.store.add_room_message(StoredMessage(room, seq, msg_id, session.name, room, time_ms, body))
+        self.store.remember(session.key, msg_id, "accepted", time_ms)
+        self._to_publish.append(
+            p.Published(p.topic_of(room), seq, p.Message(msg_id, session.name, room, time_ms, body))
         )
-        self.store.remember(session.key, msg_id, "accepted", stamp)
-        return [Publish(published), SendTo(session.peer, p.Ack(msg_id, stamp, "accepted"))]
+        self._ack(session.peer, session.key, msg_id, time_ms)
 
-    def _flooding(self, session: Session, msg_id: bytes, wait: float, now: float) -> list[Action]:
+    def _flooding(self, session: Session, msg_id: bytes, wait: float, now: float) -> None:
         """Over the rate limit: refused with a retry-after, or disconnected when it persists."""
         retry_ms = max(1, round(wait * 1000))
         assert session.bucket is not None
         if session.bucket.abused():
-            cool_off = self.config.cool_off
+            cool_off = self.settings.cool_off
             log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off)
             # Ignored for at least a heartbeat timeout, whatever the cool-off:
             # routing ids are never reused, and what it had queued is not answered.
-            self.cooling.add(session.peer, now + max(cool_off, self.config.timeout_ms / 1000))
+            self.cooling.add(session.peer, now + max(cool_off, self.settings.timeout))
             text = f"disconnected for flooding: wait {cool_off:g} s before connecting again"
-            bye = SendTo(session.peer, _error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
-            return [bye, *self._drop(session, now, "flooding"), Hangup(session.peer, now + cool_off)]
-        return [self._refuse(session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms",
-                             retry_ms)]  # fmt: skip
+            self._reply(session.peer, p.Error(msg_id, Code.RATE_LIMITED, text, int(cool_off * 1000)))
+            self._drop(session, now, "flooding")
+            self._out.append(Hangup(session.peer, now + cool_off))
+            return
+        self._refuse(
+            session.peer, msg_id, Code.RATE_LIMITED, f"slow down: retry after {retry_ms} ms", retry_ms
+        )
 
     def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
-                        now: float) -> list[Action]:  # fmt: skip
+                        time_ms: int) -> None:  # fmt: skip
         """A private message for a known user who is offline: into its mailbox."""
         count, size = self.store.mailbox_usage(key)
-        c = self.config
-        if count >= c.mailbox_messages or size + len(message.body) > c.mailbox_bytes:
-            return [self._refuse(sender, message.msg_id, Code.RECIPIENT_BUSY,
-                                 f"the mailbox of {message.target} is full")]  # fmt: skip
+        s = self.settings
+        if count >= s.mailbox_messages or size + len(message.body) > s.mailbox_bytes:
+            self._refuse(
+                sender, message.msg_id, Code.RECIPIENT_BUSY, f"the mailbox of {message.target} is full"
+            )
+            return
         self.counters["stored"] += 1
         self.store.enqueue(key, message)
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
-        return [SendTo(sender, p.Ack(message.msg_id, p.now_ms(now), "stored"))]
+        self._ack(sender, sender_key, message.msg_id, time_ms, "stored")
+
+    def _ping(self, peer: bytes, session: Session, command: p.Ping, now: float, key: str) -> None:
+        self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
+
+    def _who(self, peer: bytes, session: Session | None, command: p.Who, now: float, key: str) -> None:
+        self._reply(peer, p.Users(command.msg_id, self._online()))
+
+    def _sync(self, peer: bytes, session: Session, command: p.Sync, now: float, key: str) -> None:
+        # Per-client topics carry no sequence (0): nothing is counted there.
+        tag = command.tag
+        topic = p.sync_topic(session.name, tag) if tag else p.private_topic(session.name)
+        self._to_publish.append(p.Published(topic, 0, p.Synced(command.msg_id)))
+        self._ack(peer, session.key, command.msg_id, int(now * 1000))
+
+    def _ready(self, peer: bytes, session: Session, command: p.Ready, now: float, key: str) -> None:
+        time_ms = int(now * 1000)
+        self._ack(peer, session.key, command.msg_id, time_ms)
+        if not session.announced:
+            session.announced = True
+            self._publish(p.EVERYONE, p.Join(session.name, time_ms))
+
+    def _bye(self, peer: bytes, session: Session, command: p.Bye, now: float, key: str) -> None:
+        self._ack(peer, session.key, command.msg_id, int(now * 1000))  # the client leaves on purpose
+        self._drop(session, now, "quit")
 
     def _hello(self, peer: bytes, current: Session | None, hello: p.Hello, now: float,
-               client_key: str = "") -> list[Action]:  # fmt: skip
+               client_key: str) -> None:  # fmt: skip
         key = p.name_key(hello.name)
         if current is not None:
-            if p.name_key(current.name) == key:  # a repeated HELLO: answer it again
-                return [SendTo(peer, self._welcome(hello.msg_id, current, now))]
-            return [self._refuse(peer, hello.msg_id, Code.ALREADY_REGISTERED,
-                                 f"this connection is already registered as {current.name}")]  # fmt: skip
-        if client_key and (refusal := self._check_owner(peer, hello, key, client_key)):
-            return [refusal]
-        holder = self.by_key.get(key)
+            if current.key == key:  # a repeated HELLO: answer it again
+                self._reply(peer, self._welcome(hello.msg_id, current, now))
+                return
+            self._refuse(peer, hello.msg_id, Code.ALREADY_REGISTERED,
+                         f"this connection is already registered as {current.name}")  # fmt: skip
+            return
+        if client_key and self._not_owner(peer, hello, key, client_key):
+            return
+        holder = self._names.holder(key)
         if holder is not None:
             # The token, or the very key that owns the name, proves it is the same user.
             same_owner = bool(client_key) and holder.client_key == client_key
             if same_owner or (hello.token and secrets.compare_digest(hello.token, holder.token)):
-                # The same client on a new connection: it takes its session
-                # over, so nobody sees it leave and join again. The old
-                # connection is told, in case it is alive: were it to take
-                # the session back, the two would take turns for ever.
-                old_peer = holder.peer
-                del self.by_peer[old_peer]
-                holder.peer = peer
-                holder.last_seen = now
-                self.by_peer[peer] = holder
-                self.counters["resumed"] += 1
-                log.info("%s resumed its session on a new connection", holder.name)
-                replaced = SendTo(old_peer, p.Replaced("your session continues on another connection"))
-                return [replaced, SendTo(peer, self._welcome(hello.msg_id, holder, now))]
-            return [self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")]
-        if refusal := self._over_limits(peer, hello.msg_id, client_key):
-            return [refusal]
-        if client_key and self.config.authorized is None and self.store.key_of(key) is None:
-            self.store.bind(key, client_key)  # trust on first use
+                self._take_over(peer, holder, hello, now)
+                return
+            self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")
+            return
+        if self._over_limits(peer, hello.msg_id, client_key):
+            return
+        if client_key and self._names.owner(key) is None:
+            self._names.bind(key, client_key)  # trust on first use
             log.info("the name %s now belongs to key %s", hello.name, client_key)
         # A token offered for a free name is kept as the new session's: a client back after
         # a restart whose first HELLO registered while it stopped waiting (a busy broker)
         # then resumes that session with its next HELLO, instead of meeting 409 from it.
         token = hello.token if len(hello.token) >= ADOPTED_TOKEN_MIN else self.new_token()
-        session = Session(peer, hello.name, hello.name.encode(), token, now, key, client_key)
-        if self.config.rate > 0:
-            session.bucket = TokenBucket.new_session(self.config.rate, self.config.burst, now)
-        # The store first: should it fail (StoreFailed), no session is left without its WELCOME.
-        self.store.add_user(key)
-        waiting = self._waiting_for(session)
+        session = Session(peer, hello.name, token, now, key, client_key)
+        if self.settings.rate > 0:
+            session.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
+        if not self._names.claim(session):  # taken meanwhile elsewhere (a cluster's brokers share names)
+            self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {hello.name} is taken")
+            return
+        try:
+            self.store.add_user(key)
+            mail, receipts = self._waiting_for(session)
+        except Exception:
+            self._names.release(session)  # should the store fail, no session is left without its WELCOME
+            raise
         self.by_peer[peer] = session
-        self.by_key[key] = session
         self.online_names = None
         self.counters["joined"] += 1
-        log.info("%s joined (%d online)", session.name, len(self.by_key))
-        return [SendTo(peer, self._welcome(hello.msg_id, session, now)), *waiting]
+        log.info("%s joined (%d online)", session.name, self._names.count())
+        self._reply(peer, self._welcome(hello.msg_id, session, now))
+        waiting: list[p.ServerEvent] = [*mail, *receipts]
+        for event in waiting:
+            self._reply(peer, event)
 
-    def _waiting_for(self, session: Session) -> list[Action]:
+    def _take_over(self, peer: bytes, holder: Session, hello: p.Hello, now: float) -> None:
+        """The same client on a new connection: it takes its session over, so nobody sees
+        it leave and join again. The old connection is told, in case it is alive: were it
+        to take the session back, the two would take turns for ever."""
+        old_peer = holder.peer
+        del self.by_peer[old_peer]
+        holder.peer = peer
+        holder.last_seen = now
+        self.by_peer[peer] = holder
+        self._names.take_over(holder)
+        self.counters["resumed"] += 1
+        log.info("%s resumed its session on a new connection", holder.name)
+        self._reply(old_peer, p.Replaced("your session continues on another connection"))
+        self._reply(peer, self._welcome(hello.msg_id, holder, now))
+
+    def _waiting_for(self, session: Session) -> tuple[list[p.Message], list[p.Receipt]]:
         """What was kept for a user while it was away: mail, then receipts."""
-        actions: list[Action] = []
+        mail = []
         for m in self.store.mailbox(session.key):
-            actions.append(SendTo(session.peer, p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body)))
-            self._await_receipt((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+            mail.append(p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
+            self._handed.add((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
         by_recipient: dict[tuple[str, int], list[bytes]] = {}
         for msg_id, recipient, when in self.store.receipts(session.key):
             by_recipient.setdefault((recipient, when), []).append(msg_id)
             self.store.clear_receipt(session.key, msg_id)
-        for (recipient, when), ids in by_recipient.items():
-            actions.append(SendTo(session.peer, p.Receipt(recipient, when, tuple(ids))))
-        return actions
+        receipts = [p.Receipt(recipient, when, tuple(ids)) for (recipient, when), ids in by_recipient.items()]
+        return mail, receipts
 
-    def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> SendTo | None:
-        c = self.config
-        if len(self.by_key) >= c.max_clients:
-            return self._refuse(peer, msg_id, Code.TOO_MANY, f"the broker is full ({c.max_clients} clients)")
-        if client_key and sum(s.client_key == client_key for s in self.by_key.values()) >= c.max_per_key:
-            return self._refuse(peer, msg_id, Code.TOO_MANY, f"this key already has {c.max_per_key} sessions")
-        return None
+    def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> bool:
+        s = self.settings
+        if self._names.count() >= s.max_clients:
+            self._refuse(peer, msg_id, Code.TOO_MANY, f"the broker is full ({s.max_clients} clients)")
+            return True
+        if client_key and sum(x.client_key == client_key for x in self._names.sessions()) >= s.max_per_key:
+            self._refuse(peer, msg_id, Code.TOO_MANY, f"this key already has {s.max_per_key} sessions")
+            return True
+        return False
 
-    def _check_owner(self, peer: bytes, hello: p.Hello, key: str, client_key: str) -> SendTo | None:
+    def _not_owner(self, peer: bytes, hello: p.Hello, key: str, client_key: str) -> bool:
         """Names bound to keys: an allowlist, or the first key to use a name."""
-        if self.config.authorized is not None:
-            owner = self.config.authorized.get(key)
-            if owner is None:
-                return self._refuse(
-                    peer, hello.msg_id, Code.NAME_OWNED, f"{hello.name} is not on this broker's list"
-                )
-        else:
-            owner = self.store.key_of(key)
-            if owner is None:
-                return None  # free: bound to this key once the session is granted (_hello)
+        owner = self._names.owner(key)
+        if owner is None:
+            return False  # free: bound to this key once the session is granted (_hello)
+        if owner == UNLISTED:
+            self._refuse(peer, hello.msg_id, Code.NAME_OWNED, f"{hello.name} is not on this broker's list")
+            return True
         if owner != client_key:
-            return self._refuse(
-                peer, hello.msg_id, Code.NAME_OWNED, f"the name {hello.name} belongs to another key"
-            )
-        return None
+            self._refuse(peer, hello.msg_id, Code.NAME_OWNED, f"the name {hello.name} belongs to another key")
+            return True
+        return False
 
     def _welcome(self, msg_id: bytes, session: Session, now: float) -> p.Welcome:
-        c = self.config
-        return p.Welcome(
-            msg_id, session.name, session.token, c.pub_endpoint,
-            c.heartbeat_ms, c.timeout_ms, c.max_body, int(now * 1000),
-            max(1, int(c.rate * 60)) if c.rate > 0 else 0, int(c.burst) if c.rate > 0 else 0,
-        )  # fmt: skip
+        s = self.settings
+        rate, burst = s.welcome_rate
+        return p.Welcome(msg_id, session.name, session.token, self.pub_endpoint, s.heartbeat_ms, s.timeout_ms,
+                         s.max_body, int(now * 1000), rate, burst)  # fmt: skip
 
     # --- rooms, history, search, receipts (PROTOCOL.md 13) ---------------------
 
-    def _room_command(self, session: Session, command: p.ClientCommand, now: float) -> list[Action]:
-        peer, msg_id = session.peer, command.msg_id
-        if isinstance(command, p.Enter | p.Exit):
-            return self._membership(session, command, now)
-        if isinstance(command, p.Rooms):
-            sizes = self.store.room_sizes()
-            mine = tuple(sorted(self.store.rooms_of(session.key)))
-            return [SendTo(peer, p.RoomList(msg_id, tuple(sorted(sizes.items())), mine))]
-        if isinstance(command, p.Names):
-            if command.room == p.EVERYONE:
-                return [SendTo(peer, p.Users(msg_id, tuple(self._online())))]
-            keys = self._members(command.room)
-            names = sorted((self.by_key[k].name for k in keys if k in self.by_key), key=str.lower)
-            return [SendTo(peer, p.Users(msg_id, tuple(names)))]
-        if isinstance(command, p.HistoryRequest):
-            room = command.room
-            if room != p.EVERYONE and session.key not in self._members(room):
-                return [self._refuse(peer, msg_id, Code.NOT_MEMBER, f"join {room} to read its history")]
-            last = self.last_seq.get(room)
-            last = self.store.last_seq(room) if last is None else last
-            before = command.before or last + 1
-            found = self.store.room_history(room, before, command.limit, command.after)
-            return [SendTo(peer, p.History(msg_id, room, last, tuple(_record(m) for m in found)))]
-        if isinstance(command, p.Search):
-            found = self.store.search(session.key, command.words, p.MAX_FOUND)
-            return [SendTo(peer, p.Found(msg_id, tuple(_record(m) for m in found)))]
-        assert isinstance(command, p.Received)
-        return [SendTo(peer, _ack(msg_id, now)), *self._received(session, command, now)]
+    def _rooms(self, peer: bytes, session: Session, command: p.Rooms, now: float, key: str) -> None:
+        sizes = tuple(sorted(self.store.room_sizes().items()))
+        self._reply(peer, p.RoomList(command.msg_id, sizes, tuple(sorted(self.store.rooms_of(session.key)))))
 
-    def _membership(self, session: Session, command: p.Enter | p.Exit, now: float) -> list[Action]:
-        room, entering = command.room, isinstance(command, p.Enter)
-        ack = SendTo(session.peer, _ack(command.msg_id, now))
+    def _names_of(self, peer: bytes, session: Session, command: p.Names, now: float, key: str) -> None:
+        if command.room == p.EVERYONE:
+            self._reply(peer, p.Users(command.msg_id, self._online()))
+            return
+        online = (self._names.holder(k) for k in self._members(command.room))
+        self._reply(
+            peer, p.Users(command.msg_id, tuple(sorted((s.name for s in online if s), key=str.lower)))
+        )
+
+    def _history(
+        self, peer: bytes, session: Session, command: p.HistoryRequest, now: float, key: str
+    ) -> None:
+        room = command.room
+        if room != p.EVERYONE and session.key not in self._members(room):
+            self._refuse(peer, command.msg_id, Code.NOT_MEMBER, f"join {room} to read its history")
+            return
+        if self._store_can_fail and any(type(x.event) is p.Message for x in self._to_publish):
+            self._flush()  # it shows only what is stored, and a room's message not yet kept may be refused
+        last = self._sequencer.last(room)
+        found = self.store.room_history(room, command.before or last + 1, command.limit, command.after)
+        self._reply(peer, p.History(command.msg_id, room, last, tuple(_record(m) for m in found)))
+
+    def _search(self, peer: bytes, session: Session, command: p.Search, now: float, key: str) -> None:
+        if self._store_can_fail and (self._acks or self._to_publish):
+            self._flush()  # it finds private mail too: anything held may be in it
+        found = self.store.search(session.key, command.words, p.MAX_FOUND)
+        self._reply(peer, p.Found(command.msg_id, tuple(_record(m) for m in found)))
+
+    def _membership(
+        self, peer: bytes, session: Session, command: p.Enter | p.Exit, now: float, key: str
+    ) -> None:
+        room, entering = command.room, type(command) is p.Enter
         if room == p.EVERYONE:
-            return [
-                self._refuse(session.peer, command.msg_id, Code.MALFORMED, "everyone is always in the lobby")
-            ]
+            self._refuse(peer, command.msg_id, Code.MALFORMED, "everyone is always in the lobby")
+            return
+        time_ms = int(now * 1000)
         members = self._members(room)
         if (session.key in members) == entering:
-            return [ack]  # nothing changes
-        if entering and (refusal := self._rooms_full(session, command.msg_id, room, members)):
-            return [refusal]
+            self._ack(peer, session.key, command.msg_id, time_ms)
+            return  # nothing changes
+        if entering and self._rooms_full(session, command.msg_id, room, members):
+            return
         self.store.set_member(session.key, room, entering)
         if self.rooms_in_use is not None and len(members) == (0 if entering else 1):
             self.rooms_in_use += 1 if entering else -1  # a room's first member came, or its last went
+        self._ack(peer, session.key, command.msg_id, time_ms)
         if entering:
             members.add(session.key)
-            event: p.Join | p.Leave = p.Join(session.name, p.now_ms(now), room)
+            self._publish(room, p.Join(session.name, time_ms, room))
         else:
             members.discard(session.key)
-            event = p.Leave(session.name, p.now_ms(now), "left", room)
-        return [ack, Publish(self._published(room, event))]
+            self._publish(room, p.Leave(session.name, time_ms, "left", room))
 
-    def _rooms_full(self, session: Session, msg_id: bytes, room: str, members: set[str]) -> SendTo | None:
-        c = self.config
-        if len(self.store.rooms_of(session.key)) >= c.max_rooms_per_user:
-            return self._refuse(session.peer, msg_id, Code.TOO_MANY,
-                                f"you are in {c.max_rooms_per_user} rooms, the most one may be in")  # fmt: skip
+    def _rooms_full(self, session: Session, msg_id: bytes, room: str, members: set[str]) -> bool:
+        s = self.settings
+        if len(self.store.rooms_of(session.key)) >= s.max_rooms_per_user:
+            self._refuse(session.peer, msg_id, Code.TOO_MANY,
+                         f"you are in {s.max_rooms_per_user} rooms, the most one may be in")  # fmt: skip
+            return True
         if self.rooms_in_use is None:
             self.rooms_in_use = len(self.store.room_sizes())  # once: counting them costs a scan
-        if not members and self.rooms_in_use >= c.max_rooms:
-            return self._refuse(session.peer, msg_id, Code.TOO_MANY,
-                                f"this broker has {c.max_rooms} rooms, the most it holds")  # fmt: skip
-        return None
+        if not members and self.rooms_in_use >= s.max_rooms:
+            self._refuse(
+                session.peer, msg_id, Code.TOO_MANY, f"this broker has {s.max_rooms} rooms, the most it holds"
+            )
+            return True
+        return False
 
-    def _received(self, session: Session, command: p.Received, now: float) -> list[Action]:
+    def _received(self, peer: bytes, session: Session, command: p.Received, now: float, key: str) -> None:
         """The recipient's client has these messages: clear its mailbox, tell the sender.
 
         Only messages this sender really sent to this recipient, and not confirmed
@@ -480,146 +626,222 @@ class BrokerCore:
         sender_key = command.sender.lower()
         confirmed = []
         for msg_id in command.ids:
-            handed = (session.key, sender_key, msg_id)
             # Only ids handed over reach the store: made-up ones cost a dict lookup, no query.
-            from_mailbox = self.awaiting.pop(handed, None)
+            from_mailbox = self._handed.confirm((session.key, sender_key, msg_id))
             if from_mailbox is None:
                 continue
             if from_mailbox:
                 self.store.delivered(session.key, sender_key, msg_id)
             confirmed.append(msg_id)
-        if not confirmed:
-            return []
         time_ms = int(now * 1000)
-        sender = self.by_key.get(sender_key)
+        self._ack(peer, session.key, command.msg_id, time_ms)
+        if not confirmed:
+            return
+        sender = self._names.holder(sender_key)
         if sender is not None:
-            return [SendTo(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))]
-        if self.store.is_known(sender_key):  # kept only for someone who can come back for it
+            self._reply(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
+        elif self.store.is_known(sender_key):  # kept only for someone who can come back for it
             for msg_id in confirmed:
                 self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
-        return []
 
     def maintain(self, now: float) -> None:
-        """Retention: forget what is older than the configured history, hourly."""
+        """Retention: forget what is older than the configured history, hourly. Store
+        upkeep, as the store's own catch_up: no effects, called by the shell when it may."""
         self.refusal_log.flush(now)  # a flood's summary, also when the flood has stopped
         if now < self.next_maintenance:
             return
         self.next_maintenance = now + 3600
-        expired = self.store.expire(int((now - self.config.history_days * 86400) * 1000))
+        days = self.settings.history_days
+        expired = self.store.expire(int((now - days * 86400) * 1000))
         if expired:
-            log.info("retention: %d messages older than %g days forgotten", expired, self.config.history_days)
+            log.info("retention: %d messages older than %g days forgotten", expired, days)
 
-    # --- events from the shell ----------------------------------------------
+    # --- what became of deliveries, time, the end ------------------------------
 
-    def forwarded(self, forward: Forward) -> None:
-        """A Forward reached its recipient's connection: a resend is a duplicate now,
-        and the message is kept for /search."""
-        m = forward.message
+    def _delivered(self, event: Delivered) -> None:
+        """A private message reached its recipient's connection: a resend is a duplicate now,
+        the message is kept for /search, and its sender is answered."""
+        peer, message, sender, sender_key = event.delivery
+        msg_id, name, target, time_ms, body = message
         if self.stuck:
-            self.stuck.pop(forward.peer, None)  # it reads again
-        self.store.remember(forward.sender_key, m.msg_id, "accepted", m.time_ms)
-        key = m.target.lower()
-        self.store.add_private(key, StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body))
-        self._await_receipt((key, forward.sender_key, m.msg_id), from_mailbox=False)
+            self.stuck.pop(peer, None)  # it reads again
+        store = self.store
+        store.remember(sender_key, msg_id, "accepted", time_ms)
+        key = target.lower()
+        store.add_private(key, StoredMessage("", 0, msg_id, name, target, time_ms, body))
+        self._handed.add((key, sender_key, msg_id), False)
+        # Handed to its recipient: delivered, so this ACK stands even if the store then
+        # fails (only the copy kept for search would be lost, see SqliteStore._fail).
+        self._ack(sender, sender_key, msg_id, time_ms)
 
-    def _await_receipt(self, handed: tuple[str, str, bytes], from_mailbox: bool) -> None:
-        # Forgotten oldest first: an unconfirmed live message then gets no receipt, and
-        # unconfirmed mail stays in the mailbox, to be handed over (and awaited) again.
-        self.awaiting[handed] = from_mailbox
-        if len(self.awaiting) > AWAITING_RECEIPTS:
-            self.awaiting.popitem(last=False)
-
-    def queue_full(self, peer: bytes, now: float) -> None:
-        """A reply or message could not be handed to `peer`: its queue is full."""
-        if peer in self.by_peer and peer not in self.stuck:
-            self.stuck[peer] = now
-
-    def queue_drained(self, peer: bytes) -> None:
-        """Something was handed to `peer` again: it reads."""
-        self.stuck.pop(peer, None)
-
-    def undeliverable(self, forward: Forward, busy: bool, now: float) -> list[Action]:
-        """A Forward could not be handed to its recipient: tell the sender why."""
+    def _undelivered(self, event: Undelivered) -> None:
+        """A private message could not be handed to its recipient: tell the sender why."""
+        d, busy, now = event
         self.now = now
-        msg_id = forward.ack.msg_id
-        recipient = self.by_peer.get(forward.peer)
+        m = d.message
+        recipient = self.by_peer.get(d.peer)
         if busy:
             name = recipient.name if recipient else "the recipient"
-            refusal = self._refuse(forward.sender, msg_id, Code.RECIPIENT_BUSY,
-                                   f"{name} is not reading; message not delivered")  # fmt: skip
-            if recipient is None:
-                return [refusal]
-            since = self.stuck.setdefault(recipient.peer, now)
-            if now - since > self.config.timeout_ms / 1000:
-                return [refusal, *self._drop_stuck(recipient, now)]
-            return [refusal]
-        actions: list[Action] = []
-        if recipient is not None:
-            actions += self._drop(recipient, now, "disconnected")
+            self._refuse(
+                d.sender, m.msg_id, Code.RECIPIENT_BUSY, f"{name} is not reading; message not delivered"
+            )
+            if recipient is not None:
+                since = self.stuck.setdefault(recipient.peer, now)
+                if now - since > self.settings.timeout:
+                    self._drop_stuck(recipient, now)
+            return
         # The recipient is gone but known: the message waits in its mailbox.
-        m = forward.message
         kept = StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body)
-        return [
-            *self._keep_for_later(forward.sender, forward.sender_key, m.target.lower(), kept, now),
-            *actions,
-        ]
+        self._keep_for_later(d.sender, d.sender_key, m.target.lower(), kept, int(now * 1000))
+        if recipient is not None:
+            self._drop(recipient, now, "disconnected")
 
-    def expire(self, now: float) -> list[Action]:
-        """Drop every client silent for longer than the timeout."""
-        deadline = now - self.config.timeout_ms / 1000
+    def _blocked(self, event: Blocked) -> None:
+        if event.peer in self.by_peer and event.peer not in self.stuck:
+            self.stuck[event.peer] = event.now
+
+    def _unblocked(self, event: Unblocked) -> None:
+        self.stuck.pop(event.peer, None)
+
+    def _tick(self, event: Tick) -> None:
+        """Drop every client silent for longer than the timeout, or stuck as long."""
+        now = event.now
+        self.now = now
+        deadline = now - self.settings.timeout
         self.cooling.forget_expired(now)  # a flooder that went quiet is forgotten
-        actions: list[Action] = []
         for session in [s for s in self.by_peer.values() if s.last_seen < deadline]:
-            actions += self._drop(session, now, "timeout")
+            self._drop(session, now, "timeout")
         for peer, since in list(self.stuck.items()):
             stuck = self.by_peer.get(peer)
             if stuck is None:  # it went on another connection
                 del self.stuck[peer]
             elif since < deadline:
-                actions += self._drop_stuck(stuck, now)
-        return actions
+                self._drop_stuck(stuck, now)
 
-    def _drop_stuck(self, session: Session, now: float) -> list[Action]:
-        # Full for a whole heartbeat timeout: it reads nothing, whatever it sends.
-        log.warning("%s dropped: its queue stayed full", session.name)
-        return self._drop(session, now, "stuck")
-
-    def shutdown(self, now: float, reason: str = "the broker is shutting down") -> list[Action]:
+    def _shutdown(self, event: Shutdown) -> None:
         """Tell every client, directly and on PUB, that the broker is going away."""
+        self._flush()
         self.shutting_down = True
-        notice = p.Shutdown(reason)
-        actions: list[Action] = [SendTo(peer, notice) for peer in self.by_peer]
-        actions.append(Publish(self._published(p.EVERYONE, notice)))
-        return actions
+        notice = p.Shutdown(event.reason)
+        for peer in self.by_peer:
+            self._reply(peer, notice)
+        self._publish(p.EVERYONE, notice)
+        self._flush()
+
+    # --- held until the commit -----------------------------------------------
+
+    def _flush(self, event: Flush | None = None) -> None:
+        """Commit the store, then release what waited for it: published events, then ACKs."""
+        refused = self._commit()  # an ACK promises the message is kept: store first
+        out = self._out
+        stored = refused is not None and not refused
+        for published in self._to_publish:
+            # A message never kept is never published either. Its number stays used
+            # (the store keeps it as such), so subscribers see a gap (PROTOCOL.md 6.2).
+            message = published.event
+            if not stored and type(message) is p.Message:
+                assert isinstance(message, p.Message)
+                if refused is None or (message.sender.lower(), message.msg_id) in refused:
+                    continue
+            out.append(published)
+        self._to_publish = []
+        if stored:
+            for peer, held in self._acks.items():
+                for h in held:
+                    ids = h.ids
+                    out.append(Reply(peer, p.Ack(ids[0], h.time_ms, h.status, tuple(ids[1:]))))
+        else:
+            for peer, held in self._acks.items():
+                for h in held:
+                    self._answer_unstored(peer, h, refused)
+        self._acks = {}
+
+    def _commit(self) -> frozenset[tuple[str, bytes]] | None:
+        """Commit the store: the messages it could not keep (StoreFailed.refused), or None
+        when it is not known what it kept (a failure that is not the store's own)."""
+        try:
+            wrote = self.store.commit()
+        except StoreFailed as e:
+            self.failures.store_failed(e)
+            return e.refused
+        except Exception as e:
+            self.failures.failed("storing", e)
+            return None
+        if wrote:
+            self.failures.store_written()
+        return frozenset()
+
+    def _answer_unstored(
+        self, peer: bytes, held: HeldAck, refused: frozenset[tuple[str, bytes]] | None
+    ) -> None:
+        """After a failed commit: an ACK's ids that were not kept become ERRORs, in
+        their place among the others (replies keep the order of commands)."""
+        out = self._out
+        if refused is None:  # the store failed in a way of its own: nothing is known kept
+            for msg_id in held.ids:
+                self.counters["refused.internal"] += 1
+                out.append(Reply(peer, p.Error(msg_id, Code.INTERNAL, FAILED)))
+            return
+        run: list[bytes] = []
+        for msg_id in held.ids:
+            if (held.key, msg_id) not in refused:
+                run.append(msg_id)
+                continue
+            if run:
+                out.append(Reply(peer, p.Ack(run[0], held.time_ms, held.status, tuple(run[1:]))))
+                run = []
+            self.counters["refused.store_failed"] += 1
+            out.append(Reply(peer, p.Error(msg_id, Code.STORE_FAILED, NOT_STORED)))
+        if run:
+            out.append(Reply(peer, p.Ack(run[0], held.time_ms, held.status, tuple(run[1:]))))
+
+    def _ack(self, peer: bytes, key: str, msg_id: bytes, time_ms: int, status: str = "accepted") -> None:
+        """Hold an ACK until the commit, combined with the connection's last one when it
+        answers the same session at the same time with the same status (PROTOCOL.md 5.2)."""
+        held = self._acks.get(peer)
+        if held is None:
+            self._acks[peer] = [HeldAck(key, time_ms, status, [msg_id])]
+            return
+        last = held[-1]
+        if last.time_ms == time_ms and last.status == status and last.key == key:
+            last.ids.append(msg_id)
+        else:
+            held.append(HeldAck(key, time_ms, status, [msg_id]))
+
+    def _reply(self, peer: bytes, event: p.ServerEvent) -> None:
+        """Any other reply: the connection's held ACKs go first, so replies keep their order.
+
+        They go out only stored, and with them everything else held: every held
+        ACK and publish then belongs to the one transaction the next commit ends."""
+        if peer in self._acks:
+            self._flush()
+        self._out.append(Reply(peer, event))
+
+    def _publish(self, room: str, event: p.PublishedEvent) -> None:
+        """On the room's topic with its next sequence number, once the store has committed."""
+        self._to_publish.append(p.Published(p.topic_of(room), self._sequencer.next(room), event))
 
     # --- helpers -------------------------------------------------------------
 
-    def _drop(self, session: Session, now: float, reason: str) -> list[Action]:
+    def _drop_stuck(self, session: Session, now: float) -> None:
+        # Full for a whole heartbeat timeout: it reads nothing, whatever it sends.
+        log.warning("%s dropped: its queue stayed full", session.name)
+        self._drop(session, now, "stuck")
+
+    def _drop(self, session: Session, now: float, reason: str) -> None:
         del self.by_peer[session.peer]
         self.stuck.pop(session.peer, None)
-        del self.by_key[p.name_key(session.name)]
+        self._names.release(session)
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
-        log.info("%s left (%s; %d online)", session.name, reason, len(self.by_key))
-        if not session.announced:
-            return []  # nobody was told it joined
-        leave = p.Leave(session.name, p.now_ms(now), reason)
-        return [Publish(self._published(p.EVERYONE, leave))]
+        log.info("%s left (%s; %d online)", session.name, reason, self._names.count())
+        if session.announced:  # else nobody was told it joined
+            self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
 
-    def _published(self, room: str, event: p.PublishedEvent) -> p.Published:
-        """Topic and the room's next sequence number (continued from the store) first."""
-        seq = self.last_seq.get(room)
-        if seq is None:
-            seq = self.store.last_seq(room)
-        seq += 1
-        self.last_seq[room] = seq
-        self.store.used_seq(room, seq)  # also a JOIN's or LEAVE's: never reused after a restart
-        return p.Published(p.topic_of(room), seq, event)
-
-    def _online(self) -> list[str]:
+    def _online(self) -> tuple[str, ...]:
         """Everyone online, sorted: kept until someone joins or leaves (WHO is not rate limited)."""
         if self.online_names is None:
-            self.online_names = sorted((s.name for s in self.by_key.values()), key=str.lower)
+            self.online_names = tuple(sorted((s.name for s in self._names.sessions()), key=str.lower))
         return self.online_names
 
     def _members(self, room: str) -> set[str]:
@@ -628,17 +850,15 @@ class BrokerCore:
             members = self.room_members[room] = self.store.members(room)
         return members
 
-    def _not_registered(self, peer: bytes, msg_id: bytes) -> SendTo:
-        return self._refuse(peer, msg_id, Code.NOT_REGISTERED, "send HELLO first")
-
-    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> SendTo:
+    def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> None:
         reason = code.name.lower()
         self.counters[f"refused.{reason}"] += 1
         self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
-                                 msg_id.decode("ascii", "replace") or "-", self._who(peer), int(code), text)  # fmt: skip
-        return SendTo(peer, _error(msg_id, code, text, retry_after_ms))
+                                 msg_id.decode("ascii", "replace") or "-", self._who_is(peer), int(code), text)  # fmt: skip
+        # Within its range (PROTOCOL.md 3.2), or a client would drop the ERROR as malformed.
+        self._reply(peer, p.Error(msg_id, code, text, min(max(retry_after_ms, 0), p.MAX_INT32)))
 
-    def _who(self, peer: bytes) -> str:
+    def _who_is(self, peer: bytes) -> str:
         session = self.by_peer.get(peer)
         return session.name if session else f"peer {peer.hex()}"
 
@@ -647,11 +867,39 @@ def _record(m: StoredMessage) -> p.Record:
     return p.Record(m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body)
 
 
-def _ack(msg_id: bytes, now: float) -> p.Ack:
-    return p.Ack(msg_id, p.now_ms(now), "accepted")
+#: Per command: whether it needs HELLO, whether flood control counts it, its handler.
+#: One dispatch (`BrokerCore._command`) checks them in PROTOCOL.md 8's order: the key
+#: of the session (401), the broker stopping (503), registration (403), the rate (429).
+RULES: dict[type, Rule] = {
+    p.Send: Rule(needs_hello=True, counted=True, handler=BrokerCore._send),
+    p.Ping: Rule(needs_hello=True, counted=False, handler=BrokerCore._ping),
+    p.Hello: Rule(needs_hello=False, counted=False, handler=BrokerCore._hello),
+    p.Who: Rule(needs_hello=False, counted=False, handler=BrokerCore._who),
+    p.Sync: Rule(needs_hello=True, counted=False, handler=BrokerCore._sync),
+    p.Ready: Rule(needs_hello=True, counted=False, handler=BrokerCore._ready),
+    p.Bye: Rule(needs_hello=True, counted=False, handler=BrokerCore._bye),
+    # Searches and history read the store: counted like messages. So are membership
+    # and listings, and RECEIVED, each a store write or a scan.
+    p.HistoryRequest: Rule(needs_hello=True, counted=True, handler=BrokerCore._history),
+    p.Search: Rule(needs_hello=True, counted=True, handler=BrokerCore._search),
+    p.Enter: Rule(needs_hello=True, counted=True, handler=BrokerCore._membership),
+    p.Exit: Rule(needs_hello=True, counted=True, handler=BrokerCore._membership),
+    p.Received: Rule(needs_hello=True, counted=True, handler=BrokerCore._received),
+    p.Rooms: Rule(needs_hello=True, counted=True, handler=BrokerCore._rooms),
+    p.Names: Rule(needs_hello=True, counted=True, handler=BrokerCore._names_of),
+}
+#: The commands flood control counts (PROTOCOL.md 8 lists the same).
+COUNTED = tuple(kind for kind, rule in RULES.items() if rule.counted)
 
-
-def _error(msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> p.Error:
-    """ERROR; a 429 carries its retry-after (PROTOCOL.md 8), within its range (3.2)."""
-    retry = min(max(retry_after_ms, 0), p.MAX_INT32) if code == Code.RATE_LIMITED else 0
-    return p.Error(msg_id, code, text, retry)
+_INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
+    Command: BrokerCore._command,
+    Unreadable: BrokerCore._unreadable,
+    Failed: lambda core, event: core._failed(event.peer, event.msg_id, event.error),
+    Delivered: BrokerCore._delivered,
+    Undelivered: BrokerCore._undelivered,
+    Blocked: BrokerCore._blocked,
+    Unblocked: BrokerCore._unblocked,
+    Flush: BrokerCore._flush,
+    Tick: BrokerCore._tick,
+    Shutdown: BrokerCore._shutdown,
+}

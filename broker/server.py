@@ -1,7 +1,11 @@
 """The broker's ZeroMQ shell: a ROUTER and a PUB socket around BrokerCore.
 
-It only receives, asks the core, and sends. One thread owns both sockets.
-A command whose handling fails is answered with an ERROR; the broker goes on.
+It only receives, decodes, feeds the engine its inputs and carries out its
+effects, encoded with protocol.py's encode() alone; what becomes of each send
+goes back in as one more input. It says when to flush (its batching: every
+FLUSH_EVERY messages and at the end of each wake-up) and when time passes.
+One thread owns both sockets. A command whose handling fails is answered with
+an ERROR; the broker goes on.
 """
 
 from __future__ import annotations
@@ -13,21 +17,39 @@ import re
 import signal
 import socket
 import time
-import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
 from types import FrameType
 from typing import TypeVar
 
 import zmq
 
-from zchat.broker.core import Action, BrokerCore, CoreConfig, Forward, Hangup, Publish, SendOld, SendTo
-from zchat.broker.gate import DEFAULT_EXEMPT, UNNAMED_REFUSAL, Gate
+from zchat.broker.core import (
+    Blocked,
+    BrokerCore,
+    Command,
+    Deliver,
+    Delivered,
+    Effect,
+    Failed,
+    Flush,
+    Hangup,
+    Input,
+    Publish,
+    Reply,
+    Shutdown,
+    Tick,
+    Unblocked,
+    Undelivered,
+    Unreadable,
+)
+from zchat.broker.gate import UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
-from zchat.broker.store import MemoryStore, Store, StoreFailed, open_store
+from zchat.broker.settings import BrokerSettings
+from zchat.broker.store import Store, StoreFailed, open_store
 from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
-from zchat.common.protocol import Code
+
+__all__ = ["BrokerServer", "BrokerSettings", "advertisable", "advertised", "endpoint", "receive", "send"]
 
 log = logging.getLogger("zchat.broker")
 
@@ -55,18 +77,13 @@ NOBLOCK = int(zmq.NOBLOCK)
 # The compiled methods under pyzmq's Python wrappers: half the cost per frame.
 _send = zmq.backend.Socket.send
 _recv = zmq.backend.Socket.recv
-#: Commands whose answers show stored messages, read from the store's open transaction.
-SHOWS_STORED = (p.HistoryRequest, p.Search)
-#: What a message the store could not keep is refused with (PROTOCOL.md 9).
-NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
-NOT_DONE = "the broker cannot write its store now: not done; try again later"
-FAILED = "the broker failed on this command: it may not have been carried out; send it again"
-#: Distinct failures (exception type and where) whose traceback is logged; repeats are counted.
-FAILURES_LOGGED = 100
 T = TypeVar("T")
 #: ZAP requests answered per wake-up, so that a storm of connections cannot hold up the rest.
 ZAP_BATCH = 100
 MORE_NOBLOCK = int(zmq.SNDMORE) | NOBLOCK
+#: Makes a NamedTuple from a tuple of all its fields, in half the time of the class's
+#: own __new__: for the inputs every message brings.
+_make = tuple.__new__
 
 
 def receive(sock: zmq.Socket[bytes]) -> tuple[zmq.Frame, list[bytes]]:
@@ -95,50 +112,11 @@ def send(sock: zmq.Socket[bytes], first: bytes, frames: list[bytes]) -> None:
     _send(sock, frames[-1], NOBLOCK)
 
 
-class HeldAck:
-    """ACKs of one sender held to go out as one (PROTOCOL.md 5.2): same session, time and status."""
-
-    __slots__ = ("ids", "key", "status", "time_ms")
-
-    def __init__(self, key: str, ack: p.Ack) -> None:
-        self.key, self.time_ms, self.status = key, ack.time_ms, ack.status
-        self.ids = [*ack.ids()]
-
-    def takes(self, key: str, ack: p.Ack) -> bool:
-        return self.time_ms == ack.time_ms and self.status == ack.status and self.key == key
-
-    def acks(self, ids: list[bytes]) -> p.Ack:
-        return p.Ack(ids[0], self.time_ms, self.status, tuple(ids[1:]))
-
-
-@dataclass(frozen=True)
-class BrokerSettings:
-    host: str = "127.0.0.1"
-    port: int = 5555
-    pub_port: int = 5556
-    #: What WELCOME tells clients to connect their SUB to (--advertise-pub);
-    #: None: the PUB's own endpoint (see `advertised`).
-    advertise_pub: str | None = None
-    heartbeat_ms: int = 2000
-    timeout_ms: int = 6000
-    max_body: int = 65536
-    #: Per-peer queue limit on both sockets; see docs/PROTOCOL.md, "Limits".
-    hwm: int = 10000
-    store: str = ":memory:"
-    history_days: float = 30.0
-    rate: float = 0.0
-    burst: float = 100.0
-    #: The broker's CURVE key pair: with it both sockets encrypt (PROTOCOL.md 14).
-    curve: KeyPair | None = None
-    #: With CURVE: name key -> the only key it may use; None: trust on first use.
-    authorized: dict[str, str] | None = None
-    max_clients: int = 10_000
-    max_per_key: int = 8
-    max_rooms_per_user: int = CoreConfig.max_rooms_per_user  # one default, the core's
-    max_rooms: int = CoreConfig.max_rooms
-    cool_off: float = 60.0
-    #: Addresses or networks a flooder's address ban never applies to (gate.py).
-    ban_exempt: tuple[str, ...] = DEFAULT_EXEMPT
+def publish(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
+    """Send `frames` (topic first) as one message on the PUB, without blocking."""
+    for frame in frames[:-1]:
+        _send(sock, frame, MORE_NOBLOCK)
+    _send(sock, frames[-1], NOBLOCK)
 
 
 def endpoint(host: str, port: int) -> str:
@@ -236,40 +214,19 @@ class BrokerServer:
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
-        self.core = BrokerCore(CoreConfig(
-            pub_endpoint=advertised(settings.host, self.pub_endpoint, settings.advertise_pub),
-            heartbeat_ms=settings.heartbeat_ms,
-            timeout_ms=settings.timeout_ms,
-            max_body=settings.max_body,
-            history_days=settings.history_days,
-            rate=settings.rate,
-            authorized=settings.authorized,
-            max_clients=settings.max_clients,
-            max_per_key=settings.max_per_key,
-            max_rooms_per_user=settings.max_rooms_per_user,
-            max_rooms=settings.max_rooms,
-            burst=settings.burst,
-            cool_off=settings.cool_off,
-        ), store=store)  # fmt: skip
+        self.core = BrokerCore(
+            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store
+        )
+        self.core.failures.store_name = self._store_name()
         self._stopping = False
-        #: ACKs held until the store has committed, per sender, combined where they can be.
-        self._acks: dict[bytes, list[HeldAck]] = {}
-        #: Published messages wait for the store too: a number on a topic is
-        #: never seen by a subscriber before it is kept (PROTOCOL.md 6.2).
-        self._to_publish: list[p.Published] = []
-        #: Only a store on disk can fail a commit (a full disk): with one in memory a HISTORY
-        #: never waits for a commit to show only what is kept.
-        self._store_can_fail = not isinstance(store, MemoryStore)
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
         self._hangups: list[tuple[float, socket.socket]] = []
         #: The TCP peer of each connection that said HELLO, to know it again at a hangup (hangup.py).
         self._origins: dict[bytes, Peer] = {}
-        #: Since the store failed, until it takes messages again: logged once each way.
-        self._store_down = False
-        self._refused_before = 0
-        self._failures_seen: set[tuple[object, ...]] = set()
+        #: Only flood control hangs up: only then know the connections.
+        self._noting = settings.rate > 0
 
     def _encrypt(self, curve: KeyPair) -> None:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
@@ -308,7 +265,6 @@ class BrokerServer:
         next_sweep = time.time() + sweep_every
         router, core = self.router, self.core
         keyed = self.settings.curve is not None  # names are bound to keys only with CURVE
-        noting = self.settings.rate > 0  # only flood control hangs up: only then know the connections
         put_off = False  # the store has work waiting for an idle moment
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
@@ -328,135 +284,79 @@ class BrokerServer:
                         except zmq.Again:
                             break
                         self._current = first
-                        peer = first.bytes
-                        if noting and peer not in core.by_peer:  # a HELLO may come: know its connection
-                            self._note_origin(first)
-                        self._handle(peer, frames, now, str(first.get("User-Id")) if keyed else "")
+                        self._handle(first, frames, now, str(first.get("User-Id")) if keyed else "")
                         if handled % FLUSH_EVERY == 0:
-                            self._flush()
+                            self._feed(Flush(now))
                     self._current = None
-                    self._flush()
+                    self._feed(Flush(now))
                 elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = self._guarded("indexing for search", False, core.store.catch_up)
-                    self._commit()
+                    self._feed(Flush(time.time()))
                 now = time.time()
                 if self._hangups:
                     self._hang_up_due(now)
                 if now >= next_sweep:
-                    self._guarded("the liveness sweep", None, self._expire, now)
-                    self._flush()
+                    self._guarded("the liveness sweep", None, self._feed, Tick(now))
+                    self._feed(Flush(now))
                     self.gate.forget_expired(now)
                     self._forget_origins()
                     self._guarded("retention", None, core.maintain, now)
                     # A busy broker is never idle: index a batch for search now and then anyway.
                     put_off = self._guarded("indexing for search", False, core.store.catch_up) or put_off
-                    self._commit()
+                    self._feed(Flush(now))
                     next_sweep = now + sweep_every
             log.info("shutting down: telling %d clients", len(core.by_peer))
-            self._flush()
-            self._guarded("the shutdown notice", None, self._shutdown, time.time())
-            self._flush()
+            self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
             self.close()
 
-    def _handle(self, peer: bytes, frames: list[bytes], now: float, key: str) -> None:
-        """One message from a client, through the core; a failure answers it alone."""
-        core = self.core
-        command = core.decode(peer, frames, now)
-        if type(command) is list:  # refused or ignored as it came
-            self.apply(command)
-            return
-        assert not isinstance(command, list)
-        if isinstance(command, SHOWS_STORED) and self._may_show_unstored(command):
-            self._flush()  # it shows only what is stored, and what is not yet may be refused
+    def _handle(self, first: zmq.Frame, frames: list[bytes], now: float, key: str) -> None:
+        """One message from a client, decoded and fed to the core; a failure answers it alone."""
+        peer = first.bytes
+        msg_id = b""
         try:
-            self.apply(core.handle(peer, command, now, key))
-        except Exception as e:  # that one command failed, not the broker
-            self._failed(peer, command.msg_id, e)
+            event: Input
+            try:
+                command = p.decode_command(frames)
+            except p.ProtocolError as e:
+                if e.code == p.Code.BAD_VERSION and len(frames) > 1:
+                    self._answer_old_version(peer, e, now)
+                    return
+                event = Unreadable(peer, e, now)
+            else:
+                msg_id = command.msg_id
+                if self._noting and type(command) is p.Hello:
+                    self._note_origin(first)
+                event = _make(Command, (peer, command, now, key))
+            self.apply(self.core.handle(event))
+        except Exception as e:  # a fault outside the core's handlers (they have their own guard)
+            self._guarded("an error reply", None, self._feed, Failed(peer, msg_id, e, now))
 
-    def _may_show_unstored(self, command: p.HistoryRequest | p.Search) -> bool:
-        """Would this HISTORY or SEARCH read what a failed commit may yet refuse?
+    def _answer_old_version(self, peer: bytes, error: p.ProtocolError, now: float) -> None:
+        """A ZCHAT/1 client: its refusal goes out in ZCHAT/1's framing, which it reads (PROTOCOL.md 10)."""
+        for effect in self.core.handle(Unreadable(peer, error, now)):
+            if type(effect) is Reply and effect.peer == peer and type(effect.event) is p.Error:
+                refusal = effect.event
+                old = p.encode_old_error(refusal.msg_id, p.Code(refusal.code), refusal.text)
+                try:
+                    send(self.router, peer, old)
+                except zmq.ZMQError:  # gone, or not reading: nothing more to tell it
+                    self.core.counters["dropped.unreachable"] += 1
+            else:
+                self.apply([effect])
 
-        Cheap first: at a sign-in storm every client asks the lobby's HISTORY, and a
-        commit before each would cost one per client and keep ACKs from combining."""
-        if not self._store_can_fail:
-            return False
-        if type(command) is p.Search:  # finds private mail too: anything held may be in it
-            return bool(self._acks or self._to_publish)
-        return any(type(held.event) is p.Message for held in self._to_publish)  # a room's, not yet kept
-
-    def _failed(self, peer: bytes, msg_id: bytes, e: Exception) -> None:
-        """A command whose handling raised: answer it with an ERROR, log it once, go on.
-
-        What the handler did before it failed stays done: a resend of a message that was
-        kept after all is answered as a duplicate, never delivered twice."""
-        if isinstance(e, StoreFailed):  # a write the command needs cannot be made
-            self._store_failed(e)
-            code, text = Code.STORE_FAILED, NOT_DONE
-        else:
-            self._log_failure("a command", e)
-            code, text = Code.INTERNAL, FAILED
-        self.core.counters[f"refused.{code.name.lower()}"] += 1
-        try:
-            self._send(peer, p.encode(p.Error(msg_id, code, text, 0)))
-        except Exception as again:
-            self._log_failure("an error reply", again)
-
-    def _expire(self, now: float) -> None:
-        self.apply(self.core.expire(now))
-
-    def _shutdown(self, now: float) -> None:
-        self.apply(self.core.shutdown(now))
+    def _feed(self, event: Input) -> None:
+        self.apply(self.core.handle(event))
 
     def _guarded(self, what: str, otherwise: T, work: Callable[..., T], *args: object) -> T:
         """Periodic work of the core or the store: a failure is logged and the broker goes on."""
         try:
             return work(*args)
         except StoreFailed as e:
-            self._store_failed(e)
+            self.core.failures.store_failed(e)
         except Exception as e:
-            self._log_failure(what, e)
+            self.core.failures.failed(what, e)
         return otherwise
-
-    def _log_failure(self, what: str, e: BaseException) -> None:
-        """The traceback once per kind of failure (its type and the path it was raised
-        along): a client that can trigger a bug must not be able to flood the log with it."""
-        self.core.counters["failed"] += 1
-        where = (type(e).__name__, *((f.filename, f.lineno) for f in traceback.extract_tb(e.__traceback__)))
-        if where in self._failures_seen:
-            log.debug("%s failed again: %r", what, e)
-            return
-        if len(self._failures_seen) < FAILURES_LOGGED:
-            self._failures_seen.add(where)
-        log.error("%s failed; the broker goes on (repeats are counted, not logged)", what, exc_info=e)
-
-    def _store_failed(self, e: StoreFailed) -> None:
-        self.core.counters["store.failed"] += 1
-        if self._store_down:
-            log.debug("the store still cannot be written: %s", e)
-            return
-        self._store_down = True
-        self._refused_before = self.core.counters["refused.store_failed"]
-        log.error("the store %s cannot be written (%s): until it can, what must be kept is refused "
-                  "(ERROR %d) and the rest goes on", self._store_name(), e.__cause__ or e,
-                  Code.STORE_FAILED)  # fmt: skip
-
-    def _commit(self) -> frozenset[tuple[str, bytes]] | None:
-        """Commit the store: the messages it could not keep (StoreFailed.refused), or None
-        when it is not known what it kept (a failure that is not the store's own)."""
-        try:
-            wrote = self.core.store.commit()
-        except StoreFailed as e:
-            self._store_failed(e)
-            return e.refused
-        except Exception as e:
-            self._log_failure("storing", e)
-            return None
-        if wrote and self._store_down:
-            self._store_down = False
-            log.warning("the store %s is written again (%d messages refused meanwhile)", self._store_name(),
-                        self.core.counters["refused.store_failed"] - self._refused_before)  # fmt: skip
-        return frozenset()
 
     def _flood_control_line(self) -> str:
         """What an operator should know of flood control at start (SECURITY.md, limits)."""
@@ -479,25 +379,21 @@ class BrokerServer:
             return "store :memory:: nothing is kept across restarts"
         return f"store {self._store_name()}: history, mailboxes and names are kept there"
 
-    def apply(self, actions: list[Action]) -> None:
-        for action in actions:
-            kind = type(action)
-            if kind is Publish:
-                self._to_publish.append(action.published)  # type: ignore[union-attr]
-            elif kind is Forward:
-                self._forward(action)  # type: ignore[arg-type]
-            elif kind is Hangup:
-                self._hang_up_later(action)  # type: ignore[arg-type]
-            elif kind is SendOld:
-                self._send(action.peer, action.frames)  # type: ignore[union-attr]
+    def apply(self, effects: list[Effect]) -> None:
+        """Carry out the core's effects in order, encoded here and only here."""
+        for effect in effects:
+            kind = type(effect)
+            if kind is Reply:
+                self._send(effect.peer, effect.event)  # type: ignore[union-attr, arg-type]
+            elif kind is Deliver:
+                self._deliver(effect)  # type: ignore[arg-type]
+            elif kind is Publish:
+                # PUB never blocks: a subscriber whose queue is full loses
+                # the message, and sees the gap in the sequence numbers.
+                publish(self.pub, p.encode_published(effect))  # type: ignore[arg-type]
             else:
-                assert isinstance(action, SendTo)
-                message = action.message
-                if type(message) is p.Ack:
-                    session = self.core.by_peer.get(action.peer)
-                    self._ack_later(action.peer, message, session.key if session else "")
-                else:
-                    self._send(action.peer, p.encode(message))
+                assert isinstance(effect, Hangup)
+                self._hang_up_later(effect)
 
     def _answer_zap(self) -> None:
         """Answer libzmq's questions about new connections (gate.py)."""
@@ -543,105 +439,37 @@ class BrokerServer:
         for held in due:
             cut(held)
 
-    def _forward(self, forward: Forward) -> None:
+    def _deliver(self, delivery: Deliver) -> None:
+        """A private message: what becomes of it is the core's next input."""
         try:
-            send(self.router, forward.peer, p.encode(forward.message))
+            send(self.router, delivery.peer, p.encode(delivery.message))
         except zmq.Again:
-            self.apply(self.core.undeliverable(forward, busy=True, now=time.time()))
+            outcome: Input = Undelivered(delivery, True, time.time())
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
-            self.apply(self.core.undeliverable(forward, busy=False, now=time.time()))
+            outcome = Undelivered(delivery, False, time.time())
         else:
-            self.core.forwarded(forward)
-            # Handed to its recipient: delivered, so this ACK stands even if the store then
-            # fails (only the copy kept for search would be lost, see SqliteStore._fail).
-            self._ack_later(forward.sender, forward.ack, forward.sender_key)
+            outcome = _make(Delivered, (delivery,))
+        effects = self.core.handle(outcome)
+        if effects:  # a delivered one's ACK waits for the flush: usually none
+            self.apply(effects)
 
-    def _ack_later(self, peer: bytes, ack: p.Ack, key: str) -> None:
-        """Hold an ACK to combine it with the sender's next ones (PROTOCOL.md 5.2)."""
-        held = self._acks.get(peer)
-        if held is None:
-            self._acks[peer] = [HeldAck(key, ack)]
-        elif held[-1].takes(key, ack):
-            held[-1].ids += ack.ids()
-        else:
-            held.append(HeldAck(key, ack))
-
-    def _flush(self) -> None:
-        """Store, then publish and acknowledge what was handled since the last time.
-
-        Everything held is of the transaction committed here (a commit anywhere else
-        flushes too, see _send), so a failed commit can answer for all of it."""
-        refused = self._commit()  # an ACK promises the message is kept: store first
-        stored = refused is not None and not refused
-        pub = self.pub
-        for published in self._to_publish:
-            # A message never kept is never published either. Its number stays used
-            # (the store keeps it as such), so subscribers see a gap (PROTOCOL.md 6.2).
-            event = published.event
-            if (not stored and type(event) is p.Message
-                    and (refused is None or (event.sender.lower(), event.msg_id) in refused)):  # fmt: skip
-                continue
-            # PUB never blocks: a subscriber whose queue is full loses
-            # the message, and sees the gap in the sequence numbers.
-            _send(pub, p.encode_published(published)[0], NOBLOCK)
-        self._to_publish.clear()
-        for peer, held in self._acks.items():
-            for acks in held:
-                if stored:
-                    self._send_now(peer, p.encode(acks.acks(acks.ids)))
-                else:
-                    self._answer_unstored(peer, acks, refused)
-        self._acks.clear()
-
-    def _answer_unstored(
-        self, peer: bytes, held: HeldAck, refused: frozenset[tuple[str, bytes]] | None
-    ) -> None:
-        """After a failed commit: an ACK's ids that were not kept become ERRORs, in
-        their place among the others (replies keep the order of commands)."""
-        if refused is None:  # the store failed in a way of its own: nothing is known kept
-            for msg_id in held.ids:
-                self.core.counters["refused.internal"] += 1
-                self._send_now(peer, p.encode(p.Error(msg_id, Code.INTERNAL, FAILED, 0)))
-            return
-        run: list[bytes] = []
-        for msg_id in held.ids:
-            if (held.key, msg_id) not in refused:
-                run.append(msg_id)
-                continue
-            if run:
-                self._send_now(peer, p.encode(held.acks(run)))
-                run = []
-            self.core.counters["refused.store_failed"] += 1
-            self._send_now(peer, p.encode(p.Error(msg_id, Code.STORE_FAILED, NOT_STORED, 0)))
-        if run:
-            self._send_now(peer, p.encode(held.acks(run)))
-
-    def _send(self, peer: bytes, frames: list[bytes]) -> None:
-        """Any other reply: the peer's held ACKs go first, so replies keep their order.
-
-        They go out only stored, and with them everything else held: every held
-        ACK and publish then belongs to the one transaction the next commit ends."""
-        if peer in self._acks:
-            self._flush()
-        self._send_now(peer, frames)
-
-    def _send_now(self, peer: bytes, frames: list[bytes]) -> None:
+    def _send(self, peer: bytes, event: p.ServerEvent) -> None:
         core = self.core
         try:
-            send(self.router, peer, frames)
+            send(self.router, peer, p.encode(event))
         except zmq.Again:
             core.counters["dropped.busy"] += 1
-            core.queue_full(peer, time.time())  # a stuck client is dropped by the sweep
+            core.handle(Blocked(peer, time.time()))  # a stuck client is dropped by the sweep
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
             # A reply to a peer that is gone: the liveness sweep drops it.
             core.counters["dropped.unreachable"] += 1
         else:
-            if core.stuck:
-                core.queue_drained(peer)
+            if core.stuck:  # only then may it be one that reads again
+                core.handle(Unblocked(peer))
 
     def close(self) -> None:
         try:

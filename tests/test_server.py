@@ -17,6 +17,7 @@ import zmq
 
 from tests.stores import BIG, FaultyStore, FillingStore
 from tests.support import Broker, start_broker, wait_for
+from zchat.broker.core import Flush
 from zchat.broker.server import BrokerServer, BrokerSettings, receive
 from zchat.broker.store import Store
 from zchat.common import protocol as p
@@ -279,8 +280,8 @@ def test_a_history_in_the_same_wake_up_shows_only_what_is_stored(
         for _ in range(count):
             assert server.router.poll(10_000)
             first, frames = receive(server.router)
-            server._handle(first.bytes, frames, time.time(), "")
-        server._flush()
+            server._handle(first, frames, time.time(), "")
+        server._feed(Flush(time.time()))
 
     try:
         alice.send(b"HELLO", b"h", "alice", "", p.VERSION)
