@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -99,9 +100,9 @@ class WebUser:
         return reply
 
     def expect(self, match: Any, timeout: float = 10.0, what: str = "event") -> dict[str, Any]:
-        for event in self.seen:
-            if match(event):
-                return event
+        for old in self.seen:
+            if match(old):
+                return old
         deadline = time.monotonic() + timeout
         while (left := deadline - time.monotonic()) > 0:
             try:
@@ -124,3 +125,76 @@ class WebUser:
 
     def close(self) -> None:
         self.ws.close()
+
+
+class CuttableProxy:
+    """A TCP forwarder on 127.0.0.1 whose connections the test can cut, as a network would:
+    between a browser and the gateway, it drops the page's WebSocket and keeps it away."""
+
+    def __init__(self, target_port: int) -> None:
+        import socket
+        import threading
+
+        self.target_port = target_port
+        self.up = True
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        self.open: list[socket.socket] = []
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                inbound, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                inbound.close()
+                continue
+            try:
+                outbound = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                inbound.close()
+                continue
+            with self.lock:
+                self.open += [inbound, outbound]
+            for a, b in ((inbound, outbound), (outbound, inbound)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: Any, sink: Any) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                with contextlib.suppress(OSError):
+                    s.shutdown(2)
+
+    def cut(self) -> None:
+        """Drop every connection through it and refuse new ones until restore()."""
+        self.up = False
+        with self.lock:
+            for s in self.open:
+                with contextlib.suppress(OSError):
+                    s.shutdown(2)
+                s.close()
+            self.open.clear()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
