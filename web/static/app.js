@@ -14,6 +14,7 @@ const state = {
   outbox: [], // commands not known to have reached the gateway: sent again after a resume
   broker: "connecting", // the library's state at the gateway: online, reconnecting, ...
   quitting: false,
+  startingOver: 0, // after a reset: sign-in attempts so far
   retry: 0,
   convs: new Map(), // key ("*", "#room", "@name") -> conversation
   current: LOBBY,
@@ -94,6 +95,12 @@ function receive(e) {
       startOver(e.text);
       break;
     case "refused":
+      if (state.startingOver && e.code === 623 && state.startingOver++ < 10) {
+        // The old session may hold the name until the broker's heartbeat timeout ends it.
+        setTimeout(() => state.open && !state.session && hello(state.me), 2000);
+        break;
+      }
+      state.startingOver = 0;
       state.me = "";
       showSignIn(e.text);
       break;
@@ -110,6 +117,7 @@ function receive(e) {
 }
 
 function started(e) {
+  state.startingOver = 0;
   state.me = e.name;
   state.session = e.session;
   state.broker = e.state;
@@ -135,6 +143,7 @@ function startOver(why) {
   conv(LOBBY);
   show(LOBBY);
   notice(LOBBY, `Started over: ${why}.`, "notice");
+  state.startingOver = 1;
   if (state.me) hello(state.me);
   else showSignIn("");
 }
@@ -534,4 +543,7 @@ const known = JSON.parse(localStorage.getItem("zchat-invite") || "null");
 $("name").value = sessionStorage.getItem("zchat-name") || (known ? known.name : "");
 conv(LOBBY);
 show(LOBBY);
-if (state.session) connect();
+if (state.session) {
+  state.me = sessionStorage.getItem("zchat-name") || ""; // a reload: resume, or sign in again as before
+  connect();
+}
