@@ -353,3 +353,29 @@ def test_everything_has_an_accessible_name_and_works_from_the_keyboard(
     assert unnamed == []
     expect(log_of(page, "#keys")).to_have_attribute("aria-live", "polite")  # a live region
     shot(page, "keyboard")
+
+
+def test_scrolling_back_loads_earlier_history_in_order_once(
+    browser: Browser, gateway: WebGateway, broker: Broker
+) -> None:
+    with chat("old", broker.endpoint) as old:
+        old.client.enter("#old").wait(5)
+        for i in range(60):
+            old.client.send("#old", f"old message {i:02}")
+        assert old.client.flush(10)
+    page = new_page(browser)
+    sign_in(page, gateway.url, "reader")
+    say(page, "/join #old")
+    log = log_of(page, "#old")
+    expect(log).to_contain_text("old message 59", timeout=WAIT)
+    expect(log.locator("li", has_text="old message 10")).to_have_count(1, timeout=WAIT)  # the last 50
+    expect(log.locator("li", has_text="old message 09")).to_have_count(0)
+    log.evaluate("log => log.scrollTop = 0")  # scrolling to the top asks for more
+    expect(log.locator("li", has_text="old message 00")).to_have_count(1, timeout=WAIT)
+    texts = [t for t in log.locator("li .text").all_inner_texts() if t.startswith("old message")]
+    assert texts == [f"old message {i:02}" for i in range(60)]  # in order, each once
+    page.get_by_role("button", name="Load earlier messages").click()
+    expect(log).to_contain_text("no earlier messages", timeout=WAIT)
+    expect(page.get_by_role("button", name="Load earlier messages")).to_be_disabled()
+    shot(page, "earlier-history")
+    page.context.close()

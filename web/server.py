@@ -45,11 +45,12 @@ SECURITY_HEADERS = (
 )
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
          ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
-SEND_TIMEOUT = 10.0  # seconds one event may take to reach the browser before it is dropped
+SEND_TIMEOUT = 10.0  # seconds a batch of events may take to reach the browser before it is dropped
 HELLO_TIMEOUT = 60.0  # seconds a new WebSocket may take to sign in or resume
 EXPIRE_EVERY = 1.0
 MAX_FRAME = 256 * 1024  # a command: a message of the broker's largest and its JSON escapes
 WRITE_LIMIT = 64 * 1024  # bytes buffered for one browser before a send waits
+STOP_TIMEOUT = 15.0  # seconds for each step of stopping: sessions signing out, WebSockets closing
 
 
 def static_files() -> dict[str, tuple[bytes, str]]:
@@ -84,6 +85,7 @@ class Gateway:
         self.sessions = Sessions(self.settings, self.executor)
         self.refused_origins = 0
         self.closing: set[asyncio.Task[None]] = set()  # old WebSockets of resumed sessions
+        self.stopping = False
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -173,6 +175,9 @@ class Gateway:
             if keys is None:
                 await self.refuse(ws, schema.NOT_INVITED, f"{name} needs an invitation to sign in here")
                 return None
+        if self.stopping:
+            await self.refuse(ws, schema.FULL, "the gateway is stopping: try again in a moment")
+            return None
         if len(self.sessions) >= self.settings.max_sessions:
             await self.refuse(ws, schema.FULL, "the gateway is full: try again later")
             return None
@@ -227,14 +232,18 @@ class Gateway:
                 if not pending:
                     await session.changed.wait()
                     continue
-                for eid, text in pending:
-                    await asyncio.wait_for(ws.send(text), SEND_TIMEOUT)
-                    session.cursor = eid
+                await asyncio.wait_for(self.send_all(ws, session, pending), SEND_TIMEOUT)
         except TimeoutError:
             log.warning("%s: the browser took over %gs to take an event: dropped", session.name, SEND_TIMEOUT)
             ws.transport.abort()
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    async def send_all(ws: ServerConnection, session: Session, pending: list[tuple[int, str]]) -> None:
+        for eid, text in pending:
+            await ws.send(text)  # waits while more than WRITE_LIMIT is buffered for this browser
+            session.cursor = eid
 
     @staticmethod
     async def send(ws: ServerConnection, data: dict[str, Any]) -> None:
@@ -252,25 +261,40 @@ class Gateway:
         """Serve until `stop` is set (or SIGINT/SIGTERM), then sign every session out."""
         stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+
+        def stop_soon(signum: int, frame: object) -> None:
+            # Not loop.add_signal_handler: that passes the signal through the loop's
+            # self-pipe, which the poller threads' call_soon_threadsafe can fill, losing it.
+            loop.call_soon_threadsafe(stop.set)
+
         for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(ValueError, RuntimeError):  # not the main thread
-                loop.add_signal_handler(sig, stop.set)
-        async with serve(self.connection, host, port, process_request=self.process_request, max_size=MAX_FRAME,
-                         write_limit=WRITE_LIMIT, server_header=None) as server:  # fmt: skip
-            bound = server.sockets[0].getsockname()[1]
-            if not self.origins:
-                self.origins = default_origins(host, bound)
-            log.info("serving the page on http://%s:%d/ and the WebSocket on /ws; broker %s%s",
-                     host, bound, self.settings.broker, " (CURVE: sign-in by invitation)" if self.invites
-                     else "")  # fmt: skip
-            log.info("WebSocket origins allowed: %s", " ".join(sorted(self.origins)))
-            if started is not None:
-                started.set_result(server)
-            expiry = asyncio.create_task(self.expire())
+            with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
+                signal.signal(sig, stop_soon)
+        server = await serve(self.connection, host, port, process_request=self.process_request,
+                             max_size=MAX_FRAME, write_limit=WRITE_LIMIT, server_header=None)  # fmt: skip
+        bound = server.sockets[0].getsockname()[1]
+        if not self.origins:
+            self.origins = default_origins(host, bound)
+        log.info("serving the page on http://%s:%d/ and the WebSocket on /ws; broker %s%s",
+                 host, bound, self.settings.broker, " (CURVE: sign-in by invitation)" if self.invites
+                 else "")  # fmt: skip
+        log.info("WebSocket origins allowed: %s", " ".join(sorted(self.origins)))
+        if started is not None:
+            started.set_result(server)
+        expiry = asyncio.create_task(self.expire())
+        try:
             await stop.wait()
+        finally:
             expiry.cancel()
-            server.close(close_connections=False)
-            await self.sessions.end_all("the gateway stops")
-            for ws in list(server.connections):
-                await ws.close(1001, "the gateway stops")
-        self.executor.shutdown(wait=False)
+            self.stopping = True  # no new sign-ins while the others sign out
+            try:
+                await asyncio.wait_for(self.sessions.end_all("the gateway stops"), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("some sessions did not sign out within %gs", STOP_TIMEOUT)
+            server.close()  # and every WebSocket, with 1001
+            try:
+                await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("some WebSockets did not close within %gs", STOP_TIMEOUT)
+            self.executor.shutdown(wait=False)
+            log.info("the gateway stopped")

@@ -44,10 +44,10 @@ class Settings:
 class Session:
     """One browser tab's chat: its Client, its log of events, the commands it has run."""
 
-    def __init__(self, name: str, loop: asyncio.AbstractEventLoop, log_events: int) -> None:
+    def __init__(self, name: str, inbox: Inbox, log_events: int) -> None:
         self.token = secrets.token_urlsafe(24)
         self.name = name
-        self.loop = loop
+        self.inbox = inbox
         self.client: Client | None = None
         self.log: deque[tuple[int, str]] = deque(maxlen=log_events)
         self.next_eid = 1
@@ -63,8 +63,7 @@ class Session:
 
     def from_library(self, event: ev.Event) -> None:
         """The Client's on_event: on its poller thread, so hand the event to the loop."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway is shutting down
-            self.loop.call_soon_threadsafe(self.add, to_data(event))
+        self.inbox.put(self, event)
 
     def add(self, data: dict[str, Any]) -> None:
         eid = self.next_eid
@@ -125,6 +124,33 @@ class Session:
             client.search(command.text("words"))
 
 
+class Inbox:
+    """Events from every session's poller thread, handed to the loop in batches.
+
+    One call_soon_threadsafe per batch, not per event: a presence broadcast reaches every
+    session at once, and each call writes to the loop's self-pipe.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.events: deque[tuple[Session, ev.Event]] = deque()
+        self.scheduled = False
+
+    def put(self, session: Session, event: ev.Event) -> None:  # on a poller thread
+        self.events.append((session, event))
+        if not self.scheduled:
+            self.scheduled = True
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway is stopping
+                self.loop.call_soon_threadsafe(self.flush)
+
+    def flush(self) -> None:  # on the loop
+        self.scheduled = False  # first: what comes while we drain schedules the next flush
+        events = self.events
+        while events:
+            session, event = events.popleft()
+            session.add(to_data(event))
+
+
 class Sessions:
     """Every session of the gateway, by token; signs in, resumes and ends them."""
 
@@ -132,6 +158,7 @@ class Sessions:
         self.settings = settings
         self.executor = executor
         self.by_token: dict[str, Session] = {}
+        self.inbox: Inbox | None = None  # made on the loop, at the first sign-in
 
     def __len__(self) -> int:
         return len(self.by_token)
@@ -139,7 +166,9 @@ class Sessions:
     async def sign_in(self, name: str, keys: KeyPair | None) -> Session:
         """A new session registered at the broker as `name`; ConnectError if refused."""
         loop = asyncio.get_running_loop()
-        session = Session(name, loop, self.settings.log_events)
+        if self.inbox is None:
+            self.inbox = Inbox(loop)
+        session = Session(name, self.inbox, self.settings.log_events)
         s = self.settings
         client = Client(name, s.broker, connect_timeout=s.connect_timeout, on_event=session.from_library,
                         server_key=s.server_key, keys=keys)  # fmt: skip

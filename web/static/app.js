@@ -192,6 +192,7 @@ function event(e) {
       break;
     case "history": {
       const c = conv(e.room);
+      c.asking = false;
       if (e.count === 0) {
         c.complete = true;
         notice(e.room, "no earlier messages", "notice", true);
@@ -232,7 +233,7 @@ function message(m) {
   if (c.ids.has(m.id)) return;
   c.ids.add(m.id);
   const mine = m.from.toLowerCase() === state.me.toLowerCase();
-  add(c, entry(m, mine), m.time);
+  add(c, entry(m, mine), m.time, m.seq || 0);
   if (!m.history && !mine) {
     const mention = new RegExp(`(^|\\W)@?${state.me.replace(/[.]/g, "\\.")}(\\W|$)`, "i").test(m.text);
     unread(c, m.kind === "private" || mention, m);
@@ -312,12 +313,18 @@ function show(key) {
   title();
 }
 
-function add(c, li, time) {
+function add(c, li, time, seq = 0) {
   li.dataset.time = time || "";
-  // In time order: history pages arrive after what is shown, and go before it.
+  li.dataset.seq = String(seq);
+  // In time order (and the room's order within a millisecond): history pages arrive
+  // after what is shown, and go before it.
+  const later = (node) => {
+    if (node.dataset.time !== li.dataset.time) return node.dataset.time > li.dataset.time;
+    return Number(node.dataset.seq) > seq && seq > 0;
+  };
   let before = null;
   for (let node = c.log.lastElementChild; node; node = node.previousElementSibling) {
-    if (!node.dataset.time || node.dataset.time <= li.dataset.time) break;
+    if (!node.dataset.time || !later(node)) break;
     before = node;
   }
   const atEnd = c.log.scrollTop + c.log.clientHeight >= c.log.scrollHeight - 4;
@@ -445,7 +452,7 @@ function earlier() {
   const c = state.convs.get(state.current);
   if (!c || c.complete || c.key.startsWith("@") || c.asking) return;
   c.asking = true;
-  setTimeout(() => (c.asking = false), 1000);
+  setTimeout(() => (c.asking = false), 5000); // in case the answer never comes
   command("history", { room: c.key, before: -1, count: 50 });
 }
 
