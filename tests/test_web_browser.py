@@ -353,6 +353,12 @@ def test_everything_has_an_accessible_name_and_works_from_the_keyboard(
     assert unnamed == []
     expect(log_of(page, "#keys")).to_have_attribute("aria-live", "polite")  # a live region
     shot(page, "keyboard")
+    # A reload resumes the session from the start of its log: all shown again, once.
+    page.reload()
+    expect(page.get_by_role("heading", name="#keys")).to_be_visible(timeout=WAIT)
+    open_conversation(page, "Lobby")
+    expect(log_of(page, "the lobby").locator("li", has_text="/join #ROOM")).to_have_count(1, timeout=WAIT)
+    expect(page.get_by_label("Name")).to_be_hidden()
 
 
 def test_scrolling_back_loads_earlier_history_in_order_once(

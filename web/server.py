@@ -50,6 +50,8 @@ HELLO_TIMEOUT = 60.0  # seconds a new WebSocket may take to sign in or resume
 EXPIRE_EVERY = 1.0
 MAX_FRAME = 256 * 1024  # a command: a message of the broker's largest and its JSON escapes
 WRITE_LIMIT = 64 * 1024  # bytes buffered for one browser before a send waits
+# No permessage-deflate: chat events are small, and deflate costs CPU per message and a
+# compressor's memory per connection (and mixes secrets with attacker text: CRIME/BREACH).
 STOP_TIMEOUT = 15.0  # seconds for each step of stopping: sessions signing out, WebSockets closing
 
 
@@ -271,7 +273,8 @@ class Gateway:
             with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
                 signal.signal(sig, stop_soon)
         server = await serve(self.connection, host, port, process_request=self.process_request,
-                             max_size=MAX_FRAME, write_limit=WRITE_LIMIT, server_header=None)  # fmt: skip
+                             max_size=MAX_FRAME, write_limit=WRITE_LIMIT, server_header=None,
+                             compression=None)  # fmt: skip
         bound = server.sockets[0].getsockname()[1]
         if not self.origins:
             self.origins = default_origins(host, bound)

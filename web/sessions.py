@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -38,7 +39,7 @@ class Settings:
     connect_timeout: float = 5.0
     resume_window: float = 60.0  # seconds a session waits for its page to come back
     log_events: int = 1000  # events kept per session for a resume
-    max_sessions: int = 2000
+    max_sessions: int = 250
 
 
 class Session:
@@ -66,9 +67,13 @@ class Session:
         self.inbox.put(self, event)
 
     def add(self, data: dict[str, Any]) -> None:
+        self.add_encoded(encode(data))
+
+    def add_encoded(self, body: str) -> None:
+        """`body`: a JSON object, to which the next eid is added (first, for readers' eyes)."""
         eid = self.next_eid
         self.next_eid += 1
-        self.log.append((eid, encode({"eid": eid, **data})))
+        self.log.append((eid, f'{{"eid": {eid}, {body[1:]}' if body != "{}" else f'{{"eid": {eid}}}'))
         self.changed.set()
 
     def since(self, eid: int) -> list[tuple[int, str]] | None:
@@ -86,7 +91,7 @@ class Session:
     # --- script.execute's Output -----------------------------------------------------
 
     def __call__(self, event: ev.Event) -> None:
-        self.add(to_data(event))
+        self.add_encoded(encoded(event))
 
     def show_help(self) -> None:
         self.add({"type": "help", "text": cmd.HELP})
@@ -124,6 +129,16 @@ class Session:
             client.search(command.text("words"))
 
 
+@functools.lru_cache(maxsize=4096)
+def encoded(event: ev.Event) -> str:
+    """The event's JSON: a broadcast or a presence reaches every session as an equal event
+    (each decoded by its own poller), so it is encoded once, not once per session."""
+    return encode(to_data(event))
+
+
+FLUSH_AT_MOST = 2000  # events handed to sessions per turn of the loop
+
+
 class Inbox:
     """Events from every session's poller thread, handed to the loop in batches.
 
@@ -146,9 +161,13 @@ class Inbox:
     def flush(self) -> None:  # on the loop
         self.scheduled = False  # first: what comes while we drain schedules the next flush
         events = self.events
-        while events:
+        # Only what is there now: threads that keep adding must not keep the loop here.
+        for _ in range(min(len(events), FLUSH_AT_MOST)):
             session, event = events.popleft()
-            session.add(to_data(event))
+            session.add_encoded(encoded(event))
+        if events and not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.flush)  # after the loop's other work (sends, commands, signals)
 
 
 class Sessions:
