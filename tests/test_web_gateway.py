@@ -208,3 +208,12 @@ def test_the_gateway_stops_cleanly_signing_everyone_out(tmp_path: Path, broker: 
         kim.expect(lambda e: isinstance(e, ev.Presence) and e.name == "jo" and e.event == "leave",
                    what="jo signed out")  # fmt: skip
     wait_for(lambda: own.process.poll() is not None)
+
+
+def test_without_websockets_zchat_web_names_the_extra_to_install() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys; sys.modules['websockets'] = None\nfrom zchat.common.cli import main; main(['web'])"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 1 and "zchat[web]" in done.stderr
