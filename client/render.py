@@ -200,6 +200,11 @@ def iso(t: datetime) -> str:
 
 def to_json(event: ev.Event) -> str:
     """One JSON object for `--json`; README lists the fields."""
+    return json.dumps(to_data(event), ensure_ascii=False)
+
+
+def to_data(event: ev.Event) -> dict[str, Any]:
+    """The event as `--json` writes it, before encoding (the web gateway sends the same)."""
     data: dict[str, Any]
     if isinstance(event, ev.Message):
         data = message_json(event)
@@ -213,8 +218,12 @@ def to_json(event: ev.Event) -> str:
                 "time": iso(event.time)}  # fmt: skip
         if event.command != "send":
             data["command"] = event.command
+        if event.text:
+            data["text"] = event.text
     elif isinstance(event, ev.Receipt):
         data = {"type": "receipt", "id": event.msg_id, "to": event.recipient, "time": iso(event.time)}
+        if event.text:
+            data["text"] = event.text
     elif isinstance(event, ev.RoomList):
         data = {"type": "rooms", "rooms": [{"room": room, "members": count} for room, count in event.sizes],
                 "mine": list(event.mine)}  # fmt: skip
@@ -237,7 +246,7 @@ def to_json(event: ev.Event) -> str:
             data["room"] = event.room
     else:
         data = {"type": "status", "state": event.state.value, "text": event.detail}
-    return json.dumps(data, ensure_ascii=False)
+    return data
 
 
 def message_json(m: ev.Message) -> dict[str, Any]:

@@ -1,0 +1,1 @@
+"""zchat in the browser: a WebSocket gateway (`zchat web`) and the page it serves."""

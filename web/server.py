@@ -1,0 +1,303 @@
+"""The gateway's shell: HTTP for the page, WebSocket at /ws, on one asyncio loop (websockets).
+
+Each WebSocket signs in (or resumes) one session of sessions.py and then carries its
+commands in and its events out. Sends to a browser are awaited one by one with a deadline:
+a browser that does not keep up is dropped (its session waits to be resumed), never
+buffered for without limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http
+import logging
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.datastructures import Headers
+from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
+
+from zchat.common.protocol import valid_name
+from zchat.web import schema
+from zchat.web.invites import Invites
+from zchat.web.sessions import ConnectError, Session, Sessions, Settings
+
+log = logging.getLogger("zchat.web")
+
+#: The page may load its own files only: no inline script or style, nothing from elsewhere.
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+SECURITY_HEADERS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+    ("X-Frame-Options", "DENY"),
+    ("Cache-Control", "no-cache"),
+)
+TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+         ".css": "text/css; charset=utf-8", ".svg": "image/svg+xml"}  # fmt: skip
+SEND_TIMEOUT = 10.0  # seconds a batch of events may take to reach the browser before it is dropped
+HELLO_TIMEOUT = 60.0  # seconds a new WebSocket may take to sign in or resume
+EXPIRE_EVERY = 1.0
+MAX_FRAME = 256 * 1024  # a command: a message of the broker's largest and its JSON escapes
+WRITE_LIMIT = 64 * 1024  # bytes buffered for one browser before a send waits
+# No permessage-deflate: chat events are small, and deflate costs CPU per message and a
+# compressor's memory per connection (and mixes secrets with attacker text: CRIME/BREACH).
+STOP_TIMEOUT = 15.0  # seconds for each step of stopping: sessions signing out, WebSockets closing
+
+
+def static_files() -> dict[str, tuple[bytes, str]]:
+    """URL path -> (body, content type), read once from the package's static folder."""
+    folder = resources.files("zchat.web") / "static"
+    files: dict[str, tuple[bytes, str]] = {}
+    for item in folder.iterdir():
+        suffix = "." + item.name.rsplit(".", 1)[-1]
+        if item.is_file() and suffix in TYPES:
+            files[f"/static/{item.name}"] = (item.read_bytes(), TYPES[suffix])
+    files["/"] = files["/static/index.html"]
+    return files
+
+
+def default_origins(host: str, port: int) -> set[str]:
+    """The page's own origins when reached where the gateway listens."""
+    hosts = {host}
+    if host in ("127.0.0.1", "localhost", "::1"):
+        hosts |= {"127.0.0.1", "localhost", "[::1]"}
+    return {f"http://{h}:{port}" for h in hosts}
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    invites: Invites | None = None  # with a CURVE broker: who may sign in as whom
+    origins: set[str] = field(default_factory=set)  # filled from where it listens if empty
+    files: dict[str, tuple[bytes, str]] = field(default_factory=static_files)
+    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(64, "zchat-web"))
+
+    def __post_init__(self) -> None:
+        self.sessions = Sessions(self.settings, self.executor)
+        self.refused_origins = 0
+        self.closing: set[asyncio.Task[None]] = set()  # old WebSockets of resumed sessions
+        self.stopping = False
+
+    # --- HTTP -------------------------------------------------------------------------
+
+    def process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """websockets' process_request: the page's files, and the Origin check of /ws."""
+        path = request.path.split("?", 1)[0]
+        if path == "/ws":
+            origin = request.headers.get("Origin")
+            # Browsers always send Origin on a WebSocket; a program without one is no
+            # visitor's browser tricked by another site, and could claim any origin anyway.
+            if origin is not None and origin not in self.origins:
+                self.refused_origins += 1
+                log.warning("refused a WebSocket from origin %r", origin[:200])
+                return self.respond(http.HTTPStatus.FORBIDDEN, b"origin not allowed\n", "text/plain")
+            return None
+        found = self.files.get(path)
+        if found is None:
+            return self.respond(http.HTTPStatus.NOT_FOUND, b"not found\n", "text/plain")
+        return self.respond(http.HTTPStatus.OK, *found)
+
+    @staticmethod
+    def respond(status: http.HTTPStatus, body: bytes, content_type: str) -> Response:
+        headers = Headers([("Content-Type", content_type), ("Content-Length", str(len(body))),
+                           ("Connection", "close"), *SECURITY_HEADERS])  # fmt: skip
+        return Response(status.value, status.phrase, headers, body)
+
+    # --- WebSocket --------------------------------------------------------------------
+
+    async def connection(self, ws: ServerConnection) -> None:
+        """One WebSocket: sign in or resume, then commands in and events out."""
+        try:
+            session = await asyncio.wait_for(self.attach(ws), HELLO_TIMEOUT)
+        except (TimeoutError, ConnectionClosed):
+            return
+        if session is None:
+            return
+        pump = asyncio.create_task(self.pump(ws, session))
+        try:
+            async for raw in ws:
+                try:
+                    command = schema.parse(raw)
+                except schema.BadCommand as e:
+                    await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": str(e)})
+                    continue
+                if command.type == "quit":
+                    await self.sessions.end(session, "quit")
+                    await self.send(ws, {"type": "bye"})
+                    break
+                session.run(command)
+        except ConnectionClosed:
+            pass
+        finally:
+            pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pump
+            if session.attached is ws:
+                session.attached = None
+                session.detached_at = time.monotonic()
+
+    async def attach(self, ws: ServerConnection) -> Session | None:
+        """Read hello or resume until one succeeds; None when the WebSocket closes first."""
+        async for raw in ws:
+            try:
+                command = schema.parse(raw)
+            except schema.BadCommand as e:
+                await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": str(e)})
+                continue
+            if command.type == "hello":
+                session = await self.hello(ws, command)
+            elif command.type == "resume":
+                session = await self.resume(ws, command)
+            else:
+                await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": "sign in first"})
+                continue
+            if session is not None:
+                return session
+        return None
+
+    async def hello(self, ws: ServerConnection, command: schema.Command) -> Session | None:
+        name = command.text("name")
+        if not valid_name(name):
+            await self.refuse(ws, 400, "a name is 1-32 letters, digits, '_', '-' or '.'")
+            return None
+        keys = None
+        if self.invites is not None:
+            keys = self.invites.check(name, command.text("invite"))
+            if keys is None:
+                await self.refuse(ws, schema.NOT_INVITED, f"{name} needs an invitation to sign in here")
+                return None
+        if self.stopping:
+            await self.refuse(ws, schema.FULL, "the gateway is stopping: try again in a moment")
+            return None
+        if len(self.sessions) >= self.settings.max_sessions:
+            await self.refuse(ws, schema.FULL, "the gateway is full: try again later")
+            return None
+        try:
+            session = await self.sessions.sign_in(name, keys)
+        except ConnectError as e:
+            await self.refuse(ws, schema.SIGN_IN_FAILED, f"cannot sign in as {name}: {e}")
+            return None
+        await self.take(ws, session, {"type": "welcome"})
+        return session
+
+    async def resume(self, ws: ServerConnection, command: schema.Command) -> Session | None:
+        session = self.sessions.find(command.text("session"))
+        if session is None:
+            await self.send(ws, {"type": "reset", "text": "that session is over (or the gateway restarted)"})
+            return None
+        if session.since(command.number("last")) is None:
+            await self.sessions.end(session, "its page fell too far behind")
+            await self.send(ws, {"type": "reset", "text": "too much happened while you were away"})
+            return None
+        await self.take(ws, session, {"type": "resumed"}, last=command.number("last"))
+        return session
+
+    async def take(
+        self, ws: ServerConnection, session: Session, reply: dict[str, Any], last: int = 0
+    ) -> None:
+        old = session.attached
+        session.attached, session.detached_at = ws, None
+        session.cursor = last
+        if isinstance(old, ServerConnection):  # the same page again, on a new WebSocket
+            closing = asyncio.create_task(old.close(4001, "resumed elsewhere"))
+            self.closing.add(closing)
+            closing.add_done_callback(self.closing.discard)
+        client = session.client
+        await self.send(ws, {**reply, "session": session.token, "name": session.name,
+                             "last_cid": session.last_cid, "last_eid": session.last_eid,
+                             "state": client.state.value if client else "closed",
+                             "resume_window": self.settings.resume_window})  # fmt: skip
+
+    async def refuse(self, ws: ServerConnection, code: int, text: str) -> None:
+        await self.send(ws, {"type": "refused", "code": code, "text": text})
+
+    async def pump(self, ws: ServerConnection, session: Session) -> None:
+        """Send the session's events to this browser, in order, each within SEND_TIMEOUT."""
+        try:
+            while True:
+                session.changed.clear()
+                pending = session.since(session.cursor)
+                if pending is None:
+                    await ws.close(4002, "fell behind")
+                    return
+                if not pending:
+                    await session.changed.wait()
+                    continue
+                await asyncio.wait_for(self.send_all(ws, session, pending), SEND_TIMEOUT)
+        except TimeoutError:
+            log.warning("%s: the browser took over %gs to take an event: dropped", session.name, SEND_TIMEOUT)
+            ws.transport.abort()
+        except ConnectionClosed:
+            pass
+
+    @staticmethod
+    async def send_all(ws: ServerConnection, session: Session, pending: list[tuple[int, str]]) -> None:
+        for eid, text in pending:
+            await ws.send(text)  # waits while more than WRITE_LIMIT is buffered for this browser
+            session.cursor = eid
+
+    @staticmethod
+    async def send(ws: ServerConnection, data: dict[str, Any]) -> None:
+        await asyncio.wait_for(ws.send(schema.encode(data)), SEND_TIMEOUT)
+
+    # --- lifetime ---------------------------------------------------------------------
+
+    async def expire(self) -> None:
+        while True:
+            await asyncio.sleep(EXPIRE_EVERY)
+            await self.sessions.expire()
+
+    async def serve(self, host: str, port: int, started: asyncio.Future[Server] | None = None,
+                    stop: asyncio.Event | None = None) -> None:  # fmt: skip
+        """Serve until `stop` is set (or SIGINT/SIGTERM), then sign every session out."""
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+
+        def stop_soon(signum: int, frame: object) -> None:
+            # Not loop.add_signal_handler: that passes the signal through the loop's
+            # self-pipe, which the poller threads' call_soon_threadsafe can fill, losing it.
+            loop.call_soon_threadsafe(stop.set)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(ValueError):  # not the main thread: the caller stops us
+                signal.signal(sig, stop_soon)
+        server = await serve(self.connection, host, port, process_request=self.process_request,
+                             max_size=MAX_FRAME, write_limit=WRITE_LIMIT, server_header=None,
+                             compression=None)  # fmt: skip
+        bound = server.sockets[0].getsockname()[1]
+        if not self.origins:
+            self.origins = default_origins(host, bound)
+        log.info("serving the page on http://%s:%d/ and the WebSocket on /ws; broker %s%s",
+                 host, bound, self.settings.broker, " (CURVE: sign-in by invitation)" if self.invites
+                 else "")  # fmt: skip
+        log.info("WebSocket origins allowed: %s", " ".join(sorted(self.origins)))
+        if started is not None:
+            started.set_result(server)
+        expiry = asyncio.create_task(self.expire())
+        try:
+            await stop.wait()
+        finally:
+            expiry.cancel()
+            self.stopping = True  # no new sign-ins while the others sign out
+            try:
+                await asyncio.wait_for(self.sessions.end_all("the gateway stops"), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("some sessions did not sign out within %gs", STOP_TIMEOUT)
+            server.close()  # and every WebSocket, with 1001
+            try:
+                await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT)
+            except TimeoutError:
+                log.warning("some WebSockets did not close within %gs", STOP_TIMEOUT)
+            self.executor.shutdown(wait=False)
+            log.info("the gateway stopped")
