@@ -127,10 +127,8 @@ class Gateway:
         pump = asyncio.create_task(self.pump(ws, session))
         try:
             async for raw in ws:
-                try:
-                    command = schema.parse(raw)
-                except schema.BadCommand as e:
-                    await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": str(e)})
+                command = await self.parsed(ws, raw)
+                if command is None:
                     continue
                 if command.type == "quit":
                     await self.sessions.end(session, "quit")
@@ -150,10 +148,8 @@ class Gateway:
     async def attach(self, ws: ServerConnection) -> Session | None:
         """Read hello or resume until one succeeds; None when the WebSocket closes first."""
         async for raw in ws:
-            try:
-                command = schema.parse(raw)
-            except schema.BadCommand as e:
-                await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": str(e)})
+            command = await self.parsed(ws, raw)
+            if command is None:
                 continue
             if command.type == "hello":
                 session = await self.hello(ws, command)
@@ -165,6 +161,14 @@ class Gateway:
             if session is not None:
                 return session
         return None
+
+    async def parsed(self, ws: ServerConnection, raw: str | bytes) -> schema.Command | None:
+        """The browser's command, or None once it was told why it is not one."""
+        try:
+            return schema.parse(raw)
+        except schema.BadCommand as e:
+            await self.send(ws, {"type": "error", "code": schema.BAD_COMMAND, "text": str(e)})
+            return None
 
     async def hello(self, ws: ServerConnection, command: schema.Command) -> Session | None:
         name = command.text("name")
