@@ -22,11 +22,13 @@ from zchat.client import events as ev
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 try:
-    from playwright.sync_api import Browser, Dialog, Page, expect, sync_playwright
+    from playwright.sync_api import Browser, Dialog, Page, expect
+    from playwright.sync_api import sync_playwright as sync_playwright  # test_web_curve.py uses it too
 except ImportError:  # pragma: no cover - CI installs it
     sync_playwright = None  # type: ignore[assignment]
 
-pytestmark = [
+#: What every browser test needs, and its bound (test_web_curve.py too).
+BROWSER_TESTS = [
     pytest.mark.skipif(
         sync_playwright is None, reason="browser tests need playwright: pip install -e '.[test]'"
     ),
@@ -34,6 +36,7 @@ pytestmark = [
     pytest.mark.timeout(120),
     pytest.mark.slow,
 ]
+pytestmark = BROWSER_TESTS
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "web"
 WAIT = 10_000  # ms: every expectation in the page has this deadline

@@ -11,25 +11,13 @@ import pytest
 import zmq
 
 from tests.support import ZCHAT, Broker, start_curve_broker
-from tests.test_web_browser import CHROMIUM, WAIT, say, shot
+from tests.test_web_browser import BROWSER_TESTS, CHROMIUM, WAIT, say, shot, sync_playwright
 from tests.web_support import WebGateway, WebUser, start_gateway
 from zchat.client import events as ev
 from zchat.client.session import Client
 from zchat.common.keys import KeyPair
 
-try:
-    from playwright.sync_api import sync_playwright
-except ImportError:  # pragma: no cover - CI installs it
-    sync_playwright = None  # type: ignore[assignment]
-
-pytestmark = [
-    pytest.mark.skipif(
-        sync_playwright is None, reason="browser tests need playwright: pip install -e '.[test]'"
-    ),
-    pytest.mark.skipif(CHROMIUM is None, reason="browser tests need Chromium: apt-get install chromium"),
-    pytest.mark.timeout(120),
-    pytest.mark.slow,
-]
+pytestmark = BROWSER_TESTS
 
 
 @pytest.fixture
