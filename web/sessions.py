@@ -136,12 +136,19 @@ def encoded(event: ev.Event) -> str:
     return encode(to_data(event))
 
 
+SOCKETS_PER_SESSION = 3
+
+
 class Sessions:
     """Every session of the gateway, by token; signs in, resumes and ends them."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()  # every session's sockets
+        # A context holds 1,023 sockets by default, and a session has up to three (DEALER, SUB,
+        # and the DEALER's handshake monitor while it registers): past them, sign-ins fail.
+        self.context.set(zmq.MAX_SOCKETS, min(SOCKETS_PER_SESSION * settings.max_sessions + 64,
+                                              self.context.get(zmq.SOCKET_LIMIT)))  # fmt: skip
         self.by_token: dict[str, Session] = {}
 
     def __len__(self) -> int:
