@@ -40,7 +40,7 @@ class Settings:
     connect_timeout: float = 5.0
     resume_window: float = 60.0  # seconds a session waits for its page to come back
     log_events: int = 1000  # events kept per session for a resume
-    max_sessions: int = 250
+    max_sessions: int = 1000
 
 
 class Session:
