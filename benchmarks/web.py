@@ -265,6 +265,7 @@ from benchmarks.procstat import rss_bytes
 import os
 async def main():
     ctx = zmq.asyncio.Context()
+    ctx.set(zmq.MAX_SOCKETS, 2 * {count} + 64)
     before = rss_bytes(os.getpid())
     socks = []
     for i in range({count}):
