@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from typing import Any, NamedTuple
 from zchat.broker.expiring import Expiring
 from zchat.broker.failures import Failures
 from zchat.broker.handed import HandedOver, LocalHandedOver
+from zchat.broker.measures import Histogram
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
 from zchat.broker.sequences import Sequencer, StoreSequencer
@@ -44,6 +46,7 @@ from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
 from zchat.common import protocol as p
 from zchat.common.flood import TokenBucket
+from zchat.common.jsonlog import fields
 from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
@@ -232,6 +235,8 @@ class BrokerCore:
     stuck: dict[bytes, float] = field(default_factory=dict)
     #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
     rooms_in_use: int | None = None
+    #: Seconds each commit that wrote took (the metrics endpoint reads it, metrics.py).
+    commit_time: Histogram = field(default_factory=Histogram)
 
     def __post_init__(self) -> None:
         self._sequencer: Sequencer = self.sequencer or StoreSequencer(self.store)
@@ -369,7 +374,7 @@ class BrokerCore:
             if session.key not in self._members(room):
                 self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")
                 return
-        self.counters["broadcast"] += 1
+        self.counters["broadcast" if room == p.EVERYONE else "room"] += 1
         seq = self._sequencer.next(room)
         self.store.add_room_message(StoredMessage(room, seq, msg_id, session.name, room, time_ms, body))
         self.store.remember(session.key, msg_id, "accepted", time_ms)
@@ -384,7 +389,8 @@ class BrokerCore:
         assert session.bucket is not None
         if session.bucket.abused():
             cool_off = self.settings.cool_off
-            log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off)
+            log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off,
+                        extra=fields("flooding", name=session.name, cool_off=cool_off))  # fmt: skip
             # Ignored for at least a heartbeat timeout, whatever the cool-off:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.settings.timeout))
@@ -481,7 +487,13 @@ class BrokerCore:
         self.by_peer[peer] = session
         self.online_names = None
         self.counters["joined"] += 1
-        log.info("%s joined (%d online)", session.name, self._names.count())
+        online = self._names.count()
+        log.info(
+            "%s joined (%d online)",
+            session.name,
+            online,
+            extra=fields("joined", name=session.name, online=online),
+        )
         self._reply(peer, self._welcome(hello.msg_id, session, now))
         waiting: list[p.ServerEvent] = [*mail, *receipts]
         for event in waiting:
@@ -498,7 +510,11 @@ class BrokerCore:
         self.by_peer[peer] = holder
         self._names.take_over(holder)
         self.counters["resumed"] += 1
-        log.info("%s resumed its session on a new connection", holder.name)
+        log.info(
+            "%s resumed its session on a new connection",
+            holder.name,
+            extra=fields("resumed", name=holder.name),
+        )
         self._reply(old_peer, p.Replaced("your session continues on another connection"))
         self._reply(peer, self._welcome(hello.msg_id, holder, now))
 
@@ -681,6 +697,7 @@ class BrokerCore:
         m = d.message
         recipient = self.by_peer.get(d.peer)
         if busy:
+            self.counters["undelivered.busy"] += 1
             name = recipient.name if recipient else "the recipient"
             self._refuse(
                 d.sender, m.msg_id, Code.RECIPIENT_BUSY, f"{name} is not reading; message not delivered"
@@ -759,6 +776,7 @@ class BrokerCore:
     def _commit(self) -> frozenset[tuple[str, bytes]] | None:
         """Commit the store: the messages it could not keep (StoreFailed.refused), or None
         when it is not known what it kept (a failure that is not the store's own)."""
+        started = time.perf_counter()
         try:
             wrote = self.store.commit()
         except StoreFailed as e:
@@ -768,6 +786,8 @@ class BrokerCore:
             self.failures.failed("storing", e)
             return None
         if wrote:
+            # Only commits that wrote messages: the empty ones each wake-up would drown them.
+            self.commit_time.observe(time.perf_counter() - started)
             self.failures.store_written()
         return frozenset()
 
@@ -834,7 +854,9 @@ class BrokerCore:
         self._names.release(session)
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
-        log.info("%s left (%s; %d online)", session.name, reason, self._names.count())
+        online = self._names.count()
+        log.info("%s left (%s; %d online)", session.name, reason, online,
+                 extra=fields("left", name=session.name, reason=reason, online=online))  # fmt: skip
         if session.announced:  # else nobody was told it joined
             self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
 
@@ -853,8 +875,9 @@ class BrokerCore:
     def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> None:
         reason = code.name.lower()
         self.counters[f"refused.{reason}"] += 1
-        self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
-                                 msg_id.decode("ascii", "replace") or "-", self._who_is(peer), int(code), text)  # fmt: skip
+        shown, who = msg_id.decode("ascii", "replace") or "-", self._who_is(peer)
+        self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s", shown, who, int(code), text,
+                                 fields=fields("refused", id=shown, client=who, code=int(code), text=text))  # fmt: skip
         # Within its range (PROTOCOL.md 3.2), or a client would drop the ERROR as malformed.
         self._reply(peer, p.Error(msg_id, code, text, min(max(retry_after_ms, 0), p.MAX_INT32)))
 

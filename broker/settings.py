@@ -60,6 +60,8 @@ class BrokerSettings:
     #: An offline user's mailbox: messages and body bytes.
     mailbox_messages: int = 1000
     mailbox_bytes: int = 1 << 20
+    #: Where to serve Prometheus metrics, HOST:PORT (metrics.py); None: nowhere.
+    metrics: str | None = None
 
     @property
     def timeout(self) -> float:
