@@ -89,12 +89,13 @@ _COLUMNS = "m.room, m.seq, m.msg_id, m.sender, m.target, m.time_ms, m.body"
 
 
 def fts_query(words: str) -> str | None:
-    """All `words`, each quoted as an FTS5 string so user text is never FTS syntax.
+    """All `words`, each quoted as an FTS5 string so user text is never FTS syntax, and each
+    a prefix query (`"depl" *` finds "deploy"; of `"don't" *` only the last part, "t").
 
     Words without a letter or digit would be empty phrases, which match nothing: they are
     dropped (as MemoryStore ignores them); None if no word is left."""
     kept = [w for w in search_words(words) if re.search(r"[^\W_]", w)]
-    return " AND ".join('"' + w.replace('"', '""') + '"' for w in kept) or None
+    return " AND ".join('"' + w.replace('"', '""') + '" *' for w in kept) or None
 
 
 class SqliteStore:

@@ -145,8 +145,9 @@ class Store(Protocol):
         (delivered or not, until they expire).
 
         Words are separated by white space or control characters (a NUL too: see
-        `search_words`), and match whole words, without regard to case; a word with
-        punctuation inside ("don't") matches its parts in a row; words with no letter or
+        `search_words`), and match the start of words, without regard to case; a word with
+        punctuation inside ("don't") matches its parts in a row, only the last as a start
+        ("don" then "t..."); words with no letter or
         digit are ignored, and a search with none left finds nothing."""
         ...
 
@@ -351,6 +352,12 @@ def _words(text: str) -> list[str]:
 
 
 def _has_all(words: list[str], wanted: list[list[str]]) -> bool:
-    """Every run of `wanted` appears in `words`, its words in a row."""
-    starts = range(len(words))
-    return all(any(words[i : i + len(run)] == run for i in starts) for run in wanted)
+    """Every run of `wanted` appears in `words`, its words in a row: whole words, and the
+    last one the start of a word (as FTS5's prefix query `"run" *`)."""
+    return all(any(_run_at(words, i, run) for i in range(len(words))) for run in wanted)
+
+
+def _run_at(words: list[str], i: int, run: list[str]) -> bool:
+    *whole, start = run
+    end = i + len(whole)
+    return words[i:end] == whole and end < len(words) and words[end].startswith(start)

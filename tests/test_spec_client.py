@@ -1465,7 +1465,7 @@ def test_rooms_counts_members_online_or_not(online: Callable[..., SpecClient]) -
     assert names[0] == "USERS" and names[2] == [], names  # nobody of it is online
 
 
-def test_search_matches_whole_words_of_what_the_user_may_see_newest_first(
+def test_search_matches_word_starts_of_what_the_user_may_see_newest_first(
     online: Callable[..., SpecClient],
 ) -> None:
     alice = online("alice")
@@ -1492,10 +1492,17 @@ def test_search_matches_whole_words_of_what_the_user_may_see_newest_first(
         assert times == sorted(times, reverse=True), got
         return [r[5] for r in got]
 
-    # bob is not in #secret; "planning" is another word; the private one is his.
-    assert sorted(found(bob, "PLAN")) == ["a plan, later", "plan for bob", "the Plan for lunch"]
+    # bob is not in #secret; "planning" starts with "plan"; the private one is his.
+    assert sorted(found(bob, "PLAN")) == [
+        "a plan, later",
+        "plan for bob",
+        "planning ahead",
+        "the Plan for lunch",
+    ]
     assert sorted(found(alice, "plan for")) == ["plan for bob", "the Plan for lunch"]  # every word
-    assert len(found(alice, "plan")) == 4
+    assert len(found(alice, "plan")) == 5
+    assert found(alice, "plann") == ["planning ahead"]  # the start of a word
+    assert found(alice, "lan") == []  # not the middle of one
     assert found(alice, "!!!") == []
     (private,) = records_of(bob.request("SEARCH", "bob"), 2)
     assert (private[0], private[1], private[3]) == (0, ids[3], "bob")  # seq 0, to its recipient
@@ -1836,6 +1843,8 @@ def test_search_words_follow_the_rules_of_section_13_6(online: Callable[..., Spe
         "this AND that",
         "the answer is 42",
         "planning the plan",
+        "deploy done",
+        "done tomorrow",
     ]
     for body in bodies:
         alice.ack(alice.send("SEND", "*", body))
@@ -1850,12 +1859,15 @@ def test_search_words_follow_the_rules_of_section_13_6(online: Callable[..., Spe
     assert found("Café") == ["un café noir"]  # without regard to case
     assert found("cafe") == ["a cafe au lait"]
     assert found("snake") == found("case") == ["snake_case names"]  # `_` separates
-    assert found("don't") == ["I don't know", "don t panic"]  # its parts in a row
+    assert found("don't") == ["I don't know", "don t panic"]  # its parts in a row, whole but the last
+    assert found("depl") == ["deploy done"]  # a word matches the start of a word
+    assert found("do tomorrow") == ["done tomorrow"]
+    assert found("cafe") == ["a cafe au lait"]  # the start, with regard to accents
     assert found("and") == ["this AND that"]  # AND is a word like any other
     assert found("this OR that") == []  # every word must match; OR is a word
     assert found("42") == ["the answer is 42"]
-    assert found("plan*") == found('"plan"') == found("-plan") == ["planning the plan"]
-    assert found("plan !!!") == ["planning the plan"]  # a word of no letter or digit is ignored
+    assert found("plann*") == found('"plann"') == found("-plann") == ["planning the plan"]
+    assert found("plann !!!") == ["planning the plan"]  # a word of no letter or digit is ignored
     assert found("room") == ["said in a room left later"]
     alice.ack(alice.send("EXIT", "#left"))
     assert found("room") == []  # none of a room it has left

@@ -191,11 +191,14 @@ def test_search_gives_messages_of_the_same_millisecond_newest_first(store: Store
     assert [m.body.decode().split()[-1] for m in store.search("alice", "word", 3)] == expected[:3]
 
 
-def test_search_matches_whole_words(store: Store) -> None:
+def test_search_matches_the_start_of_words(store: Store) -> None:
     store.add_room_message(room_msg("*", 1, "hello world, don't panic"))
     assert len(store.search("alice", "hello", 10)) == 1
     assert len(store.search("alice", "world don't", 10)) == 1
-    assert store.search("alice", "hell", 10) == []
+    assert len(store.search("alice", "hell wor", 10)) == 1
+    assert store.search("alice", "ello", 10) == []  # the start of a word, not its middle
+    assert len(store.search("alice", "don'", 10)) == 1 and len(store.search("alice", "don't p", 10)) == 1
+    assert store.search("alice", "do't", 10) == []  # a run's parts but the last are whole words
     assert len(store.search("alice", "panic don't", 10)) == 1  # words in any order
     assert store.search("alice", "don't't", 10) == []  # a word's parts must follow each other
 
