@@ -105,7 +105,9 @@ class LoopShell(Shell):
         elif deadline < self.timer_at:  # a later deadline waits for the timer set: it asks again
             self._cancel_timer()
             self.timer_at = deadline
-            self.timer = self.loop.call_at(deadline + TIMER_SLACK, self._on_timer)
+            # At least TIMER_SLACK from now, as the poller sleeps 1 ms at least: a deadline the
+            # engine keeps in the past must not spin the loop.
+            self.timer = self.loop.call_at(max(deadline, now) + TIMER_SLACK, self._on_timer)
         # zmq.FD is edge-triggered, and a send or a setsockopt may take the edge of a message
         # that came meanwhile: what is readable now is read now, not at the next message.
         if not self.drain_due and any(
