@@ -16,7 +16,7 @@ import click
 import zmq
 
 from zchat.broker.gate import networks
-from zchat.broker.server import BrokerServer, advertisable
+from zchat.broker.server import BrokerServer, ClusterUnavailable, advertisable
 from zchat.broker.settings import BrokerSettings, default
 from zchat.broker.store import StoreError
 from zchat.common import keys
@@ -184,6 +184,21 @@ from zchat.common import keys
     "Given, they replace the default; repeat for several, 'none' for none.",
 )
 @click.option(
+    "--cluster",
+    default=None,
+    envvar="ZCHAT_CLUSTER",
+    metavar="URL[,URL...]",
+    help="Join the brokers of a cluster over NATS JetStream, e.g. nats://127.0.0.1:4222 "
+    "(docs/CLUSTER.md; needs pip install 'zchat[cluster]') [default: a broker alone].",
+)
+@click.option(
+    "--node",
+    default=default("node"),
+    envvar="ZCHAT_NODE",
+    metavar="NAME",
+    help="This broker's name in the cluster [default: the host and port it listens on].",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -211,6 +226,8 @@ def broker(
     max_rooms_per_user: int,
     max_rooms: int,
     authorized_keys: str | None,
+    cluster: str | None,
+    node: str,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -260,6 +277,8 @@ def broker(
         max_per_key=max_sessions_per_key,
         max_rooms_per_user=max_rooms_per_user,
         max_rooms=max_rooms,
+        cluster=tuple(url.strip() for url in cluster.split(",") if url.strip()) if cluster else (),
+        node=node,
     )
     if store:  # else the setting's own default, in the user data folder
         settings = dataclasses.replace(settings, store=store)
@@ -267,7 +286,7 @@ def broker(
         server = BrokerServer(settings)
     except zmq.ZMQError as e:
         raise click.ClickException(f"cannot listen on {host} ports {port}/{pub_port}: {e}") from None
-    except StoreError as e:
+    except (StoreError, ClusterUnavailable) as e:
         raise click.ClickException(str(e)) from None
     server.install_signal_handlers()
     server.run()

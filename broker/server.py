@@ -46,10 +46,20 @@ from zchat.broker.gate import UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
+from zchat.cluster.node import ClusterNode, ClusterUnavailable
 from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
 
-__all__ = ["BrokerServer", "BrokerSettings", "advertisable", "advertised", "endpoint", "receive", "send"]
+__all__ = [
+    "BrokerServer",
+    "BrokerSettings",
+    "ClusterUnavailable",
+    "advertisable",
+    "advertised",
+    "endpoint",
+    "receive",
+    "send",
+]
 
 log = logging.getLogger("zchat.broker")
 
@@ -214,9 +224,20 @@ class BrokerServer:
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        #: With --cluster: the seams shared with the other brokers, and the link to NATS.
+        self.cluster: ClusterNode | None = None
+        if settings.cluster:
+            try:
+                self.cluster = ClusterNode(settings, self.context, settings.node or self.router_endpoint[6:])
+            except ClusterUnavailable:
+                for sock in (self.router, self.pub, self.zap):
+                    sock.close(0)
+                self.context.term()
+                raise
         self.core = BrokerCore(
-            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store
-        )
+            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store,
+            names=self.cluster.names if self.cluster is not None else None,
+        )  # fmt: skip
         self.core.failures.store_name = self._store_name()
         self._stopping = False
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
@@ -269,6 +290,9 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self.zap, zmq.POLLIN)
+        cluster = self.cluster
+        if cluster is not None:
+            poller.register(cluster.socket, zmq.POLLIN)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(0 if put_off else POLL_MS))
@@ -292,6 +316,8 @@ class BrokerServer:
                 elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = self._guarded("indexing for search", False, core.store.catch_up)
                     self._feed(Flush(time.time()))
+                if cluster is not None and (cluster.socket in ready or cluster.link.inbox):
+                    self._guarded("the cluster's news", None, self._from_cluster, cluster)
                 now = time.time()
                 if self._hangups:
                     self._hang_up_due(now)
@@ -309,6 +335,10 @@ class BrokerServer:
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
             self.close()
+
+    def _from_cluster(self, cluster: ClusterNode) -> None:
+        if cluster.take():
+            self.core.online_names = None  # someone came or went on another broker: WHO anew
 
     def _handle(self, first: zmq.Frame, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, decoded and fed to the core; a failure answers it alone."""
@@ -476,6 +506,8 @@ class BrokerServer:
             self.core.store.close()
         except Exception as e:  # StoreFailed too: what it could not write is lost, and said so
             log.error("the store could not be closed cleanly: %s", e)
+        if self.cluster is not None:
+            self.cluster.close()
         for _, held in self._hangups:
             held.close()
         self.router.close()

@@ -1,0 +1,158 @@
+"""The NATS thread: nats-py on its own asyncio loop, the other end of the PAIR.
+
+It carries out what the broker thread asks (link.py) and forwards what the
+buckets' watchers see. Requests are served as tasks, so that calls from the
+broker pipeline rather than wait for each other. Nothing here decides
+anything about the chat: it only talks to JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import zmq
+import zmq.asyncio
+from nats.js.kv import KeyValue
+
+from zchat.cluster.link import pack, unpack
+from zchat.cluster.subjects import NAMES, OWNERS
+
+log = logging.getLogger("zchat.cluster")
+
+
+class Engine(threading.Thread):
+    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str, servers: list[str], node: str):
+        super().__init__(name="zchat-cluster", daemon=True)
+        self.context = context
+        self.endpoint = endpoint
+        self.servers = servers
+        self.node = node
+        self.buckets: dict[str, KeyValue] = {}
+        self.watching: list[asyncio.Task[None]] = []
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.socket = zmq.asyncio.Context.shadow(self.context).socket(zmq.PAIR)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        self.socket.connect(self.endpoint)
+        try:
+            await self._serve()
+        except Exception as e:
+            log.exception("the cluster link failed")
+            self._tell("failed", str(e))
+        finally:
+            self.socket.close()
+
+    def _tell(self, *parts: Any) -> None:
+        self.socket.send(pack(*parts))
+
+    async def _serve(self) -> None:
+        self.nc = await nats.connect(
+            self.servers,
+            name=self.node,
+            connect_timeout=2,
+            max_reconnect_attempts=-1,  # NATS down is a fault to ride out, not the end
+            reconnect_time_wait=0.5,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        self.js = self.nc.jetstream()
+        for bucket in (NAMES, OWNERS):
+            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
+        for bucket in (NAMES, OWNERS):
+            await self._watch(bucket)
+        self._tell("ready")
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            parts = unpack(await self.socket.recv())
+            if parts[0] == "stop":
+                break
+            task = asyncio.create_task(self._request(parts))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        await self.nc.drain()
+
+    async def _watch(self, bucket: str) -> None:
+        """Forward every change of the bucket: ["kv", bucket, key, value or None, revision],
+        and ["synced", bucket] once what was there at the start has come."""
+        watcher = await self.buckets[bucket].watchall()
+
+        async def forward() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    self._tell("synced", bucket)
+                    continue
+                gone = entry.operation in ("DEL", "PURGE")
+                self._tell("kv", bucket, entry.key, None if gone else entry.value, entry.revision)
+
+        # The first update (or None) comes before the loop serves anything: a broker knows
+        # who is online elsewhere before it takes its first HELLO.
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        if first is None:
+            self._tell("synced", bucket)
+        else:
+            gone = first.operation in ("DEL", "PURGE")
+            self._tell("kv", bucket, first.key, None if gone else first.value, first.revision)
+        self.watching.append(asyncio.create_task(forward()))
+
+    async def _request(self, parts: list[Any]) -> None:
+        kind, number, *args = parts
+        try:
+            value = await REQUESTS[kind](self, *args)
+        except Exception as e:
+            if number:
+                self._tell("answer", number, False, f"{type(e).__name__}: {e}")
+            else:
+                log.warning("cluster request %s failed: %s", kind, e)
+            return
+        if number:
+            self._tell("answer", number, True, value)
+
+    async def _create(self, bucket: str, key: str, value: bytes) -> int:
+        """A claim: the key's revision, 0 if someone holds it already."""
+        try:
+            return await self.buckets[bucket].create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return 0
+
+    async def _update(self, bucket: str, key: str, value: bytes, last: int) -> int:
+        """A takeover: the new revision, 0 if the key changed since `last`."""
+        try:
+            return await self.buckets[bucket].update(key, value, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return 0
+
+    async def _delete(self, bucket: str, key: str, last: int) -> bool:
+        """A release, only of the revision this broker holds (a takeover elsewhere stays)."""
+        try:
+            await self.buckets[bucket].delete(key, last=last)
+        except nats.js.errors.APIError as e:
+            if e.err_code in (10071, 10164):  # changed meanwhile: not ours any more
+                return False
+            raise
+        return True
+
+    async def _disconnected(self) -> None:
+        log.warning("lost the connection to NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        log.info("connected to NATS again at %s", self.nc.connected_url)
+
+
+# Requests served by the NATS thread: ["kind", call number (0: no answer), args...].
+REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "create": Engine._create,
+    "update": Engine._update,
+    "delete": Engine._delete,
+}
