@@ -22,7 +22,8 @@ combined (PROTOCOL.md 5.2).
 
 What a cluster of brokers will share sits behind small interfaces the core
 calls, as it calls the Store: room sequence numbers (sequences.py), names and
-their owners (names.py), messages handed over awaiting receipts (handed.py).
+their owners (names.py), messages handed over awaiting receipts (handed.py),
+and in a cluster the shared order of rooms' events (relay.py).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ from zchat.broker.failures import Failures
 from zchat.broker.handed import HandedOver, LocalHandedOver
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
+from zchat.broker.relay import LOG_POSITION, Relay, Waiting
 from zchat.broker.sequences import Sequencer, StoreSequencer
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
@@ -138,8 +140,35 @@ class Shutdown(NamedTuple):
     reason: str = "the broker is shutting down"
 
 
+class Relayed(NamedTuple):
+    """In a cluster: the next event on a room's topic, in the order all brokers share (relay.py)."""
+
+    room: str
+    event: p.PublishedEvent
+    #: Its number in the log, kept with what it changes: a restarted broker reads on from there.
+    position: int
+
+
+class RelayStored(NamedTuple):
+    """In a cluster: the log stored a relayed message (`stored`), or could not."""
+
+    waiting: Waiting
+    stored: bool
+
+
 Input = (
-    Command | Unreadable | Failed | Delivered | Undelivered | Blocked | Unblocked | Flush | Tick | Shutdown
+    Command
+    | Unreadable
+    | Failed
+    | Delivered
+    | Undelivered
+    | Blocked
+    | Unblocked
+    | Flush
+    | Tick
+    | Shutdown
+    | Relayed
+    | RelayStored
 )
 
 # --- effects ---------------------------------------------------------------------
@@ -213,6 +242,8 @@ class BrokerCore:
     sequencer: Sequencer | None = None
     names: NameRegistry | None = None
     handed: HandedOver | None = None
+    #: In a cluster: the shared order of rooms' events; None: this broker numbers its own.
+    relay: Relay | None = None
     by_peer: dict[bytes, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     #: Room members by name key, read once per room from the store and kept in step.
@@ -370,6 +401,10 @@ class BrokerCore:
                 self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")
                 return
         self.counters["broadcast"] += 1
+        if self.relay is not None:  # numbered, kept and published when the log gives it back
+            self.relay.relay(room, p.Message(msg_id, session.name, room, time_ms, body),
+                             Waiting(session.peer, session.key, msg_id, time_ms))  # fmt: skip
+            return
         seq = self._sequencer.next(room)
         self.store.add_room_message(StoredMessage(room, seq, msg_id, session.name, room, time_ms, body))
         self.store.remember(session.key, msg_id, "accepted", time_ms)
@@ -725,8 +760,49 @@ class BrokerCore:
         notice = p.Shutdown(event.reason)
         for peer in self.by_peer:
             self._reply(peer, notice)
-        self._publish(p.EVERYONE, notice)
+        if self.relay is None:  # in a cluster the lobby goes on: each client was told directly
+            self._publish(p.EVERYONE, notice)
         self._flush()
+
+    # --- a cluster's shared order (relay.py) -----------------------------------
+
+    def _relayed(self, event: Relayed) -> None:
+        """The next event of a room in the cluster's order: numbered, kept and published here
+        as on every broker. Membership follows the room's JOIN and LEAVE, wherever they came from."""
+        room, published, position = event
+        kind = type(published)
+        self.store.used_seq(LOG_POSITION, position)
+        seq = self._sequencer.next(room)
+        if kind is p.Message:
+            assert isinstance(published, p.Message)
+            m = published
+            self.store.add_room_message(StoredMessage(room, seq, m.msg_id, m.sender, room, m.time_ms, m.body))
+            self.store.remember(
+                p.name_key(m.sender), m.msg_id, "accepted", m.time_ms
+            )  # a resend here is a duplicate
+        elif room != p.EVERYONE and kind in (p.Join, p.Leave):
+            assert isinstance(published, p.Join | p.Leave)
+            self._member(p.name_key(published.name), room, kind is p.Join)
+        self._to_publish.append(p.Published(p.topic_of(room), seq, published))
+
+    def _member(self, key: str, room: str, entering: bool) -> None:
+        members = self._members(room)
+        if (key in members) == entering:
+            return  # this broker made the change itself
+        self.store.set_member(key, room, entering)
+        if self.rooms_in_use is not None and len(members) == (0 if entering else 1):
+            self.rooms_in_use += 1 if entering else -1
+        if entering:
+            members.add(key)
+        else:
+            members.discard(key)
+
+    def _relay_stored(self, event: RelayStored) -> None:
+        (peer, key, msg_id, time_ms), stored = event
+        if stored:
+            self._ack(peer, key, msg_id, time_ms)
+        else:
+            self._refuse(peer, msg_id, Code.STORE_FAILED, NOT_STORED)
 
     # --- held until the commit -----------------------------------------------
 
@@ -819,6 +895,9 @@ class BrokerCore:
 
     def _publish(self, room: str, event: p.PublishedEvent) -> None:
         """On the room's topic with its next sequence number, once the store has committed."""
+        if self.relay is not None:
+            self.relay.relay(room, event)  # published when the log gives it back (_relayed)
+            return
         self._to_publish.append(p.Published(p.topic_of(room), self._sequencer.next(room), event))
 
     # --- helpers -------------------------------------------------------------
@@ -902,4 +981,6 @@ _INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
     Flush: BrokerCore._flush,
     Tick: BrokerCore._tick,
     Shutdown: BrokerCore._shutdown,
+    Relayed: BrokerCore._relayed,
+    RelayStored: BrokerCore._relay_stored,
 }

@@ -46,6 +46,7 @@ from zchat.broker.gate import UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
+from zchat.cluster.names import REMOTE
 from zchat.cluster.node import ClusterNode, ClusterUnavailable
 from zchat.common import protocol as p
 from zchat.common.keys import KeyPair
@@ -228,15 +229,18 @@ class BrokerServer:
         self.cluster: ClusterNode | None = None
         if settings.cluster:
             try:
-                self.cluster = ClusterNode(settings, self.context, settings.node or self.router_endpoint[6:])
+                node = settings.node or self.router_endpoint[6:]
+                self.cluster = ClusterNode(settings, self.context, node, store, self._send_local)
             except ClusterUnavailable:
                 for sock in (self.router, self.pub, self.zap):
                     sock.close(0)
                 self.context.term()
                 raise
+        cluster = self.cluster  # the seams shared with the other brokers; none for a broker alone
         self.core = BrokerCore(
             settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store,
-            names=self.cluster.names if self.cluster is not None else None,
+            names=cluster.names if cluster else None, handed=cluster.handed if cluster else None,
+            relay=cluster.log if cluster else None,
         )  # fmt: skip
         self.core.failures.store_name = self._store_name()
         self._stopping = False
@@ -337,8 +341,22 @@ class BrokerServer:
             self.close()
 
     def _from_cluster(self, cluster: ClusterNode) -> None:
-        if cluster.take():
+        inputs = cluster.take()
+        if cluster.changed:
             self.core.online_names = None  # someone came or went on another broker: WHO anew
+        for event in inputs:
+            self._guarded("an event of the cluster", None, self._feed, event)
+        self._feed(Flush(time.time()))
+
+    def _send_local(self, peer: bytes, frames: list[bytes]) -> str:
+        """Frames from another broker for one of this broker's connections: what became of them."""
+        try:
+            send(self.router, peer, frames)
+        except zmq.Again:
+            return "busy"
+        except zmq.ZMQError:
+            return "gone"
+        return "delivered"
 
     def _handle(self, first: zmq.Frame, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, decoded and fed to the core; a failure answers it alone."""
@@ -471,6 +489,9 @@ class BrokerServer:
 
     def _deliver(self, delivery: Deliver) -> None:
         """A private message: what becomes of it is the core's next input."""
+        if self.cluster is not None and delivery.peer.startswith(REMOTE):
+            self.cluster.deliver(delivery)  # its outcome comes back from the other broker
+            return
         try:
             send(self.router, delivery.peer, p.encode(delivery.message))
         except zmq.Again:
@@ -487,6 +508,9 @@ class BrokerServer:
 
     def _send(self, peer: bytes, event: p.ServerEvent) -> None:
         core = self.core
+        if self.cluster is not None and peer.startswith(REMOTE):
+            self.cluster.reply(peer, event)
+            return
         try:
             send(self.router, peer, p.encode(event))
         except zmq.Again:

@@ -19,23 +19,37 @@ import nats.errors
 import nats.js.errors
 import zmq
 import zmq.asyncio
+from nats.aio.msg import Msg
+from nats.js import api
 from nats.js.kv import KeyValue
 
-from zchat.cluster.link import pack, unpack
-from zchat.cluster.subjects import NAMES, OWNERS
+from zchat.cluster.link import PAIR_HWM, pack, unpack
+from zchat.cluster.subjects import LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
 
 log = logging.getLogger("zchat.cluster")
 
 
 class Engine(threading.Thread):
-    def __init__(self, context: zmq.Context[zmq.Socket[bytes]], endpoint: str, servers: list[str], node: str):
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        servers: list[str],
+        node: str,
+        position: int,
+    ) -> None:
         super().__init__(name="zchat-cluster", daemon=True)
         self.context = context
         self.endpoint = endpoint
         self.servers = servers
         self.node = node
+        #: The last event of LOG the broker has: it reads on from the next.
+        self.position = position
         self.buckets: dict[str, KeyValue] = {}
         self.watching: list[asyncio.Task[None]] = []
+        #: Private messages from other brokers, waiting for the broker to say what became of them.
+        self.asking: dict[int, Msg] = {}
+        self._asked = 0
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -43,6 +57,8 @@ class Engine(threading.Thread):
     async def _main(self) -> None:
         self.socket = zmq.asyncio.Context.shadow(self.context).socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
+        for option in (zmq.SNDHWM, zmq.RCVHWM):
+            self.socket.setsockopt(option, PAIR_HWM)
         self.socket.connect(self.endpoint)
         try:
             await self._serve()
@@ -68,8 +84,16 @@ class Engine(threading.Thread):
         self.js = self.nc.jetstream()
         for bucket in (NAMES, OWNERS):
             self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
+        await self.js.add_stream(name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE)
         for bucket in (NAMES, OWNERS):
             await self._watch(bucket)
+        await self.nc.subscribe(node_subject(self.node, "deliver"), cb=self._asked_to_deliver)
+        await self.nc.subscribe(node_subject(self.node, "reply"), cb=self._told_to_reply)
+        await self.js.subscribe(
+            LOG_SUBJECTS, stream=LOG, cb=self._logged, ordered_consumer=True,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=self.position + 1),
+        )  # fmt: skip
         self._tell("ready")
         tasks: set[asyncio.Task[None]] = set()
         while True:
@@ -143,6 +167,41 @@ class Engine(threading.Thread):
             raise
         return True
 
+    async def _relay(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Into the log, pipelined: answered when its PubAck comes, never awaited in line."""
+        headers = {api.Header.MSG_ID: msg_id} if msg_id else None
+        ack = await self.js.publish_async(subject, payload, headers=headers)
+        await ack
+        return True
+
+    async def _logged(self, msg: Msg) -> None:
+        self._tell("log", msg.metadata.sequence.stream, msg.data)
+
+    async def _deliver(self, node: str, frames: list[bytes]) -> str:
+        """A private message for a user on `node`: what became of it there (delivered, busy, gone)."""
+        try:
+            answer = await self.nc.request(node_subject(node, "deliver"), pack(*frames), timeout=2)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return "gone"
+        return answer.data.decode()
+
+    async def _asked_to_deliver(self, msg: Msg) -> None:
+        self._asked += 1
+        self.asking[self._asked] = msg
+        self._tell("deliver", self._asked, unpack(msg.data))
+
+    async def _delivered(self, asked: int, outcome: str) -> None:
+        msg = self.asking.pop(asked, None)
+        if msg is not None:
+            await msg.respond(outcome.encode())
+
+    async def _reply(self, node: str, key: str, frames: list[bytes]) -> None:
+        await self.nc.publish(node_subject(node, "reply"), pack(key, *frames))
+
+    async def _told_to_reply(self, msg: Msg) -> None:
+        key, *frames = unpack(msg.data)
+        self._tell("reply", key, frames)
+
     async def _disconnected(self) -> None:
         log.warning("lost the connection to NATS; reconnecting")
 
@@ -155,4 +214,8 @@ REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create": Engine._create,
     "update": Engine._update,
     "delete": Engine._delete,
+    "relay": Engine._relay,
+    "deliver": Engine._deliver,
+    "delivered": Engine._delivered,
+    "reply": Engine._reply,
 }

@@ -17,6 +17,9 @@ import zmq
 #: How long a call may wait for the NATS thread before it fails (raises CallFailed).
 CALL_TIMEOUT = 5.0
 
+#: Frames either way the PAIR holds before a send waits.
+PAIR_HWM = 100_000
+
 _ids = itertools.count(1)
 
 
@@ -40,6 +43,8 @@ class Link:
         self.endpoint = f"inproc://zchat-cluster-{next(_ids)}"
         self.socket = context.socket(zmq.PAIR)
         self.socket.setsockopt(zmq.LINGER, 0)
+        for option in (zmq.SNDHWM, zmq.RCVHWM):  # a burst of the log must not stall the NATS thread
+            self.socket.setsockopt(option, PAIR_HWM)
         self.socket.bind(self.endpoint)
         self.inbox: list[list[Any]] = []
         self._calls = itertools.count(1)
@@ -47,6 +52,12 @@ class Link:
     def send(self, *parts: Any) -> None:
         """A request that needs no answer; PAIR keeps their order with calls."""
         self.socket.send(pack(*parts))
+
+    def request(self, kind: str, *args: Any) -> int:
+        """A request whose answer comes later, through `drain`, as ["answer", number, ok, value]."""
+        number = next(self._calls)
+        self.socket.send(pack(kind, number, *args))
+        return number
 
     def call(self, kind: str, *args: Any, timeout: float = CALL_TIMEOUT) -> Any:
         """Send a request and wait for its answer: ["answer", number, ok, value]."""

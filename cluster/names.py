@@ -22,8 +22,9 @@ from zchat.broker.names import UNLISTED, Session
 from zchat.cluster.link import Link
 from zchat.cluster.subjects import NAMES, OWNERS
 
-#: A remote session's peer: never a ROUTER routing id (those are 5 bytes, the first not 0).
-REMOTE = b"\0"
+#: A remote session's peer starts so: a ROUTER's own routing ids are 5 bytes (0, then
+#: a number), and a client may not choose one that starts with 0.
+REMOTE = b"\0@cluster\0"
 
 
 def kv_key(key: str) -> str:
@@ -44,7 +45,7 @@ def node_of(peer: bytes) -> tuple[str, str] | None:
     """(node, name key) of a remote peer, None for a local connection."""
     if not peer.startswith(REMOTE):
         return None
-    node, _, key = peer[1:].partition(b"\0")
+    node, _, key = peer[len(REMOTE) :].partition(b"\0")
     return node.decode(), key.decode()
 
 

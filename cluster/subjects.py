@@ -9,3 +9,16 @@ from __future__ import annotations
 NAMES = "zchat_names"
 #: With CURVE and trust on first use: name key -> the public key it is bound to, for ever.
 OWNERS = "zchat_owners"
+#: Every event on a room's topic, the lobby's too, in the one order all brokers read.
+LOG = "zchat_log"
+LOG_SUBJECTS = "zchat.log.>"
+
+
+def log_subject(room: str) -> str:
+    """A room's subject in LOG: '.' and '*' are a NATS subject's own."""
+    return "zchat.log." + ("lobby" if room == "*" else room.replace(".", "="))
+
+
+def node_subject(node: str, what: str) -> str:
+    """Where a broker hears what others send its users (`what`: deliver, reply); core NATS."""
+    return f"zchat.node.{node.encode().hex()}.{what}"
