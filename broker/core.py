@@ -40,7 +40,7 @@ from zchat.broker.failures import Failures
 from zchat.broker.handed import HandedOver, LocalHandedOver
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
-from zchat.broker.relay import LOG_POSITION, Relay, Waiting
+from zchat.broker.relay import LOG_POSITION, Entry, Known, Mail, Relay, RoomEvent, Taken, Waiting
 from zchat.broker.sequences import Sequencer, StoreSequencer
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
@@ -141,10 +141,9 @@ class Shutdown(NamedTuple):
 
 
 class Relayed(NamedTuple):
-    """In a cluster: the next event on a room's topic, in the order all brokers share (relay.py)."""
+    """In a cluster: the next entry of the log, in the order all brokers share (relay.py)."""
 
-    room: str
-    event: p.PublishedEvent
+    entry: Entry
     #: Its number in the log, kept with what it changes: a restarted broker reads on from there.
     position: int
 
@@ -402,7 +401,7 @@ class BrokerCore:
                 return
         self.counters["broadcast"] += 1
         if self.relay is not None:  # numbered, kept and published when the log gives it back
-            self.relay.relay(room, p.Message(msg_id, session.name, room, time_ms, body),
+            self.relay.relay(RoomEvent(room, p.Message(msg_id, session.name, room, time_ms, body)),
                              Waiting(session.peer, session.key, msg_id, time_ms))  # fmt: skip
             return
         seq = self._sequencer.next(room)
@@ -443,6 +442,11 @@ class BrokerCore:
             )
             return
         self.counters["stored"] += 1
+        if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
+            self.relay.relay(
+                Mail(key, message), Waiting(sender, sender_key, message.msg_id, time_ms, "stored")
+            )
+            return
         self.store.enqueue(key, message)
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
         self._ack(sender, sender_key, message.msg_id, time_ms, "stored")
@@ -508,6 +512,8 @@ class BrokerCore:
             self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {hello.name} is taken")
             return
         try:
+            if self.relay is not None and not self.store.is_known(key):
+                self.relay.relay(Known(key))  # mail for it is kept on every broker from now on
             self.store.add_user(key)
             mail, receipts = self._waiting_for(session)
         except Exception:
@@ -667,6 +673,8 @@ class BrokerCore:
                 continue
             if from_mailbox:
                 self.store.delivered(session.key, sender_key, msg_id)
+                if self.relay is not None:  # and from the copies of the other brokers
+                    self.relay.relay(Taken(session.key, sender_key, msg_id))
             confirmed.append(msg_id)
         time_ms = int(now * 1000)
         self._ack(peer, session.key, command.msg_id, time_ms)
@@ -767,11 +775,22 @@ class BrokerCore:
     # --- a cluster's shared order (relay.py) -----------------------------------
 
     def _relayed(self, event: Relayed) -> None:
-        """The next event of a room in the cluster's order: numbered, kept and published here
-        as on every broker. Membership follows the room's JOIN and LEAVE, wherever they came from."""
-        room, published, position = event
-        kind = type(published)
+        """The next entry of the cluster's log, carried out here as on every broker."""
+        entry, position = event
         self.store.used_seq(LOG_POSITION, position)
+        if isinstance(entry, RoomEvent):
+            self._room_event(*entry)
+        elif isinstance(entry, Mail):
+            self._mail(*entry)
+        elif isinstance(entry, Taken):
+            self.store.delivered(*entry)
+        else:
+            self.store.add_user(entry.user)
+
+    def _room_event(self, room: str, published: p.PublishedEvent) -> None:
+        """Numbered, kept and published. Membership follows the room's JOIN and LEAVE,
+        wherever they came from."""
+        kind = type(published)
         seq = self._sequencer.next(room)
         if kind is p.Message:
             assert isinstance(published, p.Message)
@@ -784,6 +803,15 @@ class BrokerCore:
             assert isinstance(published, p.Join | p.Leave)
             self._member(p.name_key(published.name), room, kind is p.Join)
         self._to_publish.append(p.Published(p.topic_of(room), seq, published))
+
+    def _mail(self, recipient: str, m: StoredMessage) -> None:
+        """Into the recipient's mailbox; handed over at once if it signed in here meanwhile."""
+        self.store.enqueue(recipient, m)
+        self.store.remember(p.name_key(m.sender), m.msg_id, "stored", m.time_ms)
+        session = self._names.holder(recipient)
+        if session is not None and session.peer in self.by_peer:
+            self._handed.add((recipient, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+            self._reply(session.peer, p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
 
     def _member(self, key: str, room: str, entering: bool) -> None:
         members = self._members(room)
@@ -798,9 +826,9 @@ class BrokerCore:
             members.discard(key)
 
     def _relay_stored(self, event: RelayStored) -> None:
-        (peer, key, msg_id, time_ms), stored = event
+        (peer, key, msg_id, time_ms, status), stored = event
         if stored:
-            self._ack(peer, key, msg_id, time_ms)
+            self._ack(peer, key, msg_id, time_ms, status)
         else:
             self._refuse(peer, msg_id, Code.STORE_FAILED, NOT_STORED)
 
@@ -896,7 +924,7 @@ class BrokerCore:
     def _publish(self, room: str, event: p.PublishedEvent) -> None:
         """On the room's topic with its next sequence number, once the store has committed."""
         if self.relay is not None:
-            self.relay.relay(room, event)  # published when the log gives it back (_relayed)
+            self.relay.relay(RoomEvent(room, event))  # published when the log gives it back (_relayed)
             return
         self._to_publish.append(p.Published(p.topic_of(room), self._sequencer.next(room), event))
 

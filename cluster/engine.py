@@ -175,7 +175,7 @@ class Engine(threading.Thread):
         return True
 
     async def _logged(self, msg: Msg) -> None:
-        self._tell("log", msg.metadata.sequence.stream, msg.data)
+        self._tell("log", msg.metadata.sequence.stream, msg.subject, msg.data)
 
     async def _deliver(self, node: str, frames: list[bytes]) -> str:
         """A private message for a user on `node`: what became of it there (delivered, busy, gone)."""

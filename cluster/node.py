@@ -104,8 +104,7 @@ class ClusterNode:
         for parts in self.link.drain():
             kind = parts[0]
             if kind == "log":
-                room, event = read(parts[2])
-                inputs.append(Relayed(room, event, parts[1]))
+                inputs.append(Relayed(read(parts[2], parts[3]), parts[1]))
             elif kind == "answer":
                 self._answer(parts[1], parts[2], parts[3], inputs)
             elif kind == "kv":

@@ -14,6 +14,12 @@ LOG = "zchat_log"
 LOG_SUBJECTS = "zchat.log.>"
 
 
+#: The log's subjects of mailboxes and users (rooms' are "lobby" and "#...": never these).
+MAIL_SUBJECT = "zchat.log._mail"
+TAKEN_SUBJECT = "zchat.log._taken"
+KNOWN_SUBJECT = "zchat.log._known"
+
+
 def log_subject(room: str) -> str:
     """A room's subject in LOG: '.' and '*' are a NATS subject's own."""
     return "zchat.log." + ("lobby" if room == "*" else room.replace(".", "="))

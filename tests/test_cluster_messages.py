@@ -103,3 +103,37 @@ def test_a_room_joined_on_several_brokers_has_one_history_on_each(three: list[Br
             assert histories[0][1] == ["ops 0", "ops 1", "ops 2", "fay here"]
             ack(fay.client.send("#ops", "welcome gus").wait(DEADLINE))
             gus.message("welcome gus")
+
+
+def gone(watcher: Watcher, name: str) -> None:
+    """Wait until `watcher`'s broker no longer lists `name`."""
+
+    def unlisted() -> bool:
+        users = watcher.client.who().wait(DEADLINE)
+        return isinstance(users, ev.Users) and name not in users.names
+
+    wait_for(unlisted, DEADLINE, interval=0.05, what=f"{name} gone")
+
+
+def test_mail_for_an_offline_user_is_delivered_by_another_broker_once(three: list[Broker]) -> None:
+    with chat("ivy", three[1].endpoint) as ivy:
+        with chat("hal", three[0].endpoint):
+            online(ivy, "hal")  # hal is known to the cluster from now on
+        gone(ivy, "hal")
+        sent = ivy.client.send("hal", "while you were out")
+        assert ack(sent.wait(DEADLINE)).status == "stored"
+        with chat("hal", three[2].endpoint) as hal:
+            assert hal.message("while you were out").sender == "ivy"
+            # hal's client confirms on its broker: the receipt reaches ivy on hers.
+            receipt = ivy.expect(lambda e: isinstance(e, ev.Receipt), DEADLINE, "a receipt")
+            assert isinstance(receipt, ev.Receipt) and receipt.msg_id == sent.msg_id
+            ack(hal.client.send("ivy", "thanks").wait(DEADLINE))  # the log has read on past the receipt
+            ivy.message("thanks")
+        gone(ivy, "hal")
+        # Confirmed mail is gone from every broker's copy of the mailbox.
+        for broker in three:
+            with chat("hal", broker.endpoint) as again:
+                ack(again.client.send("ivy", f"back on {broker.port}").wait(DEADLINE))
+                ivy.message(f"back on {broker.port}")
+                assert "while you were out" not in [m.text for m in again.messages()]
+            gone(ivy, "hal")
