@@ -24,7 +24,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from zchat.cluster.link import PAIR_HWM, pack, unpack
-from zchat.cluster.subjects import LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
+from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
 
 log = logging.getLogger("zchat.cluster")
 
@@ -84,6 +84,10 @@ class Engine(threading.Thread):
         self.js = self.nc.jetstream()
         for bucket in (NAMES, OWNERS):
             self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
+        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE)
+        await self.buckets[LEASES].put(self.node.encode().hex(), b"")
+        await self._watch(LEASES)
+        self.watching.append(asyncio.create_task(self._renew()))
         await self.js.add_stream(name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE)
         for bucket in (NAMES, OWNERS):
             await self._watch(bucket)
@@ -201,6 +205,16 @@ class Engine(threading.Thread):
     async def _told_to_reply(self, msg: Msg) -> None:
         key, *frames = unpack(msg.data)
         self._tell("reply", key, frames)
+
+    async def _renew(self) -> None:
+        """This broker's lease, put again and again: the others count it alive while it is."""
+        key = self.node.encode().hex()
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            try:
+                await self.buckets[LEASES].put(key, b"")
+            except Exception as e:  # NATS away: the lease runs out, and the others count this node dead
+                log.warning("could not renew the lease: %s", e)
 
     async def _disconnected(self) -> None:
         log.warning("lost the connection to NATS; reconnecting")

@@ -13,6 +13,8 @@ cluster in a second bucket, by a create too: the first key wins everywhere.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -20,7 +22,9 @@ import msgpack
 
 from zchat.broker.names import UNLISTED, Session
 from zchat.cluster.link import Link
-from zchat.cluster.subjects import NAMES, OWNERS
+from zchat.cluster.subjects import LEASE, LEASES, NAMES, OWNERS
+
+log = logging.getLogger("zchat.cluster")
 
 #: A remote session's peer starts so: a ROUTER's own routing ids are 5 bytes (0, then
 #: a number), and a client may not choose one that starts with 0.
@@ -61,7 +65,11 @@ class ClusterNames:
         self.revision: dict[str, int] = {}
         #: Who holds a name on another broker, from the bucket's watch.
         self.remote: dict[str, Session] = {}
+        #: The bucket's revision of each name held elsewhere: what a dead node's release deletes.
+        self.remote_revision: dict[str, int] = {}
         self.owners: dict[str, str] = {}
+        #: When each other node's lease was last renewed (or first heard of), on our clock.
+        self.lease_seen: dict[str, float] = {}
         #: Set when the sessions of other brokers changed: the core's WHO must be made again.
         self.changed = False
 
@@ -115,6 +123,10 @@ class ClusterNames:
     # --- what the bucket's watch says ----------------------------------------
 
     def seen(self, bucket: str, kv: str, value: bytes | None, revision: int) -> None:
+        if bucket == LEASES:
+            if value is not None:
+                self.lease_seen[bytes.fromhex(kv).decode()] = time.monotonic()
+            return
         key = name_key(kv)
         if bucket == OWNERS:
             if value is not None:
@@ -122,6 +134,7 @@ class ClusterNames:
             return
         if value is None:
             if self.remote.pop(key, None) is not None:
+                self.remote_revision.pop(key, None)
                 self.changed = True
             return
         entry: dict[str, Any] = msgpack.unpackb(value)
@@ -131,6 +144,8 @@ class ClusterNames:
                 # Left by this node's previous life (a crash, a kill): nobody holds it now.
                 self.link.send("delete", 0, NAMES, kv, revision)
             return
+        self.lease_seen.setdefault(node, time.monotonic())  # dead if no lease comes within LEASE
+        self.remote_revision[key] = revision
         self.remote[key] = Session(
             remote_peer(node, key),
             entry["name"],
@@ -141,6 +156,22 @@ class ClusterNames:
             announced=True,
         )
         self.changed = True
+
+    def bury(self, now: float) -> None:
+        """Forget the sessions of nodes whose lease ran out, and free their names (each
+        delete is of the revision the dead node wrote: a name taken over meanwhile stays)."""
+        dead = {node for node, seen in self.lease_seen.items() if now - seen > LEASE}
+        if not dead:
+            return
+        for key, session in list(self.remote.items()):
+            where = node_of(session.peer)
+            if where is not None and where[0] in dead:
+                del self.remote[key]
+                self.link.send("delete", 0, NAMES, kv_key(key), self.remote_revision.pop(key))
+                self.changed = True
+        for node in dead:
+            log.warning("node %s lost its lease: its sessions are gone", node)
+            del self.lease_seen[node]
 
     def _value(self, session: Session) -> bytes:
         entry = {

@@ -70,7 +70,7 @@ class ClusterNode:
         synced: set[str] = set()
         deadline = time.monotonic() + START_TIMEOUT
         ready = False
-        while not (ready and len(synced) == 2):
+        while not (ready and len(synced) == 3):
             if time.monotonic() > deadline:
                 self.close()
                 raise ClusterUnavailable(f"NATS at {','.join(settings.cluster)} did not answer within "
@@ -115,6 +115,7 @@ class ClusterNode:
                 self._reply_here(parts[1], parts[2])
             elif kind == "failed":
                 log.error("the cluster link failed: %s", parts[1])
+        self.names.bury(time.monotonic())
         return inputs
 
     def _answer(self, number: int, ok: bool, value: Any, inputs: list[Input]) -> None:

@@ -9,6 +9,11 @@ from __future__ import annotations
 NAMES = "zchat_names"
 #: With CURVE and trust on first use: name key -> the public key it is bound to, for ever.
 OWNERS = "zchat_owners"
+#: Each broker's lease: node -> its start time, put again every LEASE_RENEW s; the bucket
+#: forgets a lease not renewed for LEASE s, and the brokers count a node silent that long as dead.
+LEASES = "zchat_leases"
+LEASE = 6.0
+LEASE_RENEW = 2.0
 #: Every event on a room's topic, the lobby's too, in the one order all brokers read.
 LOG = "zchat_log"
 LOG_SUBJECTS = "zchat.log.>"
