@@ -28,6 +28,9 @@ from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS
 
 log = logging.getLogger("zchat.cluster")
 
+#: Seconds a message may wait for its PubAck before its sender is refused.
+RELAY_TIMEOUT = 5.0
+
 
 class Engine(threading.Thread):
     def __init__(
@@ -175,7 +178,9 @@ class Engine(threading.Thread):
         """Into the log, pipelined: answered when its PubAck comes, never awaited in line."""
         headers = {api.Header.MSG_ID: msg_id} if msg_id else None
         ack = await self.js.publish_async(subject, payload, headers=headers)
-        await ack
+        # Unanswered past this, the sender is refused (508) and may resend with the same id:
+        # should the message be stored after all, the log's duplicate window drops the resend.
+        await asyncio.wait_for(ack, RELAY_TIMEOUT)
         return True
 
     async def _logged(self, msg: Msg) -> None:

@@ -8,8 +8,12 @@ from pathlib import Path
 import pytest
 import zmq
 
+from tests.chat import chat
 from tests.cluster_support import cluster
+from tests.test_cluster_messages import DEADLINE, ack, online
 from tests.test_cluster_names import answer, assert_everywhere, hello
+from zchat.client import events as ev
+from zchat.common import protocol as p
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 
@@ -17,8 +21,6 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.slow]
 def test_a_killed_brokers_names_leave_every_who_within_10_s_and_can_be_claimed_again(
     tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    from zchat.common import protocol as p
-
     with cluster(tmp_path, 3, "--heartbeat-timeout", "60") as (_, brokers):
         doomed = hello(zmq_context, brokers[2].endpoint, "Zoe")
         assert isinstance(answer(doomed), p.Welcome)
@@ -33,3 +35,28 @@ def test_a_killed_brokers_names_leave_every_who_within_10_s_and_can_be_claimed_a
         assert_everywhere(zmq_context, brokers[:2], ("Yann", "zoe"))
         for dealer in (doomed, kept, again):
             dealer.close()
+
+
+def test_nats_killed_for_5_s_loses_nothing_acknowledged_and_the_chat_resumes_by_itself(
+    tmp_path: Path,
+) -> None:
+    with (
+        cluster(tmp_path, 2) as (nats, brokers),
+        chat("amy", brokers[0].endpoint) as amy,
+        chat("ben", brokers[1].endpoint) as ben,
+    ):
+        online(amy, "ben")
+        ack(amy.client.broadcast("before").wait(DEADLINE))
+        ben.message("before")
+        nats.stop(signal.SIGKILL)
+        # While NATS is away a broadcast is refused or held, never acknowledged and lost.
+        during = amy.client.broadcast("during").wait(30)
+        nats.start()
+        ack(amy.client.broadcast("after").wait(30))
+        ben.message("after", timeout=30)
+        texts = [m.text for m in ben.messages() if not m.history]
+        assert texts.count("before") == 1 and texts.count("after") == 1
+        if isinstance(during, ev.Ack):
+            assert texts.count("during") == 1
+        else:
+            assert isinstance(during, ev.Refusal)
