@@ -532,12 +532,14 @@ class BrokerCore:
         """The same client on a new connection: it takes its session over, so nobody sees
         it leave and join again. The old connection is told, in case it is alive: were it
         to take the session back, the two would take turns for ever."""
+        self._names.take_over(holder)  # first: in a cluster it may fail, and nothing is changed yet
         old_peer = holder.peer
-        del self.by_peer[old_peer]
+        self.by_peer.pop(old_peer, None)  # not there when the session was on another broker
         holder.peer = peer
         holder.last_seen = now
         self.by_peer[peer] = holder
-        self._names.take_over(holder)
+        if holder.bucket is None and self.settings.rate > 0:  # a session from another broker
+            holder.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
         self.counters["resumed"] += 1
         log.info("%s resumed its session on a new connection", holder.name)
         self._reply(old_peer, p.Replaced("your session continues on another connection"))

@@ -94,7 +94,21 @@ class ClusterNames:
         return True
 
     def take_over(self, session: Session) -> None:
-        pass  # on the same broker: the entry in the bucket names this node still
+        """On this broker: nothing changes in the bucket. From another broker (its client
+        failed over): the entry moves to this node, by an update on its last revision."""
+        key = session.key
+        if self.remote.get(key) is not session:
+            return
+        revision = self.link.call(
+            "update", NAMES, kv_key(key), self._value(session), self.remote_revision[key]
+        )
+        if not revision:
+            raise RuntimeError(f"{session.name} was taken over elsewhere meanwhile")
+        del self.remote[key]
+        del self.remote_revision[key]
+        self.local[key] = session
+        self.revision[key] = revision
+        self.changed = True
 
     def release(self, session: Session) -> None:
         key = session.key

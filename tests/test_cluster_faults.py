@@ -60,3 +60,27 @@ def test_nats_killed_for_5_s_loses_nothing_acknowledged_and_the_chat_resumes_by_
             assert texts.count("during") == 1
         else:
             assert isinstance(during, ev.Refusal)
+
+
+def test_a_client_given_two_brokers_resumes_on_the_other_when_its_broker_is_killed(tmp_path: Path) -> None:
+    fast = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+    with cluster(tmp_path, 3, *fast) as (_, brokers):
+        both = f"{brokers[0].endpoint},{brokers[1].endpoint}"
+        with chat("kim", both) as kim, chat("lee", brokers[2].endpoint) as lee:
+            ack(kim.client.enter("#ops").wait(DEADLINE))
+            ack(lee.client.enter("#ops").wait(DEADLINE))
+            online(lee, "kim")
+            brokers[0].stop(signal.SIGKILL)
+            kim.expect(
+                lambda e: isinstance(e, ev.Status) and e.state is ev.State.RECONNECTING, DEADLINE, "the loss"
+            )
+            back = kim.expect(lambda e: isinstance(e, ev.Status) and e.state is ev.State.ONLINE
+                              and brokers[1].endpoint in e.detail, DEADLINE, "kim online at the other broker")  # fmt: skip
+            assert isinstance(back, ev.Status)
+            # The same name, the same rooms: private and room messages reach kim there.
+            ack(lee.client.send("kim", "found you").wait(DEADLINE))
+            kim.message("found you")
+            ack(lee.client.send("#ops", "ops still here").wait(DEADLINE))
+            kim.message("ops still here")
+            assert_who = lee.client.who().wait(DEADLINE)
+            assert isinstance(assert_who, ev.Users) and assert_who.names.count("kim") == 1
