@@ -137,3 +137,13 @@ def test_mail_for_an_offline_user_is_delivered_by_another_broker_once(three: lis
                 ivy.message(f"back on {broker.port}")
                 assert "while you were out" not in [m.text for m in again.messages()]
             gone(ivy, "hal")
+
+
+def test_joins_and_leaves_on_one_broker_are_seen_on_the_others(three: list[Broker]) -> None:
+    with chat("olga", three[0].endpoint) as olga:
+        with chat("pete", three[1].endpoint):
+            olga.expect(lambda e: isinstance(e, ev.Presence) and e.name == "pete" and e.event == "join",
+                        DEADLINE, "pete's JOIN")  # fmt: skip
+        olga.expect(lambda e: isinstance(e, ev.Presence) and e.name == "pete" and e.event == "leave",
+                    DEADLINE, "pete's LEAVE")  # fmt: skip
+        gone(olga, "pete")
