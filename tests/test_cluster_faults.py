@@ -84,3 +84,35 @@ def test_a_client_given_two_brokers_resumes_on_the_other_when_its_broker_is_kill
             kim.message("ops still here")
             assert_who = lee.client.who().wait(DEADLINE)
             assert isinstance(assert_who, ev.Users) and assert_who.names.count("kim") == 1
+
+
+def test_a_broker_restarted_on_its_sqlite_store_reads_the_log_on_from_where_it_stopped(
+    tmp_path: Path,
+) -> None:
+    from tests.cluster_support import start_cluster_broker
+
+    with cluster(tmp_path, 1) as (nats, brokers):
+        store = str(tmp_path / "b9.db")
+        disk = start_cluster_broker(tmp_path, nats, "b9", "--store", store)
+        try:
+            with chat("ron", brokers[0].endpoint) as ron:
+                for i in range(3):
+                    ack(ron.client.broadcast(f"before {i}").wait(DEADLINE))
+                with chat("sue", disk.endpoint) as sue:
+                    sue.message("before 2")
+                disk.stop()
+                ack(ron.client.broadcast("while it was down").wait(DEADLINE))
+                disk = start_cluster_broker(tmp_path, nats, "b9", "--store", store)
+                ack(ron.client.broadcast("after").wait(DEADLINE))
+                with chat("sue", disk.endpoint) as sue:
+                    sue.message("after")
+                    histories = []
+                    for watcher in (ron, sue):
+                        got = watcher.client.history("*").wait(DEADLINE)
+                        assert isinstance(got, ev.History), got
+                        histories.append((got.last_seq, [m.text for m in got.messages]))
+                    assert histories[0][1] == histories[1][1]
+                    assert [t for t in histories[0][1] if t.startswith(("before", "while", "after"))] == [
+                        "before 0", "before 1", "before 2", "while it was down", "after"]  # fmt: skip
+        finally:
+            disk.stop()
