@@ -15,7 +15,7 @@ import zmq
 
 from zchat.broker.gate import networks
 from zchat.broker.metrics import MetricsUnavailable, listen_address
-from zchat.broker.server import BrokerServer, advertisable
+from zchat.broker.server import BrokerServer, ClusterUnavailable, advertisable
 from zchat.broker.settings import BrokerSettings, default
 from zchat.broker.store import StoreError
 from zchat.common import jsonlog, keys
@@ -197,6 +197,19 @@ from zchat.common import jsonlog, keys
     envvar="ZCHAT_LOG_FORMAT",
     type=click.Choice(["text", "json"], case_sensitive=False),
     help="Log lines as readable text, or as one JSON object each (time, level, event, fields).",
+    "--cluster",
+    default=None,
+    envvar="ZCHAT_CLUSTER",
+    metavar="URL[,URL...]",
+    help="Join the brokers of a cluster over NATS JetStream, e.g. nats://127.0.0.1:4222 "
+    "(docs/CLUSTER.md; needs pip install 'zchat[cluster]') [default: a broker alone].",
+)
+@click.option(
+    "--node",
+    default=default("node"),
+    envvar="ZCHAT_NODE",
+    metavar="NAME",
+    help="This broker's name in the cluster [default: the host and port it listens on].",
 )
 @click.option(
     "--log-level",
@@ -228,6 +241,8 @@ def broker(
     authorized_keys: str | None,
     metrics: str | None,
     log_format: str,
+    cluster: str | None,
+    node: str,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -279,6 +294,8 @@ def broker(
         max_rooms_per_user=max_rooms_per_user,
         max_rooms=max_rooms,
         metrics=metrics,
+        cluster=tuple(url.strip() for url in cluster.split(",") if url.strip()) if cluster else (),
+        node=node,
     )
     if store:  # else the setting's own default, in the user data folder
         settings = dataclasses.replace(settings, store=store)
@@ -286,7 +303,7 @@ def broker(
         server = BrokerServer(settings)
     except zmq.ZMQError as e:
         raise click.ClickException(f"cannot listen on {host} ports {port}/{pub_port}: {e}") from None
-    except StoreError as e:
+    except (StoreError, ClusterUnavailable) as e:
         raise click.ClickException(str(e)) from None
     except MetricsUnavailable as e:
         raise click.ClickException(str(e)) from None

@@ -47,6 +47,8 @@ from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
 from zchat.broker.measures import Histogram
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
+from zchat.cluster.names import REMOTE
+from zchat.cluster.node import ClusterNode, ClusterUnavailable
 from zchat.common import protocol as p
 from zchat.common.jsonlog import fields
 from zchat.common.keys import KeyPair
@@ -54,7 +56,16 @@ from zchat.common.keys import KeyPair
 if TYPE_CHECKING:
     from zchat.broker.metrics import MetricsServer
 
-__all__ = ["BrokerServer", "BrokerSettings", "advertisable", "advertised", "endpoint", "receive", "send"]
+__all__ = [
+    "BrokerServer",
+    "BrokerSettings",
+    "ClusterUnavailable",
+    "advertisable",
+    "advertised",
+    "endpoint",
+    "receive",
+    "send",
+]
 
 log = logging.getLogger("zchat.broker")
 
@@ -219,9 +230,23 @@ class BrokerServer:
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        #: With --cluster: the seams shared with the other brokers, and the link to NATS.
+        self.cluster: ClusterNode | None = None
+        if settings.cluster:
+            try:
+                node = settings.node or self.router_endpoint[6:]
+                self.cluster = ClusterNode(settings, self.context, node, store, self._send_local)
+            except ClusterUnavailable:
+                for sock in (self.router, self.pub, self.zap):
+                    sock.close(0)
+                self.context.term()
+                raise
+        cluster = self.cluster  # the seams shared with the other brokers; none for a broker alone
         self.core = BrokerCore(
-            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store
-        )
+            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store,
+            names=cluster.names if cluster else None, handed=cluster.handed if cluster else None,
+            relay=cluster.log if cluster else None,
+        )  # fmt: skip
         self.core.failures.store_name = self._store_name()
         self._stopping = False
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
@@ -296,6 +321,9 @@ class BrokerServer:
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self.zap, zmq.POLLIN)
+        cluster = self.cluster
+        if cluster is not None:
+            poller.register(cluster.socket, zmq.POLLIN)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(0 if put_off else POLL_MS))
@@ -325,6 +353,8 @@ class BrokerServer:
                 elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = self._guarded("indexing for search", False, core.store.catch_up)
                     self._feed(Flush(time.time()))
+                if cluster is not None and (cluster.socket in ready or cluster.link.inbox):
+                    self._guarded("the cluster's news", None, self._from_cluster, cluster)
                 now = time.time()
                 if self._hangups:
                     self._hang_up_due(now)
@@ -342,6 +372,24 @@ class BrokerServer:
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
             self.close()
+
+    def _from_cluster(self, cluster: ClusterNode) -> None:
+        inputs = cluster.take()
+        if cluster.changed:
+            self.core.online_names = None  # someone came or went on another broker: WHO anew
+        for event in inputs:
+            self._guarded("an event of the cluster", None, self._feed, event)
+        self._feed(Flush(time.time()))
+
+    def _send_local(self, peer: bytes, frames: list[bytes]) -> str:
+        """Frames from another broker for one of this broker's connections: what became of them."""
+        try:
+            send(self.router, peer, frames)
+        except zmq.Again:
+            return "busy"
+        except zmq.ZMQError:
+            return "gone"
+        return "delivered"
 
     def _handle(self, first: zmq.Frame, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, decoded and fed to the core; a failure answers it alone."""
@@ -476,6 +524,9 @@ class BrokerServer:
 
     def _deliver(self, delivery: Deliver) -> None:
         """A private message: what becomes of it is the core's next input."""
+        if self.cluster is not None and delivery.peer.startswith(REMOTE):
+            self.cluster.deliver(delivery)  # its outcome comes back from the other broker
+            return
         try:
             send(self.router, delivery.peer, p.encode(delivery.message))
         except zmq.Again:
@@ -492,6 +543,9 @@ class BrokerServer:
 
     def _send(self, peer: bytes, event: p.ServerEvent) -> None:
         core = self.core
+        if self.cluster is not None and peer.startswith(REMOTE):
+            self.cluster.reply(peer, event)
+            return
         try:
             send(self.router, peer, p.encode(event))
         except zmq.Again:
@@ -513,6 +567,8 @@ class BrokerServer:
             self.core.store.close()
         except Exception as e:  # StoreFailed too: what it could not write is lost, and said so
             log.error("the store could not be closed cleanly: %s", e)
+        if self.cluster is not None:
+            self.cluster.close()
         for _, held in self._hangups:
             held.close()
         self.router.close()
