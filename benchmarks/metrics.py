@@ -5,7 +5,8 @@ python -m benchmarks.metrics [--quick] [--rounds N] [--against REF] [--out bench
 Rounds alternate without and with `--metrics`, so that a machine that gets
 busier or quieter during the run weighs on both alike; with it, the
 endpoint is scraped every SCRAPE_EVERY seconds all through the run (much
-more often than Prometheus would). The ratio compares the medians.
+more often than Prometheus would). `ratio` compares the medians; `paired_ratios`
+each round's two runs, back to back.
 --against REF adds a third run per round, of the broker of git REF (e.g.
 main, before the counters the metrics read were added): what the counters
 the loop keeps whether or not it is scraped cost.
@@ -103,6 +104,8 @@ def main() -> int:
                 print(f"private, {PAIRS} pairs, {label} --metrics: {row['msgs_per_s']:,}/s", file=sys.stderr)
     medians = {label: statistics.median(figures) for label, figures in runs.items()}
     ratio = round(medians["with"] / max(1, medians["without"]), 3)
+    # Each round's with/without pair ran back to back: its ratio is spared the drift of a shared machine.
+    paired = [round(w / max(1, wo), 3) for w, wo in zip(runs["with"], runs["without"], strict=True)]
     result: dict[str, object] = {
         "pairs": PAIRS,
         "duration_s": duration,
@@ -114,6 +117,8 @@ def main() -> int:
         "median_without": medians["without"],
         "median_with": medians["with"],
         "ratio": ratio,
+        "paired_ratios": paired,
+        "paired_ratio_median": statistics.median(paired),
         "target": TARGET,
         **(
             {
