@@ -45,13 +45,16 @@ class LineWriter:
 
 
 def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_timeout: float) -> int:
-    """Run commands until input ends or /quit; 0 if every message was accepted."""
+    """Run commands until input ends or /quit; 0 if every line was understood and every
+    message accepted."""
     for line in lines:
         command = cmd.parse(line)
         if command is None:
             continue
         if isinstance(command, cmd.Quit):
             break
+        if isinstance(command, cmd.Invalid):
+            writer.refused += 1  # a script with a line that means nothing has failed
         execute(client, command, writer)
     if not client.flush(drain_timeout):
         writer(ev.Status(client.state, f"gave up waiting for answers after {drain_timeout:g}s"))
@@ -86,6 +89,8 @@ def execute(client: Client, command: cmd.Command, out: Output) -> None:
         room = (command.room or out.room).lower()
         if room == "*":
             out(ev.Refusal("", ev.USAGE, "the lobby cannot be left: /quit leaves the chat"))
+        elif valid_room(room) and room not in client.joined():
+            out(ev.Refusal("", ev.USAGE, f"you are not in {room}"))
         elif not client.exit(room).refused() and room == out.room:
             out.room = "*"
     elif isinstance(command, cmd.SwitchRoom):
@@ -96,6 +101,8 @@ def execute(client: Client, command: cmd.Command, out: Output) -> None:
                     "", ev.USAGE, f"{command.room!r} is not a room: '#' and 1-32 letters, digits, _ - ."
                 )
             )
+        elif room != "*" and room not in client.joined():
+            out(ev.Refusal("", ev.USAGE, f"you are not in {room}: /join {room} joins it"))
         else:
             out.room = room
             out(ev.Status(client.state, f"now talking in {'the lobby' if room == '*' else room}"))

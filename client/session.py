@@ -81,6 +81,7 @@ class Client:
         self._failure: ev.Status | None = None
         self._pending: list[Request] = []  # answered ones are pruned as it grows
         self._pending_lock = threading.Lock()
+        self._room_asks: dict[str, Request] = {}  # the last ENTER or EXIT asked of each room
         self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
         self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
         self._closed = False
@@ -133,6 +134,20 @@ class Client:
     def state(self) -> ev.State:
         return self._poller.state
 
+    def joined(self) -> frozenset[str]:
+        """The rooms ("#name", lower case) this client is in, or is joining; not the lobby.
+
+        A join or leave asked and not yet answered counts as done: what was asked
+        last is what the user expects, though the poller may not have taken it yet."""
+        with self._pending_lock:
+            asked = [(room, r.kind == "enter") for room, r in self._room_asks.items() if not r.done()]
+        # Read after the answers: the engine knows its rooms before it answers. Written by the
+        # poller thread only; copying a dict's keys holds the GIL throughout.
+        rooms = set(self._poller.engine.rooms) - {EVERYONE}
+        for room, entering in asked:
+            (rooms.add if entering else rooms.discard)(room)
+        return frozenset(rooms)
+
     # --- requests ------------------------------------------------------------
 
     def send(self, to: str, text: str) -> Request:
@@ -151,11 +166,17 @@ class Client:
 
     def enter(self, room: str) -> Request:
         """Join `room` ("#name"): its last messages come as history, then live ones; `.wait()` gives Ack."""
-        return self._room_request("enter", room)
+        return self._asked(self._room_request("enter", room))
 
     def exit(self, room: str) -> Request:
         """Leave `room`; `.wait()` gives Ack (or a Refusal)."""
-        return self._room_request("exit", room)
+        return self._asked(self._room_request("exit", room))
+
+    def _asked(self, request: Request) -> Request:
+        if not request.done():
+            with self._pending_lock:
+                self._room_asks[request.target] = request
+        return request
 
     def rooms(self) -> Request:
         """Every room with members, and ours; `.wait()` gives RoomList."""

@@ -7,6 +7,7 @@ is typing is ever clobbered. The prompt shows the connection state.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -18,6 +19,7 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
@@ -118,7 +120,7 @@ class Screen:
     """Where events go: a line each above the prompt, and a redraw on state changes."""
 
     def __init__(self, me: str, colour: bool) -> None:
-        self.renderer = Renderer(me, colour)
+        self.renderer = Renderer(me, colour, width=self.columns)
         self.roster = Roster(me)
         self.session: PromptSession[str] | None = None
         self.quiet = False  # set on the way out: the closing status is noise
@@ -142,6 +144,12 @@ class Screen:
             self.session.app.invalidate()  # thread-safe: the prompt shows the state
             if event.state is ev.State.OFFLINE and self.on_given_up is not None:
                 self.on_given_up()  # nothing typed could go anywhere now: leave
+
+    def columns(self) -> int:
+        """The terminal's width now (it may be resized at any time)."""
+        if self.session is not None:
+            return self.session.app.output.get_size().columns
+        return shutil.get_terminal_size().columns
 
     def release(self, show: bool) -> None:
         """Print (or drop, when connecting failed) the lines held until now."""
@@ -211,9 +219,27 @@ def run_tui(settings: Settings, colour: bool) -> int:
                   file=sys.stderr)  # fmt: skip
 
 
+def key_bindings() -> KeyBindings:
+    bindings = KeyBindings()
+
+    @bindings.add("c-c")
+    def _clear_or_quit(event: KeyPressEvent) -> None:
+        """Ctrl-C drops a half-typed line, as in a shell; on an empty line it quits."""
+        if event.current_buffer.text:
+            event.current_buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt())
+
+    return bindings
+
+
 def _chat(client: Client, screen: Screen, colour: bool) -> int:
     session: PromptSession[str] = PromptSession(
         lambda: prompt_for(client, colour, screen.room),
+        # The line typed goes once it is entered: what was said comes back from the broker
+        # (a private message: its ACK), so it is shown once, as the others see it.
+        erase_when_done=True,
+        key_bindings=key_bindings(),
         history=InMemoryHistory(),
         completer=ChatCompleter(screen.roster),
         complete_while_typing=False,

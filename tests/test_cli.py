@@ -229,3 +229,12 @@ def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
     text = err.decode()
     assert HOSTILE_SHOWN in text, repr(text)
     assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)
+
+
+def test_line_mode_exits_non_zero_after_an_unknown_command(broker: Broker) -> None:
+    understood = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin="hello\n")
+    assert understood.returncode == 0, understood.stderr
+    result = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin="/frobnicate\nhello\n")
+    assert result.returncode == 1, result.stdout
+    assert "unknown command /frobnicate" in result.stdout
+    assert "<alice> hello" in result.stdout  # the lines after it still ran

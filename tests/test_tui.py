@@ -6,6 +6,7 @@ Client in the test; assertions read the screen with capture-pane.
 
 from __future__ import annotations
 
+import re
 import secrets
 import shlex
 import shutil
@@ -49,11 +50,11 @@ class Terminal:
         )  # fmt: skip
         return result.stdout
 
-    def start(self, *argv: str, colour: bool = False) -> None:
+    def start(self, *argv: str, colour: bool = False, columns: int = 120) -> None:
         env = "env -u NO_COLOR" if colour else "env NO_COLOR=1"
         status, partial = shlex.quote(str(self.status_file)), shlex.quote(f"{self.status_file}.partial")
         command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
-        self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", command)
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(columns), "-y", "40", command)
         self.started = True
         self.socket_path = Path(self.tmux("display-message", "-p", "#{socket_path}").strip())
 
@@ -155,8 +156,10 @@ def bob(broker: Broker) -> Iterator[Peer]:
     peer.client.close()
 
 
-def start_alice(terminal: Terminal, broker: Broker, colour: bool = False) -> None:
-    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, colour=colour)
+def start_alice(terminal: Terminal, broker: Broker, colour: bool = False, columns: int = 120) -> None:
+    terminal.start(
+        ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, colour=colour, columns=columns
+    )
     terminal.wait_input("alice>")  # capture-pane drops the prompt's trailing space
     terminal.wait_screen("online (")  # the first /who has come back: completion knows the names
 
@@ -373,3 +376,97 @@ def test_escapes_in_another_users_text_are_shown_not_obeyed(terminal: Terminal, 
     assert HOSTILE_SHOWN in line, line  # on one line, where it was written
     assert not any(line.startswith("[00:00:00]") for line in visible.splitlines()), visible
     assert "pwned" not in terminal.tmux("display-message", "-p", "-t", "t", "#{pane_title}")
+
+
+# --- the habits of irssi and WeeChat users (issue 15) --------------------------------------
+
+TIME = re.compile(r"^(\[\d\d:\d\d:\d\d\]|\d\d:\d\d) ")
+
+
+def enter(terminal: Terminal, line: str) -> None:
+    terminal.type(line)
+    terminal.keys("Enter")
+
+
+def test_own_messages_are_shown_once(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "said once")
+    enter(terminal, "/msg bob privately once")
+    bob.message("said once")
+    terminal.wait_screen("<alice> said once")
+    terminal.wait_screen("[private] you -> bob: privately once")
+    terminal.wait_input("alice>")
+    screen = terminal.screen()
+    assert screen.count("said once") == 1 and screen.count("-> bob: privately once") == 1, screen
+
+
+def test_ctrl_c_clears_a_half_typed_line_and_keeps_the_client(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    terminal.type("half a thought")
+    terminal.wait_input("alice> half a thought")
+    terminal.keys("C-c")
+    terminal.wait_input("alice>")
+    assert terminal.exit_status() is None
+    enter(terminal, "still here")
+    terminal.wait_screen("<alice> still here")
+    terminal.keys("C-c")  # on an empty line: quits
+    assert terminal.wait_exit() == 0
+
+
+def test_status_lines_carry_a_time_and_plain_words(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/frobnicate")
+    enter(terminal, "/msg nobody hello")
+    line = terminal.wait(
+        lambda: next((x for x in terminal.lines() if "unknown command /frobnicate" in x), None), "the error"
+    )
+    refused = terminal.wait(lambda: next((x for x in terminal.lines() if "not sent to nobody" in x), None),
+                            "the refusal")  # fmt: skip
+    for shown in (line, refused):
+        assert TIME.match(shown), shown
+        assert not re.search(r"\(\d{3}\)", shown), shown  # no internal code
+
+
+def test_wrapped_lines_are_indented_under_the_text_in_40_columns(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker, columns=40)
+    said = "the deploy of the new broker went well and nobody noticed a thing at all today"
+    words = said.split(" ")
+    bob.client.broadcast(said).wait(DEADLINE)
+    terminal.wait_screen("today")
+    rows = terminal.screen().splitlines()
+    first = next(i for i, row in enumerate(rows) if "<bob> the" in row)
+    indent = rows[first].index("the deploy")
+    assert indent <= 14, rows[first]  # a short time: the text keeps most of the width
+    wrapped = [rows[first]]
+    while "today" not in wrapped[-1]:
+        wrapped.append(rows[first + len(wrapped)])
+    assert len(wrapped) >= 3 and all(len(row.rstrip()) <= 40 for row in wrapped), wrapped
+    assert all(row[:indent].strip() == "" and row[indent] != " " for row in wrapped[1:]), wrapped
+    assert " ".join(row[indent:].strip() for row in wrapped).split() == words  # no word broken
+
+
+def test_room_commands_say_what_is_so(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/room #elsewhere")
+    terminal.wait_screen("you are not in #elsewhere")
+    terminal.wait_input("alice>")  # still in the lobby
+    enter(terminal, "/leave #dev")
+    terminal.wait_screen("you are not in #dev")
+    assert "you left #dev" not in terminal.screen()
+    enter(terminal, "/names #nosuch")
+    terminal.wait_screen("nobody in #nosuch is online")
+    enter(terminal, "/join #dev")
+    terminal.wait_input("alice #dev>")
+    bob.client.enter("#dev").wait(DEADLINE)
+    bob.client.send("#dev", "about to go").wait(DEADLINE)
+    terminal.wait_screen("<bob> about to go")  # as history or live: either way alice's room is live now
+    bob.client.exit("#dev").wait(DEADLINE)
+    line = terminal.wait(
+        lambda: next((x for x in terminal.lines() if "bob left #dev" in x), None), "bob leaving"
+    )
+    assert line.endswith("bob left #dev"), line  # not "left #dev (left)"
+    enter(terminal, "/leave")
+    terminal.wait_screen("you left #dev")
+    terminal.wait_input("alice>")
