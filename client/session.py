@@ -26,6 +26,7 @@ import zmq
 
 from zchat.client import events as ev
 from zchat.client.poller import Poller
+from zchat.client.readstate import ReadState
 from zchat.client.request import Request
 from zchat.client.settings import DEFAULT_BROKER, Settings
 from zchat.common.keys import KeyPair
@@ -53,6 +54,7 @@ class Client:
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
+        read_state: ReadState | None = None,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
@@ -61,6 +63,9 @@ class Client:
         registering, for the rooms one is in): at most 500, what one HISTORY may ask.
         With `server_key`, the broker's public key (z85), all traffic is
         encrypted with CURVE, as `keys` (a fresh key pair when None).
+        With `read_state`, what is shown is remembered (saved on close), and a
+        join's history says where the unread part starts, with a Status
+        "unread since HH:MM" just before its first message not shown before.
         """
         self.name = name
         self.broker = broker
@@ -71,6 +76,8 @@ class Client:
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
                                   server_key, keys)  # fmt: skip
         self._on_event = on_event
+        self.read_state = read_state
+        self._marked: set[str] = set()  # rooms whose "unread since" was told
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -87,12 +94,13 @@ class Client:
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None) -> Client:
+    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None,
+                      read_state: ReadState | None = None) -> Client:  # fmt: skip
         """A client of the program's settings (settings.py), as the command line reads them."""
         return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
                    answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
                    history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys)  # fmt: skip
+                   keys=settings.keys, read_state=read_state)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 
@@ -115,6 +123,8 @@ class Client:
         if self._thread.is_alive():
             self._submit(Request("close", self._new_id()))
             self._thread.join(timeout)
+        if self.read_state is not None:
+            self.read_state.save()
         os.close(self._wake_w)
         if not started:  # else the poller thread closes its end, once it no longer polls it
             os.close(self._wake_r)
@@ -292,6 +302,25 @@ class Client:
         return request
 
     def _emit(self, event: ev.Event) -> None:
+        if self.read_state is not None:
+            self._read(event, self.read_state)
+        self._deliver(event)
+
+    def _read(self, event: ev.Event, state: ReadState) -> None:
+        """Before the first history message not shown before: "unread since"; then remember it."""
+        if isinstance(event, ev.Ack) and event.command == "exit":
+            state.forget(event.target)
+        if not isinstance(event, ev.Message) or not event.seq or event.private:
+            return
+        last = state.last_read(event.room)
+        if event.history and last and event.seq > last and event.room not in self._marked:
+            self._marked.add(event.room)
+            where = "the lobby" if event.room == EVERYONE else event.room
+            since = event.time.astimezone().strftime("%H:%M")
+            self._deliver(ev.Status(self.state, f"unread since {since} in {where}"))
+        state.shown(event.room, event.seq)
+
+    def _deliver(self, event: ev.Event) -> None:
         if self._on_event is not None:
             try:
                 self._on_event(event)

@@ -25,6 +25,7 @@ from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
+from zchat.client.readstate import ReadState, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
@@ -196,7 +197,9 @@ def run_tui(settings: Settings, colour: bool) -> int:
     """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
     name, broker = settings.name, settings.broker
     screen = Screen(name, colour)
-    client = Client.from_settings(settings, on_event=screen)
+    # What was read is kept in the user's data folder: after a restart the join says what is new.
+    client = Client.from_settings(settings, on_event=screen,
+                                  read_state=ReadState(state_file(settings.name, settings.broker)))  # fmt: skip
     try:
         client.connect()
     except ConnectError as e:

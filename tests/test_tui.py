@@ -41,6 +41,8 @@ class Terminal:
         self.config.write_text("set -g remain-on-exit on\nset -g history-limit 1000\n")
         # Written by the pane's shell: tmux's #{pane_dead_status} sometimes stays empty.
         self.status_file = tmp_path / "exit-status"
+        # The user's data folder (what was read, kept across restarts): the test's own.
+        self.data = tmp_path / "data"
         self.started = False
 
     def tmux(self, *args: str) -> str:
@@ -51,7 +53,9 @@ class Terminal:
         return result.stdout
 
     def start(self, *argv: str, colour: bool = False, columns: int = 120) -> None:
-        env = "env -u NO_COLOR" if colour else "env NO_COLOR=1"
+        env = (
+            "env -u NO_COLOR" if colour else "env NO_COLOR=1"
+        ) + f" XDG_DATA_HOME={shlex.quote(str(self.data))}"
         status, partial = shlex.quote(str(self.status_file)), shlex.quote(f"{self.status_file}.partial")
         command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
         self.tmux("new-session", "-d", "-s", "t", "-x", str(columns), "-y", "40", command)
@@ -470,3 +474,31 @@ def test_room_commands_say_what_is_so(terminal: Terminal, broker: Broker, bob: P
     enter(terminal, "/leave")
     terminal.wait_screen("you left #dev")
     terminal.wait_input("alice>")
+
+
+def test_after_a_restart_the_join_marks_what_is_unread(tmp_path: Path, broker: Broker, bob: Peer) -> None:
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        bob.client.broadcast("read before leaving").wait(DEADLINE)
+        first.wait_screen("<bob> read before leaving")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    bob.client.broadcast("said while alice was away").wait(DEADLINE)
+    bob.client.broadcast("and more").wait(DEADLINE)
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data  # the same user's data folder
+    try:
+        start_alice(again, broker)
+        again.wait_screen("and more")
+        lines = again.lines()
+        marker = next(i for i, line in enumerate(lines) if "unread since" in line)
+        before = next(i for i, line in enumerate(lines) if "<bob> read before leaving" in line)
+        missed = next(i for i, line in enumerate(lines) if "<bob> said while alice was away" in line)
+        assert before < marker < missed, lines
+        assert "the lobby" in lines[marker] and TIME.match(lines[marker]), lines[marker]
+    finally:
+        again.close()
