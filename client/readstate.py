@@ -1,6 +1,7 @@
 """What the user has read: per room (and the lobby) the last sequence number shown,
 kept in the user's data folder across restarts, so that the join's history can
-mark where the unread part starts ("unread since ...").
+mark where the unread part starts ("unread since ..."). Also the text of the last
+private messages sent, so that a receipt arriving after a restart names it.
 
 The terminal UI shows every message as it comes: shown is read. A front end
 with buffers (the web client) will count unread per buffer on top of this.
@@ -19,6 +20,9 @@ import platformdirs
 
 log = logging.getLogger("zchat.client")
 
+#: Private messages whose text is kept for their receipts (the oldest go first).
+SENT_KEPT = 500
+
 
 def state_file(name: str, broker: str) -> Path:
     """Where `name`'s read state at `broker` is kept: one file per name and broker."""
@@ -32,9 +36,10 @@ class ReadState:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path
         self._last: dict[str, int] = {}
+        self._sent: dict[str, str] = {}  # message id -> text of a private message sent
         self._lock = threading.Lock()
         if path is not None:
-            self._last = _load(path)
+            self._last, self._sent = _load(path)
 
     def last_read(self, room: str) -> int:
         with self._lock:
@@ -44,6 +49,16 @@ class ReadState:
         with self._lock:
             if seq > self._last.get(room, 0):
                 self._last[room] = seq
+
+    def sent(self, msg_id: str, text: str) -> None:
+        with self._lock:
+            self._sent[msg_id] = text
+            if len(self._sent) > SENT_KEPT:
+                del self._sent[next(iter(self._sent))]
+
+    def sent_text(self, msg_id: str) -> str:
+        with self._lock:
+            return self._sent.get(msg_id, "")
 
     def forget(self, room: str) -> None:
         """The room was left (or renumbered by a broker that lost its store)."""
@@ -55,7 +70,7 @@ class ReadState:
         if self.path is None:
             return
         with self._lock:
-            data = json.dumps({"version": 1, "last_seq": self._last})
+            data = json.dumps({"version": 1, "last_seq": self._last, "sent": self._sent})
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             partial = self.path.with_suffix(".partial")
@@ -65,13 +80,14 @@ class ReadState:
             log.warning("could not keep what was read in %s: %s", self.path, e)
 
 
-def _load(path: Path) -> dict[str, int]:
+def _load(path: Path) -> tuple[dict[str, int], dict[str, str]]:
     try:
         data = json.loads(path.read_text())
-        last = data["last_seq"]
-        return {str(room): int(seq) for room, seq in last.items() if int(seq) > 0}
+        last = {str(room): int(seq) for room, seq in data["last_seq"].items() if int(seq) > 0}
+        sent = {str(msg_id): str(text) for msg_id, text in data.get("sent", {}).items()}
+        return last, sent
     except FileNotFoundError:
-        return {}
+        return {}, {}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         log.warning("ignored what was read, in %s: %s", path, e)  # started afresh, not crashed
-        return {}
+        return {}, {}

@@ -193,7 +193,7 @@ class Renderer:
         if isinstance(event, ev.Ack):
             return self._ack(event)
         if isinstance(event, ev.Receipt):
-            what = f": {event.text}" if event.text else " a message sent before this client started"
+            what = f": {event.text}" if event.text else ": a message this client no longer has"
             return self._status(f"✓ delivered to {self._name(event.recipient)}{what}", event.time)
         if isinstance(event, ev.RoomList):
             return self._status(self._rooms(event))

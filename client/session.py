@@ -20,6 +20,7 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from types import TracebackType
 
 import zmq
@@ -304,12 +305,16 @@ class Client:
     def _emit(self, event: ev.Event) -> None:
         if self.read_state is not None:
             self._read(event, self.read_state)
+            if isinstance(event, ev.Receipt) and not event.text:  # sent before a restart
+                event = replace(event, text=self.read_state.sent_text(event.msg_id))
         self._deliver(event)
 
     def _read(self, event: ev.Event, state: ReadState) -> None:
         """Before the first history message not shown before: "unread since"; then remember it."""
         if isinstance(event, ev.Ack) and event.command == "exit":
             state.forget(event.target)
+        elif isinstance(event, ev.Ack) and event.command == "send" and not ev.is_room(event.target):
+            state.sent(event.msg_id, event.text)  # for its receipt, which may come after a restart
         if not isinstance(event, ev.Message) or not event.seq or event.private:
             return
         last = state.last_read(event.room)

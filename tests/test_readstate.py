@@ -69,3 +69,21 @@ def test_the_join_says_where_the_unread_part_starts(broker: Broker, tmp_path: Pa
     ]
     marker = next(i for i, text in enumerate(shown) if text.startswith("unread since"))
     assert shown.index("old") < marker < shown.index("new"), shown
+
+
+def test_a_receipt_after_a_restart_names_the_message(broker: Broker, tmp_path: Path) -> None:
+    path = tmp_path / "read.json"
+    with chat("bob", broker.endpoint):
+        pass  # bob has registered once: mail for him is kept while he is away
+    first = Client("alice", broker.endpoint, read_state=ReadState(path)).connect()
+    ack = first.send("bob", "see you tomorrow").wait(DEADLINE)
+    first.close()
+    assert isinstance(ack, ev.Ack) and ack.status == "stored"
+    with chat("bob", broker.endpoint) as bob:
+        bob.message("see you tomorrow")
+        again = Client("alice", broker.endpoint, read_state=ReadState(path)).connect()
+        try:
+            receipt = next(e for e in again.events(timeout=DEADLINE) if isinstance(e, ev.Receipt))
+        finally:
+            again.close()
+    assert (receipt.msg_id, receipt.text) == (ack.msg_id, "see you tomorrow")
