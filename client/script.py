@@ -35,8 +35,12 @@ class LineWriter:
         if line is not None:
             self.write(line)
 
-    def show_help(self) -> None:
-        self.write(to_json(ev.Status(ev.State.ONLINE, cmd.HELP)) if self.json_mode else cmd.HELP)
+    def show_help(self, word: str = "") -> None:
+        text = (cmd.help_of(word) if word else None) or cmd.HELP
+        self.write(to_json(ev.Status(ev.State.ONLINE, text)) if self.json_mode else text)
+
+    def clear(self) -> None:
+        """Nothing to clear in line mode: the lines are a script's output."""
 
     def write(self, line: str) -> None:
         with self.lock:
@@ -70,7 +74,9 @@ class Output(Protocol):
 
     def __call__(self, event: ev.Event) -> None: ...
 
-    def show_help(self) -> None: ...
+    def show_help(self, word: str = "") -> None: ...
+
+    def clear(self) -> None: ...
 
 
 def execute(client: Client, command: cmd.Command, out: Output) -> None:
@@ -115,10 +121,16 @@ def execute(client: Client, command: cmd.Command, out: Output) -> None:
         else:
             client.names(room)
     elif isinstance(command, cmd.History):
-        client.history(command.room or out.room, before=-1, count=command.count)
+        # /history: the newest, every time; /more pages back from the oldest shown.
+        client.history(command.room or out.room, before=-1 if command.older else 0, count=command.count)
+    elif isinstance(command, cmd.Clear):
+        out.clear()
     elif isinstance(command, cmd.Search):
         client.search(command.words)
     elif isinstance(command, cmd.Help):
-        out.show_help()
+        if command.word and cmd.help_of(command.word) is None:
+            out(ev.Refusal("", ev.USAGE, f"no command {command.word}; /help lists them"))
+        else:
+            out.show_help(command.word)
     elif isinstance(command, cmd.Invalid):
         out(ev.Refusal("", ev.USAGE, command.reason))

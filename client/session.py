@@ -79,6 +79,7 @@ class Client:
         self._on_event = on_event
         self.read_state = read_state
         self._marked: set[str] = set()  # rooms whose "unread since" was told
+        self._read_before: dict[str, int] = {}  # room -> its last sequence read before this client
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -317,7 +318,8 @@ class Client:
             state.sent(event.msg_id, event.text)  # for its receipt, which may come after a restart
         if not isinstance(event, ev.Message) or not event.seq or event.private:
             return
-        last = state.last_read(event.room)
+        # What was read before this client's first message of the room: not what it showed since.
+        last = self._read_before.setdefault(event.room, state.last_read(event.room))
         if event.history and last and event.seq > last and event.room not in self._marked:
             self._marked.add(event.room)
             where = "the lobby" if event.room == EVERYONE else event.room

@@ -126,6 +126,7 @@ class Screen:
         self.session: PromptSession[str] | None = None
         self.quiet = False  # set on the way out: the closing status is noise
         self.room = "*"  # the current room: plain text goes there; the prompt shows it
+        self.clearing = False  # /clear: the screen is cleared as the next prompt starts
         self._held: list[str] | None = []  # lines from before the connection was made
         self._lock = threading.RLock()
         #: Called (on the poller thread) when the client gives up for good, e.g. signed in elsewhere.
@@ -159,8 +160,13 @@ class Screen:
             for line in held if show else ():
                 self.write(line)
 
-    def show_help(self) -> None:
-        self.write(cmd.HELP)
+    def show_help(self, word: str = "") -> None:
+        self.write((cmd.help_of(word) if word else None) or cmd.HELP)
+
+    def clear(self) -> None:
+        """The screen cleared as the next prompt starts: by prompt_toolkit's renderer, which
+        knows where its prompt is (an escape written here would leave it lost)."""
+        self.clearing = True
 
     def write(self, text: str) -> None:
         # sys.stdout is patch_stdout's proxy while the prompt runs: it prints above it.
@@ -276,6 +282,13 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
         """A give-up or signal between two prompts found no prompt to stop: stop this one as it starts."""
         if hangup.is_set():
             session.app.exit(exception=_Hangup())
+        elif screen.clearing:
+            screen.clearing = False
+            sys.stdout.flush()  # what came before the /clear goes with it
+            output = session.app.output  # the prompt is not drawn yet: it starts at the top
+            output.erase_screen()
+            output.cursor_goto(0, 0)
+            output.flush()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:

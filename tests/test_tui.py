@@ -74,6 +74,10 @@ class Terminal:
         """The scrollback and the visible screen (tmux may scroll a dead pane's lines off)."""
         return self.tmux("capture-pane", "-p", "-S", "-", "-t", "t", *(["-e"] if escapes else []))
 
+    def visible(self) -> str:
+        """The visible screen only, without the scrollback."""
+        return self.tmux("capture-pane", "-p", "-t", "t")
+
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen().splitlines() if line.strip()]
 
@@ -502,3 +506,28 @@ def test_after_a_restart_the_join_marks_what_is_unread(tmp_path: Path, broker: B
         assert "the lobby" in lines[marker] and TIME.match(lines[marker]), lines[marker]
     finally:
         again.close()
+
+
+def test_history_shows_the_newest_each_time_and_more_pages_back(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    for i in range(1, 5):
+        bob.client.send("#dev", f"note {i}").wait(DEADLINE)
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("<bob> note 4")
+    assert "unread since" not in terminal.screen()  # nothing of #dev was read before
+    enter(terminal, "/clear")
+    terminal.wait(lambda: "note" not in terminal.visible(), "the screen cleared")
+    for _ in range(2):  # the same, newest two, each time
+        enter(terminal, "/history #dev 2")
+    terminal.wait(lambda: terminal.visible().count("2 message(s) of #dev above") == 2, "two answers")
+    screen = terminal.visible()
+    assert screen.count("<bob> note 4") == 2 and screen.count("<bob> note 3") == 2 and "note 2" not in screen
+    assert "/history" not in screen  # the typed lines are gone, the screen in order
+    enter(terminal, "/more #dev 1")  # the join showed all four: nothing is older
+    terminal.wait_screen("no earlier messages in #dev")
+    enter(terminal, "/help join")
+    terminal.wait_screen("/join #ROOM")
+    assert "/quit" not in terminal.screen()
