@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import click
 
@@ -82,9 +83,12 @@ def start(client: Client) -> Client:
 @timeout_option
 @server_key_option
 @click.option("--json", "json_mode", is_flag=True, help="Line mode with one JSON object per event.")
-def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool) -> None:
+@click.option("--bell/--no-bell", default=Settings.bell, show_default=True, envvar=ENVIRONMENT["bell"],
+              help="Ring the terminal's bell on a private message or a mention of your name.")  # fmt: skip
+def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool,
+            bell: bool) -> None:  # fmt: skip
     """Chat: a terminal UI, or line mode when stdin is not a terminal."""
-    settings = settings_of(name, broker, connect_timeout, server_key)
+    settings = replace(settings_of(name, broker, connect_timeout, server_key), bell=bell)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_mode:
         from zchat.client.tui import run_tui  # prompt_toolkit loads only here
 

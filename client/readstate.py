@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 from pathlib import Path
 
@@ -22,6 +23,11 @@ log = logging.getLogger("zchat.client")
 
 #: Private messages whose text is kept for their receipts (the oldest go first).
 SENT_KEPT = 500
+
+
+def mentions(text: str, name: str) -> bool:
+    """`text` names `name` as a word of its own ("alice:", "@alice", not "malice"), any case."""
+    return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE) is not None
 
 
 def state_file(name: str, broker: str) -> Path:

@@ -25,7 +25,7 @@ from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
-from zchat.client.readstate import ReadState, state_file
+from zchat.client.readstate import ReadState, mentions, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
@@ -120,7 +120,9 @@ class ChatCompleter(Completer):
 class Screen:
     """Where events go: a line each above the prompt, and a redraw on state changes."""
 
-    def __init__(self, me: str, colour: bool) -> None:
+    def __init__(self, me: str, colour: bool, bell: bool = True) -> None:
+        self.me = me
+        self.bell = bell
         self.renderer = Renderer(me, colour, width=self.columns)
         self.roster = Roster(me)
         self.session: PromptSession[str] | None = None
@@ -136,6 +138,8 @@ class Screen:
         """The client's on_event: runs on the poller thread."""
         self.roster.update(event)
         line = None if self.quiet else self.renderer.line(event)
+        if line is not None and self.bell and self._calls_for_me(event):
+            line += "\a"  # the bell: terminals and tmux mark the window, desktops raise the urgency hint
         if line is not None:
             with self._lock:
                 if self._held is not None:
@@ -146,6 +150,12 @@ class Screen:
             self.session.app.invalidate()  # thread-safe: the prompt shows the state
             if event.state is ev.State.OFFLINE and self.on_given_up is not None:
                 self.on_given_up()  # nothing typed could go anywhere now: leave
+
+    def _calls_for_me(self, event: ev.Event) -> bool:
+        """A live private message to us, or a message that names us, from someone else."""
+        if not isinstance(event, ev.Message) or event.history or event.sender.lower() == self.me.lower():
+            return False
+        return event.private or mentions(event.text, self.me)
 
     def columns(self) -> int:
         """The terminal's width now (it may be resized at any time)."""
@@ -202,7 +212,7 @@ class _Hangup(Exception):
 def run_tui(settings: Settings, colour: bool) -> int:
     """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
     name, broker = settings.name, settings.broker
-    screen = Screen(name, colour)
+    screen = Screen(name, colour, settings.bell)
     # What was read is kept in the user's data folder: after a restart the join says what is new.
     client = Client.from_settings(settings, on_event=screen,
                                   read_state=ReadState(state_file(settings.name, settings.broker)))  # fmt: skip

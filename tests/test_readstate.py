@@ -87,3 +87,12 @@ def test_a_receipt_after_a_restart_names_the_message(broker: Broker, tmp_path: P
         finally:
             again.close()
     assert (receipt.msg_id, receipt.text) == (ack.msg_id, "see you tomorrow")
+
+
+def test_a_mention_is_the_name_as_a_word_of_its_own() -> None:
+    from zchat.client.readstate import mentions
+
+    for text in ("alice: hi", "hi @Alice", "ALICE, look", "ping alice."):
+        assert mentions(text, "alice"), text
+    for text in ("malice", "alice_b said", "alice-bot", "alicexyz", "a.alice"):
+        assert not mentions(text, "alice"), text

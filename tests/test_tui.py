@@ -44,6 +44,7 @@ class Terminal:
         # The user's data folder (what was read, kept across restarts): the test's own.
         self.data = tmp_path / "data"
         self.started = False
+        self.target = "t"  # the session's current window; "t:0" the chat's once another is opened
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
@@ -64,19 +65,19 @@ class Terminal:
 
     def keys(self, *keys: str) -> None:
         """Named keys: Enter, Tab, Up, C-c..."""
-        self.tmux("send-keys", "-t", "t", *keys)
+        self.tmux("send-keys", "-t", self.target, *keys)
 
     def type(self, text: str) -> None:
         """Literal text, without Enter."""
-        self.tmux("send-keys", "-t", "t", "-l", text)
+        self.tmux("send-keys", "-t", self.target, "-l", text)
 
     def screen(self, escapes: bool = False) -> str:
         """The scrollback and the visible screen (tmux may scroll a dead pane's lines off)."""
-        return self.tmux("capture-pane", "-p", "-S", "-", "-t", "t", *(["-e"] if escapes else []))
+        return self.tmux("capture-pane", "-p", "-S", "-", "-t", self.target, *(["-e"] if escapes else []))
 
     def visible(self) -> str:
         """The visible screen only, without the scrollback."""
-        return self.tmux("capture-pane", "-p", "-t", "t")
+        return self.tmux("capture-pane", "-p", "-t", self.target)
 
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen().splitlines() if line.strip()]
@@ -378,12 +379,12 @@ def test_escapes_in_another_users_text_are_shown_not_obeyed(terminal: Terminal, 
         terminal.wait_screen("tail-end")
     finally:
         mallory.client.close()
-    visible = terminal.tmux("capture-pane", "-p", "-t", "t")  # the screen itself, no scrollback
+    visible = terminal.tmux("capture-pane", "-p", "-t", terminal.target)  # the screen itself, no scrollback
     assert "mallory joined" in visible, visible  # the line before it: not cleared
     line = next(line for line in visible.splitlines() if "<mallory>" in line)
     assert HOSTILE_SHOWN in line, line  # on one line, where it was written
     assert not any(line.startswith("[00:00:00]") for line in visible.splitlines()), visible
-    assert "pwned" not in terminal.tmux("display-message", "-p", "-t", "t", "#{pane_title}")
+    assert "pwned" not in terminal.tmux("display-message", "-p", "-t", terminal.target, "#{pane_title}")
 
 
 # --- the habits of irssi and WeeChat users (issue 15) --------------------------------------
@@ -531,3 +532,36 @@ def test_history_shows_the_newest_each_time_and_more_pages_back(
     enter(terminal, "/help join")
     terminal.wait_screen("/join #ROOM")
     assert "/quit" not in terminal.screen()
+
+
+def bell_rang(terminal: Terminal) -> bool:
+    """tmux flags a bell in a window that is not the one shown: the chat is window 0."""
+    return terminal.tmux("display-message", "-p", "-t", "t:0", "#{window_bell_flag}").strip() == "1"
+
+
+def look_away(terminal: Terminal) -> None:
+    terminal.target = "t:0"
+    terminal.tmux("new-window", "-t", "t")  # the shown window now: the chat's bell is flagged
+
+
+def test_a_mention_or_a_private_message_rings_the_bell(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    look_away(terminal)
+    bob.client.broadcast("nothing for malice here").wait(DEADLINE)
+    terminal.wait_screen("nothing for malice here")
+    assert not bell_rang(terminal)  # the bell is written with the line: it would have rung by now
+    bob.client.broadcast("Alice: the deploy is done").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a mention")
+    terminal.tmux("select-window", "-t", "t:0")  # looked at: the flag goes
+    look_away(terminal)
+    bob.client.send("alice", "a word in private").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a private message")
+
+
+def test_no_bell_means_no_bell(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, "--no-bell")
+    terminal.wait_screen("online (")
+    look_away(terminal)
+    bob.client.send("alice", "quietly").wait(DEADLINE)
+    terminal.wait_screen("quietly")
+    assert not bell_rang(terminal)
