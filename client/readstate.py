@@ -30,6 +30,11 @@ def mentions(text: str, name: str) -> bool:
     return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE) is not None
 
 
+def history_file(name: str) -> Path:
+    """Where the lines `name` typed are kept, for up-arrow after a restart."""
+    return Path(platformdirs.user_data_dir("zchat")) / f"typed-{name.lower()}.txt"
+
+
 def state_file(name: str, broker: str) -> Path:
     """Where `name`'s read state at `broker` is kept: one file per name and broker."""
     broker_tag = hashlib.blake2s(broker.encode(), digest_size=4).hexdigest()

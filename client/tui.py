@@ -18,14 +18,14 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
-from zchat.client.readstate import ReadState, mentions, state_file
+from zchat.client.readstate import ReadState, history_file, mentions, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
@@ -238,6 +238,18 @@ def run_tui(settings: Settings, colour: bool) -> int:
                   file=sys.stderr)  # fmt: skip
 
 
+def typed_history(name: str) -> History:
+    """What was typed, in the data folder (up-arrow recalls it after a restart); kept in
+    memory only when the folder cannot be written."""
+    path = history_file(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # what one types privately is one's own
+    except OSError:
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
 def key_bindings() -> KeyBindings:
     bindings = KeyBindings()
 
@@ -259,7 +271,7 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
         # (a private message: its ACK), so it is shown once, as the others see it.
         erase_when_done=True,
         key_bindings=key_bindings(),
-        history=InMemoryHistory(),
+        history=typed_history(client.name),
         completer=ChatCompleter(screen.roster),
         complete_while_typing=False,
         style=STYLE,

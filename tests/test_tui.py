@@ -565,3 +565,26 @@ def test_no_bell_means_no_bell(terminal: Terminal, broker: Broker, bob: Peer) ->
     bob.client.send("alice", "quietly").wait(DEADLINE)
     terminal.wait_screen("quietly")
     assert not bell_rang(terminal)
+
+
+def test_what_was_typed_is_recalled_after_a_restart(tmp_path: Path, broker: Broker) -> None:
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        enter(first, "typed in the first session")
+        first.wait_screen("<alice> typed in the first session")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data
+    try:
+        start_alice(again, broker)
+        again.keys("Up")
+        again.wait_input("alice> /quit")
+        again.keys("Up")
+        again.wait_input("alice> typed in the first session")
+    finally:
+        again.close()
