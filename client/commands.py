@@ -114,7 +114,8 @@ commands:
   /who              who is online
   /clear            clear the screen
   /help [COMMAND]   this help, or the help of COMMAND
-  /quit             leave (also Ctrl-D)"""
+  /quit             leave (also Ctrl-D, or Ctrl-C on an empty line)
+keys: Alt-Enter another line (each goes as a message); Ctrl-C clears the line; Up recalls"""
 
 #: Command words for completion.
 WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/more", "/search", "/who",

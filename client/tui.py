@@ -20,6 +20,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
 from prompt_toolkit.history import FileHistory, History, InMemoryHistory
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
@@ -250,8 +251,36 @@ def typed_history(name: str) -> History:
     return FileHistory(str(path))
 
 
-def key_bindings() -> KeyBindings:
+#: A paste of more lines than this waits for a second Enter before it goes.
+PASTE_LINES = 5
+
+
+def key_bindings(screen: Screen) -> KeyBindings:
     bindings = KeyBindings()
+    confirming: list[str] = []  # the text a first Enter asked about
+
+    @bindings.add("escape", "enter")
+    def _new_line(event: KeyPressEvent) -> None:
+        """Alt-Enter: one more line; each line goes as a message of its own."""
+        event.current_buffer.insert_text("\n")
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        text = event.data.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+        event.current_buffer.insert_text(text)
+
+    @bindings.add("enter")
+    def _send(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        lines = buffer.text.count("\n") + 1
+        if lines > PASTE_LINES and confirming != [buffer.text]:
+            confirming[:] = [buffer.text]
+            screen(
+                ev.Status(ev.State.ONLINE, f"{lines} lines: Enter again sends them all, Ctrl-C drops them")
+            )
+            return
+        confirming.clear()
+        buffer.validate_and_handle()
 
     @bindings.add("c-c")
     def _clear_or_quit(event: KeyPressEvent) -> None:
@@ -270,7 +299,7 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
         # The line typed goes once it is entered: what was said comes back from the broker
         # (a private message: its ACK), so it is shown once, as the others see it.
         erase_when_done=True,
-        key_bindings=key_bindings(),
+        key_bindings=key_bindings(screen),
         history=typed_history(client.name),
         completer=ChatCompleter(screen.roster),
         complete_while_typing=False,
@@ -322,11 +351,12 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
                     line = session.prompt(pre_run=leave_if_told)
                 except (EOFError, KeyboardInterrupt, _Hangup):
                     break
-                command = cmd.parse(line)
-                if isinstance(command, cmd.Quit):
+                commands = [cmd.parse(part) for part in line.split("\n")]  # Alt-Enter or a paste: a line each
+                if any(isinstance(command, cmd.Quit) for command in commands):
                     break
-                if command is not None:
-                    execute(client, command, screen)
+                for command in commands:
+                    if command is not None:
+                        execute(client, command, screen)
             if client.state is ev.State.ONLINE and not hangup.is_set():
                 client.flush(DRAIN_TIMEOUT)  # a line typed just before /quit still goes
     except (_Hangup, KeyboardInterrupt):

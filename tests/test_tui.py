@@ -588,3 +588,31 @@ def test_what_was_typed_is_recalled_after_a_restart(tmp_path: Path, broker: Brok
         again.wait_input("alice> typed in the first session")
     finally:
         again.close()
+
+
+def test_alt_enter_adds_a_line_and_each_line_goes_as_a_message(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    terminal.type("first of two")
+    terminal.keys("M-Enter")
+    terminal.type("second of two")
+    terminal.wait_screen("second of two")
+    assert bob.count("first of two") == 0  # not sent yet
+    terminal.keys("Enter")
+    assert bob.message("first of two").target == "*" and bob.message("second of two").target == "*"
+
+
+def test_a_long_paste_waits_for_a_second_enter(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    pasted = [f"pasted line {i}" for i in range(1, 9)]
+    terminal.tmux("set-buffer", "-b", "paste", "\n".join(pasted))
+    terminal.tmux("paste-buffer", "-p", "-b", "paste", "-t", "t")  # bracketed, as a terminal pastes
+    terminal.wait_screen("pasted line 8")
+    terminal.keys("Enter")
+    terminal.wait_screen("8 lines: Enter again")
+    assert bob.count("pasted line 1") == 0
+    terminal.keys("Enter")
+    for line in pasted:
+        bob.message(line)
+    terminal.wait_screen("<alice> pasted line 8")
