@@ -6,6 +6,7 @@ Client in the test; assertions read the screen with capture-pane.
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shlex
@@ -56,7 +57,7 @@ class Terminal:
     def start(self, *argv: str, colour: bool = False, columns: int = 120) -> None:
         env = (
             "env -u NO_COLOR" if colour else "env NO_COLOR=1"
-        ) + f" XDG_DATA_HOME={shlex.quote(str(self.data))}"
+        ) + f" XDG_DATA_HOME={shlex.quote(str(self.data))} ZCHAT_CONFIG={os.devnull}"
         status, partial = shlex.quote(str(self.status_file)), shlex.quote(f"{self.status_file}.partial")
         command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
         self.tmux("new-session", "-d", "-s", "t", "-x", str(columns), "-y", "40", command)
