@@ -3,9 +3,10 @@
 # Two ways to build, both with the classic builder (docker-compose 1.x) and with BuildKit:
 #   * online (default):  docker build -t zchat .
 #       pip fetches zchat's dependencies from PyPI and builds zchat from this source tree.
-#   * offline:           pip wheel . -w wheels && docker build --build-arg BASE_IMAGE=zchat-base:local -t zchat .
+#   * offline:           pip wheel '.[web]' -w wheels && docker build --build-arg BASE_IMAGE=zchat-base:local -t zchat .
 #       when the build context has wheels/*.whl (zchat and all its dependencies, built for the
 #       image's Python), they are installed with --no-index: no network is used at all.
+# Either way zchat comes with its `web` extra (websockets), for `zchat web`.
 # PIP_ARGS adds options to that pip install (an --index-url, a proxy, ...).
 ARG BASE_IMAGE=python:3.11-slim
 
@@ -16,11 +17,12 @@ RUN set -eu; \
     export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1; \
     python3 -m venv /opt/zchat; \
     if ls /src/wheels/*.whl >/dev/null 2>&1; then \
-        /opt/zchat/bin/pip install --no-index --find-links /src/wheels $PIP_ARGS zchat; \
+        /opt/zchat/bin/pip install --no-index --find-links /src/wheels $PIP_ARGS 'zchat[web]'; \
     else \
-        /opt/zchat/bin/pip install $PIP_ARGS /src; \
+        /opt/zchat/bin/pip install $PIP_ARGS '/src[web]'; \
     fi; \
-    /opt/zchat/bin/zchat --help >/dev/null
+    /opt/zchat/bin/zchat --help >/dev/null; \
+    /opt/zchat/bin/python -c 'import websockets'
 
 FROM ${BASE_IMAGE}
 COPY --from=build /opt/zchat /opt/zchat

@@ -8,18 +8,17 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
-import logging
-import sys
 from pathlib import Path
 
 import click
 import zmq
 
 from zchat.broker.gate import networks
-from zchat.broker.server import BrokerServer, advertisable
+from zchat.broker.metrics import MetricsUnavailable, listen_address
+from zchat.broker.server import BrokerServer, ClusterUnavailable, advertisable
 from zchat.broker.settings import BrokerSettings, default
 from zchat.broker.store import StoreError
-from zchat.common import keys
+from zchat.common import jsonlog, keys
 
 
 @click.command()
@@ -184,6 +183,35 @@ from zchat.common import keys
     "Given, they replace the default; repeat for several, 'none' for none.",
 )
 @click.option(
+    "--metrics",
+    default=None,
+    envvar="ZCHAT_METRICS",
+    metavar="HOST:PORT",
+    help="Serve Prometheus metrics over HTTP there, e.g. 127.0.0.1:9100 (docs/OPERATING.md; "
+    "needs zchat[metrics]) [default: none].",
+)
+@click.option(
+    "--log-format",
+    default="text",
+    show_default=True,
+    envvar="ZCHAT_LOG_FORMAT",
+    type=click.Choice(["text", "json"], case_sensitive=False),
+    help="Log lines as readable text, or as one JSON object each (time, level, event, fields).",
+    "--cluster",
+    default=None,
+    envvar="ZCHAT_CLUSTER",
+    metavar="URL[,URL...]",
+    help="Join the brokers of a cluster over NATS JetStream, e.g. nats://127.0.0.1:4222 "
+    "(docs/CLUSTER.md; needs pip install 'zchat[cluster]') [default: a broker alone].",
+)
+@click.option(
+    "--node",
+    default=default("node"),
+    envvar="ZCHAT_NODE",
+    metavar="NAME",
+    help="This broker's name in the cluster [default: the host and port it listens on].",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -211,14 +239,14 @@ def broker(
     max_rooms_per_user: int,
     max_rooms: int,
     authorized_keys: str | None,
+    metrics: str | None,
+    log_format: str,
+    cluster: str | None,
+    node: str,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    jsonlog.configure(log_level, log_format.lower())
     faulthandler.enable()  # a fatal signal (SIGSEGV, SIGBUS, ...) leaves a traceback in the log
     if heartbeat_timeout <= heartbeat_interval:
         raise click.BadParameter("must be longer than --heartbeat-interval", param_hint="--heartbeat-timeout")
@@ -229,6 +257,11 @@ def broker(
             advertisable(advertise_pub)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--advertise-pub") from None
+    if metrics is not None:
+        try:
+            listen_address(metrics)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--metrics") from None
     exempt = tuple(spec for spec in ban_exempt if spec.lower() != "none")
     try:
         networks(exempt)
@@ -260,6 +293,9 @@ def broker(
         max_per_key=max_sessions_per_key,
         max_rooms_per_user=max_rooms_per_user,
         max_rooms=max_rooms,
+        metrics=metrics,
+        cluster=tuple(url.strip() for url in cluster.split(",") if url.strip()) if cluster else (),
+        node=node,
     )
     if store:  # else the setting's own default, in the user data folder
         settings = dataclasses.replace(settings, store=store)
@@ -267,7 +303,11 @@ def broker(
         server = BrokerServer(settings)
     except zmq.ZMQError as e:
         raise click.ClickException(f"cannot listen on {host} ports {port}/{pub_port}: {e}") from None
-    except StoreError as e:
+    except (StoreError, ClusterUnavailable) as e:
         raise click.ClickException(str(e)) from None
+    except MetricsUnavailable as e:
+        raise click.ClickException(str(e)) from None
+    except OSError as e:  # the metrics port (ZeroMQ's own errors are ZMQError, above)
+        raise click.ClickException(f"cannot serve metrics on {metrics}: {e}") from None
     server.install_signal_handlers()
     server.run()

@@ -22,13 +22,15 @@ combined (PROTOCOL.md 5.2).
 
 What a cluster of brokers will share sits behind small interfaces the core
 calls, as it calls the Store: room sequence numbers (sequences.py), names and
-their owners (names.py), messages handed over awaiting receipts (handed.py).
+their owners (names.py), messages handed over awaiting receipts (handed.py),
+and in a cluster the shared order of rooms' events (relay.py).
 """
 
 from __future__ import annotations
 
 import logging
 import secrets
+import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,13 +39,16 @@ from typing import Any, NamedTuple
 from zchat.broker.expiring import Expiring
 from zchat.broker.failures import Failures
 from zchat.broker.handed import HandedOver, LocalHandedOver
+from zchat.broker.measures import Histogram
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
+from zchat.broker.relay import LOG_POSITION, Entry, Known, Mail, Relay, RoomEvent, Taken, Waiting
 from zchat.broker.sequences import Sequencer, StoreSequencer
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
 from zchat.common import protocol as p
 from zchat.common.flood import TokenBucket
+from zchat.common.jsonlog import fields
 from zchat.common.protocol import Code
 
 log = logging.getLogger("zchat.broker")
@@ -138,8 +143,34 @@ class Shutdown(NamedTuple):
     reason: str = "the broker is shutting down"
 
 
+class Relayed(NamedTuple):
+    """In a cluster: the next entry of the log, in the order all brokers share (relay.py)."""
+
+    entry: Entry
+    #: Its number in the log, kept with what it changes: a restarted broker reads on from there.
+    position: int
+
+
+class RelayStored(NamedTuple):
+    """In a cluster: the log stored a relayed message (`stored`), or could not."""
+
+    waiting: Waiting
+    stored: bool
+
+
 Input = (
-    Command | Unreadable | Failed | Delivered | Undelivered | Blocked | Unblocked | Flush | Tick | Shutdown
+    Command
+    | Unreadable
+    | Failed
+    | Delivered
+    | Undelivered
+    | Blocked
+    | Unblocked
+    | Flush
+    | Tick
+    | Shutdown
+    | Relayed
+    | RelayStored
 )
 
 # --- effects ---------------------------------------------------------------------
@@ -213,6 +244,8 @@ class BrokerCore:
     sequencer: Sequencer | None = None
     names: NameRegistry | None = None
     handed: HandedOver | None = None
+    #: In a cluster: the shared order of rooms' events; None: this broker numbers its own.
+    relay: Relay | None = None
     by_peer: dict[bytes, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     #: Room members by name key, read once per room from the store and kept in step.
@@ -232,6 +265,8 @@ class BrokerCore:
     stuck: dict[bytes, float] = field(default_factory=dict)
     #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
     rooms_in_use: int | None = None
+    #: Seconds each commit that wrote took (the metrics endpoint reads it, metrics.py).
+    commit_time: Histogram = field(default_factory=Histogram)
 
     def __post_init__(self) -> None:
         self._sequencer: Sequencer = self.sequencer or StoreSequencer(self.store)
@@ -369,7 +404,11 @@ class BrokerCore:
             if session.key not in self._members(room):
                 self._refuse(session.peer, msg_id, Code.NOT_MEMBER, f"join {room} to talk there")
                 return
-        self.counters["broadcast"] += 1
+        self.counters["broadcast" if room == p.EVERYONE else "room"] += 1
+        if self.relay is not None:  # numbered, kept and published when the log gives it back
+            self.relay.relay(RoomEvent(room, p.Message(msg_id, session.name, room, time_ms, body)),
+                             Waiting(session.peer, session.key, msg_id, time_ms))  # fmt: skip
+            return
         seq = self._sequencer.next(room)
         self.store.add_room_message(StoredMessage(room, seq, msg_id, session.name, room, time_ms, body))
         self.store.remember(session.key, msg_id, "accepted", time_ms)
@@ -384,7 +423,8 @@ class BrokerCore:
         assert session.bucket is not None
         if session.bucket.abused():
             cool_off = self.settings.cool_off
-            log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off)
+            log.warning("%s disconnected for flooding (cool-off %g s)", session.name, cool_off,
+                        extra=fields("flooding", name=session.name, cool_off=cool_off))  # fmt: skip
             # Ignored for at least a heartbeat timeout, whatever the cool-off:
             # routing ids are never reused, and what it had queued is not answered.
             self.cooling.add(session.peer, now + max(cool_off, self.settings.timeout))
@@ -408,6 +448,11 @@ class BrokerCore:
             )
             return
         self.counters["stored"] += 1
+        if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
+            self.relay.relay(
+                Mail(key, message), Waiting(sender, sender_key, message.msg_id, time_ms, "stored")
+            )
+            return
         self.store.enqueue(key, message)
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
         self._ack(sender, sender_key, message.msg_id, time_ms, "stored")
@@ -473,6 +518,8 @@ class BrokerCore:
             self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {hello.name} is taken")
             return
         try:
+            if self.relay is not None and not self.store.is_known(key):
+                self.relay.relay(Known(key))  # mail for it is kept on every broker from now on
             self.store.add_user(key)
             mail, receipts = self._waiting_for(session)
         except Exception:
@@ -481,7 +528,13 @@ class BrokerCore:
         self.by_peer[peer] = session
         self.online_names = None
         self.counters["joined"] += 1
-        log.info("%s joined (%d online)", session.name, self._names.count())
+        online = self._names.count()
+        log.info(
+            "%s joined (%d online)",
+            session.name,
+            online,
+            extra=fields("joined", name=session.name, online=online),
+        )
         self._reply(peer, self._welcome(hello.msg_id, session, now))
         waiting: list[p.ServerEvent] = [*mail, *receipts]
         for event in waiting:
@@ -491,14 +544,20 @@ class BrokerCore:
         """The same client on a new connection: it takes its session over, so nobody sees
         it leave and join again. The old connection is told, in case it is alive: were it
         to take the session back, the two would take turns for ever."""
+        self._names.take_over(holder)  # first: in a cluster it may fail, and nothing is changed yet
         old_peer = holder.peer
-        del self.by_peer[old_peer]
+        self.by_peer.pop(old_peer, None)  # not there when the session was on another broker
         holder.peer = peer
         holder.last_seen = now
         self.by_peer[peer] = holder
-        self._names.take_over(holder)
+        if holder.bucket is None and self.settings.rate > 0:  # a session from another broker
+            holder.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
         self.counters["resumed"] += 1
-        log.info("%s resumed its session on a new connection", holder.name)
+        log.info(
+            "%s resumed its session on a new connection",
+            holder.name,
+            extra=fields("resumed", name=holder.name),
+        )
         self._reply(old_peer, p.Replaced("your session continues on another connection"))
         self._reply(peer, self._welcome(hello.msg_id, holder, now))
 
@@ -632,6 +691,8 @@ class BrokerCore:
                 continue
             if from_mailbox:
                 self.store.delivered(session.key, sender_key, msg_id)
+                if self.relay is not None:  # and from the copies of the other brokers
+                    self.relay.relay(Taken(session.key, sender_key, msg_id))
             confirmed.append(msg_id)
         time_ms = int(now * 1000)
         self._ack(peer, session.key, command.msg_id, time_ms)
@@ -681,6 +742,7 @@ class BrokerCore:
         m = d.message
         recipient = self.by_peer.get(d.peer)
         if busy:
+            self.counters["undelivered.busy"] += 1
             name = recipient.name if recipient else "the recipient"
             self._refuse(
                 d.sender, m.msg_id, Code.RECIPIENT_BUSY, f"{name} is not reading; message not delivered"
@@ -725,8 +787,69 @@ class BrokerCore:
         notice = p.Shutdown(event.reason)
         for peer in self.by_peer:
             self._reply(peer, notice)
-        self._publish(p.EVERYONE, notice)
+        if self.relay is None:  # in a cluster the lobby goes on: each client was told directly
+            self._publish(p.EVERYONE, notice)
         self._flush()
+
+    # --- a cluster's shared order (relay.py) -----------------------------------
+
+    def _relayed(self, event: Relayed) -> None:
+        """The next entry of the cluster's log, carried out here as on every broker."""
+        entry, position = event
+        self.store.used_seq(LOG_POSITION, position)
+        if isinstance(entry, RoomEvent):
+            self._room_event(*entry)
+        elif isinstance(entry, Mail):
+            self._mail(*entry)
+        elif isinstance(entry, Taken):
+            self.store.delivered(*entry)
+        else:
+            self.store.add_user(entry.user)
+
+    def _room_event(self, room: str, published: p.PublishedEvent) -> None:
+        """Numbered, kept and published. Membership follows the room's JOIN and LEAVE,
+        wherever they came from."""
+        kind = type(published)
+        seq = self._sequencer.next(room)
+        if kind is p.Message:
+            assert isinstance(published, p.Message)
+            m = published
+            self.store.add_room_message(StoredMessage(room, seq, m.msg_id, m.sender, room, m.time_ms, m.body))
+            self.store.remember(
+                p.name_key(m.sender), m.msg_id, "accepted", m.time_ms
+            )  # a resend here is a duplicate
+        elif room != p.EVERYONE and kind in (p.Join, p.Leave):
+            assert isinstance(published, p.Join | p.Leave)
+            self._member(p.name_key(published.name), room, kind is p.Join)
+        self._to_publish.append(p.Published(p.topic_of(room), seq, published))
+
+    def _mail(self, recipient: str, m: StoredMessage) -> None:
+        """Into the recipient's mailbox; handed over at once if it signed in here meanwhile."""
+        self.store.enqueue(recipient, m)
+        self.store.remember(p.name_key(m.sender), m.msg_id, "stored", m.time_ms)
+        session = self._names.holder(recipient)
+        if session is not None and session.peer in self.by_peer:
+            self._handed.add((recipient, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+            self._reply(session.peer, p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
+
+    def _member(self, key: str, room: str, entering: bool) -> None:
+        members = self._members(room)
+        if (key in members) == entering:
+            return  # this broker made the change itself
+        self.store.set_member(key, room, entering)
+        if self.rooms_in_use is not None and len(members) == (0 if entering else 1):
+            self.rooms_in_use += 1 if entering else -1
+        if entering:
+            members.add(key)
+        else:
+            members.discard(key)
+
+    def _relay_stored(self, event: RelayStored) -> None:
+        (peer, key, msg_id, time_ms, status), stored = event
+        if stored:
+            self._ack(peer, key, msg_id, time_ms, status)
+        else:
+            self._refuse(peer, msg_id, Code.STORE_FAILED, NOT_STORED)
 
     # --- held until the commit -----------------------------------------------
 
@@ -759,6 +882,7 @@ class BrokerCore:
     def _commit(self) -> frozenset[tuple[str, bytes]] | None:
         """Commit the store: the messages it could not keep (StoreFailed.refused), or None
         when it is not known what it kept (a failure that is not the store's own)."""
+        started = time.perf_counter()
         try:
             wrote = self.store.commit()
         except StoreFailed as e:
@@ -768,6 +892,8 @@ class BrokerCore:
             self.failures.failed("storing", e)
             return None
         if wrote:
+            # Only commits that wrote messages: the empty ones each wake-up would drown them.
+            self.commit_time.observe(time.perf_counter() - started)
             self.failures.store_written()
         return frozenset()
 
@@ -819,6 +945,9 @@ class BrokerCore:
 
     def _publish(self, room: str, event: p.PublishedEvent) -> None:
         """On the room's topic with its next sequence number, once the store has committed."""
+        if self.relay is not None:
+            self.relay.relay(RoomEvent(room, event))  # published when the log gives it back (_relayed)
+            return
         self._to_publish.append(p.Published(p.topic_of(room), self._sequencer.next(room), event))
 
     # --- helpers -------------------------------------------------------------
@@ -834,7 +963,9 @@ class BrokerCore:
         self._names.release(session)
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
-        log.info("%s left (%s; %d online)", session.name, reason, self._names.count())
+        online = self._names.count()
+        log.info("%s left (%s; %d online)", session.name, reason, online,
+                 extra=fields("left", name=session.name, reason=reason, online=online))  # fmt: skip
         if session.announced:  # else nobody was told it joined
             self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
 
@@ -853,8 +984,9 @@ class BrokerCore:
     def _refuse(self, peer: bytes, msg_id: bytes, code: Code, text: str, retry_after_ms: int = 0) -> None:
         reason = code.name.lower()
         self.counters[f"refused.{reason}"] += 1
-        self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s",
-                                 msg_id.decode("ascii", "replace") or "-", self._who_is(peer), int(code), text)  # fmt: skip
+        shown, who = msg_id.decode("ascii", "replace") or "-", self._who_is(peer)
+        self.refusal_log.refusal(self.now, reason, "refused %s from %s: %s %s", shown, who, int(code), text,
+                                 fields=fields("refused", id=shown, client=who, code=int(code), text=text))  # fmt: skip
         # Within its range (PROTOCOL.md 3.2), or a client would drop the ERROR as malformed.
         self._reply(peer, p.Error(msg_id, code, text, min(max(retry_after_ms, 0), p.MAX_INT32)))
 
@@ -902,4 +1034,6 @@ _INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
     Flush: BrokerCore._flush,
     Tick: BrokerCore._tick,
     Shutdown: BrokerCore._shutdown,
+    Relayed: BrokerCore._relayed,
+    RelayStored: BrokerCore._relay_stored,
 }

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -24,15 +25,18 @@ class QuietLog:
     #: Refusals not written at INFO in the current window, by reason.
     left_out: Counter[str] = field(default_factory=Counter)
 
-    def refusal(self, now: float, reason: str, message: str, *args: object) -> None:
-        """Log `message % args` at INFO unless this kind had its share of the window."""
+    def refusal(
+        self, now: float, reason: str, message: str, *args: object, fields: Mapping[str, object] | None = None
+    ) -> None:
+        """Log `message % args` at INFO unless this kind had its share of the window;
+        `fields`: the line's `extra` (jsonlog.fields)."""
         self.flush(now)
         if self.written[reason] < self.per_window:
             self.written[reason] += 1
-            self.logger.info(message, *args)
+            self.logger.info(message, *args, extra=fields)
             return
         self.left_out[reason] += 1
-        self.logger.debug(message, *args)
+        self.logger.debug(message, *args, extra=fields)
 
     def flush(self, now: float) -> None:
         """At the end of a window, say what was left out and start a new one."""

@@ -19,7 +19,7 @@ import socket
 import time
 from collections.abc import Callable
 from types import FrameType
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import zmq
 
@@ -44,12 +44,28 @@ from zchat.broker.core import (
 )
 from zchat.broker.gate import UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
+from zchat.broker.measures import Histogram
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
+from zchat.cluster.names import REMOTE
+from zchat.cluster.node import ClusterNode, ClusterUnavailable
 from zchat.common import protocol as p
+from zchat.common.jsonlog import fields
 from zchat.common.keys import KeyPair
 
-__all__ = ["BrokerServer", "BrokerSettings", "advertisable", "advertised", "endpoint", "receive", "send"]
+if TYPE_CHECKING:
+    from zchat.broker.metrics import MetricsServer
+
+__all__ = [
+    "BrokerServer",
+    "BrokerSettings",
+    "ClusterUnavailable",
+    "advertisable",
+    "advertised",
+    "endpoint",
+    "receive",
+    "send",
+]
 
 log = logging.getLogger("zchat.broker")
 
@@ -214,9 +230,23 @@ class BrokerServer:
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
         self.pub_endpoint = self.pub.getsockopt_string(zmq.LAST_ENDPOINT)
+        #: With --cluster: the seams shared with the other brokers, and the link to NATS.
+        self.cluster: ClusterNode | None = None
+        if settings.cluster:
+            try:
+                node = settings.node or self.router_endpoint[6:]
+                self.cluster = ClusterNode(settings, self.context, node, store, self._send_local)
+            except ClusterUnavailable:
+                for sock in (self.router, self.pub, self.zap):
+                    sock.close(0)
+                self.context.term()
+                raise
+        cluster = self.cluster  # the seams shared with the other brokers; none for a broker alone
         self.core = BrokerCore(
-            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store
-        )
+            settings, advertised(settings.host, self.pub_endpoint, settings.advertise_pub), store=store,
+            names=cluster.names if cluster else None, handed=cluster.handed if cluster else None,
+            relay=cluster.log if cluster else None,
+        )  # fmt: skip
         self.core.failures.store_name = self._store_name()
         self._stopping = False
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
@@ -227,6 +257,18 @@ class BrokerServer:
         self._origins: dict[bytes, Peer] = {}
         #: Only flood control hangs up: only then know the connections.
         self._noting = settings.rate > 0
+        #: From a wake-up to each flush of what it read (metrics.py reads it).
+        self.handoff = Histogram()
+        self.metrics: MetricsServer | None = None
+        if settings.metrics is not None:
+            from zchat.broker.metrics import MetricsServer
+
+            self.core.rooms_in_use = len(store.room_sizes())  # counted once, as the core would at an ENTER
+            try:
+                self.metrics = MetricsServer(self, settings.metrics)
+            except BaseException:  # its port taken, or no prometheus_client: nothing left open
+                self.close()
+                raise
 
     def _encrypt(self, curve: KeyPair) -> None:
         """CURVE on both sockets, before they bind: nothing ever goes out in plain text.
@@ -256,19 +298,32 @@ class BrokerServer:
             "zchat broker listening: commands on %s, broadcasts on %s; traffic is %s",
             self.router_endpoint, self.pub_endpoint,
             "encrypted (CURVE)" if curve is not None else "plain (not encrypted)",
+            extra=fields("listening", commands=self.router_endpoint, broadcasts=self.pub_endpoint,
+                         encrypted=curve is not None),
         )  # fmt: skip
+        if self.metrics is not None:
+            log.info(
+                "metrics for Prometheus at %s",
+                self.metrics.url,
+                extra=fields("metrics", url=self.metrics.url),
+            )
         if self.settings.advertise_pub is not None:
             log.info("clients are told to connect to broadcasts at %s", self.settings.advertise_pub)
-        log.info("%s", self._flood_control_line())
-        log.info("%s", self._store_line())
+        s = self.settings
+        log.info("%s", self._flood_control_line(),
+                 extra=fields("flood_control", rate=s.rate, burst=s.burst, cool_off=s.cool_off))  # fmt: skip
+        log.info("%s", self._store_line(), extra=fields("store", path=self._store_name()))
         sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
         next_sweep = time.time() + sweep_every
-        router, core = self.router, self.core
+        router, core, handoff = self.router, self.core, self.handoff
         keyed = self.settings.curve is not None  # names are bound to keys only with CURVE
         put_off = False  # the store has work waiting for an idle moment
         poller = zmq.Poller()
         poller.register(router, zmq.POLLIN)
         poller.register(self.zap, zmq.POLLIN)
+        cluster = self.cluster
+        if cluster is not None:
+            poller.register(cluster.socket, zmq.POLLIN)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(0 if put_off else POLL_MS))
@@ -278,6 +333,7 @@ class BrokerServer:
                     # One time for the whole wake-up: messages handled together
                     # are accepted together, and their ACKs can be combined.
                     now = time.time()
+                    unflushed = 0  # messages read since the last flush: the hand-off histogram's weight
                     for handled in range(1, DRAIN_BATCH + 1):
                         try:
                             first, frames = receive(router)
@@ -285,13 +341,20 @@ class BrokerServer:
                             break
                         self._current = first
                         self._handle(first, frames, now, str(first.get("User-Id")) if keyed else "")
+                        unflushed += 1
                         if handled % FLUSH_EVERY == 0:
                             self._feed(Flush(now))
+                            handoff.observe(time.time() - now, unflushed)
+                            unflushed = 0
                     self._current = None
                     self._feed(Flush(now))
+                    if unflushed:
+                        handoff.observe(time.time() - now, unflushed)
                 elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = self._guarded("indexing for search", False, core.store.catch_up)
                     self._feed(Flush(time.time()))
+                if cluster is not None and (cluster.socket in ready or cluster.link.inbox):
+                    self._guarded("the cluster's news", None, self._from_cluster, cluster)
                 now = time.time()
                 if self._hangups:
                     self._hang_up_due(now)
@@ -309,6 +372,24 @@ class BrokerServer:
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
             self.close()
+
+    def _from_cluster(self, cluster: ClusterNode) -> None:
+        inputs = cluster.take()
+        if cluster.changed:
+            self.core.online_names = None  # someone came or went on another broker: WHO anew
+        for event in inputs:
+            self._guarded("an event of the cluster", None, self._feed, event)
+        self._feed(Flush(time.time()))
+
+    def _send_local(self, peer: bytes, frames: list[bytes]) -> str:
+        """Frames from another broker for one of this broker's connections: what became of them."""
+        try:
+            send(self.router, peer, frames)
+        except zmq.Again:
+            return "busy"
+        except zmq.ZMQError:
+            return "gone"
+        return "delivered"
 
     def _handle(self, first: zmq.Frame, frames: list[bytes], now: float, key: str) -> None:
         """One message from a client, decoded and fed to the core; a failure answers it alone."""
@@ -425,6 +506,8 @@ class BrokerServer:
         now = time.time()
         address = address_of(frame)
         banned = hangup.until > now and self.gate.ban(address, hangup.until)
+        if banned:
+            self.core.counters["banned"] += 1
         # The cut needs the connection known for certain; what it sends is ignored anyway.
         held = take_hold(frame, origin) if origin is not None else None
         if held is not None:
@@ -441,6 +524,9 @@ class BrokerServer:
 
     def _deliver(self, delivery: Deliver) -> None:
         """A private message: what becomes of it is the core's next input."""
+        if self.cluster is not None and delivery.peer.startswith(REMOTE):
+            self.cluster.deliver(delivery)  # its outcome comes back from the other broker
+            return
         try:
             send(self.router, delivery.peer, p.encode(delivery.message))
         except zmq.Again:
@@ -457,6 +543,9 @@ class BrokerServer:
 
     def _send(self, peer: bytes, event: p.ServerEvent) -> None:
         core = self.core
+        if self.cluster is not None and peer.startswith(REMOTE):
+            self.cluster.reply(peer, event)
+            return
         try:
             send(self.router, peer, p.encode(event))
         except zmq.Again:
@@ -472,10 +561,14 @@ class BrokerServer:
                 core.handle(Unblocked(peer))
 
     def close(self) -> None:
+        if self.metrics is not None:
+            self.metrics.close()
         try:
             self.core.store.close()
         except Exception as e:  # StoreFailed too: what it could not write is lost, and said so
             log.error("the store could not be closed cleanly: %s", e)
+        if self.cluster is not None:
+            self.cluster.close()
         for _, held in self._hangups:
             held.close()
         self.router.close()
@@ -484,5 +577,6 @@ class BrokerServer:
         self.context.term()
         if self.gate.turned_away:
             self.core.counters["refused.handshake"] = self.gate.turned_away
-        counters = ", ".join(f"{k}={v}" for k, v in sorted(self.core.counters.items()))
-        log.info("broker stopped (%s)", counters or "no traffic")
+        counted = dict(sorted(self.core.counters.items()))
+        counters = ", ".join(f"{k}={v}" for k, v in counted.items())
+        log.info("broker stopped (%s)", counters or "no traffic", extra=fields("stopped", **counted))

@@ -60,6 +60,12 @@ class BrokerSettings:
     #: An offline user's mailbox: messages and body bytes.
     mailbox_messages: int = 1000
     mailbox_bytes: int = 1 << 20
+    #: Where to serve Prometheus metrics, HOST:PORT (metrics.py); None: nowhere.
+    metrics: str | None = None
+    #: NATS servers of a cluster of brokers (--cluster, docs/CLUSTER.md); (): a broker alone.
+    cluster: tuple[str, ...] = ()
+    #: This broker's name in the cluster; "": the host and port it listens on.
+    node: str = ""
 
     @property
     def timeout(self) -> float:

@@ -20,7 +20,8 @@ from zchat.common.protocol import valid_name
 # Each option's default is the setting's own (settings.py): one default per setting.
 broker_option = click.option(
     "--broker", default=Settings.broker, show_default=True, envvar=ENVIRONMENT["broker"],
-    help="The broker's ROUTER endpoint.",
+    help="The broker's ROUTER endpoint; several, comma-separated, for the brokers of a cluster "
+    "(each reconnect tries the next).",
 )  # fmt: skip
 timeout_option = click.option(
     "--connect-timeout", default=Settings.connect_timeout, show_default=True,

@@ -284,6 +284,10 @@ class Connection:
         self.deadline = 0.0  # HELLO..READY: registration's end; DISCONNECTED: next try; CLOSING: BYE's
         self.next_sync_at = 0.0
         self.attempt = 0  # connections lost since the last time online
+        #: The brokers of a cluster (--broker a,b): each new connection tries the next one.
+        self.endpoints = [e.strip() for e in settings.broker.split(",") if e.strip()] or [settings.broker]
+        self.endpoint = self.endpoints[0]
+        self.connections = 0
         self.was_online = False
         self.taken_since: float | None = None  # since when HELLO gets 409 after a reconnect
         self.token = ""
@@ -490,7 +494,9 @@ class Connection:
 
     def _connect(self, now: float) -> None:
         self._go(Trigger.CONNECT)
-        self._effects.append(OpenDealer(self.s.broker))
+        self.endpoint = self.endpoints[self.connections % len(self.endpoints)]
+        self.connections += 1
+        self._effects.append(OpenDealer(self.endpoint))
         self.step_id = self.new_id().encode()
         wait = self.s.connect_timeout if not self.was_online else min(self.s.connect_timeout, RECONNECT_WAIT)
         self.deadline = now + wait
@@ -504,7 +510,7 @@ class Connection:
         self.heartbeat, self.timeout = welcome.heartbeat_ms / 1000, welcome.timeout_ms / 1000
         self._mirror_flood_control(welcome, now)
         self.token = welcome.token
-        self._effects.append(OpenSub(pub_endpoint_for(welcome.pub_endpoint, self.s.broker)))
+        self._effects.append(OpenSub(pub_endpoint_for(welcome.pub_endpoint, self.endpoint)))
         # The own topic last: when SYNCED arrives there, the lobby is live too.
         self._effects.append(Subscribe(p.LOBBY_TOPIC))
         self._effects.append(Subscribe(p.private_topic(welcome.name)))
@@ -538,7 +544,7 @@ class Connection:
         first = not self.was_online
         self.was_online = True
         assert self.welcome is not None
-        self._notify(ev.Status(State.ONLINE, f"online as {self.welcome.name} at {self.s.broker}"))
+        self._notify(ev.Status(State.ONLINE, f"online as {self.welcome.name} at {self.endpoint}"))
         # Membership lives on the broker (PROTOCOL.md 13.1): ask for it, then subscribe.
         self.catching_up.append(CatchUp("rooms", ""))
         if first:

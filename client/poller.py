@@ -2,8 +2,8 @@
 
 A dull loop around the connection engine (connection.py), which holds every
 rule of the protocol: poll the sockets and the wake-up pipe, feed the engine
-what came, carry out what it says (open, close, send, subscribe, tell the
-user), and sleep until its next deadline. The user side reaches it only
+what came, carry out what it says (shell.py: open, close, send, subscribe, tell
+the user), and sleep until its next deadline. The user side reaches it only
 through a thread-safe queue plus a wake-up pipe (see session.py).
 """
 
@@ -15,16 +15,13 @@ import os
 import queue
 import time
 from collections.abc import Callable
-from typing import Any
 
 import zmq
 
-from zchat.client import connection as c
 from zchat.client import events as ev
-from zchat.client.events import State
-from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.request import Request
 from zchat.client.settings import Settings
+from zchat.client.shell import Shell
 
 log = logging.getLogger("zchat.client")
 
@@ -34,34 +31,16 @@ IDLE_POLL_MS = 1000
 #: While a handshake is watched (registering), its monitor is read this often: a refused
 #: handshake is told at once, not at the registration's deadline.
 HANDSHAKE_POLL_MS = 50
-#: Messages read from one socket in a row: timers and the other socket get their turn.
-DRAIN_BATCH = 1000
 
 
-class Poller:
+class Poller(Shell):
     def __init__(self, settings: Settings, requests: queue.SimpleQueue[Request], wake_fd: int,
                  emit: Callable[[ev.Event], None], new_id: Callable[[], str]) -> None:  # fmt: skip
-        self.s = settings
+        super().__init__(settings, zmq.Context(), emit, new_id)
         self.requests = requests
         self.wake_fd = wake_fd
-        self.emit = emit
-        self.engine = c.Connection(settings, new_id)
-        self.context = zmq.Context()
         self.poller = zmq.Poller()
         self.poller.register(wake_fd, zmq.POLLIN)
-        self.dealer: zmq.Socket[bytes] | None = None
-        self.sub: zmq.Socket[bytes] | None = None
-        self.handshake: HandshakeWatch | None = None
-        self.on_first_outcome: Callable[[ev.Status | None], None] = lambda failure: None
-
-    @property
-    def state(self) -> State:
-        return self.engine.state
-
-    @property
-    def token(self) -> str:
-        """The session's resume token (secret)."""
-        return self.engine.token
 
     # --- the loop ------------------------------------------------------------
 
@@ -101,15 +80,6 @@ class Poller:
             engine.stop()
             self._carry_out()
 
-    def _watch_handshake(self, now: float) -> None:
-        """A refused handshake is an input; once registered, nothing more to watch."""
-        assert self.handshake is not None
-        if self.engine.phase not in c.REGISTERING:
-            self.handshake.close()
-            self.handshake = None
-        elif (refused := self.handshake.failure()) is not None:
-            self.engine.handshake_failed(refused, now)
-
     def _poll_ms(self, now: float) -> int:
         """Until the engine's next deadline: sockets and the user's requests wake the loop anyway."""
         deadline = self.engine.wakeup()
@@ -117,17 +87,6 @@ class Poller:
         if self.handshake is not None:
             wait = min(wait, HANDSHAKE_POLL_MS)
         return math.ceil(wait)
-
-    def _drain(self, sock: zmq.Socket[bytes], feed: Callable[[list[bytes], float], None], now: float) -> None:
-        for _ in range(DRAIN_BATCH):
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            feed(frames, now)
-            self._carry_out()
-            if sock is not self.dealer and sock is not self.sub:
-                return  # the socket was closed or replaced meanwhile
 
     def _take_requests(self, now: float) -> None:
         while True:
@@ -137,76 +96,10 @@ class Poller:
                 return
             self.engine.request(request, now)
 
-    # --- the engine's effects ------------------------------------------------
+    # --- how it waits on a socket ----------------------------------------------
 
-    def _carry_out(self) -> None:
-        for effect in self.engine.effects():
-            _EFFECTS[type(effect)](self, effect)
+    def _watch(self, sock: zmq.Socket[bytes]) -> None:
+        self.poller.register(sock, zmq.POLLIN)
 
-    def _answer(self, effect: c.Answer) -> None:
-        if effect.request.resolve(effect.outcome):  # answered once: a late answer is not told
-            self.emit(effect.outcome)
-
-    def _subscribe(self, effect: c.Subscribe) -> None:
-        if self.sub is not None:
-            self.sub.setsockopt(zmq.SUBSCRIBE, effect.topic)
-
-    def _unsubscribe(self, effect: c.Unsubscribe) -> None:
-        if self.sub is not None:
-            self.sub.setsockopt(zmq.UNSUBSCRIBE, effect.topic)
-
-    def _send(self, frames: list[bytes]) -> None:
-        if self.dealer is None:
-            log.debug("no connection for a message; the engine's timeouts will report it")
-            return
-        try:
-            self.dealer.send_multipart(frames, zmq.NOBLOCK)
-        except zmq.Again:
-            log.debug("dealer queue full; the answer timeout will report it")
-
-    def _open_dealer(self, endpoint: str) -> None:
-        self._close_sockets()
-        dealer = self.dealer = self.context.socket(zmq.DEALER)
-        dealer.setsockopt(zmq.LINGER, 0)
-        if endpoint.startswith("tcp://["):
-            dealer.setsockopt(zmq.IPV6, 1)
-        secure(dealer, self.s.server_key, self.s.keys)
-        self.handshake = HandshakeWatch(dealer, encrypted=self.s.server_key is not None)
-        dealer.connect(endpoint)
-        self.poller.register(dealer, zmq.POLLIN)
-
-    def _open_sub(self, endpoint: str) -> None:
-        if self.sub is not None:
-            self.poller.unregister(self.sub)
-            self.sub.close(linger=0)
-        sub = self.sub = self.context.socket(zmq.SUB)
-        sub.setsockopt(zmq.LINGER, 0)
-        if endpoint.startswith("tcp://["):
-            sub.setsockopt(zmq.IPV6, 1)
-        secure(sub, self.s.server_key, self.s.keys)
-        sub.connect(endpoint)
-        self.poller.register(sub, zmq.POLLIN)
-
-    def _close_sockets(self) -> None:
-        if self.handshake is not None:
-            self.handshake.close()
-            self.handshake = None
-        for sock in (self.dealer, self.sub):
-            if sock is not None:
-                self.poller.unregister(sock)
-                sock.close(linger=0)
-        self.dealer = self.sub = None
-
-
-#: How each of the engine's effects is carried out.
-_EFFECTS: dict[type, Callable[[Poller, Any], None]] = {
-    c.ToBroker: lambda poller, effect: poller._send(effect.frames),
-    c.Notify: lambda poller, effect: poller.emit(effect.event),
-    c.Answer: Poller._answer,
-    c.Subscribe: Poller._subscribe,
-    c.Unsubscribe: Poller._unsubscribe,
-    c.OpenDealer: lambda poller, effect: poller._open_dealer(effect.endpoint),
-    c.OpenSub: lambda poller, effect: poller._open_sub(effect.endpoint),
-    c.CloseSockets: lambda poller, effect: poller._close_sockets(),
-    c.FirstOutcome: lambda poller, effect: poller.on_first_outcome(effect.failure),
-}
+    def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
+        self.poller.unregister(sock)

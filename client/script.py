@@ -13,7 +13,7 @@ from typing import Protocol, TextIO
 from zchat.client import commands as cmd
 from zchat.client import events as ev
 from zchat.client.render import Renderer, to_json
-from zchat.client.session import Client
+from zchat.client.session import Client, UserRequests
 from zchat.common.protocol import valid_room
 
 
@@ -79,7 +79,7 @@ class Output(Protocol):
     def clear(self) -> None: ...
 
 
-def execute(client: Client, command: cmd.Command, out: Output) -> None:
+def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
     """Send what a parsed line asks for; answers arrive later as events."""
     if isinstance(command, cmd.Say):
         client.send(out.room, command.text)

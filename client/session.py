@@ -42,123 +42,54 @@ class ConnectError(Exception):
     """The first connection failed: broker unreachable or name refused."""
 
 
-class Client:
-    def __init__(
-        self,
-        name: str,
-        broker: str = DEFAULT_BROKER,
-        *,
-        connect_timeout: float = Settings.connect_timeout,
-        answer_timeout: float = Settings.answer_timeout,
-        max_queued: int = Settings.max_queued,
-        history_count: int = Settings.history_count,
-        on_event: Callable[[ev.Event], None] | None = None,
-        server_key: str | bytes | None = None,
-        keys: KeyPair | None = None,
-        read_state: ReadState | None = None,
-    ) -> None:
-        """`on_event`, if given, is called on the poller thread: keep it quick.
+class UserRequests:
+    """The requests a user side makes, checked before they reach the engine.
 
-        Without it, events queue up for `events()` and `next_event()`.
-        `history_count` messages of a room are shown on joining it (and on
-        registering, for the rooms one is in): at most 500, what one HISTORY may ask.
-        With `server_key`, the broker's public key (z85), all traffic is
-        encrypted with CURVE, as `keys` (a fresh key pair when None).
-        With `read_state`, what is shown is remembered (saved on close), and a
-        join's history says where the unread part starts, with a Status
-        "unread since HH:MM" just before its first message not shown before.
-        """
-        self.name = name
-        self.broker = broker
-        if isinstance(server_key, str):
-            server_key = server_key.encode()
-        if server_key is not None and keys is None:  # one pair for every socket of this client
-            keys = KeyPair(*zmq.curve_keypair())
-        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
-                                  server_key, keys)  # fmt: skip
-        self._on_event = on_event
-        self.read_state = read_state
-        self._marked: set[str] = set()  # rooms whose "unread since" was told
-        self._read_before: dict[str, int] = {}  # room -> its last sequence read before this client
-        self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
-        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = os.pipe()
-        os.set_blocking(self._wake_w, False)
+    Shared by `Client` (its engine on a poller thread) and `loop.LoopClient` (its engine on
+    an asyncio loop), which say how a request reaches the engine (`_submit`) and how an
+    event reaches the user (`_emit`)."""
+
+    def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
-        self._first = threading.Event()
-        self._failure: ev.Status | None = None
-        self._pending: list[Request] = []  # answered ones are pruned as it grows
-        self._pending_lock = threading.Lock()
         self._room_asks: dict[str, Request] = {}  # the last ENTER or EXIT asked of each room
-        self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
-        self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
-        self._closed = False
+        self._asks_lock = threading.Lock()
 
-    @classmethod
-    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None,
-                      read_state: ReadState | None = None) -> Client:  # fmt: skip
-        """A client of the program's settings (settings.py), as the command line reads them."""
-        return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
-                   answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
-                   history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys, read_state=read_state)  # fmt: skip
-
-    # --- lifetime ------------------------------------------------------------
-
-    def connect(self) -> Client:
-        """Start, and return once registered; ConnectError if that fails."""
-        self._thread.start()
-        self._first.wait(self._settings.connect_timeout + 5)
-        if self._failure is not None or not self._first.is_set():
-            detail = self._failure.detail if self._failure else "no answer"
-            self.close()
-            raise ConnectError(detail)
-        return self
-
-    def close(self, timeout: float = 3.0) -> None:
-        """Say BYE, close the sockets and join the thread (bounded by `timeout`)."""
-        if self._closed:
-            return
-        self._closed = True
-        started = self._thread.ident is not None
-        if self._thread.is_alive():
-            self._submit(Request("close", self._new_id()))
-            self._thread.join(timeout)
-        if self.read_state is not None:
-            self.read_state.save()
-        os.close(self._wake_w)
-        if not started:  # else the poller thread closes its end, once it no longer polls it
-            os.close(self._wake_r)
-
-    def running(self) -> bool:
-        """The poller thread is still alive (after close(): it did not end in time)."""
-        return self._thread.is_alive()
-
-    def __enter__(self) -> Client:
-        return self.connect()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 tb: TracebackType | None) -> None:  # fmt: skip
-        self.close()
-
-    @property
-    def state(self) -> ev.State:
-        return self._poller.state
+    def _new_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def joined(self) -> frozenset[str]:
         """The rooms ("#name", lower case) this client is in, or is joining; not the lobby.
 
         A join or leave asked and not yet answered counts as done: what was asked
         last is what the user expects, though the poller may not have taken it yet."""
-        with self._pending_lock:
+        with self._asks_lock:
             asked = [(room, r.kind == "enter") for room, r in self._room_asks.items() if not r.done()]
-        # Read after the answers: the engine knows its rooms before it answers. Written by the
-        # poller thread only; copying a dict's keys holds the GIL throughout.
-        rooms = set(self._poller.engine.rooms) - {EVERYONE}
+        # Read after the answers: the engine knows its rooms before it answers.
+        rooms = self._engine_rooms() - {EVERYONE}
         for room, entering in asked:
             (rooms.add if entering else rooms.discard)(room)
         return frozenset(rooms)
+
+    def _asked(self, request: Request) -> Request:
+        if not request.done():
+            with self._asks_lock:
+                self._room_asks[request.target] = request
+        return request
+
+    def _engine_rooms(self) -> set[str]:
+        """The engine's rooms now (the lobby too), read from the user's side."""
+        raise NotImplementedError
+
+    def _submit(self, request: Request) -> Request:
+        raise NotImplementedError
+
+    def _emit(self, event: ev.Event) -> None:
+        raise NotImplementedError
+
+    @property
+    def state(self) -> ev.State:
+        raise NotImplementedError
 
     # --- requests ------------------------------------------------------------
 
@@ -183,12 +114,6 @@ class Client:
     def exit(self, room: str) -> Request:
         """Leave `room`; `.wait()` gives Ack (or a Refusal)."""
         return self._asked(self._room_request("exit", room))
-
-    def _asked(self, request: Request) -> Request:
-        if not request.done():
-            with self._pending_lock:
-                self._room_asks[request.target] = request
-        return request
 
     def rooms(self) -> Request:
         """Every room with members, and ours; `.wait()` gives RoomList."""
@@ -245,6 +170,113 @@ class Client:
             self._emit(refusal)
         return request
 
+
+class Client(UserRequests):
+    def __init__(
+        self,
+        name: str,
+        broker: str = DEFAULT_BROKER,
+        *,
+        connect_timeout: float = Settings.connect_timeout,
+        answer_timeout: float = Settings.answer_timeout,
+        max_queued: int = Settings.max_queued,
+        history_count: int = Settings.history_count,
+        on_event: Callable[[ev.Event], None] | None = None,
+        server_key: str | bytes | None = None,
+        keys: KeyPair | None = None,
+        read_state: ReadState | None = None,
+    ) -> None:
+        """`on_event`, if given, is called on the poller thread: keep it quick.
+
+        Without it, events queue up for `events()` and `next_event()`.
+        `history_count` messages of a room are shown on joining it (and on
+        registering, for the rooms one is in): at most 500, what one HISTORY may ask.
+        With `server_key`, the broker's public key (z85), all traffic is
+        encrypted with CURVE, as `keys` (a fresh key pair when None).
+        With `read_state`, what is shown is remembered (saved on close), and a
+        join's history says where the unread part starts, with a Status
+        "unread since HH:MM" just before its first message not shown before.
+        """
+        self.name = name
+        self.broker = broker
+        if isinstance(server_key, str):
+            server_key = server_key.encode()
+        if server_key is not None and keys is None:  # one pair for every socket of this client
+            keys = KeyPair(*zmq.curve_keypair())
+        self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
+                                  server_key, keys)  # fmt: skip
+        super().__init__()
+        self._on_event = on_event
+        self.read_state = read_state
+        self._marked: set[str] = set()  # rooms whose "unread since" was told
+        self._read_before: dict[str, int] = {}  # room -> its last sequence read before this client
+        self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
+        self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._first = threading.Event()
+        self._failure: ev.Status | None = None
+        self._pending: list[Request] = []  # answered ones are pruned as it grows
+        self._pending_lock = threading.Lock()
+        self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
+        self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
+        self._closed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None,
+                      read_state: ReadState | None = None) -> Client:  # fmt: skip
+        """A client of the program's settings (settings.py), as the command line reads them."""
+        return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
+                   answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
+                   history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
+                   keys=settings.keys, read_state=read_state)  # fmt: skip
+
+    # --- lifetime ------------------------------------------------------------
+
+    def connect(self) -> Client:
+        """Start, and return once registered; ConnectError if that fails."""
+        self._thread.start()
+        self._first.wait(self._settings.connect_timeout + 5)
+        if self._failure is not None or not self._first.is_set():
+            detail = self._failure.detail if self._failure else "no answer"
+            self.close()
+            raise ConnectError(detail)
+        return self
+
+    def close(self, timeout: float = 3.0) -> None:
+        """Say BYE, close the sockets and join the thread (bounded by `timeout`)."""
+        if self._closed:
+            return
+        self._closed = True
+        started = self._thread.ident is not None
+        if self._thread.is_alive():
+            self._submit(Request("close", self._new_id()))
+            self._thread.join(timeout)
+        if self.read_state is not None:
+            self.read_state.save()
+        os.close(self._wake_w)
+        if not started:  # else the poller thread closes its end, once it no longer polls it
+            os.close(self._wake_r)
+
+    def running(self) -> bool:
+        """The poller thread is still alive (after close(): it did not end in time)."""
+        return self._thread.is_alive()
+
+    def __enter__(self) -> Client:
+        return self.connect()
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 tb: TracebackType | None) -> None:  # fmt: skip
+        self.close()
+
+    @property
+    def state(self) -> ev.State:
+        return self._poller.state
+
+    def _engine_rooms(self) -> set[str]:
+        # Written by the poller thread only; copying a dict's keys holds the GIL throughout.
+        return set(self._poller.engine.rooms)
+
     def flush(self, timeout: float) -> bool:
         """Wait until every request so far has its answer; False on timeout."""
         with self._pending_lock:
@@ -281,9 +313,6 @@ class Client:
                 return
 
     # --- internals -----------------------------------------------------------
-
-    def _new_id(self) -> str:
-        return f"{self._id_prefix}-{next(self._ids)}"
 
     def _submit(self, request: Request) -> Request:
         if request.kind != "close":

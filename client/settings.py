@@ -28,6 +28,7 @@ ENVIRONMENT = {
 @dataclass(frozen=True)
 class Settings:
     name: str
+    #: One ROUTER endpoint, or several comma-separated (a cluster's brokers, docs/CLUSTER.md).
     broker: str = DEFAULT_BROKER
     #: Seconds the first connection may take to register; a reconnect waits at most 3 s a try.
     connect_timeout: float = 5.0

@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "connect": "zchat.client.cli:connect",
     "keygen": "zchat.common.cli:keygen",
     "send": "zchat.client.cli:send",
+    "stats": "zchat.broker.stats:stats",
     "web": "zchat.web.cli:web",
     "who": "zchat.client.cli:who",
 }

@@ -152,13 +152,21 @@ def test_ctrl_c_in_line_mode_leaves_properly(broker: Broker) -> None:
     with chat("watcher", broker.endpoint) as watcher:
         process = subprocess.Popen(
             [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=ENV,
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**ENV, "PYTHONFAULTHANDLER": "1"},
         )  # fmt: skip
         assert process.stdout is not None
         try:
             assert "online as carol" in process.stdout.readline()
             process.send_signal(signal.SIGINT)
-            assert process.wait(10) == 130
+            try:
+                code = process.wait(10)
+            except subprocess.TimeoutExpired:  # say where it hangs: faulthandler dumps every thread
+                process.send_signal(signal.SIGABRT)
+                raise AssertionError(
+                    f"still running 10 s after SIGINT:\n{process.communicate(timeout=10)[1]}"
+                ) from None
+            assert code == 130, process.communicate(timeout=10)[1]
             leave = watcher.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave")
             assert isinstance(leave, ev.Presence) and (leave.name, leave.reason) == ("carol", "quit")
         finally:

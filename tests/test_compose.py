@@ -1,22 +1,26 @@
-"""The docker-compose demo, really run: engine, image, `up`, a host client, `down`.
+"""The docker-compose demo, really run: engine, image, `up`, a host client, the page, `down`.
 
 The engine is the private one of docker/engine.sh (no Docker Hub here: a
 local Debian base image). One test runs the files as README says, on a
 bridge network with the ports published on 127.0.0.1; the other on host
-networking. Either way nothing leaves the machine.
+networking. Either way nothing leaves the machine. In both, a WebSocket user
+of the web gateway's page chats with the bots, as a browser on the host would.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -65,7 +69,9 @@ def docker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             env["DOCKER_HOST"] = line.split("=", 1)[1].strip("'\"")
     context = tmp_path_factory.mktemp("image")
     # Wheels built here: pip inside the build has no index to reach.
-    run(str(Path(sys.executable).parent / "pip"), "wheel", "-q", str(ROOT), "-w", str(context / "wheels"))
+    run(
+        str(Path(sys.executable).parent / "pip"), "wheel", "-q", f"{ROOT}[web]", "-w", str(context / "wheels")
+    )
     shutil.copy(ROOT / "Dockerfile", context / "Dockerfile")
     run("/usr/bin/docker", "build", "-q", "--force-rm", "--build-arg", "BASE_IMAGE=zchat-base:local",
         "-t", IMAGE, str(context), env=env, timeout=600)  # fmt: skip
@@ -75,10 +81,48 @@ def docker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
     subprocess.run([str(ENGINE), "stop"], capture_output=True, timeout=120)
 
 
+def the_page(web_port: int) -> bytes | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{web_port}/", timeout=5) as page:
+            return page.read() if page.status == 200 else None
+    except OSError:  # not serving yet
+        return None
+
+
+def chat_from_the_page(web_port: int) -> None:
+    """What a browser on the host does: load the page, open its WebSocket (with the page's
+    Origin, which the gateway checks), sign in and have alice echo a private message."""
+    from websockets.sync.client import connect
+    from websockets.typing import Origin
+
+    page = wait_for(
+        lambda: the_page(web_port), timeout=60, interval=0.5, what="the gateway to serve the page"
+    )
+    assert b"<html" in page
+    with connect(f"ws://127.0.0.1:{web_port}/ws", origin=Origin(f"http://127.0.0.1:{web_port}"),
+                 open_timeout=10) as ws:  # fmt: skip
+
+        def expect(match: Any, what: str) -> dict[str, Any]:
+            deadline = time.monotonic() + 30
+            while (left := deadline - time.monotonic()) > 0:
+                event: dict[str, Any] = json.loads(ws.recv(timeout=left))
+                if match(event):
+                    return event
+            raise AssertionError(f"no {what} within 30s")
+
+        ws.send(json.dumps({"type": "hello", "name": "browser"}))
+        assert expect(lambda e: e["type"] in ("welcome", "refused"), "welcome")["type"] == "welcome"
+        ws.send(json.dumps({"type": "send", "cid": 1, "to": "alice", "text": "hello from the page"}))
+        echo = expect(lambda e: e["type"] == "message" and e["text"] == "echo: hello from the page",
+                      "alice's echo")  # fmt: skip
+        assert echo["from"] == "alice" and echo["kind"] == "private"
+
+
 @pytest.mark.timeout(900)
 def test_compose_demo_bots_converse_and_a_host_client_joins(docker_env: dict[str, str]) -> None:
-    port, pub_port = free_port(), free_port()
-    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port)}
+    port, pub_port, web_port = free_port(), free_port(), free_port()
+    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port),
+           "ZCHAT_WEB_PORT": str(web_port)}  # fmt: skip
     compose = [str(COMPOSE), "-p", f"zchat{uuid.uuid4().hex[:8]}", "-f", "docker-compose.yml",
                "-f", "docker-compose.host.yml"]  # fmt: skip
 
@@ -100,12 +144,14 @@ def test_compose_demo_bots_converse_and_a_host_client_joins(docker_env: dict[str
             assert {"alice", "bob"} <= set(me.expect(lambda e: isinstance(e, ev.Users)).names)  # type: ignore[union-attr]
             me.client.send("alice", "hello from the host").wait(10)
             assert me.message("echo: hello from the host", timeout=20).sender == "alice"
+        chat_from_the_page(web_port)
         started = time.monotonic()
         run(*compose, "stop", "--timeout", "10", env=env, timeout=120)
         assert time.monotonic() - started < 30  # nobody waited for the kill after the grace period
         stopped = logs()
         assert "broker stopped" in stopped  # SIGTERM: clients told, sockets closed
         assert stopped.count("-- closed") == 2  # both bots said BYE and closed
+        assert "the gateway stopped" in stopped
         run(*compose, "down", "--timeout", "10", env=env, timeout=120)
     finally:
         subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
@@ -123,8 +169,9 @@ def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str
     subprocess.run(
         ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
     )
-    port, pub_port = free_port(), free_port()
-    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port)}
+    port, pub_port, web_port = free_port(), free_port(), free_port()
+    env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port),
+           "ZCHAT_WEB_PORT": str(web_port)}  # fmt: skip
     compose = [str(COMPOSE), "-p", f"zchat{uuid.uuid4().hex[:8]}"]  # the files `docker-compose up` reads
 
     def heard(bot: str, other: str) -> bool:
@@ -141,5 +188,6 @@ def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str
                       timeout=30, what="a bot's broadcast")  # fmt: skip
             me.client.send("alice", "hello from the host").wait(10)
             assert me.message("echo: hello from the host", timeout=20).sender == "alice"
+        chat_from_the_page(web_port)  # published on 127.0.0.1 from a gateway listening on 0.0.0.0
     finally:
         subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)

@@ -199,6 +199,28 @@ def test_a_taken_name_is_refused_with_the_reason(gateway: WebGateway, broker: Br
         web.close()
 
 
+def threads_of(process_id: int) -> int:
+    with open(f"/proc/{process_id}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("Threads:"))
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="counts threads in /proc")
+def test_sessions_run_on_the_gateways_loop_with_no_thread_of_their_own(
+    tmp_path: Path, broker: Broker
+) -> None:
+    own = start_gateway(tmp_path, broker)
+    first = WebUser(own)
+    assert first.hello("t0")["type"] == "welcome"
+    before = threads_of(own.process.pid)  # the loop's, and the one zmq context's I/O and reaper threads
+    users = [WebUser(own) for _ in range(10)]
+    for number, user in enumerate(users, 1):
+        assert user.hello(f"t{number}")["type"] == "welcome"
+    users[9].command("send", to="t0", text="from the tenth")
+    assert first.message("from the tenth")["from"] == "t10"
+    assert threads_of(own.process.pid) <= before + 1  # a session with threads would add 2-3 each
+    assert own.stop() == 0, own.log()
+
+
 def test_the_gateway_stops_cleanly_signing_everyone_out(tmp_path: Path, broker: Broker) -> None:
     own = start_gateway(tmp_path, broker)
     jo = WebUser(own)

@@ -35,7 +35,7 @@ keys_option = click.option(
                    "or space-separated in the variable) [default: where it listens].")  # fmt: skip
 @click.option("--resume-window", default=60.0, show_default=True, envvar="ZCHAT_WEB_RESUME_WINDOW",
               type=click.FloatRange(1, 86400), help="Seconds a session waits for its page to come back.")  # fmt: skip
-@click.option("--max-sessions", default=250, show_default=True, envvar="ZCHAT_WEB_MAX_SESSIONS",
+@click.option("--max-sessions", default=1000, show_default=True, envvar="ZCHAT_WEB_MAX_SESSIONS",
               type=click.IntRange(1), help="Sessions the gateway holds at most.")  # fmt: skip
 @broker_option
 @timeout_option

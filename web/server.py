@@ -14,7 +14,6 @@ import http
 import logging
 import signal
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -81,10 +80,9 @@ class Gateway:
     invites: Invites | None = None  # with a CURVE broker: who may sign in as whom
     origins: set[str] = field(default_factory=set)  # filled from where it listens if empty
     files: dict[str, tuple[bytes, str]] = field(default_factory=static_files)
-    executor: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(64, "zchat-web"))
 
     def __post_init__(self) -> None:
-        self.sessions = Sessions(self.settings, self.executor)
+        self.sessions = Sessions(self.settings)
         self.refused_origins = 0
         self.closing: set[asyncio.Task[None]] = set()  # old WebSockets of resumed sessions
         self.stopping = False
@@ -269,8 +267,8 @@ class Gateway:
         loop = asyncio.get_running_loop()
 
         def stop_soon(signum: int, frame: object) -> None:
-            # Not loop.add_signal_handler: that passes the signal through the loop's
-            # self-pipe, which the poller threads' call_soon_threadsafe can fill, losing it.
+            # Not loop.add_signal_handler: that passes the signal number through the loop's
+            # self-pipe, where a full pipe loses it.
             loop.call_soon_threadsafe(stop.set)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -303,5 +301,5 @@ class Gateway:
                 await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT)
             except TimeoutError:
                 log.warning("some WebSockets did not close within %gs", STOP_TIMEOUT)
-            self.executor.shutdown(wait=False)
+            self.sessions.close()
             log.info("the gateway stopped")

@@ -1,31 +1,32 @@
-"""The gateway's sessions: one zchat `Client` per signed-in browser tab, and its event log.
+"""The gateway's sessions: one zchat `LoopClient` per signed-in browser tab, and its event log.
 
-Every event the library emits for a session gets the next event id (`eid`) and is kept in a
+Every event the client emits for a session gets the next event id (`eid`) and is kept in a
 bounded log, so a page whose WebSocket dropped resumes from the last eid it holds: nothing
 missed, nothing twice. A session outlives its WebSocket by the resume window, then ends.
-Everything here runs on the gateway's event loop but the Client's own poller thread, whose
-events come over with call_soon_threadsafe.
+Everything here runs on the gateway's event loop, the sessions' connection engines too
+(client/loop.py): their sockets share one zmq context, and no session has a thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import secrets
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
+
 from zchat.client import commands as cmd
 from zchat.client import events as ev
+from zchat.client import settings as client_settings
+from zchat.client.loop import ConnectError, LoopClient
 from zchat.client.render import to_data
 from zchat.client.script import execute
-from zchat.client.session import Client, ConnectError
 from zchat.common.keys import KeyPair
 from zchat.web.schema import Command, encode
 
@@ -39,17 +40,16 @@ class Settings:
     connect_timeout: float = 5.0
     resume_window: float = 60.0  # seconds a session waits for its page to come back
     log_events: int = 1000  # events kept per session for a resume
-    max_sessions: int = 250
+    max_sessions: int = 1000
 
 
 class Session:
     """One browser tab's chat: its Client, its log of events, the commands it has run."""
 
-    def __init__(self, name: str, inbox: Inbox, log_events: int) -> None:
+    def __init__(self, name: str, log_events: int) -> None:
         self.token = secrets.token_urlsafe(24)
         self.name = name
-        self.inbox = inbox
-        self.client: Client | None = None
+        self.client: LoopClient | None = None
         self.log: deque[tuple[int, str]] = deque(maxlen=log_events)
         self.next_eid = 1
         self.last_cid = 0  # the highest command id run: the page's repeats after a resume are dropped
@@ -63,8 +63,8 @@ class Session:
     # --- events in ----------------------------------------------------------------
 
     def from_library(self, event: ev.Event) -> None:
-        """The Client's on_event: on its poller thread, so hand the event to the loop."""
-        self.inbox.put(self, event)
+        """The client's on_event (on the loop)."""
+        self.add_encoded(encoded(event))
 
     def add(self, data: dict[str, Any]) -> None:
         self.add_encoded(encode(data))
@@ -135,67 +135,35 @@ class Session:
 @functools.lru_cache(maxsize=4096)
 def encoded(event: ev.Event) -> str:
     """The event's JSON: a broadcast or a presence reaches every session as an equal event
-    (each decoded by its own poller), so it is encoded once, not once per session."""
+    (each decoded by its own engine), so it is encoded once, not once per session."""
     return encode(to_data(event))
 
 
-FLUSH_AT_MOST = 2000  # events handed to sessions per turn of the loop
-
-
-class Inbox:
-    """Events from every session's poller thread, handed to the loop in batches.
-
-    One call_soon_threadsafe per batch, not per event: a presence broadcast reaches every
-    session at once, and each call writes to the loop's self-pipe.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.events: deque[tuple[Session, ev.Event]] = deque()
-        self.scheduled = False
-
-    def put(self, session: Session, event: ev.Event) -> None:  # on a poller thread
-        self.events.append((session, event))
-        if not self.scheduled:
-            self.scheduled = True
-            with contextlib.suppress(RuntimeError):  # the loop is closed: the gateway is stopping
-                self.loop.call_soon_threadsafe(self.flush)
-
-    def flush(self) -> None:  # on the loop
-        self.scheduled = False  # first: what comes while we drain schedules the next flush
-        events = self.events
-        # Only what is there now: threads that keep adding must not keep the loop here.
-        for _ in range(min(len(events), FLUSH_AT_MOST)):
-            session, event = events.popleft()
-            session.add_encoded(encoded(event))
-        if events and not self.scheduled:
-            self.scheduled = True
-            self.loop.call_soon(self.flush)  # after the loop's other work (sends, commands, signals)
+SOCKETS_PER_SESSION = 3
 
 
 class Sessions:
     """Every session of the gateway, by token; signs in, resumes and ends them."""
 
-    def __init__(self, settings: Settings, executor: Executor) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.executor = executor
+        self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()  # every session's sockets
+        # A context holds 1,023 sockets by default, and a session has up to three (DEALER, SUB,
+        # and the DEALER's handshake monitor while it registers): past them, sign-ins fail.
+        self.context.set(zmq.MAX_SOCKETS, min(SOCKETS_PER_SESSION * settings.max_sessions + 64,
+                                              self.context.get(zmq.SOCKET_LIMIT)))  # fmt: skip
         self.by_token: dict[str, Session] = {}
-        self.inbox: Inbox | None = None  # made on the loop, at the first sign-in
 
     def __len__(self) -> int:
         return len(self.by_token)
 
     async def sign_in(self, name: str, keys: KeyPair | None) -> Session:
         """A new session registered at the broker as `name`; ConnectError if refused."""
-        loop = asyncio.get_running_loop()
-        if self.inbox is None:
-            self.inbox = Inbox(loop)
-        session = Session(name, self.inbox, self.settings.log_events)
+        session = Session(name, self.settings.log_events)
         s = self.settings
-        client = Client(name, s.broker, connect_timeout=s.connect_timeout, on_event=session.from_library,
-                        server_key=s.server_key, keys=keys)  # fmt: skip
-        session.client = client
-        await loop.run_in_executor(self.executor, client.connect)
+        chat = client_settings.Settings(name, s.broker, s.connect_timeout, server_key=s.server_key, keys=keys)
+        client = session.client = LoopClient(chat, self.context, session.from_library)
+        await client.connect()
         self.by_token[session.token] = session
         log.info("%s signed in (%d sessions)", name, len(self.by_token))
         return session
@@ -211,7 +179,7 @@ class Sessions:
         self.by_token.pop(session.token, None)
         log.info("%s signed out: %s (%d sessions)", session.name, why, len(self.by_token))
         if session.client is not None:
-            await asyncio.get_running_loop().run_in_executor(self.executor, session.client.close)
+            await session.client.close()
 
     async def expire(self, now: Callable[[], float] = time.monotonic) -> None:
         """End the sessions whose page stayed away past the resume window."""
@@ -221,6 +189,10 @@ class Sessions:
 
     async def end_all(self, why: str) -> None:
         await asyncio.gather(*(self.end(s, why) for s in list(self.by_token.values())))
+
+    def close(self) -> None:
+        """Once every session ended (or gave up ending): the sockets left are closed."""
+        self.context.destroy(linger=0)
 
 
 __all__ = ["ConnectError", "Session", "Sessions", "Settings"]

@@ -1,0 +1,240 @@
+"""The broker's Prometheus endpoint (`zchat broker --metrics HOST:PORT`), docs/OPERATING.md.
+
+The loop pays nothing for it: it keeps the plain counters it always kept
+(core.counters, the gate's, two histograms) and never knows it is scraped.
+prometheus_client serves HTTP in its own thread, where `BrokerCollector`
+reads those figures at each scrape. It takes no lock, and needs none: each
+read is one C-level operation under the GIL, which the loop cannot interrupt
+halfway (a copy of the counters dict, len() of a dict, one int, a copy of a
+histogram's one list), so every figure is one the loop really had. Figures
+of different metrics may be microseconds apart; none is torn. The collector
+never iterates a structure the loop changes, and never touches the store
+(its SQLite connection belongs to the loop's thread).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterator
+from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
+
+from zchat.broker.measures import Histogram
+from zchat.common.protocol import Code
+
+if TYPE_CHECKING:
+    from zchat.broker.server import BrokerServer
+
+EXTRA_MISSING = "--metrics needs the prometheus_client package: pip install 'zchat[metrics]'"
+
+#: Why a session ended, as core.py counts them (left.<reason>): the `reason` label's values.
+ENDED = ("quit", "timeout", "stuck", "flooding", "disconnected")
+#: Messages routed, by the core's counter: the `kind` label's values.
+KINDS = {"private": "private", "broadcast": "broadcast", "room": "room"}
+
+
+class MetricsUnavailable(Exception):
+    """prometheus_client is not installed: the message names the extra."""
+
+
+def listen_address(spec: str) -> tuple[str, int]:
+    """(host, port) from "HOST:PORT", "[IPv6]:PORT" or "PORT" (loopback); ValueError says why."""
+    host, colon, port = spec.rpartition(":")
+    if not colon:
+        host, port = "127.0.0.1", spec
+    if not (port.isascii() and port.isdigit() and 0 <= int(port) < 65536):
+        raise ValueError(f"{spec!r}: give HOST:PORT, the port a number from 0 to 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{spec!r}: {host!r} in brackets is not an IPv6 address") from None
+    elif not host or ":" in host:
+        raise ValueError(f"{spec!r}: give HOST:PORT, e.g. 127.0.0.1:9100 or [::1]:9100")
+    return host, int(port)
+
+
+def zchat_version() -> str:
+    try:
+        return version("zchat")
+    except PackageNotFoundError:  # run from a source tree without installing
+        return "unknown"
+
+
+class MetricsServer:
+    """The HTTP endpoint in prometheus_client's thread; `url` is where it listens."""
+
+    def __init__(self, broker: BrokerServer, spec: str) -> None:
+        try:
+            from prometheus_client import CollectorRegistry, start_http_server
+            from prometheus_client.process_collector import ProcessCollector
+        except ImportError:
+            raise MetricsUnavailable(EXTRA_MISSING) from None
+        host, port = listen_address(spec)
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(BrokerCollector(broker))
+        ProcessCollector(registry=registry)  # CPU, memory, file descriptors: what a process costs
+        self._http, self._thread = start_http_server(port, addr=host, registry=registry)
+        bound = self._http.server_address[1]
+        shown = f"[{host}]" if ":" in host else host
+        self.url = f"http://{shown}:{bound}/metrics"
+
+    def close(self) -> None:
+        self._http.shutdown()
+        self._http.server_close()
+        self._thread.join(5)
+
+
+def _histogram(family: Any, histogram: Histogram) -> Any:
+    buckets, total = histogram.cumulative()
+    family.add_metric([], [(_le(bound), count) for bound, count in buckets], total)
+    return family
+
+
+def _le(bound: float) -> str:
+    return "+Inf" if bound == float("inf") else repr(bound)
+
+
+class BrokerCollector:
+    """Reads the broker's figures at each scrape (prometheus_client's Collector protocol)."""
+
+    def __init__(self, broker: BrokerServer) -> None:
+        self.broker = broker
+        self.transport = "curve" if broker.settings.curve is not None else "plain"
+        self.version = zchat_version()
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        broker, core = self.broker, self.broker.core
+        counters = dict(core.counters)  # one atomic copy: every counter below from the same moment
+        count = counters.get
+
+        info = GaugeMetricFamily("zchat_build_info", "The broker's version and transport (always 1).",
+                                 labels=["version", "transport"])  # fmt: skip
+        info.add_metric([self.version, self.transport], 1)
+        yield info
+
+        online = len(core.by_peer)
+        yield GaugeMetricFamily(
+            "zchat_clients_online", "Sessions registered on this broker now.", value=online
+        )
+        sessions = GaugeMetricFamily(
+            "zchat_sessions", "Sessions on this broker now, by transport.", labels=["transport"]
+        )
+        for transport in ("plain", "curve"):
+            sessions.add_metric([transport], online if transport == self.transport else 0)
+        yield sessions
+        rooms = core.rooms_in_use
+        yield GaugeMetricFamily("zchat_rooms", "Rooms with at least one member.", value=rooms or 0)
+        yield GaugeMetricFamily(
+            "zchat_stuck_sessions", "Sessions whose queue is full now (dropped after the heartbeat timeout).",
+            value=len(core.stuck),
+        )  # fmt: skip
+
+        started = CounterMetricFamily(
+            "zchat_sessions_started", "Sessions registered (new) or taken over on a new connection (resumed).",
+            labels=["how"],
+        )  # fmt: skip
+        started.add_metric(["new"], count("joined", 0))
+        started.add_metric(["resumed"], count("resumed", 0))
+        yield started
+        ended = CounterMetricFamily("zchat_sessions_ended", "Sessions ended, by reason.", labels=["reason"])
+        for reason in ENDED:
+            ended.add_metric([reason], count(f"left.{reason}", 0))
+        yield ended
+
+        yield CounterMetricFamily(
+            "zchat_commands_received",
+            "Messages read from clients, readable or not.",
+            value=count("received", 0),
+        )
+        routed = CounterMetricFamily(
+            "zchat_messages_routed", "Messages routed, by kind: private, broadcast (the lobby), room.",
+            labels=["kind"],
+        )  # fmt: skip
+        for kind, counter in KINDS.items():
+            routed.add_metric([kind], count(counter, 0))
+        yield routed
+        yield CounterMetricFamily(
+            "zchat_messages_mailboxed", "Private messages kept in an offline user's mailbox.",
+            value=count("stored", 0),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "zchat_messages_duplicate", "Messages resent with an id already accepted: answered, not routed again.",
+            value=count("duplicate", 0),
+        )  # fmt: skip
+
+        refusals = CounterMetricFamily(
+            "zchat_refusals",
+            "Commands answered with ERROR, by code (PROTOCOL.md 9).",
+            labels=["code", "reason"],
+        )
+        for code in Code:
+            reason = code.name.lower()
+            refusals.add_metric([str(int(code)), reason], count(f"refused.{reason}", 0))
+        yield refusals
+
+        full = CounterMetricFamily(
+            "zchat_queue_full", "Sends that found a client's queue full: a reply, or a private message (507).",
+            labels=["what"],
+        )  # fmt: skip
+        full.add_metric(["reply"], count("dropped.busy", 0))
+        full.add_metric(["message"], count("undelivered.busy", 0))
+        yield full
+        yield CounterMetricFamily(
+            "zchat_replies_unreachable", "Replies to a connection that was gone.",
+            value=count("dropped.unreachable", 0),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "zchat_flooder_messages_ignored", "Messages ignored from connections disconnected for flooding.",
+            value=count("dropped.flooder", 0),
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "zchat_address_bans", "Addresses turned away after a flood (not counting exempt ones).",
+            value=count("banned", 0),
+        )  # fmt: skip
+        gate = broker.gate
+        yield GaugeMetricFamily(
+            "zchat_addresses_banned", "Addresses turned away now.", value=len(gate.banned.until)
+        )
+        yield CounterMetricFamily(
+            "zchat_handshakes_refused", "Connections refused in the ZeroMQ handshake (a banned address).",
+            value=gate.turned_away,
+        )  # fmt: skip
+
+        failures = CounterMetricFamily(
+            "zchat_failures", "The broker's own failures: a command or task that raised, a store write.",
+            labels=["what"],
+        )  # fmt: skip
+        failures.add_metric(["handler"], count("failed", 0))
+        failures.add_metric(["store"], count("store.failed", 0))
+        yield failures
+        yield GaugeMetricFamily(
+            "zchat_store_up", "1 while the store can be written, 0 after a failed commit until one succeeds.",
+            value=0 if core.failures.store_down else 1,
+        )  # fmt: skip
+        yield GaugeMetricFamily(
+            "zchat_store_waiting", "Events to publish and connections with ACKs, held now for the next commit.",
+            value=len(core._to_publish) + len(core._acks),
+        )  # fmt: skip
+        yield _histogram(
+            HistogramMetricFamily(
+                "zchat_store_commit_seconds", "Time of each store commit that wrote messages.", unit="seconds"
+            ),
+            core.commit_time,
+        )
+        yield _histogram(
+            HistogramMetricFamily(
+                "zchat_handoff_seconds",
+                "From the wake-up that read a message to the flush that handed its effects to ZeroMQ "
+                "(one observation per flush, weighted by its messages).",
+                unit="seconds",
+            ),
+            broker.handoff,
+        )

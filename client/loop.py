@@ -1,0 +1,211 @@
+"""The client on an asyncio loop: many connection engines in one thread, no thread each.
+
+For a program that holds many chat sessions at once (the web gateway). A `LoopClient` runs
+the same engine (connection.py) with the same effects (shell.py) as `Client`'s poller
+thread, but its two sockets are watched by the loop (`add_reader` on their zmq.FD, drained
+with NOBLOCK on each wake-up) and its deadlines are one timer on the loop, moved only when
+the engine's next deadline comes earlier. Every method is called on the loop; none blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from typing import Any, cast
+
+import zmq
+
+from zchat.client import events as ev
+from zchat.client.request import Request
+from zchat.client.session import ConnectError, UserRequests
+from zchat.client.settings import Settings
+from zchat.client.shell import Shell
+from zchat.common.keys import KeyPair
+
+__all__ = ["ConnectError", "LoopClient"]
+
+log = logging.getLogger("zchat.client")
+
+#: While a handshake is watched (registering), its monitor is read this often (as poller.py).
+HANDSHAKE_POLL = 0.05
+#: A timer fires this much after the engine's deadline: asyncio may run a timer a little
+#: early, and a tick before the deadline would find nothing due and ask again at once.
+TIMER_SLACK = 0.001
+
+
+class LoopShell(Shell):
+    """A connection engine driven by callbacks of the loop: sockets ready, a deadline, a request."""
+
+    def __init__(self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]],
+                 loop: asyncio.AbstractEventLoop, emit: Callable[[ev.Event], None],
+                 new_id: Callable[[], str]) -> None:  # fmt: skip
+        super().__init__(settings, context, emit, new_id)
+        self.loop = loop
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+        self.drain_due = False  # a drain is scheduled with call_soon
+        self.first: asyncio.Future[ev.Status | None] = loop.create_future()
+        self.done: asyncio.Future[None] = loop.create_future()
+        self.on_first_outcome = self._first_outcome
+
+    # --- inputs, each a callback of the loop -------------------------------------------
+
+    def start(self) -> None:
+        self._run(self.engine.start)
+
+    def request(self, request: Request) -> None:
+        self._run(self.engine.request, request)
+
+    def _ready(self) -> None:
+        """A socket's FD is readable (or a drain was left unfinished): read both sockets."""
+        self.drain_due = False
+        self._run(self._read)
+
+    def _read(self, now: float) -> None:
+        engine = self.engine
+        if self.dealer is not None:
+            self._drain(self.dealer, engine.from_dealer, now)
+        if self.sub is not None:
+            self._drain(self.sub, engine.from_sub, now)
+        engine.tick(now)  # as the poller does after every wake-up
+
+    def _on_timer(self) -> None:
+        self.timer, self.timer_at = None, math.inf
+        self._run(self.engine.tick)
+
+    def _run(self, feed: Callable[..., None], *args: Any) -> None:
+        if self.done.done():
+            return
+        try:
+            now = self.loop.time()
+            feed(*args, now)
+            self._carry_out()
+            if self.handshake is not None:
+                self._watch_handshake(now)
+                self._carry_out()
+            if self.engine.finished:
+                self.finish()
+            else:
+                self._settle(now)
+        except Exception as e:  # never die silently: the user must hear of it
+            log.exception("client engine's driver failed")
+            self.engine.fail(f"internal error: {e}")
+            self.finish()
+
+    def _settle(self, now: float) -> None:
+        """The next deadline on the timer, and a drain if a socket holds what its FD will not signal."""
+        deadline = self.engine.wakeup()
+        if self.handshake is not None:
+            deadline = min(deadline if deadline is not None else math.inf, now + HANDSHAKE_POLL)
+        if deadline is None:
+            self._cancel_timer()
+        elif deadline < self.timer_at:  # a later deadline waits for the timer set: it asks again
+            self._cancel_timer()
+            self.timer_at = deadline
+            # At least TIMER_SLACK from now, as the poller sleeps 1 ms at least: a deadline the
+            # engine keeps in the past must not spin the loop.
+            self.timer = self.loop.call_at(max(deadline, now) + TIMER_SLACK, self._on_timer)
+        # zmq.FD is edge-triggered, and a send or a setsockopt may take the edge of a message
+        # that came meanwhile: what is readable now is read now, not at the next message.
+        if not self.drain_due and any(
+            sock is not None and cast(int, sock.EVENTS) & zmq.POLLIN for sock in (self.dealer, self.sub)
+        ):
+            self.drain_due = True
+            self.loop.call_soon(self._ready)
+
+    def _cancel_timer(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = None, math.inf
+
+    def finish(self) -> None:
+        """The engine is done (or must be): close the sockets, refuse what is left, say CLOSED."""
+        if self.done.done():
+            return
+        self.done.set_result(None)
+        self._cancel_timer()
+        try:
+            self._close_sockets()
+        finally:
+            self.engine.stop()
+            self._carry_out()
+
+    def _first_outcome(self, failure: ev.Status | None) -> None:
+        if not self.first.done():
+            self.first.set_result(failure)
+
+    # --- how the loop waits on a socket -------------------------------------------------
+
+    def _watch(self, sock: zmq.Socket[bytes]) -> None:
+        self.loop.add_reader(sock.FD, self._ready)
+
+    def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
+        self.loop.remove_reader(sock.FD)
+
+
+class LoopClient(UserRequests):
+    """A chat connection on the running asyncio loop, with the requests of `Client`.
+
+    Its sockets come from `context`, shared by all clients of the loop. Events go to
+    `on_event`, on the loop: keep it quick.
+    """
+
+    def __init__(self, settings: Settings, context: zmq.Context[zmq.Socket[bytes]],
+                 on_event: Callable[[ev.Event], None]) -> None:  # fmt: skip
+        super().__init__()
+        if settings.server_key is not None and settings.keys is None:  # one pair for both sockets
+            settings = dataclasses.replace(settings, keys=KeyPair(*zmq.curve_keypair()))
+        self.name = settings.name
+        self._settings = settings
+        self._on_event = on_event
+        self._shell = LoopShell(settings, context, asyncio.get_running_loop(), self._emit, self._new_id)
+        self._closed = False
+
+    @property
+    def state(self) -> ev.State:
+        return self._shell.state
+
+    def _engine_rooms(self) -> set[str]:
+        return set(self._shell.engine.rooms)  # on the loop, as the engine
+
+    async def connect(self) -> LoopClient:
+        """Start, and return once registered; ConnectError if that fails."""
+        shell = self._shell
+        shell.start()
+        try:
+            failure = await asyncio.wait_for(asyncio.shield(shell.first), self._settings.connect_timeout + 5)
+        except TimeoutError:
+            failure = ev.Status(ev.State.OFFLINE, "no answer")
+        if failure is not None:
+            await self.close()
+            raise ConnectError(failure.detail)
+        return self
+
+    async def close(self, timeout: float = 3.0) -> None:
+        """Say BYE and close the sockets, within `timeout` seconds."""
+        if self._closed:
+            return
+        self._closed = True
+        shell = self._shell
+        shell.request(Request("close", self._new_id()))
+        try:
+            await asyncio.wait_for(asyncio.shield(shell.done), timeout)
+        except TimeoutError:
+            log.warning("%s: no end of the connection within %gs: closed anyway", self.name, timeout)
+            shell.finish()
+
+    def _submit(self, request: Request) -> Request:
+        if self._closed or self._shell.done.done():
+            request.resolve(request.refusal(ev.CLOSED, "the client is closed"))
+        else:
+            self._shell.request(request)
+        return request
+
+    def _emit(self, event: ev.Event) -> None:
+        try:
+            self._on_event(event)
+        except Exception:
+            log.exception("the on_event callback failed on %r", event)

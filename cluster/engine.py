@@ -1,0 +1,240 @@
+"""The NATS thread: nats-py on its own asyncio loop, the other end of the PAIR.
+
+It carries out what the broker thread asks (link.py) and forwards what the
+buckets' watchers see. Requests are served as tasks, so that calls from the
+broker pipeline rather than wait for each other. Nothing here decides
+anything about the chat: it only talks to JetStream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import nats
+import nats.errors
+import nats.js.errors
+import zmq
+import zmq.asyncio
+from nats.aio.msg import Msg
+from nats.js import api
+from nats.js.kv import KeyValue
+
+from zchat.cluster.link import PAIR_HWM, pack, unpack
+from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
+
+log = logging.getLogger("zchat.cluster")
+
+#: Seconds a message may wait for its PubAck before its sender is refused.
+RELAY_TIMEOUT = 5.0
+
+
+class Engine(threading.Thread):
+    def __init__(
+        self,
+        context: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        servers: list[str],
+        node: str,
+        position: int,
+    ) -> None:
+        super().__init__(name="zchat-cluster", daemon=True)
+        self.context = context
+        self.endpoint = endpoint
+        self.servers = servers
+        self.node = node
+        #: The last event of LOG the broker has: it reads on from the next.
+        self.position = position
+        self.buckets: dict[str, KeyValue] = {}
+        self.watching: list[asyncio.Task[None]] = []
+        #: Private messages from other brokers, waiting for the broker to say what became of them.
+        self.asking: dict[int, Msg] = {}
+        self._asked = 0
+
+    def run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        self.socket = zmq.asyncio.Context.shadow(self.context).socket(zmq.PAIR)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        for option in (zmq.SNDHWM, zmq.RCVHWM):
+            self.socket.setsockopt(option, PAIR_HWM)
+        self.socket.connect(self.endpoint)
+        try:
+            await self._serve()
+        except Exception as e:
+            log.exception("the cluster link failed")
+            self._tell("failed", str(e))
+        finally:
+            self.socket.close()
+
+    def _tell(self, *parts: Any) -> None:
+        self.socket.send(pack(*parts))
+
+    async def _serve(self) -> None:
+        self.nc = await nats.connect(
+            self.servers,
+            name=self.node,
+            connect_timeout=2,
+            max_reconnect_attempts=-1,  # NATS down is a fault to ride out, not the end
+            reconnect_time_wait=0.5,
+            disconnected_cb=self._disconnected,
+            reconnected_cb=self._reconnected,
+        )
+        self.js = self.nc.jetstream()
+        for bucket in (NAMES, OWNERS):
+            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
+        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE)
+        await self.buckets[LEASES].put(self.node.encode().hex(), b"")
+        await self._watch(LEASES)
+        self.watching.append(asyncio.create_task(self._renew()))
+        await self.js.add_stream(name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE)
+        for bucket in (NAMES, OWNERS):
+            await self._watch(bucket)
+        await self.nc.subscribe(node_subject(self.node, "deliver"), cb=self._asked_to_deliver)
+        await self.nc.subscribe(node_subject(self.node, "reply"), cb=self._told_to_reply)
+        await self.js.subscribe(
+            LOG_SUBJECTS, stream=LOG, cb=self._logged, ordered_consumer=True,
+            config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
+                                      opt_start_seq=self.position + 1),
+        )  # fmt: skip
+        self._tell("ready")
+        tasks: set[asyncio.Task[None]] = set()
+        while True:
+            parts = unpack(await self.socket.recv())
+            if parts[0] == "stop":
+                break
+            task = asyncio.create_task(self._request(parts))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        if tasks:
+            await asyncio.wait(tasks, timeout=2)
+        await self.nc.drain()
+
+    async def _watch(self, bucket: str) -> None:
+        """Forward every change of the bucket: ["kv", bucket, key, value or None, revision],
+        and ["synced", bucket] once what was there at the start has come."""
+        watcher = await self.buckets[bucket].watchall()
+
+        async def forward() -> None:
+            async for entry in watcher:
+                if entry is None:
+                    self._tell("synced", bucket)
+                    continue
+                gone = entry.operation in ("DEL", "PURGE")
+                self._tell("kv", bucket, entry.key, None if gone else entry.value, entry.revision)
+
+        # The first update (or None) comes before the loop serves anything: a broker knows
+        # who is online elsewhere before it takes its first HELLO.
+        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
+        if first is None:
+            self._tell("synced", bucket)
+        else:
+            gone = first.operation in ("DEL", "PURGE")
+            self._tell("kv", bucket, first.key, None if gone else first.value, first.revision)
+        self.watching.append(asyncio.create_task(forward()))
+
+    async def _request(self, parts: list[Any]) -> None:
+        kind, number, *args = parts
+        try:
+            value = await REQUESTS[kind](self, *args)
+        except Exception as e:
+            if number:
+                self._tell("answer", number, False, f"{type(e).__name__}: {e}")
+            else:
+                log.warning("cluster request %s failed: %s", kind, e)
+            return
+        if number:
+            self._tell("answer", number, True, value)
+
+    async def _create(self, bucket: str, key: str, value: bytes) -> int:
+        """A claim: the key's revision, 0 if someone holds it already."""
+        try:
+            return await self.buckets[bucket].create(key, value)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return 0
+
+    async def _update(self, bucket: str, key: str, value: bytes, last: int) -> int:
+        """A takeover: the new revision, 0 if the key changed since `last`."""
+        try:
+            return await self.buckets[bucket].update(key, value, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            return 0
+
+    async def _delete(self, bucket: str, key: str, last: int) -> bool:
+        """A release, only of the revision this broker holds (a takeover elsewhere stays)."""
+        try:
+            await self.buckets[bucket].delete(key, last=last)
+        except nats.js.errors.APIError as e:
+            if e.err_code in (10071, 10164):  # changed meanwhile: not ours any more
+                return False
+            raise
+        return True
+
+    async def _relay(self, subject: str, payload: bytes, msg_id: str) -> bool:
+        """Into the log, pipelined: answered when its PubAck comes, never awaited in line."""
+        headers = {api.Header.MSG_ID: msg_id} if msg_id else None
+        ack = await self.js.publish_async(subject, payload, headers=headers)
+        # Unanswered past this, the sender is refused (508) and may resend with the same id:
+        # should the message be stored after all, the log's duplicate window drops the resend.
+        await asyncio.wait_for(ack, RELAY_TIMEOUT)
+        return True
+
+    async def _logged(self, msg: Msg) -> None:
+        self._tell("log", msg.metadata.sequence.stream, msg.subject, msg.data)
+
+    async def _deliver(self, node: str, frames: list[bytes]) -> str:
+        """A private message for a user on `node`: what became of it there (delivered, busy, gone)."""
+        try:
+            answer = await self.nc.request(node_subject(node, "deliver"), pack(*frames), timeout=2)
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            return "gone"
+        return answer.data.decode()
+
+    async def _asked_to_deliver(self, msg: Msg) -> None:
+        self._asked += 1
+        self.asking[self._asked] = msg
+        self._tell("deliver", self._asked, unpack(msg.data))
+
+    async def _delivered(self, asked: int, outcome: str) -> None:
+        msg = self.asking.pop(asked, None)
+        if msg is not None:
+            await msg.respond(outcome.encode())
+
+    async def _reply(self, node: str, key: str, frames: list[bytes]) -> None:
+        await self.nc.publish(node_subject(node, "reply"), pack(key, *frames))
+
+    async def _told_to_reply(self, msg: Msg) -> None:
+        key, *frames = unpack(msg.data)
+        self._tell("reply", key, frames)
+
+    async def _renew(self) -> None:
+        """This broker's lease, put again and again: the others count it alive while it is."""
+        key = self.node.encode().hex()
+        while True:
+            await asyncio.sleep(LEASE_RENEW)
+            try:
+                await self.buckets[LEASES].put(key, b"")
+            except Exception as e:  # NATS away: the lease runs out, and the others count this node dead
+                log.warning("could not renew the lease: %s", e)
+
+    async def _disconnected(self) -> None:
+        log.warning("lost the connection to NATS; reconnecting")
+
+    async def _reconnected(self) -> None:
+        log.info("connected to NATS again at %s", self.nc.connected_url)
+
+
+# Requests served by the NATS thread: ["kind", call number (0: no answer), args...].
+REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "create": Engine._create,
+    "update": Engine._update,
+    "delete": Engine._delete,
+    "relay": Engine._relay,
+    "deliver": Engine._deliver,
+    "delivered": Engine._delivered,
+    "reply": Engine._reply,
+}

@@ -1,0 +1,170 @@
+"""A broker's membership of a cluster: what server.py builds with --cluster.
+
+It starts the NATS thread, waits until it is connected and knows the
+buckets, and hands the core the seams that hold across brokers: names
+(names.py), the rooms' shared order (log.py), and the memory of private
+messages handed over here that await a receipt (a local one: the recipient
+confirms on the broker it is on). The shell polls `socket` with its own
+sockets, feeds the core what `take` returns, and hands the node what the
+core sends to sessions on other brokers (`deliver`, `reply`).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from zchat.broker.core import Deliver, Delivered, Input, Relayed, RelayStored, Undelivered
+from zchat.broker.handed import LocalHandedOver
+from zchat.broker.relay import LOG_POSITION
+from zchat.broker.settings import BrokerSettings
+from zchat.broker.store import Store
+from zchat.cluster.link import Link, unpack
+from zchat.cluster.log import ClusterLog, read
+from zchat.cluster.names import ClusterNames, node_of
+from zchat.common import protocol as p
+
+log = logging.getLogger("zchat.cluster")
+
+#: How long a broker waits at start for NATS and its buckets.
+START_TIMEOUT = 15.0
+EXTRA = "pip install 'zchat[cluster]'"
+#: What the shell's send to one of its connections gives: "delivered", "busy" or "gone".
+SendLocal = Callable[[bytes, list[bytes]], str]
+
+
+class ClusterUnavailable(Exception):
+    """The cluster cannot be joined: nats-py is missing, or NATS does not answer."""
+
+
+class ClusterNode:
+    def __init__(self, settings: BrokerSettings, context: zmq.Context[zmq.Socket[bytes]], node: str,
+                 store: Store, send_local: SendLocal) -> None:  # fmt: skip
+        try:
+            from zchat.cluster.engine import Engine
+        except ImportError as e:
+            raise ClusterUnavailable(f"--cluster needs nats-py ({e}): {EXTRA}") from None
+        self.node = node
+        self.send_local = send_local
+        self.link = Link(context)
+        self.names = ClusterNames(self.link, node, settings.authorized)
+        self.log = ClusterLog(self.link)
+        self.handed = LocalHandedOver()
+        #: Private messages for sessions on other brokers, waiting to hear what became of them.
+        self.delivering: dict[int, Deliver] = {}
+        self.engine = Engine(
+            context, self.link.endpoint, list(settings.cluster), node, store.last_seq(LOG_POSITION)
+        )
+        self.engine.start()
+        self._wait_ready(settings)
+
+    @property
+    def socket(self) -> zmq.Socket[bytes]:
+        return self.link.socket
+
+    def _wait_ready(self, settings: BrokerSettings) -> None:
+        synced: set[str] = set()
+        deadline = time.monotonic() + START_TIMEOUT
+        ready = False
+        while not (ready and len(synced) == 3):
+            if time.monotonic() > deadline:
+                self.close()
+                raise ClusterUnavailable(f"NATS at {','.join(settings.cluster)} did not answer within "
+                                         f"{START_TIMEOUT:g} s")  # fmt: skip
+            if not self.link.socket.poll(100):
+                continue
+            parts = unpack(self.link.socket.recv())
+            if parts[0] == "ready":
+                ready = True
+            elif parts[0] == "failed":
+                self.close()
+                raise ClusterUnavailable(
+                    f"cannot join the cluster at {','.join(settings.cluster)}: {parts[1]}"
+                )
+            elif parts[0] == "synced":
+                synced.add(parts[1])
+            else:
+                self.link.inbox.append(parts)  # the log's first events: once the core is there
+        log.info("node %s joined the cluster at %s (%d online elsewhere)", self.node,
+                 ",".join(settings.cluster), len(self.names.remote))  # fmt: skip
+
+    @property
+    def changed(self) -> bool:
+        """Whether the sessions of other brokers changed since last asked (WHO is made anew)."""
+        changed, self.names.changed = self.names.changed, False
+        return changed
+
+    def take(self) -> list[Input]:
+        """Carry out what the NATS thread sent; what the core must hear of it, in order."""
+        inputs: list[Input] = []
+        for parts in self.link.drain():
+            kind = parts[0]
+            if kind == "log":
+                inputs.append(Relayed(read(parts[2], parts[3]), parts[1]))
+            elif kind == "answer":
+                self._answer(parts[1], parts[2], parts[3], inputs)
+            elif kind == "kv":
+                self.names.seen(*parts[1:])
+            elif kind == "deliver":
+                self._deliver_here(parts[1], parts[2])
+            elif kind == "reply":
+                self._reply_here(parts[1], parts[2])
+            elif kind == "failed":
+                log.error("the cluster link failed: %s", parts[1])
+        self.names.bury(time.monotonic())
+        return inputs
+
+    def _answer(self, number: int, ok: bool, value: Any, inputs: list[Input]) -> None:
+        waiting = self.log.waiting.pop(number, None)
+        if waiting is not None:
+            if not ok:
+                log.warning("a message could not be stored in the log: %s", value)
+            inputs.append(RelayStored(waiting, ok))
+            return
+        delivery = self.delivering.pop(number, None)
+        if delivery is not None:
+            if ok and value == "delivered":
+                inputs.append(Delivered(delivery))
+            else:  # gone, or NATS could not ask: the mailbox keeps it
+                inputs.append(Undelivered(delivery, ok and value == "busy", time.time()))
+
+    # --- private messages and replies for sessions on other brokers ---------------
+
+    def deliver(self, delivery: Deliver) -> None:
+        """A private message for a session on another broker: its outcome comes back from `take`."""
+        where = node_of(delivery.peer)
+        assert where is not None
+        self.delivering[self.link.request("deliver", where[0], p.encode(delivery.message))] = delivery
+
+    def reply(self, peer: bytes, event: p.ServerEvent) -> None:
+        """Anything else for a session on another broker (a RECEIPT, REPLACED): sent, not followed."""
+        where = node_of(peer)
+        assert where is not None
+        self.link.send("reply", 0, where[0], where[1], p.encode(event))
+
+    def _deliver_here(self, asked: int, frames: list[bytes]) -> None:
+        message = p.decode_event(frames)
+        outcome = "gone"
+        if isinstance(message, p.Message):
+            key = p.name_key(message.target)
+            session = self.names.local.get(key)
+            if session is not None:
+                outcome = self.send_local(session.peer, frames)
+                if outcome == "delivered":  # its receipt is confirmed here, where the recipient is
+                    self.handed.add((key, p.name_key(message.sender), message.msg_id), False)
+        self.link.send("delivered", 0, asked, outcome)
+
+    def _reply_here(self, key: str, frames: list[bytes]) -> None:
+        session = self.names.local.get(key)
+        if session is not None:
+            self.send_local(session.peer, frames)
+
+    def close(self) -> None:
+        if self.engine.is_alive():
+            self.link.send("stop")
+            self.engine.join(5)
+        self.link.close()

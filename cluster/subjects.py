@@ -1,0 +1,35 @@
+"""Where the cluster keeps things in NATS: the buckets, streams and subjects, one list.
+
+docs/CLUSTER.md says who writes and who reads each.
+"""
+
+from __future__ import annotations
+
+#: Who is online under which name: name key -> the node and the session (names.py).
+NAMES = "zchat_names"
+#: With CURVE and trust on first use: name key -> the public key it is bound to, for ever.
+OWNERS = "zchat_owners"
+#: Each broker's lease: node -> its start time, put again every LEASE_RENEW s; the bucket
+#: forgets a lease not renewed for LEASE s, and the brokers count a node silent that long as dead.
+LEASES = "zchat_leases"
+LEASE = 6.0
+LEASE_RENEW = 2.0
+#: Every event on a room's topic, the lobby's too, in the one order all brokers read.
+LOG = "zchat_log"
+LOG_SUBJECTS = "zchat.log.>"
+
+
+#: The log's subjects of mailboxes and users (rooms' are "lobby" and "#...": never these).
+MAIL_SUBJECT = "zchat.log._mail"
+TAKEN_SUBJECT = "zchat.log._taken"
+KNOWN_SUBJECT = "zchat.log._known"
+
+
+def log_subject(room: str) -> str:
+    """A room's subject in LOG: '.' and '*' are a NATS subject's own."""
+    return "zchat.log." + ("lobby" if room == "*" else room.replace(".", "="))
+
+
+def node_subject(node: str, what: str) -> str:
+    """Where a broker hears what others send its users (`what`: deliver, reply); core NATS."""
+    return f"zchat.node.{node.encode().hex()}.{what}"

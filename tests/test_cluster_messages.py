@@ -1,0 +1,149 @@
+"""Every kind of message between clients on different brokers of a cluster (issue 14, test 2).
+
+One nats-server and three brokers for the module; each test uses its own names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.chat import Watcher, chat
+from tests.cluster_support import cluster
+from tests.support import Broker, wait_for
+from zchat.client import events as ev
+
+pytestmark = pytest.mark.timeout(120)
+DEADLINE = 10.0
+
+
+@pytest.fixture(scope="module")
+def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Broker]]:
+    with cluster(tmp_path_factory.mktemp("cluster")) as (_, brokers):
+        yield brokers
+
+
+def ack(outcome: ev.Outcome) -> ev.Ack:
+    assert isinstance(outcome, ev.Ack), outcome
+    return outcome
+
+
+def online(watcher: Watcher, *names: str) -> None:
+    """Wait until `watcher`'s broker lists every one of `names` (they signed in elsewhere)."""
+
+    def listed() -> bool:
+        users = watcher.client.who().wait(DEADLINE)
+        return isinstance(users, ev.Users) and set(names) <= set(users.names)
+
+    wait_for(listed, DEADLINE, interval=0.05, what=f"{names} online")
+
+
+def test_a_private_message_reaches_a_user_on_another_broker_and_its_receipt_comes_back(
+    three: list[Broker],
+) -> None:
+    with chat("pam", three[0].endpoint) as pam, chat("quinn", three[1].endpoint) as quinn:
+        online(pam, "quinn")
+        sent = pam.client.send("quinn", "across brokers")
+        assert ack(sent.wait(DEADLINE)).status == "accepted"
+        message = quinn.message("across brokers")
+        assert message.sender == "pam" and message.target == "quinn"
+        # quinn's client confirms on its broker; the receipt crosses back to pam's.
+        receipt = pam.expect(lambda e: isinstance(e, ev.Receipt), DEADLINE, "a receipt")
+        assert isinstance(receipt, ev.Receipt) and receipt.recipient == "quinn"
+        assert receipt.msg_id == sent.msg_id
+
+
+def test_a_broadcast_reaches_everyone_on_every_broker_once_in_one_order(three: list[Broker]) -> None:
+    with (
+        chat("bea", three[0].endpoint) as bea,
+        chat("cal", three[1].endpoint) as cal,
+        chat("dot", three[2].endpoint) as dot,
+    ):
+        online(bea, "cal", "dot")
+        texts = [f"lobby {i}" for i in range(5)]
+        for text in texts:
+            ack(bea.client.broadcast(text).wait(DEADLINE))
+        ack(cal.client.broadcast("from cal").wait(DEADLINE))
+        for watcher in (bea, cal, dot):
+            watcher.message("from cal")
+            for text in texts:
+                watcher.message(text)
+        orders = []
+        for watcher in (bea, cal, dot):
+            live = [m.text for m in watcher.messages() if not m.history and m.target == "*"]
+            assert sorted(live) == sorted([*texts, "from cal"]), live  # each exactly once
+            orders.append(live)
+        assert orders[0] == orders[1] == orders[2]  # the same order everywhere
+
+
+def test_a_room_joined_on_several_brokers_has_one_history_on_each(three: list[Broker]) -> None:
+    with chat("ema", three[0].endpoint) as ema, chat("fay", three[1].endpoint) as fay:
+        ack(ema.client.enter("#ops").wait(DEADLINE))
+        ack(fay.client.enter("#ops").wait(DEADLINE))
+        for i in range(3):
+            ack(ema.client.send("#ops", f"ops {i}").wait(DEADLINE))
+        ack(fay.client.send("#ops", "fay here").wait(DEADLINE))
+        for watcher in (ema, fay):
+            watcher.message("fay here")
+        # A third member, on the third broker, joins without a gap: the history is the same.
+        with chat("gus", three[2].endpoint) as gus:
+            ack(gus.client.enter("#ops").wait(DEADLINE))
+            for watcher in (ema, fay):  # every broker has read gus's JOIN: the same last seq
+                watcher.expect(
+                    lambda e: isinstance(e, ev.Presence) and e.name == "gus" and e.room == "#ops",
+                    DEADLINE, "gus joining #ops",
+                )  # fmt: skip
+            histories = []
+            for watcher in (ema, fay, gus):
+                got = watcher.client.history("#ops").wait(DEADLINE)
+                assert isinstance(got, ev.History), got
+                histories.append((got.last_seq, [m.text for m in got.messages]))
+            assert histories[0] == histories[1] == histories[2]
+            assert histories[0][1] == ["ops 0", "ops 1", "ops 2", "fay here"]
+            ack(fay.client.send("#ops", "welcome gus").wait(DEADLINE))
+            gus.message("welcome gus")
+
+
+def gone(watcher: Watcher, name: str) -> None:
+    """Wait until `watcher`'s broker no longer lists `name`."""
+
+    def unlisted() -> bool:
+        users = watcher.client.who().wait(DEADLINE)
+        return isinstance(users, ev.Users) and name not in users.names
+
+    wait_for(unlisted, DEADLINE, interval=0.05, what=f"{name} gone")
+
+
+def test_mail_for_an_offline_user_is_delivered_by_another_broker_once(three: list[Broker]) -> None:
+    with chat("ivy", three[1].endpoint) as ivy:
+        with chat("hal", three[0].endpoint):
+            online(ivy, "hal")  # hal is known to the cluster from now on
+        gone(ivy, "hal")
+        sent = ivy.client.send("hal", "while you were out")
+        assert ack(sent.wait(DEADLINE)).status == "stored"
+        with chat("hal", three[2].endpoint) as hal:
+            assert hal.message("while you were out").sender == "ivy"
+            # hal's client confirms on its broker: the receipt reaches ivy on hers.
+            receipt = ivy.expect(lambda e: isinstance(e, ev.Receipt), DEADLINE, "a receipt")
+            assert isinstance(receipt, ev.Receipt) and receipt.msg_id == sent.msg_id
+            ack(hal.client.send("ivy", "thanks").wait(DEADLINE))  # the log has read on past the receipt
+            ivy.message("thanks")
+        gone(ivy, "hal")
+        # Confirmed mail is gone from every broker's copy of the mailbox.
+        for broker in three:
+            with chat("hal", broker.endpoint) as again:
+                ack(again.client.send("ivy", f"back on {broker.port}").wait(DEADLINE))
+                ivy.message(f"back on {broker.port}")
+                assert "while you were out" not in [m.text for m in again.messages()]
+            gone(ivy, "hal")
+
+
+def test_joins_and_leaves_on_one_broker_are_seen_on_the_others(three: list[Broker]) -> None:
+    with chat("olga", three[0].endpoint) as olga:
+        with chat("pete", three[1].endpoint):
+            olga.expect(lambda e: isinstance(e, ev.Presence) and e.name == "pete" and e.event == "join",
+                        DEADLINE, "pete's JOIN")  # fmt: skip
+        olga.expect(lambda e: isinstance(e, ev.Presence) and e.name == "pete" and e.event == "leave",
+                    DEADLINE, "pete's LEAVE")  # fmt: skip
+        gone(olga, "pete")
