@@ -158,6 +158,11 @@ class ClusterNames:
                 # Left by this node's previous life (a crash, a kill): nobody holds it now.
                 self.link.send("delete", 0, NAMES, kv, revision)
             return
+        if self.local.get(key) is not None:
+            # Taken over on another broker (its client failed over there): not held here any
+            # more, so its timeout here is no LEAVE (the core asks holder()) and WHO lists it once.
+            del self.local[key]
+            self.revision.pop(key, None)
         self.lease_seen.setdefault(node, time.monotonic())  # dead if no lease comes within LEASE
         self.remote_revision[key] = revision
         self.remote[key] = Session(
@@ -174,7 +179,7 @@ class ClusterNames:
     def bury(self, now: float) -> None:
         """Forget the sessions of nodes whose lease ran out, and free their names (each
         delete is of the revision the dead node wrote: a name taken over meanwhile stays)."""
-        dead = {node for node, seen in self.lease_seen.items() if now - seen > LEASE}
+        dead = {node for node, seen in self.lease_seen.items() if now - seen > LEASE and node != self.node}
         if not dead:
             return
         for key, session in list(self.remote.items()):
