@@ -190,7 +190,8 @@ class ClusterNode:
         self.link.send("delivered", 0, asked, outcome)
 
     def _reply_here(self, key: str, frames: list[bytes]) -> None:
-        session = self.names.local.get(key)
+        # A REPLACED may come after the watch said the session moved to that broker.
+        session = self.names.local.get(key) or self.names.moved.pop(key, None)
         if session is not None:
             self.send_local(session.peer, frames)
 

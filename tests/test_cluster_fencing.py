@@ -132,3 +132,41 @@ def test_a_broker_stopped_past_its_lease_fences_itself_and_no_name_is_ever_liste
             assert poller.lists, f"no WHO answered by {broker.endpoint}"
             doubles = [names for names in poller.lists if twice(names)]
             assert not doubles, f"{broker.endpoint} listed a name twice: {doubles[:3]}"
+
+
+def test_a_session_taken_over_on_another_broker_times_out_on_the_first_without_a_leave(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    fast = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
+    with cluster(tmp_path, 3, *fast) as (_, (first, second, third)), chat("lee", third.endpoint) as lee:
+        old = hello(zmq_context, first.endpoint, "Zed")
+        welcome = answer(old)
+        assert isinstance(welcome, p.Welcome)
+        old.send_multipart(p.encode_simple(b"READY", b"r"))
+        assert isinstance(answer(old), p.Ack)
+        online(lee, "Zed")
+        # Zed's client found its broker unreachable and resumes on another; the first
+        # broker still holds the old connection until its timeout.
+        new = zmq_context.socket(zmq.DEALER)
+        new.setsockopt(zmq.LINGER, 0)
+        new.connect(second.endpoint)
+        new.send_multipart(p.encode_hello(b"h2", "Zed", welcome.token))
+        assert isinstance(answer(new), p.Welcome)
+        assert isinstance(answer(old), p.Replaced)  # through the first broker, from the second
+        assert who(zmq_context, first.endpoint).count("Zed") == 1
+
+        def old_one_timed_out() -> bool:
+            new.send_multipart(p.encode_simple(b"PING", b"p"))  # the new connection stays alive
+            assert isinstance(answer(new), p.Pong)
+            return "Zed left (timeout" in first.log()
+
+        wait_for(
+            old_one_timed_out, DEADLINE, interval=0.2, what="the old connection timed out on the first broker"
+        )
+        assert who(zmq_context, first.endpoint).count("Zed") == 1
+        ack(lee.client.broadcast("after the timeout").wait(DEADLINE))
+        lee.message("after the timeout")  # after any LEAVE of Zed in the lobby's one order
+        left = [e for e in lee.seen if isinstance(e, ev.Presence) and e.name == "Zed" and e.event == "leave"]
+        assert not left, left
+        for dealer in (old, new):
+            dealer.close()
