@@ -57,6 +57,7 @@ log = logging.getLogger("zchat.broker")
 #: when it is at least this long (a guess must not be easy): see _hello.
 ADOPTED_TOKEN_MIN = 16
 #: What a message the store could not keep is refused with (PROTOCOL.md 9).
+FENCED = "this broker lost its lease in the cluster: connect to another broker"
 NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
 FAILED = "the broker failed on this command: it may not have been carried out; send it again"
@@ -158,6 +159,20 @@ class RelayStored(NamedTuple):
     stored: bool
 
 
+class Fence(NamedTuple):
+    """In a cluster: this broker lost its lease (`fenced`), or holds it again.
+
+    Fenced, it may hold no name: the others count it dead and free its names.
+    It forgets its sessions without a LEAVE (the name may already be held on
+    another broker: a LEAVE would say that user left), tells their connections
+    to go elsewhere (SHUTDOWN), and refuses every command (504) until it is
+    told it holds its lease again."""
+
+    fenced: bool
+    now: float
+    reason: str = ""
+
+
 Input = (
     Command
     | Unreadable
@@ -171,6 +186,7 @@ Input = (
     | Shutdown
     | Relayed
     | RelayStored
+    | Fence
 )
 
 # --- effects ---------------------------------------------------------------------
@@ -252,6 +268,8 @@ class BrokerCore:
     room_members: dict[str, set[str]] = field(default_factory=dict)
     next_maintenance: float = 0.0
     shutting_down: bool = False
+    #: In a cluster: the broker lost its lease (Fence) and takes no command.
+    fenced: bool = False
     #: The time of the input being handled, for what logs it.
     now: float = 0.0
     refusal_log: QuietLog = field(default_factory=lambda: QuietLog(log))
@@ -319,6 +337,9 @@ class BrokerCore:
                 return
         if self.shutting_down:
             self._refuse(peer, command.msg_id, Code.SHUTTING_DOWN, "the broker is shutting down")
+            return
+        if self.fenced:
+            self._refuse(peer, command.msg_id, Code.FENCED, FENCED)
             return
         needs_hello, counted, handler = RULES[type(command)]
         if needs_hello:
@@ -791,6 +812,28 @@ class BrokerCore:
             self._publish(p.EVERYONE, notice)
         self._flush()
 
+    def _fence(self, event: Fence) -> None:
+        """Fenced: every session forgotten, without a LEAVE; its connection told to go elsewhere."""
+        self.now = event.now
+        if event.fenced == self.fenced:
+            return
+        self.fenced = event.fenced
+        if not event.fenced:
+            log.warning("the broker holds its cluster lease again: it takes commands again")
+            return
+        self._flush()
+        log.warning("fenced (%s): forgetting %d sessions, refusing every command", event.reason,
+                    len(self.by_peer))  # fmt: skip
+        notice = p.Shutdown(f"{FENCED} ({event.reason})")
+        for session in list(self.by_peer.values()):
+            self._reply(session.peer, notice)
+            del self.by_peer[session.peer]
+            self._names.release(session)  # only the revision it wrote: a name moved on stays
+            self.counters["left.fenced"] += 1
+        self.stuck.clear()
+        self.online_names = None
+        self._flush()
+
     # --- a cluster's shared order (relay.py) -----------------------------------
 
     def _relayed(self, event: Relayed) -> None:
@@ -960,13 +1003,15 @@ class BrokerCore:
     def _drop(self, session: Session, now: float, reason: str) -> None:
         del self.by_peer[session.peer]
         self.stuck.pop(session.peer, None)
+        # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
+        held = self._names.holder(session.key) is session
         self._names.release(session)
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
         online = self._names.count()
         log.info("%s left (%s; %d online)", session.name, reason, online,
                  extra=fields("left", name=session.name, reason=reason, online=online))  # fmt: skip
-        if session.announced:  # else nobody was told it joined
+        if session.announced and held:  # else nobody was told it joined, or it is still online
             self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
 
     def _online(self) -> tuple[str, ...]:
@@ -1036,4 +1081,5 @@ _INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
     Shutdown: BrokerCore._shutdown,
     Relayed: BrokerCore._relayed,
     RelayStored: BrokerCore._relay_stored,
+    Fence: BrokerCore._fence,
 }

@@ -327,6 +327,7 @@ class BrokerServer:
         try:
             while not self._stopping:
                 ready = dict(poller.poll(0 if put_off else POLL_MS))
+                self._lease(cluster)  # before anything it woke for
                 if self.zap in ready:
                     self._answer_zap()
                 if router in ready:
@@ -356,6 +357,7 @@ class BrokerServer:
                 if cluster is not None and (cluster.socket in ready or cluster.link.inbox):
                     self._guarded("the cluster's news", None, self._from_cluster, cluster)
                 now = time.time()
+                self._lease(cluster)  # after `now`: a stop past it is seen here, not by the sweep
                 if self._hangups:
                     self._hang_up_due(now)
                 if now >= next_sweep:
@@ -372,6 +374,11 @@ class BrokerServer:
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
             self.close()
+
+    def _lease(self, cluster: ClusterNode | None) -> None:
+        """In a cluster: fenced once the lease could not be renewed in time (docs/CLUSTER.md)."""
+        if cluster is not None and (fence := cluster.lease(time.monotonic())) is not None:
+            self._guarded("fencing", None, self._feed, fence)
 
     def _from_cluster(self, cluster: ClusterNode) -> None:
         inputs = cluster.take()

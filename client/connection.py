@@ -707,6 +707,9 @@ class Connection:
             # still in flight and goes again once we are registered anew.
             self._lost("the broker no longer knows this session", now)
             return
+        if isinstance(answer, p.Error) and answer.code == Code.FENCED:  # cut off from its cluster
+            self._lost("the broker lost its place in the cluster", now)  # the next broker; resent there
+            return
         if (own := self.own.pop(msg_id, None)) is not None:
             self._own_answered(own[0], msg_id, answer, now)
             return

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -23,6 +24,7 @@ from nats.aio.msg import Msg
 from nats.js import api
 from nats.js.kv import KeyValue
 
+from zchat.cluster import subjects
 from zchat.cluster.link import PAIR_HWM, pack, unpack
 from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
 
@@ -53,6 +55,12 @@ class Engine(threading.Thread):
         #: Private messages from other brokers, waiting for the broker to say what became of them.
         self.asking: dict[int, Msg] = {}
         self._asked = 0
+        #: When the last renewal of the lease that JetStream stored began (time.monotonic),
+        #: and how many times a renewal came later than FENCE after it (a stopped process,
+        #: NATS away). The broker thread reads both (plain values, under the GIL): they
+        #: are what fences it (node.py), not a message that might wait behind others.
+        self.renewed_at = 0.0
+        self.lapses = 0
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -88,7 +96,9 @@ class Engine(threading.Thread):
         for bucket in (NAMES, OWNERS):
             self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
         self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE)
+        started = time.monotonic()
         await self.buckets[LEASES].put(self.node.encode().hex(), b"")
+        self.renewed_at = started
         await self._watch(LEASES)
         self.watching.append(asyncio.create_task(self._renew()))
         await self.js.add_stream(name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE)
@@ -164,7 +174,7 @@ class Engine(threading.Thread):
         except nats.js.errors.KeyWrongLastSequenceError:
             return 0
 
-    async def _delete(self, bucket: str, key: str, last: int) -> bool:
+    async def _kv_delete(self, bucket: str, key: str, last: int) -> bool:
         """A release, only of the revision this broker holds (a takeover elsewhere stays)."""
         try:
             await self.buckets[bucket].delete(key, last=last)
@@ -216,10 +226,17 @@ class Engine(threading.Thread):
         key = self.node.encode().hex()
         while True:
             await asyncio.sleep(LEASE_RENEW)
+            started = time.monotonic()
+            if started - self.renewed_at > subjects.FENCE:
+                # Counted before the renewal: the broker thread may look only after it
+                # and must still see that the lease ran out meanwhile.
+                self.lapses += 1
             try:
                 await self.buckets[LEASES].put(key, b"")
             except Exception as e:  # NATS away: the lease runs out, and the others count this node dead
                 log.warning("could not renew the lease: %s", e)
+                continue
+            self.renewed_at = started
 
     async def _disconnected(self) -> None:
         log.warning("lost the connection to NATS; reconnecting")
@@ -232,7 +249,7 @@ class Engine(threading.Thread):
 REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create": Engine._create,
     "update": Engine._update,
-    "delete": Engine._delete,
+    "delete": Engine._kv_delete,  # not _delete: threading.Thread has its own
     "relay": Engine._relay,
     "deliver": Engine._deliver,
     "delivered": Engine._delivered,

@@ -70,6 +70,9 @@ class ClusterNames:
         self.owners: dict[str, str] = {}
         #: When each other node's lease was last renewed (or first heard of), on our clock.
         self.lease_seen: dict[str, float] = {}
+        #: Sessions of this broker taken over on another (their client failed over there),
+        #: kept for the REPLACED the other broker sends them, or until their timeout here.
+        self.moved: dict[str, Session] = {}
         #: Set when the sessions of other brokers changed: the core's WHO must be made again.
         self.changed = False
 
@@ -115,6 +118,8 @@ class ClusterNames:
         if self.local.get(key) is session:
             del self.local[key]
             self.link.send("delete", 0, NAMES, kv_key(key), self.revision.pop(key))
+        elif self.moved.get(key) is session:
+            del self.moved[key]  # held elsewhere now: nothing to delete
 
     def sessions(self) -> Iterable[Session]:
         return _chain(self.local.values(), self.remote.values())
@@ -158,6 +163,11 @@ class ClusterNames:
                 # Left by this node's previous life (a crash, a kill): nobody holds it now.
                 self.link.send("delete", 0, NAMES, kv, revision)
             return
+        if self.local.get(key) is not None:
+            # Taken over on another broker (its client failed over there): not held here any
+            # more, so its timeout here is no LEAVE (the core asks holder()) and WHO lists it once.
+            self.moved[key] = self.local.pop(key)  # until its REPLACED comes (node.py) or it times out
+            self.revision.pop(key, None)
         self.lease_seen.setdefault(node, time.monotonic())  # dead if no lease comes within LEASE
         self.remote_revision[key] = revision
         self.remote[key] = Session(
@@ -174,7 +184,7 @@ class ClusterNames:
     def bury(self, now: float) -> None:
         """Forget the sessions of nodes whose lease ran out, and free their names (each
         delete is of the revision the dead node wrote: a name taken over meanwhile stays)."""
-        dead = {node for node, seen in self.lease_seen.items() if now - seen > LEASE}
+        dead = {node for node, seen in self.lease_seen.items() if now - seen > LEASE and node != self.node}
         if not dead:
             return
         for key, session in list(self.remote.items()):

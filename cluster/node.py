@@ -18,7 +18,7 @@ from typing import Any
 
 import zmq
 
-from zchat.broker.core import Deliver, Delivered, Input, Relayed, RelayStored, Undelivered
+from zchat.broker.core import Deliver, Delivered, Fence, Input, Relayed, RelayStored, Undelivered
 from zchat.broker.handed import LocalHandedOver
 from zchat.broker.relay import LOG_POSITION
 from zchat.broker.settings import BrokerSettings
@@ -26,6 +26,7 @@ from zchat.broker.store import Store
 from zchat.cluster.link import Link, unpack
 from zchat.cluster.log import ClusterLog, read
 from zchat.cluster.names import ClusterNames, node_of
+from zchat.cluster.subjects import FENCE
 from zchat.common import protocol as p
 
 log = logging.getLogger("zchat.cluster")
@@ -61,6 +62,9 @@ class ClusterNode:
         )
         self.engine.start()
         self._wait_ready(settings)
+        #: Since when this broker is fenced (time.monotonic), None while it holds its lease.
+        self.fenced_at: float | None = None
+        self._lapses = 0
 
     @property
     def socket(self) -> zmq.Socket[bytes]:
@@ -92,6 +96,28 @@ class ClusterNode:
         log.info("node %s joined the cluster at %s (%d online elsewhere)", self.node,
                  ",".join(settings.cluster), len(self.names.remote))  # fmt: skip
 
+    def lease(self, now: float) -> Fence | None:
+        """What the core must hear of the lease, asked at every wake-up before anything else
+        is handled: Fence(True) once the last renewal that worked began more than FENCE ago,
+        or one came that late (the process was stopped, NATS away); Fence(False) once a
+        renewal begun after the fence has worked. None: nothing changed."""
+        engine = self.engine
+        lapsed = engine.lapses != self._lapses
+        self._lapses = engine.lapses
+        if self.fenced_at is None:
+            late = now - engine.renewed_at
+            if not (lapsed or late > FENCE):
+                return None
+            self.fenced_at = now
+            reason = f"no renewal of its lease for {late:.1f} s" if late > FENCE else "its lease lapsed"
+            log.warning("node %s fenced: %s", self.node, reason)
+            return Fence(True, time.time(), reason)
+        if lapsed or engine.renewed_at <= self.fenced_at:
+            return None
+        self.fenced_at = None
+        log.warning("node %s holds its lease again", self.node)
+        return Fence(False, time.time())
+
     @property
     def changed(self) -> bool:
         """Whether the sessions of other brokers changed since last asked (WHO is made anew)."""
@@ -115,7 +141,12 @@ class ClusterNode:
                 self._reply_here(parts[1], parts[2])
             elif kind == "failed":
                 log.error("the cluster link failed: %s", parts[1])
-        self.names.bury(time.monotonic())
+        # Others are judged dead only while this broker's own view is fresh: woken from a
+        # stop, every lease it knows looks old, its own too (it is fenced first, server.py).
+        now = time.monotonic()
+        own = self.names.lease_seen.get(self.node)
+        if self.fenced_at is None and own is not None and now - own < FENCE:
+            self.names.bury(now)
         return inputs
 
     def _answer(self, number: int, ok: bool, value: Any, inputs: list[Input]) -> None:
@@ -159,7 +190,8 @@ class ClusterNode:
         self.link.send("delivered", 0, asked, outcome)
 
     def _reply_here(self, key: str, frames: list[bytes]) -> None:
-        session = self.names.local.get(key)
+        # A REPLACED may come after the watch said the session moved to that broker.
+        session = self.names.local.get(key) or self.names.moved.pop(key, None)
         if session is not None:
             self.send_local(session.peer, frames)
 

@@ -14,6 +14,9 @@ OWNERS = "zchat_owners"
 LEASES = "zchat_leases"
 LEASE = 6.0
 LEASE_RENEW = 2.0
+#: A broker whose last renewal that worked began longer ago than this fences itself
+#: (node.py): before any other broker can count it dead, with a second to spare.
+FENCE = LEASE - LEASE_RENEW / 2
 #: Every event on a room's topic, the lobby's too, in the one order all brokers read.
 LOG = "zchat_log"
 LOG_SUBJECTS = "zchat.log.>"

@@ -71,6 +71,7 @@ class Code(IntEnum):
     RATE_LIMITED = 429
     INTERNAL = 500
     SHUTTING_DOWN = 503
+    FENCED = 504
     RECIPIENT_BUSY = 507
     STORE_FAILED = 508
     TOO_MANY = 509

@@ -2027,3 +2027,42 @@ def test_a_store_keeps_numbers_rooms_history_and_mail_across_a_restart(
         assert bob.next()[:3] == ["MESSAGE", mail, "alice"]  # the mailbox too (13.4)
     finally:
         assert after.stop() == 0
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(120)
+def test_a_fenced_broker_of_a_cluster_sends_shutdown_answers_504_and_the_session_goes_on_elsewhere(
+    tmp_path: Path, zmq_context: Context
+) -> None:
+    """Section 7.3: a broker stopped past its lease forgets its sessions, sends SHUTDOWN,
+    answers 504 until it is back (then 403: the session is forgotten); the client resumes
+    on another broker with its last token and sends the refused command again, same id."""
+    from tests.cluster_support import cluster
+    from tests.support import wait_for
+
+    with cluster(tmp_path, 2) as (_, (first, second)):
+        ann = SpecClient(zmq_context, first.endpoint, "ann")
+        token = ann.hello("Ann").token
+        bob = SpecClient(zmq_context, second.endpoint, "bob")
+        bob.hello("Bob")
+        wait_for(lambda: "Ann" in bob.who(), WAIT, interval=0.05, what="Ann listed on the other broker")
+        first.process.send_signal(signal.SIGSTOP)
+        try:  # until the other broker forgets Ann: the stopped one's lease ran out
+            wait_for(lambda: "Ann" not in bob.who(), 20, interval=0.1, what="Ann forgotten elsewhere")
+        finally:
+            first.process.send_signal(signal.SIGCONT)
+        assert_text(ann.delivery("SHUTDOWN", timeout=WAIT)[1])
+        msg_id = ann.send("SEND", "Bob", "refused, then sent again")
+        assert ann.error_code(msg_id) in (504, 403)
+        ann.dealer.close()
+        again = SpecClient(zmq_context, second.endpoint, "ann")
+        assert again.hello("Ann", token).name == "Ann"
+        again.send_items("SEND", msg_id, "Bob", "refused, then sent again")
+        again.ack(msg_id)
+        message = bob.delivery("MESSAGE")
+        assert message[1:3] == [msg_id, "Ann"] and message[5] == "refused, then sent again"
+        marker = again.send("SEND", "Bob", "marker")
+        again.ack(marker)
+        assert bob.delivery("MESSAGE")[1] == marker  # the message came once
+        for client in (again, bob):
+            client.dealer.close()
