@@ -96,3 +96,37 @@ def test_a_mention_is_the_name_as_a_word_of_its_own() -> None:
         assert mentions(text, "alice"), text
     for text in ("malice", "alice_b said", "alice-bot", "alicexyz", "a.alice"):
         assert not mentions(text, "alice"), text
+
+
+def said(sender: str, target: str, text: str, history: bool = False) -> ev.Message:
+    return ev.Message("id", sender, target, text, ev.from_ms(0), history=history)
+
+
+def test_unread_and_mentions_count_per_conversation_until_viewed() -> None:
+    from zchat.client.readstate import Counts, Unread
+
+    unread = Unread("alice")
+    for message in (
+        said("bob", "#dev", "the build is red"),
+        said("bob", "#dev", "ALICE: can you look?"),
+        said("carol", "*", "morning"),
+        said("Bob", "alice", "a word in private"),  # private: always calls for alice
+        said("alice", "bob", "sent from my other session"),  # ours: nothing unread
+        said("bob", "#dev", "an old one", history=True),  # history: read when first shown
+        said("carol", "#ops", "in view"),
+    ):
+        unread.arrived(message, viewing="#ops")
+    assert unread.all() == {"#dev": Counts(2, 1), "*": Counts(1, 0), "bob": Counts(1, 1)}
+    unread.viewed("#DEV")
+    assert unread.counts("#dev") == Counts() and unread.counts("bob") == Counts(1, 1)
+    unread.viewed("bob")
+    assert unread.all() == {"*": Counts(1, 0)}
+
+
+def test_a_private_message_belongs_to_the_other_person_either_way() -> None:
+    from zchat.client.readstate import conversation_of
+
+    assert conversation_of(said("Bob", "alice", "hi"), "alice") == "bob"
+    assert conversation_of(said("alice", "Bob", "hi"), "Alice") == "bob"
+    assert conversation_of(said("bob", "#Dev", "hi"), "alice") == "#dev"
+    assert conversation_of(said("bob", "*", "hi"), "alice") == "*"
