@@ -658,6 +658,11 @@ def test_buffers_count_what_came_elsewhere_and_switching_shows_it(
     terminal.wait_screen("[3:bob 1!]")
     terminal.keys("C-n")
     terminal.wait(lambda: "[private] bob -> you: in private" in terminal.visible(), "the private buffer")
+    enter(terminal, "/leave")  # a private buffer: closed, the lobby shown
+    terminal.wait_input("alice>")
+    terminal.wait(lambda: terminal.visible().count("[*1:lobby] [2:#dev]\n") == 1, "bob's buffer gone")
+    enter(terminal, "/buffer 7")
+    terminal.wait_screen("no buffer 7")
 
 
 def test_ignore_hides_a_users_messages_until_unignored(terminal: Terminal, broker: Broker, bob: Peer) -> None:
