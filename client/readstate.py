@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -146,6 +147,36 @@ class ReadState:
             os.replace(partial, self.path)
         except OSError as e:
             log.warning("could not keep what was read in %s: %s", self.path, e)
+
+
+class ViewedReadState(ReadState):
+    """What was read, for a front end with buffers: a room's messages are read once its
+    buffer is in view (`viewing()` says which: "*", "#room", a peer), not when they come
+    to a buffer in the background; `viewed(room)` catches up as it is switched to."""
+
+    def __init__(self, path: Path | None, viewing: Callable[[], str]) -> None:
+        super().__init__(path)
+        self._viewing = viewing
+        self._waiting: dict[str, int] = {}  # room -> the newest sequence number come, not yet viewed
+        self._waiting_lock = threading.Lock()
+
+    def shown(self, room: str, seq: int) -> None:
+        if room.lower() == self._viewing().lower():
+            super().shown(room, seq)
+            return
+        with self._waiting_lock:
+            self._waiting[room.lower()] = max(seq, self._waiting.get(room.lower(), 0))
+
+    def viewed(self, room: str) -> None:
+        with self._waiting_lock:
+            seq = self._waiting.pop(room.lower(), 0)
+        if seq:
+            super().shown(room.lower(), seq)
+
+    def forget(self, room: str) -> None:
+        with self._waiting_lock:
+            self._waiting.pop(room.lower(), None)
+        super().forget(room)
 
 
 def _load(path: Path) -> tuple[dict[str, int], dict[str, str]]:

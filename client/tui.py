@@ -28,7 +28,7 @@ from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
-from zchat.client.readstate import ReadState, Unread, history_file, mentions, state_file
+from zchat.client.readstate import Unread, ViewedReadState, history_file, mentions, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
@@ -178,6 +178,7 @@ class Screen:
         self.unread = Unread(me)
         self.buffers = [Buffer("*", "lobby")]
         self.current = 0  # index in buffers
+        self.read_state: ViewedReadState | None = None
         self.ignored: dict[str, str] = {}  # lower-case name -> as typed
         self.session: PromptSession[str] | None = None
         self.quiet = False  # set on the way out: the closing status is noise
@@ -188,6 +189,11 @@ class Screen:
         self._lock = threading.RLock()
         #: Called (on the poller thread) when the client gives up for good, e.g. signed in elsewhere.
         self.on_given_up: Callable[[], None] | None = None
+
+    def viewing(self) -> str:
+        """The conversation in view: "*", "#room" or a peer's lower-case name."""
+        with self._lock:
+            return self.buffers[self.current].key
 
     @property
     def room(self) -> str:
@@ -216,6 +222,8 @@ class Screen:
                 self.current = index
                 self.redrawing = True
             self.unread.viewed(self.buffers[index].key)
+            if self.read_state is not None:
+                self.read_state.viewed(self.buffers[index].key)
         self._invalidate()
 
     def close_current(self) -> None:
@@ -435,8 +443,9 @@ def run_tui(settings: Settings, colour: bool) -> int:
     name, broker = settings.name, settings.broker
     screen = Screen(name, colour, settings.bell)
     # What was read is kept in the user's data folder: after a restart the join says what is new.
-    client = Client.from_settings(settings, on_event=screen,
-                                  read_state=ReadState(state_file(settings.name, settings.broker)))  # fmt: skip
+    # A room's messages are read once its buffer is in view, not when they come behind another.
+    screen.read_state = ViewedReadState(state_file(settings.name, settings.broker), screen.viewing)
+    client = Client.from_settings(settings, on_event=screen, read_state=screen.read_state)
     try:
         client.connect()
     except ConnectError as e:

@@ -130,3 +130,22 @@ def test_a_private_message_belongs_to_the_other_person_either_way() -> None:
     assert conversation_of(said("alice", "Bob", "hi"), "Alice") == "bob"
     assert conversation_of(said("bob", "#Dev", "hi"), "alice") == "#dev"
     assert conversation_of(said("bob", "*", "hi"), "alice") == "*"
+
+
+def test_with_buffers_a_room_is_read_once_its_buffer_is_viewed(tmp_path: Path) -> None:
+    from zchat.client.readstate import ViewedReadState
+
+    viewing = ["*"]
+    state = ViewedReadState(tmp_path / "read.json", lambda: viewing[0])
+    state.shown("*", 4)  # in view: read
+    state.shown("#dev", 9)  # came to a buffer in the background: not read yet
+    state.shown("#dev", 7)
+    assert (state.last_read("*"), state.last_read("#dev")) == (4, 0)
+    state.viewed("#Dev")
+    viewing[0] = "#dev"
+    assert state.last_read("#dev") == 9
+    state.shown("#dev", 10)
+    state.shown("#ops", 3)
+    state.save()
+    again = ReadState(tmp_path / "read.json")
+    assert (again.last_read("#dev"), again.last_read("#ops")) == (10, 0)
