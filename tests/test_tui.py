@@ -693,3 +693,36 @@ def test_whois_says_online_and_rooms_in_common(terminal: Terminal, broker: Broke
     terminal.wait(lambda: "bob left" in terminal.visible(), "bob leaving")
     enter(terminal, "/whois bob")
     terminal.wait_screen("bob: not online, in no room with you")
+
+
+def test_what_came_to_a_buffer_not_viewed_is_unread_after_a_restart(
+    tmp_path: Path, broker: Broker, bob: Peer
+) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        enter(first, "/join #dev")
+        bob.client.send("#dev", "seen in dev").wait(DEADLINE)
+        first.wait(lambda: "<bob> seen in dev" in first.visible(), "#dev's message in view")
+        first.keys("M-1")
+        first.wait_screen("[*1:lobby] [2:#dev]")
+        bob.client.send("#dev", "came while you looked at the lobby").wait(DEADLINE)
+        first.wait_screen("[*1:lobby] [2:#dev 1]")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data
+    try:
+        start_alice(again, broker)
+        again.wait_screen("unread since")  # the rooms' history comes on signing in, behind the lobby
+        assert "in #dev" in next(line for line in again.lines() if "unread since" in line)
+        enter(again, "/buffer #dev")
+        lines = again.wait(lambda: again.visible() if "looked at the lobby" in again.visible() else None,
+                           "#dev's history")  # fmt: skip
+        assert lines.index("seen in dev") < lines.index("came while you looked at the lobby"), lines
+    finally:
+        again.close()
