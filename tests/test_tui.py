@@ -726,3 +726,16 @@ def test_what_came_to_a_buffer_not_viewed_is_unread_after_a_restart(
         assert lines.index("seen in dev") < lines.index("came while you looked at the lobby"), lines
     finally:
         again.close()
+
+
+def test_a_mention_in_a_buffer_not_in_view_rings_the_bell(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("[1:lobby] [*2:#dev]")
+    look_away(terminal)
+    bob.client.broadcast("alice: in the lobby").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a mention behind another buffer")
+    assert "in the lobby" not in terminal.tmux("capture-pane", "-p", "-t", "t:0")
+    terminal.wait_screen("[1:lobby 1!] [*2:#dev]")
