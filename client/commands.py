@@ -72,6 +72,27 @@ class Help:
 
 
 @dataclass(frozen=True)
+class Buffer:
+    which: str  # its number ("2") or name ("#dev", "bob", "lobby")
+
+
+@dataclass(frozen=True)
+class Query:
+    name: str  # a private conversation with this person
+
+
+@dataclass(frozen=True)
+class Ignore:
+    name: str  # "": list who is ignored
+    on: bool = True  # False: /unignore
+
+
+@dataclass(frozen=True)
+class Whois:
+    name: str
+
+
+@dataclass(frozen=True)
 class Quit:
     pass
 
@@ -94,6 +115,10 @@ Command = (
     | Search
     | Clear
     | Help
+    | Buffer
+    | Query
+    | Ignore
+    | Whois
     | Quit
     | Invalid
 )
@@ -110,6 +135,11 @@ commands:
   /names [#ROOM]    who of ROOM is online
   /history [#ROOM] [N]  the last N messages of ROOM (default 50, at most 500)
   /more [#ROOM] [N] N messages of ROOM before the oldest shown
+  /buffer N|NAME    show buffer N (or NAME: lobby, #ROOM, a person); also Alt-1..9, Ctrl-N/Ctrl-P
+  /query NAME       a private conversation with NAME in a buffer of its own: plain text goes to NAME
+  /ignore [NAME]    do not show NAME's messages (without NAME: who is ignored)
+  /unignore NAME    show NAME's messages again
+  /whois NAME       what this client knows of NAME: online or not, rooms in common
   /search WORDS     messages of your rooms and yours with all of WORDS (or words starting so)
   /who              who is online
   /clear            clear the screen
@@ -119,7 +149,7 @@ keys: Alt-Enter another line (each goes as a message); Ctrl-C clears the line; U
 
 #: Command words for completion.
 WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/more", "/search", "/who",
-         "/clear", "/help", "/quit")  # fmt: skip
+         "/buffer", "/query", "/ignore", "/unignore", "/whois", "/clear", "/help", "/quit")  # fmt: skip
 #: Command words whose argument is a room.
 ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history", "/more")
 
@@ -179,6 +209,16 @@ def parse(line: str) -> Command | None:
         if len(args) > 1:
             return Invalid("usage: /help [COMMAND]")
         return Help(args[0]) if args else Help()
+    if word == "/buffer":
+        return Buffer(args[0]) if len(args) == 1 else Invalid("usage: /buffer N|NAME")
+    if word == "/query":
+        return Query(args[0]) if len(args) == 1 else Invalid("usage: /query NAME")
+    if word == "/ignore":
+        return Ignore(args[0] if args else "") if len(args) <= 1 else Invalid("usage: /ignore [NAME]")
+    if word == "/unignore":
+        return Ignore(args[0], on=False) if len(args) == 1 else Invalid("usage: /unignore NAME")
+    if word == "/whois":
+        return Whois(args[0]) if len(args) == 1 else Invalid("usage: /whois NAME")
     if word in ("/quit", "/exit", "/q"):
         return Quit()
     return Invalid(f"unknown command {word}; /help lists them")

@@ -3,8 +3,10 @@ kept in the user's data folder across restarts, so that the join's history can
 mark where the unread part starts ("unread since ..."). Also the text of the last
 private messages sent, so that a receipt arriving after a restart names it.
 
-The terminal UI shows every message as it comes: shown is read. A front end
-with buffers (the web client) will count unread per buffer on top of this.
+Unread counts the messages of each conversation (the lobby, a room, a private
+peer) that came while another one was in view, and how many of them call for the
+user (a mention, or any private message); viewing a conversation clears its
+counts. Front ends with buffers (the terminal UI, the web client) share it.
 """
 
 from __future__ import annotations
@@ -15,9 +17,13 @@ import logging
 import os
 import re
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import platformdirs
+
+from zchat.client import events as ev
 
 log = logging.getLogger("zchat.client")
 
@@ -28,6 +34,58 @@ SENT_KEPT = 500
 def mentions(text: str, name: str) -> bool:
     """`text` names `name` as a word of its own ("alice:", "@alice", not "malice"), any case."""
     return re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w-])", text, re.IGNORECASE) is not None
+
+
+def conversation_of(message: ev.Message, me: str) -> str:
+    """Which conversation `message` belongs to: "*" (the lobby), "#room", or the other
+    person's name (lower case) for a private message, whichever way it went."""
+    if not message.private:
+        return message.room.lower()
+    if message.sender.lower() == me.lower():
+        return message.target.lower()  # ours, sent from here or another session of ours
+    return message.sender.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Counts:
+    unread: int = 0
+    mentions: int = 0  # of the unread: those naming the user, and private ones
+
+
+class Unread:
+    """Unread and mention counts per conversation ("*", "#room", a peer's lower-case
+    name); thread-safe: counted on the poller thread, read and cleared on the UI one."""
+
+    def __init__(self, me: str) -> None:
+        self.me = me
+        self._counts: dict[str, Counts] = {}
+        self._lock = threading.Lock()
+
+    def arrived(self, message: ev.Message, viewing: str | None) -> str | None:
+        """Count `message` unless its conversation is `viewing`; the conversation it
+        counted in, or None (in view, ours, or history: read when it was first shown)."""
+        key = conversation_of(message, self.me)
+        if message.history or key == viewing or message.sender.lower() == self.me.lower():
+            return None
+        called = message.private or mentions(message.text, self.me)
+        with self._lock:
+            old = self._counts.get(key, Counts())
+            self._counts[key] = Counts(old.unread + 1, old.mentions + called)
+        return key
+
+    def viewed(self, key: str) -> None:
+        """The conversation is in view: nothing of it is unread."""
+        with self._lock:
+            self._counts.pop(key.lower(), None)
+
+    def counts(self, key: str) -> Counts:
+        with self._lock:
+            return self._counts.get(key.lower(), Counts())
+
+    def all(self) -> dict[str, Counts]:
+        """The conversations with something unread."""
+        with self._lock:
+            return dict(self._counts)
 
 
 def history_file(name: str) -> Path:
@@ -89,6 +147,36 @@ class ReadState:
             os.replace(partial, self.path)
         except OSError as e:
             log.warning("could not keep what was read in %s: %s", self.path, e)
+
+
+class ViewedReadState(ReadState):
+    """What was read, for a front end with buffers: a room's messages are read once its
+    buffer is in view (`viewing()` says which: "*", "#room", a peer), not when they come
+    to a buffer in the background; `viewed(room)` catches up as it is switched to."""
+
+    def __init__(self, path: Path | None, viewing: Callable[[], str]) -> None:
+        super().__init__(path)
+        self._viewing = viewing
+        self._waiting: dict[str, int] = {}  # room -> the newest sequence number come, not yet viewed
+        self._waiting_lock = threading.Lock()
+
+    def shown(self, room: str, seq: int) -> None:
+        if room.lower() == self._viewing().lower():
+            super().shown(room, seq)
+            return
+        with self._waiting_lock:
+            self._waiting[room.lower()] = max(seq, self._waiting.get(room.lower(), 0))
+
+    def viewed(self, room: str) -> None:
+        with self._waiting_lock:
+            seq = self._waiting.pop(room.lower(), 0)
+        if seq:
+            super().shown(room.lower(), seq)
+
+    def forget(self, room: str) -> None:
+        with self._waiting_lock:
+            self._waiting.pop(room.lower(), None)
+        super().forget(room)
 
 
 def _load(path: Path) -> tuple[dict[str, int], dict[str, str]]:

@@ -132,5 +132,13 @@ def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
             out(ev.Refusal("", ev.USAGE, f"no command {command.word}; /help lists them"))
         else:
             out.show_help(command.word)
+    elif isinstance(command, cmd.Query):
+        if ev.is_room(command.name):
+            out(ev.Refusal("", ev.USAGE, f"{command.name} is a room: /join {command.name} or /room"))
+        else:
+            out.room = command.name  # plain text goes to them now
+            out(ev.Status(client.state, f"now talking with {command.name} in private"))
+    elif isinstance(command, cmd.Buffer | cmd.Ignore | cmd.Whois):
+        out(ev.Refusal("", ev.USAGE, "buffers, /ignore and /whois are the terminal UI's (zchat connect)"))
     elif isinstance(command, cmd.Invalid):
         out(ev.Refusal("", ev.USAGE, command.reason))

@@ -253,6 +253,16 @@ def test_line_mode_exits_non_zero_after_an_unknown_command(broker: Broker) -> No
     assert "<alice> hello" in result.stdout  # the lines after it still ran
 
 
+def test_line_mode_query_sends_plain_text_to_the_person(broker: Broker) -> None:
+    with chat("bob", broker.endpoint) as bob:
+        script = "/query bob\njust between us\n/buffer 2\n"
+        result = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin=script)
+        assert "now talking with bob in private" in result.stdout
+        assert "[private] you -> bob: just between us" in result.stdout
+        assert "terminal UI" in result.stdout  # /buffer is the terminal UI's
+        assert bob.message("just between us").private
+
+
 def test_the_config_file_gives_defaults_and_options_still_win(broker: Broker, tmp_path: Path) -> None:
     config = tmp_path / "config.toml"
     config.write_text(f'name = "carol"\nbroker = "{broker.endpoint}"\nconnect_timeout = 5\nbell = false\n')

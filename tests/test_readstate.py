@@ -96,3 +96,56 @@ def test_a_mention_is_the_name_as_a_word_of_its_own() -> None:
         assert mentions(text, "alice"), text
     for text in ("malice", "alice_b said", "alice-bot", "alicexyz", "a.alice"):
         assert not mentions(text, "alice"), text
+
+
+def said(sender: str, target: str, text: str, history: bool = False) -> ev.Message:
+    return ev.Message("id", sender, target, text, ev.from_ms(0), history=history)
+
+
+def test_unread_and_mentions_count_per_conversation_until_viewed() -> None:
+    from zchat.client.readstate import Counts, Unread
+
+    unread = Unread("alice")
+    for message in (
+        said("bob", "#dev", "the build is red"),
+        said("bob", "#dev", "ALICE: can you look?"),
+        said("carol", "*", "morning"),
+        said("Bob", "alice", "a word in private"),  # private: always calls for alice
+        said("alice", "bob", "sent from my other session"),  # ours: nothing unread
+        said("bob", "#dev", "an old one", history=True),  # history: read when first shown
+        said("carol", "#ops", "in view"),
+    ):
+        unread.arrived(message, viewing="#ops")
+    assert unread.all() == {"#dev": Counts(2, 1), "*": Counts(1, 0), "bob": Counts(1, 1)}
+    unread.viewed("#DEV")
+    assert unread.counts("#dev") == Counts() and unread.counts("bob") == Counts(1, 1)
+    unread.viewed("bob")
+    assert unread.all() == {"*": Counts(1, 0)}
+
+
+def test_a_private_message_belongs_to_the_other_person_either_way() -> None:
+    from zchat.client.readstate import conversation_of
+
+    assert conversation_of(said("Bob", "alice", "hi"), "alice") == "bob"
+    assert conversation_of(said("alice", "Bob", "hi"), "Alice") == "bob"
+    assert conversation_of(said("bob", "#Dev", "hi"), "alice") == "#dev"
+    assert conversation_of(said("bob", "*", "hi"), "alice") == "*"
+
+
+def test_with_buffers_a_room_is_read_once_its_buffer_is_viewed(tmp_path: Path) -> None:
+    from zchat.client.readstate import ViewedReadState
+
+    viewing = ["*"]
+    state = ViewedReadState(tmp_path / "read.json", lambda: viewing[0])
+    state.shown("*", 4)  # in view: read
+    state.shown("#dev", 9)  # came to a buffer in the background: not read yet
+    state.shown("#dev", 7)
+    assert (state.last_read("*"), state.last_read("#dev")) == (4, 0)
+    state.viewed("#Dev")
+    viewing[0] = "#dev"
+    assert state.last_read("#dev") == 9
+    state.shown("#dev", 10)
+    state.shown("#ops", 3)
+    state.save()
+    again = ReadState(tmp_path / "read.json")
+    assert (again.last_read("#dev"), again.last_read("#ops")) == (10, 0)

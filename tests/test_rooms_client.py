@@ -365,6 +365,20 @@ def test_room_commands_parse() -> None:
     assert isinstance(cmd.parse("/join"), cmd.Invalid)
 
 
+def test_buffer_ignore_whois_commands_parse_and_have_help() -> None:
+    from zchat.client import commands as cmd
+
+    assert cmd.parse("/buffer 2") == cmd.Buffer("2") and cmd.parse("/buffer #dev") == cmd.Buffer("#dev")
+    assert cmd.parse("/query bob") == cmd.Query("bob")
+    assert cmd.parse("/ignore bob") == cmd.Ignore("bob") and cmd.parse("/ignore") == cmd.Ignore("")
+    assert cmd.parse("/unignore bob") == cmd.Ignore("bob", on=False)
+    assert cmd.parse("/whois bob") == cmd.Whois("bob")
+    for bad in ("/buffer", "/query", "/query a b", "/unignore", "/whois", "/ignore a b"):
+        assert isinstance(cmd.parse(bad), cmd.Invalid), bad
+    for word in ("buffer", "/query", "ignore", "unignore", "whois"):
+        assert cmd.help_of(word), word
+
+
 def test_stored_acks_receipts_and_room_lines_read_clearly() -> None:
     from datetime import datetime, timezone
 

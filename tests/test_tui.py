@@ -230,11 +230,12 @@ def test_unknown_recipient_and_unknown_command_are_reported(terminal: Terminal, 
 
 def test_tab_completes_command_words_and_online_names(terminal: Terminal, broker: Broker, bob: Peer) -> None:
     start_alice(terminal, broker)
-    terminal.type("/wh")
+    terminal.type("/whoi")
     terminal.keys("Tab")
-    terminal.wait_input("alice> /who")
+    terminal.wait_input("alice> /whois")
+    terminal.type("bob")
     terminal.keys("Enter")
-    terminal.wait_screen("online (2): alice, bob")
+    terminal.wait_screen("bob: online, in no room with you")
     terminal.type("@b")
     terminal.keys("Tab")
     terminal.wait_input("alice> @bob")
@@ -361,7 +362,8 @@ def test_names_have_colours_without_no_color(terminal: Terminal, broker: Broker,
     terminal.wait_screen("in colour")
     screen = terminal.screen(escapes=True)
     assert f"\x1b[{colour_of('bob')}mbob" in screen, repr(screen)
-    assert f"\x1b[{colour_of('alice')}malice" in screen, repr(screen)  # the prompt too
+    # The prompt too (below the status bar: tmux may reset the background between).
+    assert re.search(rf"\x1b\[{colour_of('alice')}m(\x1b\[49m)?alice", screen), repr(screen)
 
 
 def test_no_color_means_no_colour(terminal: Terminal, broker: Broker, bob: Peer) -> None:
@@ -617,3 +619,123 @@ def test_a_long_paste_waits_for_a_second_enter(terminal: Terminal, broker: Broke
     for line in pasted:
         bob.message(line)
     terminal.wait_screen("<alice> pasted line 8")
+
+
+def test_buffers_count_what_came_elsewhere_and_switching_shows_it(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_input("alice #dev>")
+    terminal.wait_screen("[1:lobby] [*2:#dev]")
+    bob.client.broadcast("said in the lobby").wait(DEADLINE)
+    bob.client.broadcast("alice: a mention in the lobby").wait(DEADLINE)
+    terminal.wait_screen("[1:lobby 2!] [*2:#dev]")  # counted there, not shown here
+    assert "said in the lobby" not in terminal.visible()
+    bob.client.send("#dev", "said in dev").wait(DEADLINE)
+    terminal.wait(lambda: "<bob> said in dev" in terminal.visible(), "the current buffer's line")
+    terminal.type("half typed")
+    terminal.keys("M-1")  # the lobby: its lines shown, its count cleared, the line kept
+    terminal.wait_input("alice> half typed")
+    terminal.wait(lambda: "[*1:lobby] [2:#dev]" in terminal.visible(), "the lobby current, counts cleared")
+    screen = terminal.visible()
+    assert "<bob> said in the lobby" in screen and "said in dev" not in screen, screen
+    terminal.keys("C-c")
+    bob.client.send("#dev", "while away from dev").wait(DEADLINE)
+    terminal.wait_screen("[*1:lobby] [2:#dev 1]")
+    enter(terminal, "/buffer #dev")
+    terminal.wait(lambda: "<bob> while away from dev" in terminal.visible(), "#dev's lines")
+    enter(terminal, "back in dev")
+    assert bob.message("back in dev").target == "#dev"  # plain text goes to the current buffer's room
+    enter(terminal, "/query bob")
+    terminal.wait_screen("[1:lobby] [2:#dev] [*3:bob]")
+    enter(terminal, "just us")
+    assert bob.message("just us").private
+    terminal.keys("C-p")
+    terminal.wait_input("alice #dev>")
+    bob.client.send("alice", "in private").wait(DEADLINE)
+    terminal.wait_screen("[3:bob 1!]")
+    terminal.keys("C-n")
+    terminal.wait(lambda: "[private] bob -> you: in private" in terminal.visible(), "the private buffer")
+    enter(terminal, "/leave")  # a private buffer: closed, the lobby shown
+    terminal.wait_input("alice>")
+    terminal.wait(lambda: terminal.visible().count("[*1:lobby] [2:#dev]\n") == 1, "bob's buffer gone")
+    enter(terminal, "/buffer 7")
+    terminal.wait_screen("no buffer 7")
+
+
+def test_ignore_hides_a_users_messages_until_unignored(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/ignore bob")
+    terminal.wait_screen("ignoring bob")
+    bob.client.broadcast("not for alice's eyes").wait(DEADLINE)
+    bob.client.send("alice", "nor this").wait(DEADLINE)
+    enter(terminal, "/ignore")
+    terminal.wait_screen("ignored: bob")
+    enter(terminal, "/unignore bob")
+    terminal.wait_screen("showing bob's messages again")
+    bob.client.broadcast("seen again").wait(DEADLINE)
+    terminal.wait_screen("<bob> seen again")
+    screen = terminal.screen()
+    assert "not for alice" not in screen and "nor this" not in screen, screen
+
+
+def test_whois_says_online_and_rooms_in_common(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("in #dev (2)")
+    enter(terminal, "/whois bob")
+    terminal.wait_screen("bob: online, in #dev with you")
+    bob.client.close()
+    terminal.keys("M-1")  # leaving the chat is said in the lobby
+    terminal.wait(lambda: "bob left" in terminal.visible(), "bob leaving")
+    enter(terminal, "/whois bob")
+    terminal.wait_screen("bob: not online, in no room with you")
+
+
+def test_what_came_to_a_buffer_not_viewed_is_unread_after_a_restart(
+    tmp_path: Path, broker: Broker, bob: Peer
+) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        enter(first, "/join #dev")
+        bob.client.send("#dev", "seen in dev").wait(DEADLINE)
+        first.wait(lambda: "<bob> seen in dev" in first.visible(), "#dev's message in view")
+        first.keys("M-1")
+        first.wait_screen("[*1:lobby] [2:#dev]")
+        bob.client.send("#dev", "came while you looked at the lobby").wait(DEADLINE)
+        first.wait_screen("[*1:lobby] [2:#dev 1]")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data
+    try:
+        start_alice(again, broker)
+        again.wait_screen("unread since")  # the rooms' history comes on signing in, behind the lobby
+        assert "in #dev" in next(line for line in again.lines() if "unread since" in line)
+        enter(again, "/buffer #dev")
+        lines = again.wait(lambda: again.visible() if "looked at the lobby" in again.visible() else None,
+                           "#dev's history")  # fmt: skip
+        assert lines.index("seen in dev") < lines.index("came while you looked at the lobby"), lines
+    finally:
+        again.close()
+
+
+def test_a_mention_in_a_buffer_not_in_view_rings_the_bell(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("[1:lobby] [*2:#dev]")
+    look_away(terminal)
+    bob.client.broadcast("alice: in the lobby").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a mention behind another buffer")
+    assert "in the lobby" not in terminal.tmux("capture-pane", "-p", "-t", "t:0")
+    terminal.wait_screen("[1:lobby 1!] [*2:#dev]")
