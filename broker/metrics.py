@@ -31,6 +31,9 @@ EXTRA_MISSING = "--metrics needs the prometheus_client package: pip install 'zch
 ENDED = ("quit", "timeout", "stuck", "flooding", "disconnected")
 #: Messages routed, by the core's counter: the `kind` label's values.
 KINDS = {"private": "private", "broadcast": "broadcast", "room": "room"}
+#: HELLO's client kinds (PROTOCOL.md 4.1) as the `client` label: any other is "other", none "unnamed".
+CLIENTS = {"terminal": "terminal", "web": "web", "library": "library", "bot": "bot", "": "unnamed"}
+CLIENT_LABELS = (*dict.fromkeys(CLIENTS.values()), "other")
 
 
 class MetricsUnavailable(Exception):
@@ -120,16 +123,30 @@ class BrokerCollector:
         info.add_metric([self.version, self.transport], 1)
         yield info
 
-        online = len(core.by_peer)
+        # One C-level copy, then only reads of it: each session's HELLO kind, a plain str.
+        online_now = list(core.by_peer.values())
+        online = len(online_now)
         yield GaugeMetricFamily(
             "zchat_clients_online", "Sessions registered on this broker now.", value=online
         )
+        kinds = dict.fromkeys(CLIENT_LABELS, 0)
+        for session in online_now:
+            kinds[CLIENTS.get(session.client, "other")] += 1
         sessions = GaugeMetricFamily(
-            "zchat_sessions", "Sessions on this broker now, by transport.", labels=["transport"]
-        )
+            "zchat_sessions", "Sessions on this broker now, by transport: web (a browser through the web "
+            "gateway, by its HELLO), else the broker's own (plain or curve).", labels=["transport"],
+        )  # fmt: skip
         for transport in ("plain", "curve"):
-            sessions.add_metric([transport], online if transport == self.transport else 0)
+            sessions.add_metric([transport], online - kinds["web"] if transport == self.transport else 0)
+        sessions.add_metric(["web"], kinds["web"])
         yield sessions
+        by_client = GaugeMetricFamily(
+            "zchat_sessions_by_client", "Sessions on this broker now, by the client kind their HELLO gave "
+            "(informational, not trusted).", labels=["client"],
+        )  # fmt: skip
+        for kind, sessions_of_kind in kinds.items():
+            by_client.add_metric([kind], sessions_of_kind)
+        yield by_client
         rooms = core.rooms_in_use
         yield GaugeMetricFamily("zchat_rooms", "Rooms with at least one member.", value=rooms or 0)
         yield GaugeMetricFamily(

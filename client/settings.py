@@ -40,6 +40,8 @@ class Settings:
     #: The broker's public key (z85): CURVE on both sockets when given (PROTOCOL.md 14).
     server_key: bytes | None = None
     keys: KeyPair | None = None  # our own pair; a fresh one per client when None
+    #: What HELLO tells the broker this program is (PROTOCOL.md 4.1): terminal, web, library, bot.
+    client: str = "library"
 
     def __post_init__(self) -> None:
         # More than one HISTORY may ask for is refused by the broker (400): ask for what it gives.
