@@ -8,13 +8,14 @@ with what the test's clients do through the cluster's log.
 from __future__ import annotations
 
 import signal
+import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.chat import chat
 from tests.cluster_support import cluster
-from tests.support import wait_for
+from tests.support import ZCHAT, wait_for
 from tests.test_metrics import Samples, metrics_url, scrape, value
 from zchat.client import events as ev
 
@@ -61,6 +62,17 @@ def test_each_broker_shows_its_publish_round_trip_and_catches_up_with_the_log(tm
                     return now if done else None
 
                 wait_for(caught_up, DEADLINE, interval=0.1, what=f"{url} caught up with the log")
+            # `zchat stats` in a pipe shows the link's figures too (no traffic now: no lag).
+            out = subprocess.run([ZCHAT, "stats", "--metrics", urls[0], "--interval", "0.2"],
+                                 capture_output=True, text=True, timeout=30)  # fmt: skip
+            assert out.returncode == 0, out.stderr
+            pairs = dict(pair.split("=", 1) for pair in out.stdout.split())
+            assert (
+                pairs["nats_connected"] == "1"
+                and pairs["lag_events"] == "0"
+                and pairs["lease_failures"] == "0"
+            )
+            assert "publish_p99_ms" in pairs and "lag_s" in pairs
 
 
 @pytest.mark.slow
