@@ -157,6 +157,7 @@ class Client(UserRequests):
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
+        kind: str = Settings.client,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
@@ -164,7 +165,9 @@ class Client(UserRequests):
         `history_count` messages of a room are shown on joining it (and on
         registering, for the rooms one is in): at most 500, what one HISTORY may ask.
         With `server_key`, the broker's public key (z85), all traffic is
-        encrypted with CURVE, as `keys` (a fresh key pair when None).
+        encrypted with CURVE, as `keys` (a fresh key pair when None). `kind` is
+        what HELLO tells the broker this program is, for its operators' figures
+        only (PROTOCOL.md 4.1): "library", "bot", or a word of your own.
         """
         self.name = name
         self.broker = broker
@@ -173,7 +176,7 @@ class Client(UserRequests):
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
-                                  server_key, keys)  # fmt: skip
+                                  server_key, keys, kind)  # fmt: skip
         super().__init__()
         self._on_event = on_event
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
@@ -194,7 +197,7 @@ class Client(UserRequests):
         return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
                    answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
                    history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys)  # fmt: skip
+                   keys=settings.keys, kind=settings.client)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 

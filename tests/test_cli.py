@@ -11,6 +11,7 @@ import time
 import unicodedata
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.chat import chat
@@ -237,3 +238,25 @@ def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
     text = err.decode()
     assert HOSTILE_SHOWN in text, repr(text)
     assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)
+
+
+@pytest.mark.parametrize(("command", "kind"), [("connect", "terminal"), ("bot", "bot")])
+def test_the_command_line_names_its_kind_in_hello(
+    zmq_context: zmq.Context[zmq.Socket[bytes]], command: str, kind: str
+) -> None:
+    # PROTOCOL.md 4.1: HELLO's optional client kind, which the broker counts sessions by.
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    process = subprocess.Popen(
+        [ZCHAT, command, "--name", "kindly", "--broker", f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    try:
+        assert router.poll(10_000), "no HELLO within 10s"
+        _, *frames = router.recv_multipart()
+        hello = p.decode_command(frames)
+        assert isinstance(hello, p.Hello) and hello.client == kind
+    finally:
+        process.kill()
+        process.wait(10)
