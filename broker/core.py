@@ -532,7 +532,7 @@ class BrokerCore:
         # a restart whose first HELLO registered while it stopped waiting (a busy broker)
         # then resumes that session with its next HELLO, instead of meeting 409 from it.
         token = hello.token if len(hello.token) >= ADOPTED_TOKEN_MIN else self.new_token()
-        session = Session(peer, hello.name, token, now, key, client_key)
+        session = Session(peer, hello.name, token, now, key, client_key, client=hello.client)
         if self.settings.rate > 0:
             session.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
         if not self._names.claim(session):  # taken meanwhile elsewhere (a cluster's brokers share names)
@@ -570,6 +570,7 @@ class BrokerCore:
         self.by_peer.pop(old_peer, None)  # not there when the session was on another broker
         holder.peer = peer
         holder.last_seen = now
+        holder.client = hello.client
         self.by_peer[peer] = holder
         if holder.bucket is None and self.settings.rate > 0:  # a session from another broker
             holder.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)

@@ -8,8 +8,10 @@ read is one C-level operation under the GIL, which the loop cannot interrupt
 halfway (a copy of the counters dict, len() of a dict, one int, a copy of a
 histogram's one list), so every figure is one the loop really had. Figures
 of different metrics may be microseconds apart; none is torn. The collector
-never iterates a structure the loop changes, and never touches the store
-(its SQLite connection belongs to the loop's thread).
+never iterates a structure the loop changes (it counts sessions by kind in
+a copy of the dict of them), and never touches the store (its SQLite
+connection belongs to the loop's thread). With --cluster it reads the NATS
+thread's figures the same way (cluster/figures.py).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from zchat.common.protocol import Code
 
 if TYPE_CHECKING:
     from zchat.broker.server import BrokerServer
+    from zchat.cluster.figures import ClusterFigures
 
 EXTRA_MISSING = "--metrics needs the prometheus_client package: pip install 'zchat[metrics]'"
 
@@ -31,6 +34,9 @@ EXTRA_MISSING = "--metrics needs the prometheus_client package: pip install 'zch
 ENDED = ("quit", "timeout", "stuck", "flooding", "disconnected")
 #: Messages routed, by the core's counter: the `kind` label's values.
 KINDS = {"private": "private", "broadcast": "broadcast", "room": "room"}
+#: HELLO's client kinds (PROTOCOL.md 4.1) as the `client` label: any other is "other", none "unnamed".
+CLIENTS = {"terminal": "terminal", "web": "web", "library": "library", "bot": "bot", "": "unnamed"}
+CLIENT_LABELS = (*dict.fromkeys(CLIENTS.values()), "other")
 
 
 class MetricsUnavailable(Exception):
@@ -120,16 +126,30 @@ class BrokerCollector:
         info.add_metric([self.version, self.transport], 1)
         yield info
 
-        online = len(core.by_peer)
+        # One C-level copy, then only reads of it: each session's HELLO kind, a plain str.
+        online_now = list(core.by_peer.values())
+        online = len(online_now)
         yield GaugeMetricFamily(
             "zchat_clients_online", "Sessions registered on this broker now.", value=online
         )
+        kinds = dict.fromkeys(CLIENT_LABELS, 0)
+        for session in online_now:
+            kinds[CLIENTS.get(session.client, "other")] += 1
         sessions = GaugeMetricFamily(
-            "zchat_sessions", "Sessions on this broker now, by transport.", labels=["transport"]
-        )
+            "zchat_sessions", "Sessions on this broker now, by transport: web (a browser through the web "
+            "gateway, by its HELLO), else the broker's own (plain or curve).", labels=["transport"],
+        )  # fmt: skip
         for transport in ("plain", "curve"):
-            sessions.add_metric([transport], online if transport == self.transport else 0)
+            sessions.add_metric([transport], online - kinds["web"] if transport == self.transport else 0)
+        sessions.add_metric(["web"], kinds["web"])
         yield sessions
+        by_client = GaugeMetricFamily(
+            "zchat_sessions_by_client", "Sessions on this broker now, by the client kind their HELLO gave "
+            "(informational, not trusted).", labels=["client"],
+        )  # fmt: skip
+        for kind, sessions_of_kind in kinds.items():
+            by_client.add_metric([kind], sessions_of_kind)
+        yield by_client
         rooms = core.rooms_in_use
         yield GaugeMetricFamily("zchat_rooms", "Rooms with at least one member.", value=rooms or 0)
         yield GaugeMetricFamily(
@@ -238,3 +258,47 @@ class BrokerCollector:
             ),
             broker.handoff,
         )
+        if broker.cluster is not None:
+            yield from _cluster(broker.cluster.engine.figures)
+
+
+def _cluster(figures: ClusterFigures) -> Iterator[Any]:
+    """The NATS thread's own figures (cluster/figures.py), with --cluster only."""
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+    yield GaugeMetricFamily(
+        "zchat_cluster_nats_connected", "1 while the connection to NATS is up, 0 while it reconnects.",
+        value=figures.connected,
+    )  # fmt: skip
+    yield _histogram(
+        HistogramMetricFamily(
+            "zchat_cluster_publish_seconds",
+            "From publishing an event into the cluster's log (JetStream) to its PubAck.",
+            unit="seconds",
+        ),
+        figures.publish_time,
+    )
+    yield CounterMetricFamily(
+        "zchat_cluster_publish_failures", "Publishes into the log that got no PubAck in 5 s, or an error.",
+        value=figures.publish_failed,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "zchat_cluster_log_lag_messages", "Events of the log not yet delivered to this broker (checked each second).",
+        value=figures.lag_messages,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "zchat_cluster_log_lag_seconds", "How long the oldest event not yet delivered to this broker has waited.",
+        value=figures.lag_seconds, unit="seconds",
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "zchat_cluster_log_last_sequence", "The log's last sequence number, as last checked.",
+        value=figures.stream_last_seq,
+    )  # fmt: skip
+    yield GaugeMetricFamily(
+        "zchat_cluster_log_delivered_sequence", "The sequence number of the last event of the log delivered here.",
+        value=figures.delivered_seq,
+    )  # fmt: skip
+    yield CounterMetricFamily(
+        "zchat_cluster_lease_renewals_failed", "Renewals of this broker's lease that failed (NATS away).",
+        value=figures.lease_renewals_failed,
+    )  # fmt: skip

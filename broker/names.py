@@ -32,6 +32,8 @@ class Session:
     #: others answer to a JOIN then reaches the newcomer.
     announced: bool = False
     bucket: TokenBucket | None = None
+    #: HELLO's client kind, as the client said (PROTOCOL.md 4.1): a metric's label, trusted for nothing.
+    client: str = ""
 
 
 #: What `NameRegistry.owner` says of a name an allowlist does not list: nobody may use it.

@@ -121,7 +121,8 @@ def block(r: Reading, url: str) -> list[str]:
     lines = [
         f"zchat broker at {url} (zchat {info.get('version', '?')}, {info.get('transport', '?')})  {when}",
         "",
-        f"online      {r.now('zchat_clients_online'):,.0f} clients   rooms {r.now('zchat_rooms'):,.0f}   "
+        f"online      {r.now('zchat_clients_online'):,.0f} clients "
+        f"({r.now('zchat_sessions', transport='web'):,.0f} on the web)   rooms {r.now('zchat_rooms'):,.0f}   "
         f"stuck {r.now('zchat_stuck_sessions'):,.0f}",
         "messages    "
         + "   ".join(
@@ -166,7 +167,21 @@ def block(r: Reading, url: str) -> list[str]:
         f"p99 {_ms(r.quantile('zchat_handoff_seconds', 0.99))}   "
         f"handler failures {r.now('zchat_failures_total', what='handler'):,.0f}"
     )
+    if in_cluster(r):
+        nats = "up" if r.now("zchat_cluster_nats_connected") else "DOWN (reconnecting)"
+        lines.append(
+            f"cluster     NATS {nats}   publish p50 {_ms(r.quantile('zchat_cluster_publish_seconds', 0.5))} "
+            f"p99 {_ms(r.quantile('zchat_cluster_publish_seconds', 0.99))}   "
+            f"lag {r.now('zchat_cluster_log_lag_messages'):,.0f} events "
+            f"({r.now('zchat_cluster_log_lag_seconds'):.1f} s)   "
+            f"lease failures {r.now('zchat_cluster_lease_renewals_failed_total'):,.0f}"
+        )
     return lines
+
+
+def in_cluster(r: Reading) -> bool:
+    """Whether the broker is one of a cluster's (it shows zchat_cluster_* figures)."""
+    return ("zchat_cluster_nats_connected", ()) in r.after
 
 
 def line(r: Reading) -> str:
@@ -190,6 +205,15 @@ def line(r: Reading) -> str:
         ("commit_p99_ms", _bare_ms(r.quantile("zchat_store_commit_seconds", 0.99))),
         ("handoff_p99_ms", _bare_ms(r.quantile("zchat_handoff_seconds", 0.99))),
     ]  # fmt: skip
+    pairs.insert(2, ("web", int(r.now("zchat_sessions", transport="web"))))
+    if in_cluster(r):
+        pairs += [
+            ("nats_connected", int(r.now("zchat_cluster_nats_connected"))),
+            ("publish_p99_ms", _bare_ms(r.quantile("zchat_cluster_publish_seconds", 0.99))),
+            ("lag_events", int(r.now("zchat_cluster_log_lag_messages"))),
+            ("lag_s", round(r.now("zchat_cluster_log_lag_seconds"), 1)),
+            ("lease_failures", int(r.now("zchat_cluster_lease_renewals_failed_total"))),
+        ]
     return " ".join(f"{name}={value}" for name, value in pairs)
 
 

@@ -51,10 +51,11 @@ def encryption(server_key: str | None) -> tuple[bytes | None, keys.KeyPair | Non
     return key, pair
 
 
-def settings_of(name: str, broker: str, connect_timeout: float, server_key: str | None) -> Settings:
+def settings_of(name: str, broker: str, connect_timeout: float, server_key: str | None,
+                client: str = "terminal") -> Settings:  # fmt: skip
     """The program's settings, read once from the options (and through them the environment)."""
     key, pair = encryption(server_key)
-    return Settings(name, broker, connect_timeout, server_key=key, keys=pair)
+    return Settings(name, broker, connect_timeout, server_key=key, keys=pair, client=client)
 
 
 def check_name(ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -185,7 +186,7 @@ def bot(name: str, broker: str, connect_timeout: float, server_key: str | None, 
     """A greeter and echo bot (see client/bot.py to write your own)."""
     from zchat.client.bot import run_bot
 
-    settings = settings_of(name, broker, connect_timeout, server_key)
+    settings = settings_of(name, broker, connect_timeout, server_key, client="bot")
     try:
         sys.exit(run_bot(settings, chat_with, every, rounds))
     except ConnectError as e:

@@ -500,7 +500,7 @@ class Connection:
         self.step_id = self.new_id().encode()
         wait = self.s.connect_timeout if not self.was_online else min(self.s.connect_timeout, RECONNECT_WAIT)
         self.deadline = now + wait
-        self._send(p.Hello(self.step_id, self.s.name, self.token), now)
+        self._send(p.Hello(self.step_id, self.s.name, self.token, p.VERSION, self.s.client), now)
 
     def _welcomed(self, welcome: p.Welcome, now: float) -> None:
         if self.phase is not Phase.HELLO or welcome.msg_id != self.step_id:

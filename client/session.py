@@ -184,6 +184,7 @@ class Client(UserRequests):
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
+        kind: str = Settings.client,
         read_state: ReadState | None = None,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
@@ -196,6 +197,8 @@ class Client(UserRequests):
         With `read_state`, what is shown is remembered (saved on close), and a
         join's history says where the unread part starts, with a Status
         "unread since HH:MM" just before its first message not shown before.
+        `kind` is what HELLO tells the broker this program is, for its
+        operators' figures only (PROTOCOL.md 4.1): "library", "bot", or a word of your own.
         """
         self.name = name
         self.broker = broker
@@ -204,7 +207,7 @@ class Client(UserRequests):
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
-                                  server_key, keys)  # fmt: skip
+                                  server_key, keys, client=kind)  # fmt: skip
         super().__init__()
         self._on_event = on_event
         self.read_state = read_state
@@ -229,7 +232,7 @@ class Client(UserRequests):
         return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
                    answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
                    history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys, read_state=read_state)  # fmt: skip
+                   keys=settings.keys, read_state=read_state, kind=settings.client)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 

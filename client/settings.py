@@ -43,6 +43,8 @@ class Settings:
     keys: KeyPair | None = None  # our own pair; a fresh one per client when None
     #: The terminal UI rings the bell (a terminal's urgency hint) on a private message or a mention.
     bell: bool = True
+    #: What HELLO tells the broker this program is (PROTOCOL.md 4.1): terminal, web, library, bot.
+    client: str = "library"
 
     def __post_init__(self) -> None:
         # More than one HISTORY may ask for is refused by the broker (400): ask for what it gives.

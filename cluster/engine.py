@@ -25,6 +25,7 @@ from nats.js import api
 from nats.js.kv import KeyValue
 
 from zchat.cluster import subjects
+from zchat.cluster.figures import ClusterFigures
 from zchat.cluster.link import PAIR_HWM, pack, unpack
 from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
 
@@ -32,6 +33,8 @@ log = logging.getLogger("zchat.cluster")
 
 #: Seconds a message may wait for its PubAck before its sender is refused.
 RELAY_TIMEOUT = 5.0
+#: Seconds between two looks at how far this broker's consumer is behind the log.
+LAG_EVERY = 1.0
 
 
 class Engine(threading.Thread):
@@ -61,6 +64,8 @@ class Engine(threading.Thread):
         #: are what fences it (node.py), not a message that might wait behind others.
         self.renewed_at = 0.0
         self.lapses = 0
+        #: What the metrics endpoint reads (figures.py).
+        self.figures = ClusterFigures(position)
 
     def run(self) -> None:
         asyncio.run(self._main())
@@ -92,6 +97,7 @@ class Engine(threading.Thread):
             disconnected_cb=self._disconnected,
             reconnected_cb=self._reconnected,
         )
+        self.figures.connected = 1
         self.js = self.nc.jetstream()
         for bucket in (NAMES, OWNERS):
             self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
@@ -111,6 +117,7 @@ class Engine(threading.Thread):
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=self.position + 1),
         )  # fmt: skip
+        self.watching.append(asyncio.create_task(self._measure_lag()))
         self._tell("ready")
         tasks: set[asyncio.Task[None]] = set()
         while True:
@@ -187,14 +194,43 @@ class Engine(threading.Thread):
     async def _relay(self, subject: str, payload: bytes, msg_id: str) -> bool:
         """Into the log, pipelined: answered when its PubAck comes, never awaited in line."""
         headers = {api.Header.MSG_ID: msg_id} if msg_id else None
-        ack = await self.js.publish_async(subject, payload, headers=headers)
-        # Unanswered past this, the sender is refused (508) and may resend with the same id:
-        # should the message be stored after all, the log's duplicate window drops the resend.
-        await asyncio.wait_for(ack, RELAY_TIMEOUT)
+        started = time.perf_counter()
+        try:
+            ack = await self.js.publish_async(subject, payload, headers=headers)
+            # Unanswered past this, the sender is refused (508) and may resend with the same id:
+            # should the message be stored after all, the log's duplicate window drops the resend.
+            await asyncio.wait_for(ack, RELAY_TIMEOUT)
+        except Exception:
+            self.figures.publish_failed += 1
+            raise
+        self.figures.publish_time.observe(time.perf_counter() - started)
         return True
 
     async def _logged(self, msg: Msg) -> None:
-        self._tell("log", msg.metadata.sequence.stream, msg.subject, msg.data)
+        sequence = msg.metadata.sequence.stream
+        self.figures.delivered_seq = sequence
+        self._tell("log", sequence, msg.subject, msg.data)
+
+    async def _measure_lag(self) -> None:
+        """How far this broker's consumer is behind the log: its last delivered sequence
+        against the stream's last, and the age of the oldest message not yet delivered.
+        Two small JetStream requests a second, the second only while behind."""
+        figures = self.figures
+        while True:
+            await asyncio.sleep(LAG_EVERY)
+            figures.connected = int(self.nc.is_connected)
+            try:
+                last = (await self.js.stream_info(LOG)).state.last_seq
+                behind = max(0, last - figures.delivered_seq)
+                waited = 0.0
+                if behind:
+                    oldest = await self.js.get_msg(LOG, seq=figures.delivered_seq + 1)
+                    if oldest.time is not None:
+                        waited = max(0.0, time.time() - oldest.time.timestamp())
+            except Exception as e:  # NATS away: the last figures stand, and `connected` says why
+                log.debug("could not measure the log's lag: %s", e)
+                continue
+            figures.stream_last_seq, figures.lag_messages, figures.lag_seconds = last, behind, waited
 
     async def _deliver(self, node: str, frames: list[bytes]) -> str:
         """A private message for a user on `node`: what became of it there (delivered, busy, gone)."""
@@ -234,14 +270,17 @@ class Engine(threading.Thread):
             try:
                 await self.buckets[LEASES].put(key, b"")
             except Exception as e:  # NATS away: the lease runs out, and the others count this node dead
+                self.figures.lease_renewals_failed += 1
                 log.warning("could not renew the lease: %s", e)
                 continue
             self.renewed_at = started
 
     async def _disconnected(self) -> None:
+        self.figures.connected = 0
         log.warning("lost the connection to NATS; reconnecting")
 
     async def _reconnected(self) -> None:
+        self.figures.connected = 1
         log.info("connected to NATS again at %s", self.nc.connected_url)
 
 

@@ -51,6 +51,8 @@ MAX_FOUND = 50
 MAX_RECEIVED_IDS = 500
 MSG_ID_RE = re.compile(rb"[\x21-\x7e]{1,64}")
 MAX_REASON_BYTES = 256
+#: HELLO's client kind: a short word (PROTOCOL.md 4.1).
+MAX_CLIENT_BYTES = 32
 
 
 class Code(IntEnum):
@@ -96,6 +98,9 @@ class Hello(NamedTuple):
     token: str
     #: The version the client speaks: a broker that does not speak it answers 426.
     version: str = VERSION
+    #: Optional (PROTOCOL.md 4.1): the kind of client ("terminal", "web"...), for the broker's
+    #: figures only; "" when left out.
+    client: str = ""
 
 
 class Send(NamedTuple):
@@ -416,6 +421,14 @@ def _version(value: Any, msg_id: bytes) -> str:
     raise ProtocolError(Code.MALFORMED, f"HELLO's last field is the protocol version, {VERSION}", msg_id)
 
 
+def _client(value: Any, msg_id: bytes) -> str:
+    kind = _string(value, "the client kind", msg_id)
+    if len(kind) > MAX_CLIENT_BYTES or not kind.isascii():
+        raise ProtocolError(Code.MALFORMED, f"the client kind must be at most {MAX_CLIENT_BYTES} ASCII bytes",
+                            msg_id)  # fmt: skip
+    return kind.decode("ascii")
+
+
 def version_mismatch(theirs: str) -> str:
     """What a broker of this version tells a client of another (PROTOCOL.md 10)."""
     return f"this broker speaks {VERSION}, the client {theirs}: use a client and a broker of one version"
@@ -573,7 +586,15 @@ _any_number = _number("a number")
 COMMANDS: tuple[Kind, ...] = (
     _kind("SEND", Send, ID, Field("target", _target), Field("body", _body)),
     _kind("PING", Ping, ID),
-    _kind("HELLO", Hello, ID, Field("name", _name), Field("token", _token), Field("version", _version)),
+    _kind(
+        "HELLO",
+        Hello,
+        ID,
+        Field("name", _name),
+        Field("token", _token),
+        Field("version", _version),
+        Field("client", _client, optional=True),
+    ),
     _kind("WHO", Who, ID),
     _kind("SYNC", Sync, ID, Field("tag", _tag, optional=True)),
     _kind("READY", Ready, ID),

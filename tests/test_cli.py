@@ -11,6 +11,7 @@ import time
 import unicodedata
 from pathlib import Path
 
+import pytest
 import zmq
 
 from tests.chat import chat
@@ -288,3 +289,25 @@ def test_a_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
         result = subprocess.run([ZCHAT, "who"], capture_output=True, text=True, timeout=30,
                                 env={**ENV, "ZCHAT_CONFIG": str(config)})  # fmt: skip
         assert result.returncode != 0 and said in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(("command", "kind"), [("connect", "terminal"), ("bot", "bot")])
+def test_the_command_line_names_its_kind_in_hello(
+    zmq_context: zmq.Context[zmq.Socket[bytes]], command: str, kind: str
+) -> None:
+    # PROTOCOL.md 4.1: HELLO's optional client kind, which the broker counts sessions by.
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    process = subprocess.Popen(
+        [ZCHAT, command, "--name", "kindly", "--broker", f"tcp://127.0.0.1:{port}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV,
+    )  # fmt: skip
+    try:
+        assert router.poll(10_000), "no HELLO within 10s"
+        _, *frames = router.recv_multipart()
+        hello = p.decode_command(frames)
+        assert isinstance(hello, p.Hello) and hello.client == kind
+    finally:
+        process.kill()
+        process.wait(10)

@@ -187,6 +187,50 @@ def test_counters_move_by_what_clients_send_while_scraped(
     bob.leave()
 
 
+def test_sessions_are_counted_by_transport_and_client_kind_a_web_gateway_s_as_web(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    from tests.web_support import WebUser, start_gateway
+    from zchat.client.session import Client
+
+    broker = start_broker(tmp_path, "--metrics", "127.0.0.1:0")  # its own: every session here is the test's
+    gateway = None
+    try:
+        url = metrics_url(broker)
+        gateway = start_gateway(tmp_path, broker)
+        page = WebUser(gateway)  # a browser tab: the gateway holds a session for it
+        assert page.hello("m_page")["type"] == "welcome"
+        library = Client("m_library", broker.endpoint, connect_timeout=5).connect()
+        # Raw clients of their own: one says nothing of its kind (an older client), one an unknown kind.
+        old = Dealer(zmq_context, broker.endpoint, "m_old")
+        odd = zmq_context.socket(zmq.DEALER)
+        odd.connect(broker.endpoint)
+        odd.send_multipart(p.encode(p.Hello(b"hello", "m_odd", "", p.VERSION, "toaster")))
+        assert isinstance(p.decode_event(odd.recv_multipart()), p.Welcome)
+        during = scrape(url)
+        assert value(during, "zchat_clients_online") == 4
+        assert value(during, "zchat_sessions", transport="web") == 1
+        assert value(during, "zchat_sessions", transport="plain") == 3  # the others: the broker's own
+        assert value(during, "zchat_sessions", transport="curve") == 0
+        kinds = {"web": 1, "library": 1, "unnamed": 1, "other": 1, "terminal": 0, "bot": 0}
+        assert {kind: value(during, "zchat_sessions_by_client", client=kind) for kind in kinds} == kinds
+        page.command("quit")
+        library.close()
+        old.leave()
+        odd.close(linger=0)
+
+        def web_gone() -> Samples | None:
+            now = scrape(url)
+            return now if value(now, "zchat_sessions", transport="web") == 0 else None
+
+        after = wait_for(web_gone, what="the web session no longer counted")
+        assert value(after, "zchat_sessions_by_client", client="web") == 0
+    finally:
+        if gateway is not None:
+            gateway.stop()
+        broker.stop()
+
+
 def test_a_silent_client_counts_as_a_heartbeat_timeout(
     watched: tuple[Broker, str], zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:

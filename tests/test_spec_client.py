@@ -1028,6 +1028,37 @@ def test_other_version_in_hello_426_naming_both(connect: Callable[[], SpecClient
     assert client.hello("alice").name == "alice"  # and ZCHAT/2 itself is welcome
 
 
+def test_hello_may_name_the_client_kind_which_changes_nothing(connect: Callable[[], SpecClient]) -> None:
+    # Section 4.1: an optional last field, a string of at most 32 ASCII bytes; informational
+    # only, so any such string is welcome, and the WELCOME is the one a HELLO without it gets.
+    plain = connect()
+    without = plain.hello("plain")
+    kinds = ["terminal", "web", "library", "bot", "", "a-kind-of-its-own", "k" * 32, "Web Browser 2.0"]
+    for n, kind in enumerate(kinds):
+        client = connect()
+        msg_id = client.send("HELLO", f"kind{n}", "", VERSION, kind)
+        welcome = Welcome.parse(client.reply(msg_id))
+        assert welcome.name == f"kind{n}", kind
+        assert (welcome.heartbeat_ms, welcome.timeout_ms, welcome.max_body, welcome.rate_per_minute,
+                welcome.burst) == (without.heartbeat_ms, without.timeout_ms, without.max_body,
+                                   without.rate_per_minute, without.burst), kind  # fmt: skip
+        again = client.send("HELLO", f"kind{n}", "", VERSION, "web")  # repeated: welcomed again
+        assert client.reply(again)[0] == "WELCOME", kind
+    later = connect()  # items after the last field are ignored (3.3)
+    extra = later.send("HELLO", "later", "", VERSION, "web", "more")
+    assert Welcome.parse(later.reply(extra)).name == "later"
+    assert sorted(plain.who()) == sorted(["plain", "later", *(f"kind{n}" for n in range(len(kinds)))])
+
+
+def test_a_client_kind_that_breaks_its_rules_is_400(connect: Callable[[], SpecClient]) -> None:
+    client = connect()
+    for kind in [5, ["web"], None, "k" * 33, "wéb", raw_str(b"\xff")]:  # not a string, too long, not ASCII
+        assert client.error_code(client.send("HELLO", "alice", "", VERSION, kind)) == 400, kind
+    assert connect().who() == []
+    msg_id = client.send("HELLO", "alice", "", VERSION, "terminal")
+    assert Welcome.parse(client.reply(msg_id)).name == "alice"
+
+
 def test_a_zchat1_message_is_answered_426_in_zchat1_framing(connect: Callable[[], SpecClient]) -> None:
     # Section 10: several frames, the first `ZCHAT/` and 1-3 digits: ZCHAT/1's framing back.
     client = connect()

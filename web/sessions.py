@@ -161,7 +161,8 @@ class Sessions:
         """A new session registered at the broker as `name`; ConnectError if refused."""
         session = Session(name, self.settings.log_events)
         s = self.settings
-        chat = client_settings.Settings(name, s.broker, s.connect_timeout, server_key=s.server_key, keys=keys)
+        chat = client_settings.Settings(name, s.broker, s.connect_timeout, server_key=s.server_key, keys=keys,
+                                        client="web")  # fmt: skip
         client = session.client = LoopClient(chat, self.context, session.from_library)
         await client.connect()
         self.by_token[session.token] = session
