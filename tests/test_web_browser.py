@@ -51,6 +51,8 @@ def shot(page: Page, name: str) -> None:
 def browser() -> Iterator[Browser]:
     assert sync_playwright is not None and CHROMIUM is not None
     with sync_playwright() as playwright:
+        # Debian's Chromium, never a Playwright download (CI has none). A Browser's repr names
+        # BrowserType.executable_path, where Playwright's own build would be: not what ran.
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield launched
         launched.close()
