@@ -1024,19 +1024,20 @@ class Connection:
         # After a reconnect the records fill the gap: what others said meanwhile (also
         # what their clients held back) is shown as it would have been live.
         seen = room.seen_seq
-        # History up to last_seq, then what was kept from after it: no gap, no repeat.
-        shown, after = room.take_history(last_seq, records)
+        # History up to last_seq, with what was kept meanwhile: no gap, no repeat.
+        shown = room.take_history(last_seq, records)
         if seen and len(records) >= room.asked and records[0].seq > seen + 1:
             gap = records[0].seq - seen - 1
             where = "the lobby" if name == p.EVERYONE else name
             self._notify(ev.Status(self.state, f"{gap} earlier event(s) of {where} (messages, joins, leaves) "
                                                f"came while this client was away and are not shown: "
                                                f"/history {name} shows the messages"))  # fmt: skip
-        for record in shown:
-            self._notify(self._record(record, history=not seen))
+        for item in shown:
+            if isinstance(item, p.Record):
+                self._notify(self._record(item, history=not seen))
+            else:
+                self._room_event(name, item[1], item[0])
         self._note_oldest(name, records)
-        for seq, event in after:
-            self._room_event(name, event, seq)
 
     def _note_oldest(self, room: str, records: list[p.Record]) -> None:
         if records and records[0].seq and records[0].seq < self.oldest.get(room, records[0].seq + 1):

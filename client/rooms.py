@@ -2,8 +2,8 @@
 
 Joining, the client subscribes to the room's topic, SYNCs until that
 subscription is live, then asks for the room's HISTORY. What arrives on the
-topic meanwhile is kept, and shown after the history: each message once,
-in order, with no gap at the seam.
+topic meanwhile is kept, and shown with the history: each message, join and
+leave once, in order, with no gap at the seam.
 """
 
 from __future__ import annotations
@@ -51,21 +51,21 @@ class Room:
         self.subscribed = False
         self.kept.clear()
 
-    def take_history(self, last_seq: int, records: list[p.Record]) -> tuple[list[p.Record], list[Live]]:
-        """The join's HISTORY reply (records oldest first): the records to show, then the kept
-        live events; live from now on."""
+    def take_history(self, last_seq: int, records: list[p.Record]) -> list[p.Record | Live]:
+        """The join's HISTORY reply (records oldest first): what to show, in sequence order, and
+        live from now on. A kept message up to `last_seq` is a record (or older than them): not
+        shown. HISTORY holds messages only: a kept JOIN or LEAVE is in no record, and is shown."""
         if last_seq < self.seen_seq:  # the broker lost the room's numbers: count afresh
             self.seen_seq = 0
-        shown = [r for r in records if r.seq > self.seen_seq]
-        self.seen_seq = max(self.seen_seq, last_seq)
-        self.phase = Joining.LIVE
+        floor = self.seen_seq
         kept, self.kept = self.kept, []
-        after: list[Live] = []
-        for seq, event in kept:
-            if seq > self.seen_seq:
-                self.seen_seq = seq
-                after.append((seq, event))
-        return shown, after
+        shown: list[p.Record | Live] = [r for r in records if r.seq > floor]
+        shown += [(seq, event) for seq, event in kept
+                  if seq > floor and (seq > last_seq or type(event) is not p.Message)]  # fmt: skip
+        shown.sort(key=lambda item: item[0])  # a record's first field is its seq too
+        self.seen_seq = max(floor, last_seq, *(item[0] for item in shown))
+        self.phase = Joining.LIVE
+        return shown
 
     def take_published(self, seq: int, event: p.PublishedEvent) -> tuple[list[Live], int]:
         """One event from the topic: what to show now, and how many were missed before it."""
@@ -73,7 +73,10 @@ class Room:
             self.kept.append((seq, event))
             return [], 0
         if seq <= self.seen_seq:
-            return [], 0  # already shown (from the history)
+            # A message that is a record of the join's HISTORY (or older than them), shown or
+            # not to be. A JOIN or a LEAVE is in no record, and the topic gives it once: one
+            # the HISTORY reply overtook (its own socket) is shown, late rather than never.
+            return ([], 0) if type(event) is p.Message else ([(seq, event)], 0)
         missed = seq - self.seen_seq - 1 if self.seen_seq else 0
         self.seen_seq = seq
         return [(seq, event)], missed

@@ -250,6 +250,24 @@ def test_lobby_history_at_sign_in_is_shown_as_history_then_what_was_kept(h: Harn
     assert len(h.of(ev.Message)) == 3
 
 
+def test_a_leave_while_the_lobby_history_is_asked_is_shown_in_its_place(h: Harness) -> None:
+    h.start()
+    h.welcome()
+    h.synced()
+    h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
+    history = h.one(p.HistoryRequest)
+    h.publish(p.LOBBY_TOPIC, p.Leave("jo", 1003, "quit"), seq=3)  # kept: HISTORY is asked
+    h.publish(p.LOBBY_TOPIC, message("after", "b-4", target="*"), seq=4)
+    # HISTORY holds messages only: the LEAVE is in no record. The broker published ann's
+    # LEAVE (5) before it answered, but the answer, on the other socket, came first.
+    h.deliver(p.History(history.msg_id, "*", 5, (record(1, "one", "*"), record(4, "after", "*"))))
+    h.publish(p.LOBBY_TOPIC, p.Leave("ann", 1005, "timeout"), seq=5)
+    h.publish(p.LOBBY_TOPIC, message("later", "b-6", target="*"), seq=6)
+    shown = [(e.text, e.seq) if isinstance(e, ev.Message) else (e.name, e.event)
+             for e in h.events if isinstance(e, ev.Message | ev.Presence)]  # fmt: skip
+    assert shown == [("one", 1), ("jo", "leave"), ("after", 4), ("ann", "leave"), ("later", 6)]
+
+
 def test_no_welcome_in_time_gives_up_on_the_first_connection(h: Harness) -> None:
     h.start()
     h.advance(4.9)

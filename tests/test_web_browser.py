@@ -51,6 +51,8 @@ def shot(page: Page, name: str) -> None:
 def browser() -> Iterator[Browser]:
     assert sync_playwright is not None and CHROMIUM is not None
     with sync_playwright() as playwright:
+        # Debian's Chromium, never a Playwright download (CI has none). A Browser's repr names
+        # BrowserType.executable_path, where Playwright's own build would be: not what ran.
         launched = playwright.chromium.launch(executable_path=CHROMIUM, headless=True)
         yield launched
         launched.close()
@@ -379,10 +381,19 @@ def test_scrolling_back_loads_earlier_history_in_order_once(
     expect(log).to_contain_text("old message 59", timeout=WAIT)
     expect(log.locator("li", has_text="old message 10")).to_have_count(1, timeout=WAIT)  # the last 50
     expect(log.locator("li", has_text="old message 09")).to_have_count(0)
+    # Each count of messages the reader could see: the earlier page comes in at once, not one
+    # message at a time (the view would jump while read, and a half page look like all there is).
+    log.evaluate("""log => {
+        const count = () => [...log.querySelectorAll("li .text")]
+            .filter((t) => t.textContent.startsWith("old message")).length;
+        window.seenCounts = [count()];
+        new MutationObserver(() => window.seenCounts.push(count())).observe(log, { childList: true });
+    }""")
     log.evaluate("log => log.scrollTop = 0")  # scrolling to the top asks for more
     expect(log.locator("li", has_text="old message 00")).to_have_count(1, timeout=WAIT)
     texts = [t for t in log.locator("li .text").all_inner_texts() if t.startswith("old message")]
     assert texts == [f"old message {i:02}" for i in range(60)]  # in order, each once
+    assert sorted(set(page.evaluate("window.seenCounts"))) == [50, 60]
     page.get_by_role("button", name="Load earlier messages").click()
     expect(log).to_contain_text("no earlier messages", timeout=WAIT)
     expect(page.get_by_role("button", name="Load earlier messages")).to_be_disabled()

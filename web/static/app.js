@@ -192,7 +192,7 @@ function event(e) {
       break;
     case "history": {
       const c = conv(e.room);
-      c.asking = false;
+      pageCame(c);
       if (e.count === 0) {
         c.complete = true;
         notice(e.room, "no earlier messages", "notice", true);
@@ -230,6 +230,14 @@ function keyOf(m) {
 function message(m) {
   const key = keyOf(m);
   const c = conv(key, m.kind === "private" ? (m.from.toLowerCase() === state.me.toLowerCase() ? m.to : m.from) : key);
+  if (m.history && c.asking) {
+    c.held.push(m); // of the earlier page asked for: it goes in whole, with its answer
+    return;
+  }
+  put(c, m);
+}
+
+function put(c, m) {
   if (c.ids.has(m.id)) return;
   c.ids.add(m.id);
   const mine = m.from.toLowerCase() === state.me.toLowerCase();
@@ -292,7 +300,16 @@ function conv(key, title) {
     if (log.scrollTop === 0 && key === state.current) earlier();
   });
   $("logs").append(log);
-  c = { key, title: key === LOBBY ? "Lobby" : title || key, log, ids: new Set(), unread: 0, complete: false };
+  c = {
+    key,
+    title: key === LOBBY ? "Lobby" : title || key,
+    log,
+    ids: new Set(),
+    unread: 0,
+    complete: false,
+    asking: null, // the timer of an earlier page asked for, until its answer
+    held: [], // that page's messages so far
+  };
   state.convs.set(key, c);
   drawConvs();
   return c;
@@ -451,9 +468,18 @@ function found(messages) {
 function earlier() {
   const c = state.convs.get(state.current);
   if (!c || c.complete || c.key.startsWith("@") || c.asking) return;
-  c.asking = true;
-  setTimeout(() => (c.asking = false), 5000); // in case the answer never comes
+  c.asking = setTimeout(() => pageCame(c), 5000); // in case the answer never comes
   command("history", { room: c.key, before: -1, count: 50 });
+}
+
+// The earlier page's messages come one event each, then its answer: they are shown together,
+// in one go, so the reader never sees (or scrolls from) half a page.
+function pageCame(c) {
+  clearTimeout(c.asking);
+  c.asking = null;
+  const held = c.held;
+  c.held = [];
+  for (const m of held) put(c, m);
 }
 
 // --- the banner: shown exactly while what is typed cannot go out ------------------
