@@ -33,6 +33,14 @@ log = logging.getLogger("zchat.cluster")
 
 #: Seconds a message may wait for its PubAck before its sender is refused.
 RELAY_TIMEOUT = 5.0
+
+
+class Unreachable(Exception):
+    """No NATS server of the list could be reached at the start."""
+
+
+#: The longest the first connection to NATS may take (the broker waits 15 s for the whole start).
+FIRST_CONNECT = 10.0
 #: Seconds between two looks at how far this broker's consumer is behind the log.
 LAG_EVERY = 1.0
 
@@ -78,6 +86,8 @@ class Engine(threading.Thread):
         self.socket.connect(self.endpoint)
         try:
             await self._serve()
+        except Unreachable as e:  # said by the broker as it stops: no traceback
+            self._tell("failed", str(e))
         except Exception as e:
             log.exception("the cluster link failed")
             self._tell("failed", str(e))
@@ -88,15 +98,24 @@ class Engine(threading.Thread):
         self.socket.send(pack(*parts))
 
     async def _serve(self) -> None:
-        self.nc = await nats.connect(
-            self.servers,
-            name=self.node,
-            connect_timeout=2,
-            max_reconnect_attempts=-1,  # NATS down is a fault to ride out, not the end
-            reconnect_time_wait=0.5,
-            disconnected_cb=self._disconnected,
-            reconnected_cb=self._reconnected,
-        )
+        # Once joined, NATS down is a fault to ride out, not the end (reconnects without end);
+        # the first connection is bounded, so that a wrong URL ends the broker's start clearly.
+        try:
+            self.nc = await asyncio.wait_for(
+                nats.connect(
+                    self.servers,
+                    name=self.node,
+                    connect_timeout=2,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    error_cb=self._error,
+                ),
+                FIRST_CONNECT,
+            )
+        except (TimeoutError, asyncio.TimeoutError):
+            raise Unreachable(f"no NATS server answered within {FIRST_CONNECT:g} s") from None
         self.figures.connected = 1
         self.js = self.nc.jetstream()
         for bucket in (NAMES, OWNERS):
@@ -130,6 +149,10 @@ class Engine(threading.Thread):
         if tasks:
             await asyncio.wait(tasks, timeout=2)
         await self.nc.drain()
+
+    async def _error(self, error: Exception) -> None:
+        """nats-py's errors (a server away, refused, a bad URL): one line each, no traceback."""
+        log.warning("NATS: %s", error or type(error).__name__)
 
     async def _watch(self, bucket: str) -> None:
         """Forward every change of the bucket: ["kv", bucket, key, value or None, revision],

@@ -132,3 +132,17 @@ def test_without_nats_py_the_broker_names_the_extra_to_install(tmp_path: Path) -
     )  # fmt: skip
     assert done.returncode != 0
     assert "pip install 'zchat[cluster]'" in done.stderr
+
+
+@pytest.mark.slow
+def test_a_cluster_url_nobody_answers_ends_the_broker_with_a_clear_error() -> None:
+    """Once joined, the broker rides out NATS going away; at the start, nobody there is an error."""
+    zchat = str(Path(sys.executable).with_name("zchat"))
+    done = subprocess.run(
+        [zchat, "broker", "--host", "127.0.0.1", "--port", "0", "--pub-port", "0", "--store", ":memory:",
+         "--cluster", "nats://127.0.0.1:1"],
+        capture_output=True, text=True, timeout=40,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "no NATS server answered within 10 s" in done.stderr
+    assert "Traceback" not in done.stderr
