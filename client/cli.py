@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import os
+import re
 import sys
 from dataclasses import replace
 
@@ -17,15 +19,35 @@ from zchat.client.settings import ENVIRONMENT, Settings
 from zchat.common import keys
 from zchat.common.protocol import valid_name
 
+ENDPOINT = re.compile(r"(tcp|ipc)://\S+")
+
+
+def check_broker(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """One endpoint or several, comma-separated: each a ZeroMQ tcp:// or ipc:// address."""
+    endpoints = [e.strip() for e in value.split(",")]
+    for endpoint in endpoints:
+        if not ENDPOINT.fullmatch(endpoint):
+            raise click.BadParameter(f"{endpoint!r} is not a broker endpoint such as tcp://127.0.0.1:5555")
+    return ",".join(endpoints)
+
+
+def check_finite(ctx: click.Context, param: click.Parameter, value: float) -> float:
+    if not math.isfinite(value):  # nan passes FloatRange's bounds
+        raise click.BadParameter("give a number of seconds")
+    return value
+
+
 # Each option's default is the setting's own (settings.py): one default per setting.
 broker_option = click.option(
     "--broker", default=Settings.broker, show_default=True, envvar=ENVIRONMENT["broker"],
+    callback=check_broker,
     help="The broker's ROUTER endpoint; several, comma-separated, for the brokers of a cluster "
     "(each reconnect tries the next).",
 )  # fmt: skip
 timeout_option = click.option(
     "--connect-timeout", default=Settings.connect_timeout, show_default=True,
-    envvar=ENVIRONMENT["connect_timeout"], type=click.FloatRange(0.1, 600), help="Seconds to wait for the broker.",
+    envvar=ENVIRONMENT["connect_timeout"], type=click.FloatRange(0.1, 600), callback=check_finite,
+    help="Seconds to wait for the broker.",
 )  # fmt: skip
 
 

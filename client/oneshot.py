@@ -18,7 +18,20 @@ STEP_MS = 50
 def who(
     broker: str, timeout: float, server_key: bytes | None = None, keys: KeyPair | None = None
 ) -> list[str]:
-    """The names online; TimeoutError when the broker does not answer or refuses the handshake."""
+    """The names online; TimeoutError when the broker does not answer or refuses the handshake.
+
+    With several endpoints (comma-separated, the brokers of a cluster), the first that answers.
+    """
+    *others, last = [e.strip() for e in broker.split(",")]
+    for endpoint in others:
+        try:
+            return _who(endpoint, timeout, server_key, keys)
+        except TimeoutError:
+            continue
+    return _who(last, timeout, server_key, keys)
+
+
+def _who(broker: str, timeout: float, server_key: bytes | None, keys: KeyPair | None) -> list[str]:
     context = zmq.Context()
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)

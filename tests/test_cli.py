@@ -106,6 +106,28 @@ def test_who_prints_names_online(broker: Broker) -> None:
         assert result.returncode == 0 and result.stdout.split() == ["alice", "bob"]
 
 
+def test_who_given_several_brokers_asks_until_one_answers(broker: Broker) -> None:
+    with chat("bob", broker.endpoint):
+        nobody = "tcp://127.0.0.1:1"  # nothing listens on port 1
+        result = zchat("who", "--broker", f"{nobody}, {broker.endpoint}", "--connect-timeout", "1")
+        assert result.returncode == 0 and result.stdout.split() == ["bob"], result.stderr
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "says"),
+    [
+        ("--broker", "", "'' is not a broker endpoint"),
+        ("--broker", "a,b", "'a' is not a broker endpoint"),
+        ("--broker", "tcp://127.0.0.1:5555,", "'' is not a broker endpoint"),
+        ("--connect-timeout", "nan", "give a number of seconds"),
+    ],
+)
+def test_a_bad_broker_or_timeout_is_a_usage_error_not_a_traceback(option: str, value: str, says: str) -> None:
+    for command in ("who", "connect --name x", "send --name x --all hi"):
+        result = zchat(*command.split(), option, value, timeout=15)
+        assert result.returncode == 2 and says in result.stderr and "Traceback" not in result.stderr
+
+
 def test_taken_name_exits_nonzero_with_a_clear_message(broker: Broker) -> None:
     with chat("alice", broker.endpoint):
         result = zchat("connect", "--name", "Alice", "--broker", broker.endpoint, stdin="hi\n")
