@@ -177,7 +177,7 @@ class LoopClient(UserRequests):
         shell.start()
         try:
             failure = await asyncio.wait_for(asyncio.shield(shell.first), self._settings.connect_timeout + 5)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
             failure = ev.Status(ev.State.OFFLINE, "no answer")
         if failure is not None:
             await self.close()
@@ -193,7 +193,7 @@ class LoopClient(UserRequests):
         shell.request(Request("close", self._new_id()))
         try:
             await asyncio.wait_for(asyncio.shield(shell.done), timeout)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
             log.warning("%s: no end of the connection within %gs: closed anyway", self.name, timeout)
             shell.finish()
 

@@ -187,6 +187,6 @@ def _load(path: Path) -> tuple[dict[str, int], dict[str, str]]:
         return last, sent
     except FileNotFoundError:
         return {}, {}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, OverflowError) as e:
         log.warning("ignored what was read, in %s: %s", path, e)  # started afresh, not crashed
         return {}, {}

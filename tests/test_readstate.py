@@ -38,7 +38,13 @@ def test_what_was_read_outlives_the_process(tmp_path: Path) -> None:
 
 def test_a_broken_state_file_starts_afresh(tmp_path: Path) -> None:
     path = tmp_path / "read.json"
-    for broken in ("{not json", '{"last_seq": [1, 2]}', '{"last_seq": {"#dev": "x"}}', "[]"):
+    for broken in (
+        "{not json",
+        '{"last_seq": [1, 2]}',
+        '{"last_seq": {"#dev": "x"}}',
+        "[]",
+        '{"last_seq": {"*": Infinity}}',
+    ):
         path.write_text(broken)
         assert ReadState(path).last_read("#dev") == 0
 

@@ -118,7 +118,7 @@ class Gateway:
         """One WebSocket: sign in or resume, then commands in and events out."""
         try:
             session = await asyncio.wait_for(self.attach(ws), HELLO_TIMEOUT)
-        except (TimeoutError, ConnectionClosed):
+        except (TimeoutError, asyncio.TimeoutError, ConnectionClosed):
             return
         if session is None:
             return
@@ -237,7 +237,7 @@ class Gateway:
                     await session.changed.wait()
                     continue
                 await asyncio.wait_for(self.send_all(ws, session, pending), SEND_TIMEOUT)
-        except TimeoutError:
+        except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
             log.warning("%s: the browser took over %gs to take an event: dropped", session.name, SEND_TIMEOUT)
             ws.transport.abort()
         except ConnectionClosed:
@@ -294,12 +294,12 @@ class Gateway:
             self.stopping = True  # no new sign-ins while the others sign out
             try:
                 await asyncio.wait_for(self.sessions.end_all("the gateway stops"), STOP_TIMEOUT)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
                 log.warning("some sessions did not sign out within %gs", STOP_TIMEOUT)
             server.close()  # and every WebSocket, with 1001
             try:
                 await asyncio.wait_for(server.wait_closed(), STOP_TIMEOUT)
-            except TimeoutError:
+            except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
                 log.warning("some WebSockets did not close within %gs", STOP_TIMEOUT)
             self.sessions.close()
             log.info("the gateway stopped")
