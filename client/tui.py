@@ -601,13 +601,14 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
                 except (EOFError, KeyboardInterrupt, _Hangup):
                     break
                 commands = [cmd.parse(part) for part in line.split("\n")]  # Alt-Enter or a paste: a line each
-                if any(isinstance(command, cmd.Quit) for command in commands):
-                    break
-                for command in commands:
+                quit_at = next((i for i, c in enumerate(commands) if isinstance(c, cmd.Quit)), None)
+                for command in commands[:quit_at]:  # the lines before a /quit still go, in order
                     if command is not None and not screen.handle(client, command):
                         execute(client, command, screen)
                     if isinstance(command, cmd.Join) and screen.room == command.room.lower():
                         client.names(screen.room)  # who is there: for /whois, and shown as irssi does
+                if quit_at is not None:
+                    break
             if client.state is ev.State.ONLINE and not hangup.is_set():
                 client.flush(DRAIN_TIMEOUT)  # a line typed just before /quit still goes
     except (_Hangup, KeyboardInterrupt):

@@ -606,6 +606,18 @@ def test_alt_enter_adds_a_line_and_each_line_goes_as_a_message(
     assert bob.message("first of two").target == "*" and bob.message("second of two").target == "*"
 
 
+def test_lines_before_a_quit_in_one_entry_are_sent_then_it_quits(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    terminal.type("last words")
+    terminal.keys("M-Enter")
+    terminal.type("/quit")
+    terminal.keys("Enter")
+    assert terminal.wait_exit() == 0
+    assert bob.message("last words").target == "*"
+
+
 def test_a_long_paste_waits_for_a_second_enter(terminal: Terminal, broker: Broker, bob: Peer) -> None:
     start_alice(terminal, broker)
     pasted = [f"pasted line {i}" for i in range(1, 9)]
