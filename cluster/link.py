@@ -9,6 +9,8 @@ socket, one thread: only the broker's thread uses this end.
 from __future__ import annotations
 
 import itertools
+import math
+import time
 from typing import Any
 
 import msgpack
@@ -65,10 +67,9 @@ class Link:
         self.socket.send(pack(kind, number, *args))
         poller = zmq.Poller()
         poller.register(self.socket, zmq.POLLIN)
-        deadline = int(timeout * 1000)
-        while deadline > 0:
-            if not poller.poll(min(deadline, 100)):
-                deadline -= 100
+        deadline = time.monotonic() + timeout  # other news on the socket does not extend it
+        while (left := deadline - time.monotonic()) > 0:
+            if not poller.poll(math.ceil(min(left, 0.1) * 1000)):
                 continue
             parts = unpack(self.socket.recv())
             if parts[0] == "answer" and parts[1] == number:
