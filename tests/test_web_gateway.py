@@ -239,3 +239,21 @@ def test_without_websockets_zchat_web_names_the_extra_to_install() -> None:
     code = "import sys; sys.modules['websockets'] = None\nfrom zchat.common.cli import main; main(['web'])"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     assert done.returncode == 1 and "zchat[web]" in done.stderr
+
+
+def test_sign_ins_under_way_count_against_max_sessions(tmp_path: Path, broker: Broker) -> None:
+    own = start_gateway(tmp_path, broker, "--max-sessions", "2")
+    users = [WebUser(own) for _ in range(4)]
+    try:
+        for i, user in enumerate(users):  # all at once: none has its answer when the next asks
+            user.send({"type": "hello", "name": f"full{i}"})
+        replies = [
+            user.expect(lambda e: e["type"] in ("welcome", "refused"), what="welcome or refused")
+            for user in users
+        ]
+        assert sorted(reply["type"] for reply in replies) == ["refused", "refused", "welcome", "welcome"]
+        assert all("full" in reply["text"] for reply in replies if reply["type"] == "refused")
+    finally:
+        for user in users:
+            user.close()
+        assert own.stop() == 0

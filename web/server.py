@@ -86,6 +86,8 @@ class Gateway:
         self.refused_origins = 0
         self.closing: set[asyncio.Task[None]] = set()  # old WebSockets of resumed sessions
         self.stopping = False
+        #: Sign-ins under way: they count against max_sessions, as their sockets do.
+        self.signing_in = 0
 
     # --- HTTP -------------------------------------------------------------------------
 
@@ -182,14 +184,17 @@ class Gateway:
         if self.stopping:
             await self.refuse(ws, schema.FULL, "the gateway is stopping: try again in a moment")
             return None
-        if len(self.sessions) >= self.settings.max_sessions:
+        if len(self.sessions) + self.signing_in >= self.settings.max_sessions:
             await self.refuse(ws, schema.FULL, "the gateway is full: try again later")
             return None
+        self.signing_in += 1
         try:
             session = await self.sessions.sign_in(name, keys)
         except ConnectError as e:
             await self.refuse(ws, schema.SIGN_IN_FAILED, f"cannot sign in as {name}: {e}")
             return None
+        finally:
+            self.signing_in -= 1
         await self.take(ws, session, {"type": "welcome"})
         return session
 
