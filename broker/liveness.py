@@ -54,6 +54,11 @@ class ConnectionWatch:
     def noted(self, routing_id: bytes) -> bool:
         return routing_id in self._descriptor
 
+    def peer(self, routing_id: bytes) -> Peer | None:
+        """The TCP peer noted for the session of `routing_id` (a hangup cuts only that one)."""
+        descriptor = self._descriptor.get(routing_id)
+        return None if descriptor is None else self._on[descriptor][routing_id]
+
     def forget(self, routing_id: bytes) -> None:
         descriptor = self._descriptor.pop(routing_id, None)
         if descriptor is not None:

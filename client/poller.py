@@ -25,15 +25,13 @@ from zchat.client.events import State
 from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.request import Request
 from zchat.client.settings import Settings
+from zchat.common.heartbeat import set_heartbeats
 
 log = logging.getLogger("zchat.client")
 
-#: Idle, the loop wakes for the engine's next deadline (a heartbeat) only, and at least this
-#: often: 20 wake-ups a second cost an idle client about 1 ms of CPU a second.
+#: Idle, the loop wakes for the engine's next deadline only, and at least this often (libzmq
+#: keeps the connection alive): 20 wake-ups a second cost an idle client about 1 ms of CPU a second.
 IDLE_POLL_MS = 1000
-#: While a handshake is watched (registering), its monitor is read this often: a refused
-#: handshake is told at once, not at the registration's deadline.
-HANDSHAKE_POLL_MS = 50
 #: Messages read from one socket in a row: timers and the other socket get their turn.
 DRAIN_BATCH = 1000
 
@@ -83,8 +81,8 @@ class Poller:
                         self.poller.unregister(self.wake_fd)
                         engine.user_gone(now)
                     self._take_requests(now)
-                if self.handshake is not None:
-                    self._watch_handshake(now)
+                if self.handshake is not None and self.handshake.monitor in ready:
+                    self._watch_connection(now)
                 engine.tick(now)
                 self._carry_out()
         except Exception as e:  # never die silently: the user must hear of it
@@ -101,21 +99,19 @@ class Poller:
             engine.stop()
             self._carry_out()
 
-    def _watch_handshake(self, now: float) -> None:
-        """A refused handshake is an input; once registered, nothing more to watch."""
+    def _watch_connection(self, now: float) -> None:
+        """A refused handshake, and a connection that closed, are inputs of the engine."""
         assert self.handshake is not None
-        if self.engine.phase not in c.REGISTERING:
-            self.handshake.close()
-            self.handshake = None
-        elif (refused := self.handshake.failure()) is not None:
+        refused, lost = self.handshake.read()
+        if refused is not None:
             self.engine.handshake_failed(refused, now)
+        elif lost:
+            self.engine.connection_lost(now)
 
     def _poll_ms(self, now: float) -> int:
         """Until the engine's next deadline: sockets and the user's requests wake the loop anyway."""
         deadline = self.engine.wakeup()
         wait = IDLE_POLL_MS if deadline is None else min(max((deadline - now) * 1000, 1), IDLE_POLL_MS)
-        if self.handshake is not None:
-            wait = min(wait, HANDSHAKE_POLL_MS)
         return math.ceil(wait)
 
     def _drain(self, sock: zmq.Socket[bytes], feed: Callable[[list[bytes], float], None], now: float) -> None:
@@ -164,15 +160,18 @@ class Poller:
         except zmq.Again:
             log.debug("dealer queue full; the answer timeout will report it")
 
-    def _open_dealer(self, endpoint: str) -> None:
+    def _open_dealer(self, effect: c.OpenDealer) -> None:
         self._close_sockets()
         dealer = self.dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        if endpoint.startswith("tcp://["):
+        if effect.endpoint.startswith("tcp://["):
             dealer.setsockopt(zmq.IPV6, 1)
         secure(dealer, self.s.server_key, self.s.keys)
+        set_heartbeats(dealer, effect.heartbeat_ms, effect.timeout_ms)
         self.handshake = HandshakeWatch(dealer, encrypted=self.s.server_key is not None)
-        dealer.connect(endpoint)
+        assert self.handshake.monitor is not None
+        self.poller.register(self.handshake.monitor, zmq.POLLIN)
+        dealer.connect(effect.endpoint)
         self.poller.register(dealer, zmq.POLLIN)
 
     def _open_sub(self, endpoint: str) -> None:
@@ -189,6 +188,8 @@ class Poller:
 
     def _close_sockets(self) -> None:
         if self.handshake is not None:
+            if self.handshake.monitor is not None:
+                self.poller.unregister(self.handshake.monitor)
             self.handshake.close()
             self.handshake = None
         for sock in (self.dealer, self.sub):
@@ -205,7 +206,7 @@ _EFFECTS: dict[type, Callable[[Poller, Any], None]] = {
     c.Answer: Poller._answer,
     c.Subscribe: Poller._subscribe,
     c.Unsubscribe: Poller._unsubscribe,
-    c.OpenDealer: lambda poller, effect: poller._open_dealer(effect.endpoint),
+    c.OpenDealer: Poller._open_dealer,
     c.OpenSub: lambda poller, effect: poller._open_sub(effect.endpoint),
     c.CloseSockets: lambda poller, effect: poller._close_sockets(),
     c.FirstOutcome: lambda poller, effect: poller.on_first_outcome(effect.failure),
