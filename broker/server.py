@@ -295,7 +295,7 @@ class BrokerServer:
                             self._feed(Flush(now))
                     self._current = None
                     self._feed(Flush(now))
-                if closed in ready:  # after the messages that came before the connection closed
+                if closed in ready or self.watch.rechecks:  # after the messages that came before
                     self._disconnected()
                     self._feed(Flush(time.time()))
                 elif not ready:  # idle: the store does what it put off (indexing for search)
