@@ -208,7 +208,8 @@ def run_idle(
         time.sleep(0.2)
         rss_before = rss_bytes(server.pid)
         jobs = [
-            (idle_worker, IdleSpec(kind, server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups
+            (idle_worker, IdleSpec(kind, server.endpoint, g[0], len(g), heartbeat, timeout, budget))
+            for g in groups
         ]
         with Crew(jobs) as crew:
             crew.gather("connected", SETUP_TIMEOUT, server.check)
