@@ -197,6 +197,8 @@ from zchat.common import jsonlog, keys
     envvar="ZCHAT_LOG_FORMAT",
     type=click.Choice(["text", "json"], case_sensitive=False),
     help="Log lines as readable text, or as one JSON object each (time, level, event, fields).",
+)
+@click.option(
     "--cluster",
     default=None,
     envvar="ZCHAT_CLUSTER",

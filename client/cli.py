@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import replace
 
 import click
 
@@ -83,14 +84,21 @@ def start(client: Client) -> Client:
 @timeout_option
 @server_key_option
 @click.option("--json", "json_mode", is_flag=True, help="Line mode with one JSON object per event.")
-def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool) -> None:
+@click.option("--colour/--no-colour", default=True, show_default=True,
+              help="Colour names (NO_COLOR in the environment turns it off too).")  # fmt: skip
+@click.option("--bell/--no-bell", default=Settings.bell, show_default=True, envvar=ENVIRONMENT["bell"],
+              help="Ring the terminal's bell on a private message or a mention of your name.")  # fmt: skip
+def connect(name: str, broker: str, connect_timeout: float, server_key: str | None, json_mode: bool,
+            colour: bool, bell: bool) -> None:  # fmt: skip
     """Chat: a terminal UI, or line mode when stdin is not a terminal."""
-    settings = settings_of(name, broker, connect_timeout, server_key)
+    settings = replace(settings_of(name, broker, connect_timeout, server_key), bell=bell)
     if sys.stdin.isatty() and sys.stdout.isatty() and not json_mode:
         from zchat.client.tui import run_tui  # prompt_toolkit loads only here
 
-        sys.exit(run_tui(settings, "NO_COLOR" not in os.environ))
-    writer = LineWriter(sys.stdout, name, json_mode, colour=not json_mode and wants_colour(sys.stdout))
+        sys.exit(run_tui(settings, colour and "NO_COLOR" not in os.environ))
+    writer = LineWriter(
+        sys.stdout, name, json_mode, colour=colour and not json_mode and wants_colour(sys.stdout)
+    )
     client = Client.from_settings(settings, on_event=writer)
     try:
         start(client)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 #: Convention (PROTOCOL.md, "Text conventions"): a body starting with this is an action.
 ACTION_PREFIX = "\x01ACTION "
@@ -53,6 +53,12 @@ class SwitchRoom:
 class History:
     room: str  # "": the current room
     count: int
+    older: bool = False  # /more: before the oldest shown so far, not the newest
+
+
+@dataclass(frozen=True)
+class Clear:
+    pass
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,7 @@ class Search:
 
 @dataclass(frozen=True)
 class Help:
-    pass
+    word: str = ""  # one command's help ("/join"), or all of it
 
 
 @dataclass(frozen=True)
@@ -76,7 +82,20 @@ class Invalid:
 
 
 Command = (
-    Say | Private | Who | Join | Leave | Rooms | Names | SwitchRoom | History | Search | Help | Quit | Invalid
+    Say
+    | Private
+    | Who
+    | Join
+    | Leave
+    | Rooms
+    | Names
+    | SwitchRoom
+    | History
+    | Search
+    | Clear
+    | Help
+    | Quit
+    | Invalid
 )
 
 HELP = """\
@@ -89,17 +108,29 @@ commands:
   /room [#ROOM]     switch the current room (without ROOM: the lobby)
   /rooms            the rooms, with their members
   /names [#ROOM]    who of ROOM is online
-  /history [#ROOM] [N]  N earlier messages of ROOM (default 50, at most 500)
-  /search WORDS     messages of your rooms and yours with all of WORDS
+  /history [#ROOM] [N]  the last N messages of ROOM (default 50, at most 500)
+  /more [#ROOM] [N] N messages of ROOM before the oldest shown
+  /search WORDS     messages of your rooms and yours with all of WORDS (or words starting so)
   /who              who is online
-  /help             this help
-  /quit             leave (also Ctrl-D)"""
+  /clear            clear the screen
+  /help [COMMAND]   this help, or the help of COMMAND
+  /quit             leave (also Ctrl-D, or Ctrl-C on an empty line)
+keys: Alt-Enter another line (each goes as a message); Ctrl-C clears the line; Up recalls"""
 
 #: Command words for completion.
-WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/search", "/who", "/help",
-         "/quit")  # fmt: skip
+WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/more", "/search", "/who",
+         "/clear", "/help", "/quit")  # fmt: skip
 #: Command words whose argument is a room.
-ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history")
+ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history", "/more")
+
+
+def help_of(word: str) -> str | None:
+    """The lines of HELP about one command ("/join" or "join"), or None if there is none."""
+    word = "/" + word.lstrip("/").lower()
+    lines = [line for line in HELP.splitlines()[1:] if line.split()[0] == word]
+    return "\n".join(lines) if lines else None
+
+
 HISTORY_COUNT = 50
 
 
@@ -133,10 +164,21 @@ def parse(line: str) -> Command | None:
         return Names(args[0] if args else "") if len(args) <= 1 else Invalid("usage: /names [#ROOM]")
     if word == "/history":
         return _history(args)
+    if word == "/more":
+        history = _history(args)
+        return (
+            replace(history, older=True)
+            if isinstance(history, History)
+            else Invalid("usage: /more [#ROOM] [N]")
+        )
+    if word == "/clear":
+        return Clear()
     if word == "/search":
         return Search(rest.strip()) if rest.strip() else Invalid("usage: /search WORDS")
     if word in ("/help", "/?"):
-        return Help()
+        if len(args) > 1:
+            return Invalid("usage: /help [COMMAND]")
+        return Help(args[0]) if args else Help()
     if word in ("/quit", "/exit", "/q"):
         return Quit()
     return Invalid(f"unknown command {word}; /help lists them")

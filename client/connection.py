@@ -61,6 +61,13 @@ FATAL_HELLO_CODES = {
 }
 
 
+def shutting_down(reason: str) -> str:
+    """What the user is told of a SHUTDOWN: its reason once, not "shutting down (shutting down)"."""
+    if "shutting down" in reason.lower():
+        return reason
+    return f"the broker is shutting down: {reason}" if reason else "the broker is shutting down"
+
+
 def pub_endpoint_for(advertised: str, broker: str) -> str:
     """PROTOCOL.md 5.1: a '*' host means the host we reached the ROUTER on.
 
@@ -401,7 +408,7 @@ class Connection:
             return
         event = published.event
         if type(event) is p.Shutdown:
-            self._lost(f"the broker is shutting down ({event.reason})", now)
+            self._lost(shutting_down(event.reason), now)
         elif published.topic.startswith(b"#") or published.topic == p.LOBBY_TOPIC:
             self._from_room(published)
         elif type(event) is p.Synced:  # on our own topic, or a room round's
@@ -670,7 +677,7 @@ class Connection:
             self._answer(pending, ev.Found(tuple(self._record(r) for r in found.records)))
 
     def _on_shutdown(self, shutdown: p.Shutdown, now: float) -> None:
-        self._lost(f"the broker is shutting down ({shutdown.reason})", now)
+        self._lost(shutting_down(shutdown.reason), now)
 
     def _on_replaced(self, replaced: p.Replaced, now: float) -> None:
         # Another client of ours (same key, or our token) took the session over.

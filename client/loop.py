@@ -168,6 +168,9 @@ class LoopClient(UserRequests):
     def state(self) -> ev.State:
         return self._shell.state
 
+    def _engine_rooms(self) -> set[str]:
+        return set(self._shell.engine.rooms)  # on the loop, as the engine
+
     async def connect(self) -> LoopClient:
         """Start, and return once registered; ConnectError if that fails."""
         shell = self._shell

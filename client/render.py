@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import fields, is_dataclass, replace
 from datetime import datetime
 from enum import Enum
@@ -83,12 +86,90 @@ def colour_of(name: str) -> int:
     return PALETTE[int.from_bytes(digest, "big") % len(PALETTE)]
 
 
-class Renderer:
-    """Formats events for one user; `colour` adds ANSI escapes."""
+#: Where a line's text starts, in the renderer's lines before they are wrapped: wrapped
+#: lines are indented to it. visible() shows a NUL in anyone's text as "␀", so it is ours.
+TEXT = "\x00"
+#: Below this many columns times are shorter ("12:34", no seconds, no brackets).
+NARROW = 60
+#: Plain words for the broker's LEAVE reasons (PROTOCOL.md 6.3); "left" says nothing more.
+LEAVE_REASONS = {"quit": "", "left": "", "timeout": "connection lost", "flooding": "sent too fast",
+                 "stuck": "stopped reading", "replaced": "signed in elsewhere"}  # fmt: skip
+_OUR_ESCAPE = re.compile(r"(\x1b\[[0-9;]*m)")
 
-    def __init__(self, me: str, colour: bool = False) -> None:
+
+def width_of(text: str) -> int:
+    """Columns `text` takes in a terminal: our colours none, wide (East Asian) characters two."""
+    return sum(_char_width(char) for char in _OUR_ESCAPE.sub("", text))
+
+
+def _char_width(char: str) -> int:
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def wrap(line: str, width: int) -> str:
+    """`line` broken at spaces into rows of at most `width` columns, the rows after the
+    first indented to where its text starts (TEXT), as irssi does; a word longer than a
+    row is cut."""
+    prefix, marked, text = line.partition(TEXT)
+    if not marked:
+        prefix, text = "", line
+    indent = width_of(prefix)
+    if indent > width // 2:  # a long prefix in a narrow terminal: the text under a short indent
+        indent = min(4, width // 4)
+    rows: list[str] = []
+    row, used, empty = prefix, width_of(prefix), True  # empty: no word on this row yet
+
+    def next_row() -> None:
+        nonlocal row, used, empty
+        rows.append(row.rstrip(" "))
+        row, used, empty = " " * indent, indent, True
+
+    for word in text.split(" "):
+        size = width_of(word)
+        gap = 0 if empty else 1
+        if used + gap + size > width and (not empty or (used > indent and size <= width - indent)):
+            next_row()
+            gap = 0
+        while used + size > width:  # wider than a whole row: cut it
+            head, word = _cut(word, width - used)
+            row, used, empty = row + head, used + width_of(head), False
+            next_row()
+            size = width_of(word)
+        row, used, empty = row + " " * gap + word, used + gap + size, False
+    rows.append(row.rstrip(" "))
+    return "\n".join(rows)
+
+
+def _cut(word: str, columns: int) -> tuple[str, str]:
+    """The first `columns` columns of `word` (at least one character; our escapes kept
+    whole), and the rest."""
+    head, rest, used = "", word, 0
+    while rest:
+        escape = _OUR_ESCAPE.match(rest)
+        if escape:
+            head, rest = head + escape.group(), rest[escape.end() :]
+            continue
+        size = _char_width(rest[0])
+        if used + size > columns and used:
+            break
+        head, rest, used = head + rest[0], rest[1:], used + size
+    return head, rest
+
+
+class Renderer:
+    """Formats events for one user; `colour` adds ANSI escapes.
+
+    With `width` (the terminal's columns, asked for each line) long lines are
+    wrapped with their text indented, and narrow terminals get short times.
+    """
+
+    def __init__(self, me: str, colour: bool = False, width: Callable[[], int] | None = None) -> None:
         self.me = me
         self.colour = colour
+        self.width = width
+        self._columns = 0  # of the line being made; 0: not wrapped
 
     def line(self, event: ev.Event) -> str | None:
         """One line for a person, or None when there is nothing to show.
@@ -96,7 +177,13 @@ class Renderer:
         Every text in the event goes through visible() first, so the only escapes
         written are the colours added here.
         """
-        return self._line(shown(event))
+        self._columns = self.width() if self.width is not None else 0
+        line = self._line(shown(event))
+        if line is None:
+            return None
+        if not self._columns:
+            return line.replace(TEXT, "")
+        return "\n".join(wrap(row, self._columns - 1) for row in line.split("\n"))
 
     def _line(self, event: ev.Event) -> str | None:
         if isinstance(event, ev.Message):
@@ -106,29 +193,40 @@ class Renderer:
         if isinstance(event, ev.Ack):
             return self._ack(event)
         if isinstance(event, ev.Receipt):
-            what = f": {event.text}" if event.text else f" (id {event.msg_id})"
-            return self._dim(f"{self._time(event.time)} ✓ delivered to {self._name(event.recipient)}{what}")
+            what = f": {event.text}" if event.text else ": a message this client no longer has"
+            return self._status(f"✓ delivered to {self._name(event.recipient)}{what}", event.time)
         if isinstance(event, ev.RoomList):
-            return self._rooms(event)
+            return self._status(self._rooms(event))
         if isinstance(event, ev.History):
             if not event.messages:
-                return self._dim(f"-- no earlier messages in {event.room}")
-            return self._dim(f"-- {len(event.messages)} earlier message(s) of {event.room} above")
+                return self._status(f"no earlier messages in {self._where(event.room)}")
+            return self._status(f"{len(event.messages)} message(s) of {self._where(event.room)} above")
         if isinstance(event, ev.Found):
             if not event.messages:
-                return "found nothing"
-            return "\n".join([f"found {len(event.messages)}, newest first:",
+                return self._status("found nothing")
+            return "\n".join([self._status(f"found {len(event.messages)}, newest first:"),
                               *(f"  {self._message(m)}" for m in event.messages)])  # fmt: skip
         if isinstance(event, ev.Refusal):
-            what = f"not sent to {event.target}" if event.target and event.target != "*" else "not sent"
-            if event.code == ev.USAGE:
-                what = "error"
-            return self._error(f"!! {what}: {event.text} ({event.code})")
+            if event.code == ev.USAGE or not event.target or event.target == "*":
+                return self._status(event.text, error=True)
+            return self._status(f"not sent to {event.target}: {event.text}", error=True)
         if isinstance(event, ev.Users):
+            if not event.names:
+                return self._status(f"nobody in {event.room} is online" if event.room else "nobody is online")
             where = f"in {event.room}" if event.room else "online"
-            return f"{where} ({len(event.names)}): {', '.join(event.names) or 'nobody'}"
-        mark = "!!" if event.state in (ev.State.RECONNECTING, ev.State.OFFLINE) else "--"
-        return self._dim(f"{mark} {event.detail}") if mark == "--" else self._error(f"{mark} {event.detail}")
+            return self._status(f"{where} ({len(event.names)}): {', '.join(event.names)}")
+        return self._status(event.detail, error=event.state in (ev.State.RECONNECTING, ev.State.OFFLINE))
+
+    def _status(self, text: str, when: datetime | None = None, error: bool = False) -> str:
+        """A line of the client's own: its time, "--" ("!!" for trouble), the text."""
+        stamp = self._time(when or datetime.now().astimezone())
+        if error:
+            return f"{stamp} {self._error('!! ' + TEXT + text)}"
+        return f"{stamp} {self._dim('-- ' + TEXT + text)}"
+
+    @staticmethod
+    def _where(room: str) -> str:
+        return "the lobby" if room == "*" else room
 
     def _message(self, m: ev.Message) -> str:
         stamp = self._time(m.time, dated=m.history)
@@ -136,12 +234,14 @@ class Renderer:
             stamp += " " + self._dim("[history]")
         action = m.text.startswith(ACTION_PREFIX)
         said = m.text[len(ACTION_PREFIX) :] if action else m.text
-        body = f"* {self._name(m.sender)} {said}" if action else f"<{self._name(m.sender)}> {said}"
+        body = (
+            f"* {self._name(m.sender)} {TEXT}{said}" if action else f"<{self._name(m.sender)}> {TEXT}{said}"
+        )
         if m.private:
             said = f"* {said}" if action else said
             if m.sender.lower() == self.me.lower() and m.target.lower() != self.me.lower():
-                return f"{stamp} {self._private_tag()} you -> {self._name(m.target)}: {said}"  # found
-            return f"{stamp} {self._private_tag()} {self._name(m.sender)} -> you: {said}"
+                return f"{stamp} {self._private_tag()} you -> {self._name(m.target)}: {TEXT}{said}"  # found
+            return f"{stamp} {self._private_tag()} {self._name(m.sender)} -> you: {TEXT}{said}"
         if m.room != "*":
             return f"{stamp} {m.room} {body}"
         return f"{stamp} {body}"
@@ -150,17 +250,18 @@ class Renderer:
         if p.room != "*" and p.name.lower() == self.me.lower():
             return None  # our own entering and leaving: the Ack to /join or /leave says it
         where = "" if p.room == "*" else f" {p.room}"
-        verb = f"joined{where}" if p.event == "join" else f"left{where} ({p.reason})"
-        return self._dim(f"{self._time(p.time)} -- {self._name(p.name)} {verb}")
+        reason = LEAVE_REASONS.get(p.reason, p.reason)
+        verb = f"joined{where}" if p.event == "join" else f"left{where}" + (f" ({reason})" if reason else "")
+        return self._status(f"{self._name(p.name)} {verb}", p.time)
 
     def _ack(self, a: ev.Ack) -> str | None:
         if a.command == "enter":
-            return self._dim(f"-- you joined {a.target}")
+            return self._status(f"you joined {a.target}", a.time)
         if a.command == "exit":
-            return self._dim(f"-- you left {a.target}")
+            return self._status(f"you left {a.target}", a.time)
         if a.command != "send" or ev.is_room(a.target):
             return None  # our own room message comes back from the broker: that line shows it
-        line = f"{self._time(a.time)} {self._private_tag()} you -> {self._name(a.target)}: {a.text}"
+        line = f"{self._time(a.time)} {self._private_tag()} you -> {self._name(a.target)}: {TEXT}{a.text}"
         if a.status == "stored":
             line += self._dim(f" (stored: {a.target} is offline)")
         return line
@@ -177,6 +278,9 @@ class Renderer:
     def _time(self, t: datetime, dated: bool = False) -> str:
         local = t.astimezone()
         today = datetime.now(local.tzinfo).date() == local.date()
+        narrow = 0 < self._columns < NARROW
+        if narrow:
+            return self._dim(local.strftime("%H:%M" if today or not dated else "%m-%d %H:%M"))
         return self._dim(local.strftime("[%H:%M:%S]" if today or not dated else "[%Y-%m-%d %H:%M:%S]"))
 
     def _name(self, name: str) -> str:

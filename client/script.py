@@ -35,8 +35,12 @@ class LineWriter:
         if line is not None:
             self.write(line)
 
-    def show_help(self) -> None:
-        self.write(to_json(ev.Status(ev.State.ONLINE, cmd.HELP)) if self.json_mode else cmd.HELP)
+    def show_help(self, word: str = "") -> None:
+        text = (cmd.help_of(word) if word else None) or cmd.HELP
+        self.write(to_json(ev.Status(ev.State.ONLINE, text)) if self.json_mode else text)
+
+    def clear(self) -> None:
+        """Nothing to clear in line mode: the lines are a script's output."""
 
     def write(self, line: str) -> None:
         with self.lock:
@@ -45,13 +49,16 @@ class LineWriter:
 
 
 def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_timeout: float) -> int:
-    """Run commands until input ends or /quit; 0 if every message was accepted."""
+    """Run commands until input ends or /quit; 0 if every line was understood and every
+    message accepted."""
     for line in lines:
         command = cmd.parse(line)
         if command is None:
             continue
         if isinstance(command, cmd.Quit):
             break
+        if isinstance(command, cmd.Invalid):
+            writer.refused += 1  # a script with a line that means nothing has failed
         execute(client, command, writer)
     if not client.flush(drain_timeout):
         writer(ev.Status(client.state, f"gave up waiting for answers after {drain_timeout:g}s"))
@@ -67,7 +74,9 @@ class Output(Protocol):
 
     def __call__(self, event: ev.Event) -> None: ...
 
-    def show_help(self) -> None: ...
+    def show_help(self, word: str = "") -> None: ...
+
+    def clear(self) -> None: ...
 
 
 def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
@@ -86,6 +95,8 @@ def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
         room = (command.room or out.room).lower()
         if room == "*":
             out(ev.Refusal("", ev.USAGE, "the lobby cannot be left: /quit leaves the chat"))
+        elif valid_room(room) and room not in client.joined():
+            out(ev.Refusal("", ev.USAGE, f"you are not in {room}"))
         elif not client.exit(room).refused() and room == out.room:
             out.room = "*"
     elif isinstance(command, cmd.SwitchRoom):
@@ -96,6 +107,8 @@ def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
                     "", ev.USAGE, f"{command.room!r} is not a room: '#' and 1-32 letters, digits, _ - ."
                 )
             )
+        elif room != "*" and room not in client.joined():
+            out(ev.Refusal("", ev.USAGE, f"you are not in {room}: /join {room} joins it"))
         else:
             out.room = room
             out(ev.Status(client.state, f"now talking in {'the lobby' if room == '*' else room}"))
@@ -108,10 +121,16 @@ def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
         else:
             client.names(room)
     elif isinstance(command, cmd.History):
-        client.history(command.room or out.room, before=-1, count=command.count)
+        # /history: the newest, every time; /more pages back from the oldest shown.
+        client.history(command.room or out.room, before=-1 if command.older else 0, count=command.count)
+    elif isinstance(command, cmd.Clear):
+        out.clear()
     elif isinstance(command, cmd.Search):
         client.search(command.words)
     elif isinstance(command, cmd.Help):
-        out.show_help()
+        if command.word and cmd.help_of(command.word) is None:
+            out(ev.Refusal("", ev.USAGE, f"no command {command.word}; /help lists them"))
+        else:
+            out.show_help(command.word)
     elif isinstance(command, cmd.Invalid):
         out(ev.Refusal("", ev.USAGE, command.reason))

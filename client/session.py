@@ -20,12 +20,14 @@ import queue
 import secrets
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from types import TracebackType
 
 import zmq
 
 from zchat.client import events as ev
 from zchat.client.poller import Poller
+from zchat.client.readstate import ReadState
 from zchat.client.request import Request
 from zchat.client.settings import DEFAULT_BROKER, Settings
 from zchat.common.keys import KeyPair
@@ -50,9 +52,34 @@ class UserRequests:
     def __init__(self) -> None:
         self._ids = itertools.count(1)
         self._id_prefix = secrets.token_hex(4)
+        self._room_asks: dict[str, Request] = {}  # the last ENTER or EXIT asked of each room
+        self._asks_lock = threading.Lock()
 
     def _new_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"
+
+    def joined(self) -> frozenset[str]:
+        """The rooms ("#name", lower case) this client is in, or is joining; not the lobby.
+
+        A join or leave asked and not yet answered counts as done: what was asked
+        last is what the user expects, though the poller may not have taken it yet."""
+        with self._asks_lock:
+            asked = [(room, r.kind == "enter") for room, r in self._room_asks.items() if not r.done()]
+        # Read after the answers: the engine knows its rooms before it answers.
+        rooms = self._engine_rooms() - {EVERYONE}
+        for room, entering in asked:
+            (rooms.add if entering else rooms.discard)(room)
+        return frozenset(rooms)
+
+    def _asked(self, request: Request) -> Request:
+        if not request.done():
+            with self._asks_lock:
+                self._room_asks[request.target] = request
+        return request
+
+    def _engine_rooms(self) -> set[str]:
+        """The engine's rooms now (the lobby too), read from the user's side."""
+        raise NotImplementedError
 
     def _submit(self, request: Request) -> Request:
         raise NotImplementedError
@@ -82,11 +109,11 @@ class UserRequests:
 
     def enter(self, room: str) -> Request:
         """Join `room` ("#name"): its last messages come as history, then live ones; `.wait()` gives Ack."""
-        return self._room_request("enter", room)
+        return self._asked(self._room_request("enter", room))
 
     def exit(self, room: str) -> Request:
         """Leave `room`; `.wait()` gives Ack (or a Refusal)."""
-        return self._room_request("exit", room)
+        return self._asked(self._room_request("exit", room))
 
     def rooms(self) -> Request:
         """Every room with members, and ours; `.wait()` gives RoomList."""
@@ -157,6 +184,7 @@ class Client(UserRequests):
         on_event: Callable[[ev.Event], None] | None = None,
         server_key: str | bytes | None = None,
         keys: KeyPair | None = None,
+        read_state: ReadState | None = None,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
@@ -165,6 +193,9 @@ class Client(UserRequests):
         registering, for the rooms one is in): at most 500, what one HISTORY may ask.
         With `server_key`, the broker's public key (z85), all traffic is
         encrypted with CURVE, as `keys` (a fresh key pair when None).
+        With `read_state`, what is shown is remembered (saved on close), and a
+        join's history says where the unread part starts, with a Status
+        "unread since HH:MM" just before its first message not shown before.
         """
         self.name = name
         self.broker = broker
@@ -176,6 +207,9 @@ class Client(UserRequests):
                                   server_key, keys)  # fmt: skip
         super().__init__()
         self._on_event = on_event
+        self.read_state = read_state
+        self._marked: set[str] = set()  # rooms whose "unread since" was told
+        self._read_before: dict[str, int] = {}  # room -> its last sequence read before this client
         self._events: queue.SimpleQueue[ev.Event] = queue.SimpleQueue()
         self._requests: queue.SimpleQueue[Request] = queue.SimpleQueue()
         self._wake_r, self._wake_w = os.pipe()
@@ -189,12 +223,13 @@ class Client(UserRequests):
         self._closed = False
 
     @classmethod
-    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None) -> Client:
+    def from_settings(cls, settings: Settings, on_event: Callable[[ev.Event], None] | None = None,
+                      read_state: ReadState | None = None) -> Client:  # fmt: skip
         """A client of the program's settings (settings.py), as the command line reads them."""
         return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
                    answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
                    history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys)  # fmt: skip
+                   keys=settings.keys, read_state=read_state)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 
@@ -217,6 +252,8 @@ class Client(UserRequests):
         if self._thread.is_alive():
             self._submit(Request("close", self._new_id()))
             self._thread.join(timeout)
+        if self.read_state is not None:
+            self.read_state.save()
         os.close(self._wake_w)
         if not started:  # else the poller thread closes its end, once it no longer polls it
             os.close(self._wake_r)
@@ -235,6 +272,10 @@ class Client(UserRequests):
     @property
     def state(self) -> ev.State:
         return self._poller.state
+
+    def _engine_rooms(self) -> set[str]:
+        # Written by the poller thread only; copying a dict's keys holds the GIL throughout.
+        return set(self._poller.engine.rooms)
 
     def flush(self, timeout: float) -> bool:
         """Wait until every request so far has its answer; False on timeout."""
@@ -292,6 +333,30 @@ class Client(UserRequests):
         return request
 
     def _emit(self, event: ev.Event) -> None:
+        if self.read_state is not None:
+            self._read(event, self.read_state)
+            if isinstance(event, ev.Receipt) and not event.text:  # sent before a restart
+                event = replace(event, text=self.read_state.sent_text(event.msg_id))
+        self._deliver(event)
+
+    def _read(self, event: ev.Event, state: ReadState) -> None:
+        """Before the first history message not shown before: "unread since"; then remember it."""
+        if isinstance(event, ev.Ack) and event.command == "exit":
+            state.forget(event.target)
+        elif isinstance(event, ev.Ack) and event.command == "send" and not ev.is_room(event.target):
+            state.sent(event.msg_id, event.text)  # for its receipt, which may come after a restart
+        if not isinstance(event, ev.Message) or not event.seq or event.private:
+            return
+        # What was read before this client's first message of the room: not what it showed since.
+        last = self._read_before.setdefault(event.room, state.last_read(event.room))
+        if event.history and last and event.seq > last and event.room not in self._marked:
+            self._marked.add(event.room)
+            where = "the lobby" if event.room == EVERYONE else event.room
+            since = event.time.astimezone().strftime("%H:%M")
+            self._deliver(ev.Status(self.state, f"unread since {since} in {where}"))
+        state.shown(event.room, event.seq)
+
+    def _deliver(self, event: ev.Event) -> None:
         if self._on_event is not None:
             try:
                 self._on_event(event)

@@ -21,6 +21,7 @@ ENVIRONMENT = {
     "broker": "ZCHAT_BROKER",
     "connect_timeout": "ZCHAT_CONNECT_TIMEOUT",
     "server_key": "ZCHAT_SERVER_KEY",
+    "bell": "ZCHAT_BELL",
 }
 
 
@@ -40,6 +41,8 @@ class Settings:
     #: The broker's public key (z85): CURVE on both sockets when given (PROTOCOL.md 14).
     server_key: bytes | None = None
     keys: KeyPair | None = None  # our own pair; a fresh one per client when None
+    #: The terminal UI rings the bell (a terminal's urgency hint) on a private message or a mention.
+    bell: bool = True
 
     def __post_init__(self) -> None:
         # More than one HISTORY may ask for is refused by the broker (400): ask for what it gives.

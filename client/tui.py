@@ -7,6 +7,7 @@ is typing is ever clobbered. The prompt shows the connection state.
 
 from __future__ import annotations
 
+import shutil
 import signal
 import sys
 import threading
@@ -17,12 +18,15 @@ from prompt_toolkit import PromptSession
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
-from prompt_toolkit.history import InMemoryHistory
+from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.patch_stdout import patch_stdout
 from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
+from zchat.client.readstate import ReadState, history_file, mentions, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
 from zchat.client.session import Client, ConnectError
@@ -117,12 +121,15 @@ class ChatCompleter(Completer):
 class Screen:
     """Where events go: a line each above the prompt, and a redraw on state changes."""
 
-    def __init__(self, me: str, colour: bool) -> None:
-        self.renderer = Renderer(me, colour)
+    def __init__(self, me: str, colour: bool, bell: bool = True) -> None:
+        self.me = me
+        self.bell = bell
+        self.renderer = Renderer(me, colour, width=self.columns)
         self.roster = Roster(me)
         self.session: PromptSession[str] | None = None
         self.quiet = False  # set on the way out: the closing status is noise
         self.room = "*"  # the current room: plain text goes there; the prompt shows it
+        self.clearing = False  # /clear: the screen is cleared as the next prompt starts
         self._held: list[str] | None = []  # lines from before the connection was made
         self._lock = threading.RLock()
         #: Called (on the poller thread) when the client gives up for good, e.g. signed in elsewhere.
@@ -132,6 +139,8 @@ class Screen:
         """The client's on_event: runs on the poller thread."""
         self.roster.update(event)
         line = None if self.quiet else self.renderer.line(event)
+        if line is not None and self.bell and self._calls_for_me(event):
+            line += "\a"  # the bell: terminals and tmux mark the window, desktops raise the urgency hint
         if line is not None:
             with self._lock:
                 if self._held is not None:
@@ -143,6 +152,18 @@ class Screen:
             if event.state is ev.State.OFFLINE and self.on_given_up is not None:
                 self.on_given_up()  # nothing typed could go anywhere now: leave
 
+    def _calls_for_me(self, event: ev.Event) -> bool:
+        """A live private message to us, or a message that names us, from someone else."""
+        if not isinstance(event, ev.Message) or event.history or event.sender.lower() == self.me.lower():
+            return False
+        return event.private or mentions(event.text, self.me)
+
+    def columns(self) -> int:
+        """The terminal's width now (it may be resized at any time)."""
+        if self.session is not None:
+            return self.session.app.output.get_size().columns
+        return shutil.get_terminal_size().columns
+
     def release(self, show: bool) -> None:
         """Print (or drop, when connecting failed) the lines held until now."""
         with self._lock:
@@ -150,8 +171,13 @@ class Screen:
             for line in held if show else ():
                 self.write(line)
 
-    def show_help(self) -> None:
-        self.write(cmd.HELP)
+    def show_help(self, word: str = "") -> None:
+        self.write((cmd.help_of(word) if word else None) or cmd.HELP)
+
+    def clear(self) -> None:
+        """The screen cleared as the next prompt starts: by prompt_toolkit's renderer, which
+        knows where its prompt is (an escape written here would leave it lost)."""
+        self.clearing = True
 
     def write(self, text: str) -> None:
         # sys.stdout is patch_stdout's proxy while the prompt runs: it prints above it.
@@ -187,8 +213,10 @@ class _Hangup(Exception):
 def run_tui(settings: Settings, colour: bool) -> int:
     """Chat until /quit, Ctrl-D or Ctrl-C; 1 if the connection failed or was given up."""
     name, broker = settings.name, settings.broker
-    screen = Screen(name, colour)
-    client = Client.from_settings(settings, on_event=screen)
+    screen = Screen(name, colour, settings.bell)
+    # What was read is kept in the user's data folder: after a restart the join says what is new.
+    client = Client.from_settings(settings, on_event=screen,
+                                  read_state=ReadState(state_file(settings.name, settings.broker)))  # fmt: skip
     try:
         client.connect()
     except ConnectError as e:
@@ -211,10 +239,68 @@ def run_tui(settings: Settings, colour: bool) -> int:
                   file=sys.stderr)  # fmt: skip
 
 
+def typed_history(name: str) -> History:
+    """What was typed, in the data folder (up-arrow recalls it after a restart); kept in
+    memory only when the folder cannot be written."""
+    path = history_file(name)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600)  # what one types privately is one's own
+    except OSError:
+        return InMemoryHistory()
+    return FileHistory(str(path))
+
+
+#: A paste of more lines than this waits for a second Enter before it goes.
+PASTE_LINES = 5
+
+
+def key_bindings(screen: Screen) -> KeyBindings:
+    bindings = KeyBindings()
+    confirming: list[str] = []  # the text a first Enter asked about
+
+    @bindings.add("escape", "enter")
+    def _new_line(event: KeyPressEvent) -> None:
+        """Alt-Enter: one more line; each line goes as a message of its own."""
+        event.current_buffer.insert_text("\n")
+
+    @bindings.add(Keys.BracketedPaste)
+    def _paste(event: KeyPressEvent) -> None:
+        text = event.data.replace("\r\n", "\n").replace("\r", "\n").rstrip("\n")
+        event.current_buffer.insert_text(text)
+
+    @bindings.add("enter")
+    def _send(event: KeyPressEvent) -> None:
+        buffer = event.current_buffer
+        lines = buffer.text.count("\n") + 1
+        if lines > PASTE_LINES and confirming != [buffer.text]:
+            confirming[:] = [buffer.text]
+            screen(
+                ev.Status(ev.State.ONLINE, f"{lines} lines: Enter again sends them all, Ctrl-C drops them")
+            )
+            return
+        confirming.clear()
+        buffer.validate_and_handle()
+
+    @bindings.add("c-c")
+    def _clear_or_quit(event: KeyPressEvent) -> None:
+        """Ctrl-C drops a half-typed line, as in a shell; on an empty line it quits."""
+        if event.current_buffer.text:
+            event.current_buffer.reset()
+        else:
+            event.app.exit(exception=KeyboardInterrupt())
+
+    return bindings
+
+
 def _chat(client: Client, screen: Screen, colour: bool) -> int:
     session: PromptSession[str] = PromptSession(
         lambda: prompt_for(client, colour, screen.room),
-        history=InMemoryHistory(),
+        # The line typed goes once it is entered: what was said comes back from the broker
+        # (a private message: its ACK), so it is shown once, as the others see it.
+        erase_when_done=True,
+        key_bindings=key_bindings(screen),
+        history=typed_history(client.name),
         completer=ChatCompleter(screen.roster),
         complete_while_typing=False,
         style=STYLE,
@@ -247,6 +333,13 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
         """A give-up or signal between two prompts found no prompt to stop: stop this one as it starts."""
         if hangup.is_set():
             session.app.exit(exception=_Hangup())
+        elif screen.clearing:
+            screen.clearing = False
+            sys.stdout.flush()  # what came before the /clear goes with it
+            output = session.app.output  # the prompt is not drawn yet: it starts at the top
+            output.erase_screen()
+            output.cursor_goto(0, 0)
+            output.flush()
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
@@ -258,11 +351,12 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
                     line = session.prompt(pre_run=leave_if_told)
                 except (EOFError, KeyboardInterrupt, _Hangup):
                     break
-                command = cmd.parse(line)
-                if isinstance(command, cmd.Quit):
+                commands = [cmd.parse(part) for part in line.split("\n")]  # Alt-Enter or a paste: a line each
+                if any(isinstance(command, cmd.Quit) for command in commands):
                     break
-                if command is not None:
-                    execute(client, command, screen)
+                for command in commands:
+                    if command is not None:
+                        execute(client, command, screen)
             if client.state is ev.State.ONLINE and not hangup.is_set():
                 client.flush(DRAIN_TIMEOUT)  # a line typed just before /quit still goes
     except (_Hangup, KeyboardInterrupt):

@@ -39,8 +39,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="zchat")
-def main() -> None:
-    """zchat: real-time chat over ZeroMQ."""
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """zchat: real-time chat over ZeroMQ. Options set every time can go in a config file
+    (client/config.py: TOML, ~/.config/zchat/config.toml on Linux, or $ZCHAT_CONFIG)."""
+    if ctx.invoked_subcommand in ("connect", "send", "who", "bot"):
+        from zchat.client.config import ConfigError, default_map
+
+        try:
+            ctx.default_map = default_map()  # below options and their environment variables
+        except ConfigError as e:
+            raise click.ClickException(str(e)) from None
 
 
 @click.command()

@@ -18,7 +18,12 @@ from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, start_broker, w
 from zchat.client import events as ev
 from zchat.common import protocol as p
 
-ENV = {**os.environ, "NO_COLOR": "1", "ZCHAT_STORE": ":memory:"}  # never the user's own store
+ENV = {
+    **os.environ,
+    "NO_COLOR": "1",
+    "ZCHAT_STORE": ":memory:",
+    "ZCHAT_CONFIG": os.devnull,
+}  # never the user's own store or config
 
 
 def zchat(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
@@ -237,3 +242,39 @@ def test_a_hostile_brokers_refusal_is_shown_not_obeyed_on_stderr(
     text = err.decode()
     assert HOSTILE_SHOWN in text, repr(text)
     assert all(char == "\n" or unicodedata.category(char) != "Cc" for char in text), repr(text)
+
+
+def test_line_mode_exits_non_zero_after_an_unknown_command(broker: Broker) -> None:
+    understood = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin="hello\n")
+    assert understood.returncode == 0, understood.stderr
+    result = zchat("connect", "--name", "alice", "--broker", broker.endpoint, stdin="/frobnicate\nhello\n")
+    assert result.returncode == 1, result.stdout
+    assert "unknown command /frobnicate" in result.stdout
+    assert "<alice> hello" in result.stdout  # the lines after it still ran
+
+
+def test_the_config_file_gives_defaults_and_options_still_win(broker: Broker, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'name = "carol"\nbroker = "{broker.endpoint}"\nconnect_timeout = 5\nbell = false\n')
+    env = {**ENV, "ZCHAT_CONFIG": str(config)}
+    env.pop("ZCHAT_NAME", None)
+    env.pop("ZCHAT_BROKER", None)
+    with chat("bob", broker.endpoint) as bob:
+        sent = subprocess.run([ZCHAT, "send", "--all", "from", "the", "file"], capture_output=True, text=True,
+                              timeout=30, env=env)  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+        assert bob.message("from the file").sender == "carol"
+        named = subprocess.run([ZCHAT, "send", "--name", "dave", "--all", "named"], capture_output=True,
+                               text=True, timeout=30, env=env)  # fmt: skip
+        assert named.returncode == 0, named.stderr
+        assert bob.message("named").sender == "dave"  # the option given wins
+
+
+def test_a_bad_config_file_is_a_clear_error(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    for text, said in (("name = ", "config.toml"), ('nick = "x"', "unknown setting 'nick'"),
+                       ("bell = 3", "bell must be a bool")):  # fmt: skip
+        config.write_text(text)
+        result = subprocess.run([ZCHAT, "who"], capture_output=True, text=True, timeout=30,
+                                env={**ENV, "ZCHAT_CONFIG": str(config)})  # fmt: skip
+        assert result.returncode != 0 and said in result.stderr, result.stderr

@@ -408,7 +408,13 @@ def test_shutdown_on_the_lobby_reconnects(h: Harness) -> None:
     h.sign_in()
     h.publish(p.LOBBY_TOPIC, p.Shutdown("restart"))
     assert h.phase() is Phase.DISCONNECTED
-    assert "shutting down (restart)" in h.statuses(State.RECONNECTING)[-1].detail
+    assert "shutting down: restart" in h.statuses(State.RECONNECTING)[-1].detail
+
+
+def test_a_shutdown_reason_that_says_it_all_is_not_said_twice(h: Harness) -> None:
+    h.sign_in()
+    h.publish(p.LOBBY_TOPIC, p.Shutdown("the broker is shutting down"))
+    assert h.statuses(State.RECONNECTING)[-1].detail.count("shutting down") == 1
 
 
 def test_replaced_stops_for_good(h: Harness) -> None:

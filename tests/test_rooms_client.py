@@ -391,3 +391,15 @@ def test_a_bad_room_name_is_refused_without_asking_the_broker(broker: Broker) ->
         assert isinstance(refusal, ev.Refusal) and refusal.code == ev.USAGE
         refused = alice.client.send("#nowhere", "hello?").wait(DEADLINE)
         assert isinstance(refused, ev.Refusal) and refused.code == 423
+
+
+def test_more_history_clear_and_help_of_one_command_parse() -> None:
+    from zchat.client import commands as cmd
+
+    assert cmd.parse("/more") == cmd.History("", 50, older=True)
+    assert cmd.parse("/more #dev 5") == cmd.History("#dev", 5, older=True)
+    assert isinstance(cmd.parse("/more #dev x"), cmd.Invalid)
+    assert cmd.parse("/clear") == cmd.Clear()
+    assert cmd.parse("/help join") == cmd.Help("join")
+    assert (cmd.help_of("join") or "").startswith("  /join #ROOM")
+    assert cmd.help_of("/frobnicate") is None

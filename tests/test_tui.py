@@ -6,6 +6,8 @@ Client in the test; assertions read the screen with capture-pane.
 
 from __future__ import annotations
 
+import os
+import re
 import secrets
 import shlex
 import shutil
@@ -40,7 +42,10 @@ class Terminal:
         self.config.write_text("set -g remain-on-exit on\nset -g history-limit 1000\n")
         # Written by the pane's shell: tmux's #{pane_dead_status} sometimes stays empty.
         self.status_file = tmp_path / "exit-status"
+        # The user's data folder (what was read, kept across restarts): the test's own.
+        self.data = tmp_path / "data"
         self.started = False
+        self.target = "t"  # the session's current window; "t:0" the chat's once another is opened
 
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
@@ -49,25 +54,31 @@ class Terminal:
         )  # fmt: skip
         return result.stdout
 
-    def start(self, *argv: str, colour: bool = False) -> None:
-        env = "env -u NO_COLOR" if colour else "env NO_COLOR=1"
+    def start(self, *argv: str, colour: bool = False, columns: int = 120) -> None:
+        env = (
+            "env -u NO_COLOR" if colour else "env NO_COLOR=1"
+        ) + f" XDG_DATA_HOME={shlex.quote(str(self.data))} ZCHAT_CONFIG={os.devnull}"
         status, partial = shlex.quote(str(self.status_file)), shlex.quote(f"{self.status_file}.partial")
         command = f"{env} {shlex.join(argv)}; echo $? > {partial} && mv {partial} {status}"
-        self.tmux("new-session", "-d", "-s", "t", "-x", "120", "-y", "40", command)
+        self.tmux("new-session", "-d", "-s", "t", "-x", str(columns), "-y", "40", command)
         self.started = True
         self.socket_path = Path(self.tmux("display-message", "-p", "#{socket_path}").strip())
 
     def keys(self, *keys: str) -> None:
         """Named keys: Enter, Tab, Up, C-c..."""
-        self.tmux("send-keys", "-t", "t", *keys)
+        self.tmux("send-keys", "-t", self.target, *keys)
 
     def type(self, text: str) -> None:
         """Literal text, without Enter."""
-        self.tmux("send-keys", "-t", "t", "-l", text)
+        self.tmux("send-keys", "-t", self.target, "-l", text)
 
     def screen(self, escapes: bool = False) -> str:
         """The scrollback and the visible screen (tmux may scroll a dead pane's lines off)."""
-        return self.tmux("capture-pane", "-p", "-S", "-", "-t", "t", *(["-e"] if escapes else []))
+        return self.tmux("capture-pane", "-p", "-S", "-", "-t", self.target, *(["-e"] if escapes else []))
+
+    def visible(self) -> str:
+        """The visible screen only, without the scrollback."""
+        return self.tmux("capture-pane", "-p", "-t", self.target)
 
     def lines(self) -> list[str]:
         return [line.rstrip() for line in self.screen().splitlines() if line.strip()]
@@ -155,8 +166,10 @@ def bob(broker: Broker) -> Iterator[Peer]:
     peer.client.close()
 
 
-def start_alice(terminal: Terminal, broker: Broker, colour: bool = False) -> None:
-    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, colour=colour)
+def start_alice(terminal: Terminal, broker: Broker, colour: bool = False, columns: int = 120) -> None:
+    terminal.start(
+        ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, colour=colour, columns=columns
+    )
     terminal.wait_input("alice>")  # capture-pane drops the prompt's trailing space
     terminal.wait_screen("online (")  # the first /who has come back: completion knows the names
 
@@ -367,9 +380,240 @@ def test_escapes_in_another_users_text_are_shown_not_obeyed(terminal: Terminal, 
         terminal.wait_screen("tail-end")
     finally:
         mallory.client.close()
-    visible = terminal.tmux("capture-pane", "-p", "-t", "t")  # the screen itself, no scrollback
+    visible = terminal.tmux("capture-pane", "-p", "-t", terminal.target)  # the screen itself, no scrollback
     assert "mallory joined" in visible, visible  # the line before it: not cleared
     line = next(line for line in visible.splitlines() if "<mallory>" in line)
     assert HOSTILE_SHOWN in line, line  # on one line, where it was written
     assert not any(line.startswith("[00:00:00]") for line in visible.splitlines()), visible
-    assert "pwned" not in terminal.tmux("display-message", "-p", "-t", "t", "#{pane_title}")
+    assert "pwned" not in terminal.tmux("display-message", "-p", "-t", terminal.target, "#{pane_title}")
+
+
+# --- the habits of irssi and WeeChat users (issue 15) --------------------------------------
+
+TIME = re.compile(r"^(\[\d\d:\d\d:\d\d\]|\d\d:\d\d) ")
+
+
+def enter(terminal: Terminal, line: str) -> None:
+    terminal.type(line)
+    terminal.keys("Enter")
+
+
+def test_own_messages_are_shown_once(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "said once")
+    enter(terminal, "/msg bob privately once")
+    bob.message("said once")
+    terminal.wait_screen("<alice> said once")
+    terminal.wait_screen("[private] you -> bob: privately once")
+    terminal.wait_input("alice>")
+    screen = terminal.screen()
+    assert screen.count("said once") == 1 and screen.count("-> bob: privately once") == 1, screen
+
+
+def test_ctrl_c_clears_a_half_typed_line_and_keeps_the_client(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    terminal.type("half a thought")
+    terminal.wait_input("alice> half a thought")
+    terminal.keys("C-c")
+    terminal.wait_input("alice>")
+    assert terminal.exit_status() is None
+    enter(terminal, "still here")
+    terminal.wait_screen("<alice> still here")
+    terminal.keys("C-c")  # on an empty line: quits
+    assert terminal.wait_exit() == 0
+
+
+def test_status_lines_carry_a_time_and_plain_words(terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/frobnicate")
+    enter(terminal, "/msg nobody hello")
+    line = terminal.wait(
+        lambda: next((x for x in terminal.lines() if "unknown command /frobnicate" in x), None), "the error"
+    )
+    refused = terminal.wait(lambda: next((x for x in terminal.lines() if "not sent to nobody" in x), None),
+                            "the refusal")  # fmt: skip
+    for shown in (line, refused):
+        assert TIME.match(shown), shown
+        assert not re.search(r"\(\d{3}\)", shown), shown  # no internal code
+
+
+def test_wrapped_lines_are_indented_under_the_text_in_40_columns(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker, columns=40)
+    said = "the deploy of the new broker went well and nobody noticed a thing at all today"
+    words = said.split(" ")
+    bob.client.broadcast(said).wait(DEADLINE)
+    terminal.wait_screen("today")
+    rows = terminal.screen().splitlines()
+    first = next(i for i, row in enumerate(rows) if "<bob> the" in row)
+    indent = rows[first].index("the deploy")
+    assert indent <= 14, rows[first]  # a short time: the text keeps most of the width
+    wrapped = [rows[first]]
+    while "today" not in wrapped[-1]:
+        wrapped.append(rows[first + len(wrapped)])
+    assert len(wrapped) >= 3 and all(len(row.rstrip()) <= 40 for row in wrapped), wrapped
+    assert all(row[:indent].strip() == "" and row[indent] != " " for row in wrapped[1:]), wrapped
+    assert " ".join(row[indent:].strip() for row in wrapped).split() == words  # no word broken
+
+
+def test_room_commands_say_what_is_so(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/room #elsewhere")
+    terminal.wait_screen("you are not in #elsewhere")
+    terminal.wait_input("alice>")  # still in the lobby
+    enter(terminal, "/leave #dev")
+    terminal.wait_screen("you are not in #dev")
+    assert "you left #dev" not in terminal.screen()
+    enter(terminal, "/names #nosuch")
+    terminal.wait_screen("nobody in #nosuch is online")
+    enter(terminal, "/join #dev")
+    terminal.wait_input("alice #dev>")
+    bob.client.enter("#dev").wait(DEADLINE)
+    bob.client.send("#dev", "about to go").wait(DEADLINE)
+    terminal.wait_screen("<bob> about to go")  # as history or live: either way alice's room is live now
+    bob.client.exit("#dev").wait(DEADLINE)
+    line = terminal.wait(
+        lambda: next((x for x in terminal.lines() if "bob left #dev" in x), None), "bob leaving"
+    )
+    assert line.endswith("bob left #dev"), line  # not "left #dev (left)"
+    enter(terminal, "/leave")
+    terminal.wait_screen("you left #dev")
+    terminal.wait_input("alice>")
+
+
+def test_after_a_restart_the_join_marks_what_is_unread(tmp_path: Path, broker: Broker, bob: Peer) -> None:
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        bob.client.broadcast("read before leaving").wait(DEADLINE)
+        first.wait_screen("<bob> read before leaving")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    bob.client.broadcast("said while alice was away").wait(DEADLINE)
+    bob.client.broadcast("and more").wait(DEADLINE)
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data  # the same user's data folder
+    try:
+        start_alice(again, broker)
+        again.wait_screen("and more")
+        lines = again.lines()
+        marker = next(i for i, line in enumerate(lines) if "unread since" in line)
+        before = next(i for i, line in enumerate(lines) if "<bob> read before leaving" in line)
+        missed = next(i for i, line in enumerate(lines) if "<bob> said while alice was away" in line)
+        assert before < marker < missed, lines
+        assert "the lobby" in lines[marker] and TIME.match(lines[marker]), lines[marker]
+    finally:
+        again.close()
+
+
+def test_history_shows_the_newest_each_time_and_more_pages_back(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    bob.client.enter("#dev").wait(DEADLINE)
+    for i in range(1, 5):
+        bob.client.send("#dev", f"note {i}").wait(DEADLINE)
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("<bob> note 4")
+    assert "unread since" not in terminal.screen()  # nothing of #dev was read before
+    enter(terminal, "/clear")
+    terminal.wait(lambda: "note" not in terminal.visible(), "the screen cleared")
+    for _ in range(2):  # the same, newest two, each time
+        enter(terminal, "/history #dev 2")
+    terminal.wait(lambda: terminal.visible().count("2 message(s) of #dev above") == 2, "two answers")
+    screen = terminal.visible()
+    assert screen.count("<bob> note 4") == 2 and screen.count("<bob> note 3") == 2 and "note 2" not in screen
+    assert "/history" not in screen  # the typed lines are gone, the screen in order
+    enter(terminal, "/more #dev 1")  # the join showed all four: nothing is older
+    terminal.wait_screen("no earlier messages in #dev")
+    enter(terminal, "/help join")
+    terminal.wait_screen("/join #ROOM")
+    assert "/quit" not in terminal.screen()
+
+
+def bell_rang(terminal: Terminal) -> bool:
+    """tmux flags a bell in a window that is not the one shown: the chat is window 0."""
+    return terminal.tmux("display-message", "-p", "-t", "t:0", "#{window_bell_flag}").strip() == "1"
+
+
+def look_away(terminal: Terminal) -> None:
+    terminal.target = "t:0"
+    terminal.tmux("new-window", "-t", "t")  # the shown window now: the chat's bell is flagged
+
+
+def test_a_mention_or_a_private_message_rings_the_bell(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    look_away(terminal)
+    bob.client.broadcast("nothing for malice here").wait(DEADLINE)
+    terminal.wait_screen("nothing for malice here")
+    assert not bell_rang(terminal)  # the bell is written with the line: it would have rung by now
+    bob.client.broadcast("Alice: the deploy is done").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a mention")
+    terminal.tmux("select-window", "-t", "t:0")  # looked at: the flag goes
+    look_away(terminal)
+    bob.client.send("alice", "a word in private").wait(DEADLINE)
+    terminal.wait(lambda: bell_rang(terminal), "the bell for a private message")
+
+
+def test_no_bell_means_no_bell(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    terminal.start(ZCHAT, "connect", "--name", "alice", "--broker", broker.endpoint, "--no-bell")
+    terminal.wait_screen("online (")
+    look_away(terminal)
+    bob.client.send("alice", "quietly").wait(DEADLINE)
+    terminal.wait_screen("quietly")
+    assert not bell_rang(terminal)
+
+
+def test_what_was_typed_is_recalled_after_a_restart(tmp_path: Path, broker: Broker) -> None:
+    first = Terminal(tmp_path)
+    try:
+        start_alice(first, broker)
+        enter(first, "typed in the first session")
+        first.wait_screen("<alice> typed in the first session")
+        enter(first, "/quit")
+        assert first.wait_exit() == 0
+    finally:
+        first.close()
+    (tmp_path / "again").mkdir()
+    again = Terminal(tmp_path / "again")
+    again.data = first.data
+    try:
+        start_alice(again, broker)
+        again.keys("Up")
+        again.wait_input("alice> /quit")
+        again.keys("Up")
+        again.wait_input("alice> typed in the first session")
+    finally:
+        again.close()
+
+
+def test_alt_enter_adds_a_line_and_each_line_goes_as_a_message(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    terminal.type("first of two")
+    terminal.keys("M-Enter")
+    terminal.type("second of two")
+    terminal.wait_screen("second of two")
+    assert bob.count("first of two") == 0  # not sent yet
+    terminal.keys("Enter")
+    assert bob.message("first of two").target == "*" and bob.message("second of two").target == "*"
+
+
+def test_a_long_paste_waits_for_a_second_enter(terminal: Terminal, broker: Broker, bob: Peer) -> None:
+    start_alice(terminal, broker)
+    pasted = [f"pasted line {i}" for i in range(1, 9)]
+    terminal.tmux("set-buffer", "-b", "paste", "\n".join(pasted))
+    terminal.tmux("paste-buffer", "-p", "-b", "paste", "-t", "t")  # bracketed, as a terminal pastes
+    terminal.wait_screen("pasted line 8")
+    terminal.keys("Enter")
+    terminal.wait_screen("8 lines: Enter again")
+    assert bob.count("pasted line 1") == 0
+    terminal.keys("Enter")
+    for line in pasted:
+        bob.message(line)
+    terminal.wait_screen("<alice> pasted line 8")

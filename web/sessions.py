@@ -93,8 +93,11 @@ class Session:
     def __call__(self, event: ev.Event) -> None:
         self.add_encoded(encoded(event))
 
-    def show_help(self) -> None:
-        self.add({"type": "help", "text": cmd.HELP})
+    def show_help(self, word: str = "") -> None:
+        self.add({"type": "help", "text": (cmd.help_of(word) if word else None) or cmd.HELP})
+
+    def clear(self) -> None:
+        """/clear is the page's own to do: nothing is sent for it."""
 
     # --- commands --------------------------------------------------------------------
 
