@@ -1,8 +1,9 @@
 """Idle registered clients: HELLO and READY once, then heartbeats.
 
 Against zchat, libzmq's ZMTP heartbeats on each DEALER (as the zchat client
-sets them, PROTOCOL.md 7) and no command at all; against the ceiling, a PING
-(a message to itself) every heartbeat interval.
+sets them, PROTOCOL.md 7.2: a PING every timeout less the interval) and
+no command at all; against the ceiling, a PING (a message to itself) every
+heartbeat interval.
 
 A client counts as registered when READY (which publishes its JOIN) is
 acknowledged. Against the ceiling, a client registers and heartbeats by

@@ -17,7 +17,7 @@ import time
 import zmq
 
 from zchat.common import protocol as p
-from zchat.common.heartbeat import set_heartbeats
+from zchat.common.heartbeat import set_client_heartbeats
 from zchat.common.protocol import LOBBY_TOPIC
 
 #: What a received message is.
@@ -97,11 +97,11 @@ class Wire:
         name: bytes,
         heartbeats: tuple[int, int] = (0, 0),
     ) -> zmq.Socket[bytes]:
-        """`heartbeats`: ZMTP heartbeat interval and timeout in ms, as the zchat client sets them."""
+        """`heartbeats`: the broker's ZMTP heartbeat interval and timeout in ms (as the zchat client)."""
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
         if heartbeats[0]:
-            set_heartbeats(sock, *heartbeats)
+            set_client_heartbeats(sock, *heartbeats)
         encrypt(sock)
         sock.setsockopt(zmq.SNDHWM, 0)  # the load clients bound their windows themselves
         sock.setsockopt(zmq.RCVHWM, 0)

@@ -991,6 +991,12 @@ class BrokerCore:
         del self.by_peer[session.peer]
         self.timed.pop(session.peer, None)
         self.stuck.pop(session.peer, None)
+        if self._names.holder(session.key) is not session:
+            # In a cluster: taken over on another broker, where it goes on. Its old
+            # connection here ending (a disconnect, a timeout, a BYE) ends nothing there.
+            log.info("%s's old connection here ended (%s): the session is on another broker",
+                     session.name, reason)  # fmt: skip
+            return
         self._names.release(session)
         self.online_names = None
         self.counters[f"left.{reason}"] += 1

@@ -160,7 +160,7 @@ class InvalidTransition(RuntimeError):
 
 class OpenDealer(NamedTuple):
     """Close any sockets, open a new DEALER to `endpoint` (and watch its handshake), with
-    libzmq's heartbeats on its connection (PROTOCOL.md 7): a PING every `heartbeat_ms`,
+    libzmq's heartbeats on its connection, from the broker's timing (PROTOCOL.md 7.2):
     the connection closed when the broker is silent for `timeout_ms`. The shell says when
     that connection closes (`connection_lost`)."""
 

@@ -19,7 +19,7 @@ from zchat.client import events as ev
 from zchat.client.events import State
 from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.settings import Settings
-from zchat.common.heartbeat import set_heartbeats
+from zchat.common.heartbeat import set_client_heartbeats
 
 log = logging.getLogger("zchat.client")
 
@@ -113,7 +113,9 @@ class Shell:
         if effect.endpoint.startswith("tcp://["):
             dealer.setsockopt(zmq.IPV6, 1)
         secure(dealer, self.s.server_key, self.s.keys)
-        set_heartbeats(dealer, effect.heartbeat_ms, effect.timeout_ms)  # before connect: PROTOCOL.md 7
+        set_client_heartbeats(
+            dealer, effect.heartbeat_ms, effect.timeout_ms
+        )  # before connect (PROTOCOL.md 7.2)
         # Watched as long as the DEALER lives: its first handshake, then its connection closing.
         handshake = self.handshake = HandshakeWatch(dealer, encrypted=self.s.server_key is not None)
         assert handshake.monitor is not None

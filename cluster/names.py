@@ -158,6 +158,8 @@ class ClusterNames:
                 # Left by this node's previous life (a crash, a kill): nobody holds it now.
                 self.link.send("delete", 0, NAMES, kv, revision)
             return
+        if self.local.pop(key, None) is not None:  # taken over there: no longer this broker's
+            del self.revision[key]
         self.lease_seen.setdefault(node, time.monotonic())  # dead if no lease comes within LEASE
         self.remote_revision[key] = revision
         self.remote[key] = Session(

@@ -30,6 +30,7 @@ from zchat.broker.core import (
     Unreadable,
     Watched,
 )
+from zchat.broker.names import LocalNames, Session
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoreFailed
 from zchat.common import protocol as p
@@ -243,6 +244,29 @@ def test_the_disconnect_of_a_replaced_connection_leaves_the_session_alone(core: 
     assert core.holder("alice") is not None
     # Until the shell watches the new connection, the sweep times it out as before.
     assert events(feed(core, Tick(4.2))) == [p.Leave("alice", 4200, "timeout")]
+
+
+def test_the_disconnect_of_a_session_taken_over_on_another_broker_ends_nothing() -> None:
+    # A cluster's broker whose client failed over: another broker holds the name now (the
+    # registry says so, as ClusterNames does from the bucket). The old connection closing
+    # here must not announce a LEAVE of a session that goes on there.
+    store = MemoryStore()
+    names = LocalNames(store)
+    core = BrokerCore(
+        BrokerSettings(rate=0.0, heartbeat_ms=1000, timeout_ms=3000), PUB, store=store, names=names
+    )
+    register(core, b"A", "alice", now=0.0)
+    register(core, b"B", "bob", now=0.0)
+    core.handle(Watched(b"A"))
+    held = names.by_key["alice"]
+    names.by_key["alice"] = Session(
+        b"\0@cluster\0other\0alice", "alice", held.token, 0.0, "alice", announced=True
+    )
+    assert feed(core, Disconnected(b"A", 1.5)) == []
+    assert b"A" not in core.by_peer and core.holder("alice") is names.by_key["alice"]
+    assert events(feed(core, Disconnected(b"B", 1.6))) == [
+        p.Leave("bob", 1600, "disconnected")
+    ]  # a local one
 
 
 def test_a_disconnect_after_bye_announces_nothing_more(core: BrokerCore) -> None:
