@@ -1,4 +1,9 @@
-"""Idle registered clients: HELLO and READY once, then a PING every heartbeat interval.
+"""Idle registered clients: HELLO and READY once, then heartbeats.
+
+Against zchat, libzmq's ZMTP heartbeats on each DEALER (as the zchat client
+sets them, PROTOCOL.md 7.2: a PING every timeout less the interval) and
+no command at all; against the ceiling, a PING (a message to itself) every
+heartbeat interval.
 
 A client counts as registered when READY (which publishes its JOIN) is
 acknowledged. Against the ceiling, a client registers and heartbeats by
@@ -64,6 +69,8 @@ class IdleSpec:
     first: int
     count: int
     heartbeat: float
+    #: Seconds: the connection's ZMTP heartbeat timeout (zchat).
+    timeout: float
     #: Longest the worker lives, whatever happens.
     budget: float
 
@@ -81,7 +88,9 @@ def idle_worker(spec: IdleSpec, conn: Connection, shared: Any) -> None:
 def _run(spec: IdleSpec, wire: Wire, ctx: zmq.Context[zmq.Socket[bytes]], conn: Connection) -> dict[str, Any]:
     n = spec.count
     names = [b"idle%d" % (spec.first + i) for i in range(n)]
-    socks = [wire.dealer(ctx, spec.endpoint, name) for name in names]
+    zmtp = wire.kind == "zchat"  # libzmq keeps the connection alive: no PING commands
+    timing = (int(spec.heartbeat * 1000), int(spec.timeout * 1000)) if zmtp else (0, 0)
+    socks = [wire.dealer(ctx, spec.endpoint, name, timing) for name in names]
     index = {sock: i for i, sock in enumerate(socks)}
     poller = zmq.Poller()
     poller.register(conn.fileno(), zmq.POLLIN)
@@ -133,7 +142,8 @@ def _run(spec: IdleSpec, wire: Wire, ctx: zmq.Context[zmq.Socket[bytes]], conn: 
                     break
                 if not welcomed[i] and wire.welcomed(frames):
                     welcomed[i] = True
-                    heapq.heappush(schedule, (time.monotonic_ns() + interval, i))
+                    if not zmtp:
+                        heapq.heappush(schedule, (time.monotonic_ns() + interval, i))
                     ready = wire.ready(b"r%d" % i)
                     if ready is not None:
                         send_frames(sock, ready)  # takes the WELCOME's place in `awaiting`

@@ -17,6 +17,7 @@ import time
 import zmq
 
 from zchat.common import protocol as p
+from zchat.common.heartbeat import set_client_heartbeats
 from zchat.common.protocol import LOBBY_TOPIC
 
 #: What a received message is.
@@ -89,9 +90,18 @@ class Wire:
     #: Whether the server answers every command (ACK or ERROR).
     acks = False
 
-    def dealer(self, ctx: zmq.Context[zmq.Socket[bytes]], endpoint: str, name: bytes) -> zmq.Socket[bytes]:
+    def dealer(
+        self,
+        ctx: zmq.Context[zmq.Socket[bytes]],
+        endpoint: str,
+        name: bytes,
+        heartbeats: tuple[int, int] = (0, 0),
+    ) -> zmq.Socket[bytes]:
+        """`heartbeats`: the broker's ZMTP heartbeat interval and timeout in ms (as the zchat client)."""
         sock = ctx.socket(zmq.DEALER)
         sock.setsockopt(zmq.LINGER, 0)
+        if heartbeats[0]:
+            set_client_heartbeats(sock, *heartbeats)
         encrypt(sock)
         sock.setsockopt(zmq.SNDHWM, 0)  # the load clients bound their windows themselves
         sock.setsockopt(zmq.RCVHWM, 0)

@@ -208,7 +208,8 @@ def run_idle(
         time.sleep(0.2)
         rss_before = rss_bytes(server.pid)
         jobs = [
-            (idle_worker, IdleSpec(kind, server.endpoint, g[0], len(g), heartbeat, budget)) for g in groups
+            (idle_worker, IdleSpec(kind, server.endpoint, g[0], len(g), heartbeat, timeout, budget))
+            for g in groups
         ]
         with Crew(jobs) as crew:
             crew.gather("connected", SETUP_TIMEOUT, server.check)
@@ -224,9 +225,12 @@ def run_idle(
             time.sleep(window)
             meter.stop()
             rss_after = rss_bytes(server.pid)
+            # Sessions ended by now, not after "stop": the broker ends each watched session
+            # whose client closes its socket at the end (LEAVE disconnected), and counting
+            # those would race with its own shutdown.
+            left = server.log().count(" left (")
             crew.tell("stop")
             results = crew.gather("result", budget, server.check)
-        left = server.log().count(" left (")
     first = min(r["first_hello_ns"] for r in ready)
     last = max(r["last_ready_ns"] for r in ready)
     register_s = (last - first) / 1e9

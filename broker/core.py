@@ -134,8 +134,22 @@ class Flush(NamedTuple):
 
 
 class Tick(NamedTuple):
-    """Time passed: the liveness sweep drops silent and stuck clients."""
+    """Time passed: the liveness sweep drops stuck clients, and silent ones the shell does not watch."""
 
+    now: float
+
+
+class Watched(NamedTuple):
+    """The shell will say when `peer`'s connection closes (Disconnected): libzmq's
+    heartbeats keep it alive, and the sweep no longer times the session out."""
+
+    peer: bytes
+
+
+class Disconnected(NamedTuple):
+    """`peer`'s connection closed, or its heartbeats stopped: its session is gone."""
+
+    peer: bytes
     now: float
 
 
@@ -183,6 +197,8 @@ Input = (
     | Unblocked
     | Flush
     | Tick
+    | Watched
+    | Disconnected
     | Shutdown
     | Relayed
     | RelayStored
@@ -263,6 +279,9 @@ class BrokerCore:
     #: In a cluster: the shared order of rooms' events; None: this broker numbers its own.
     relay: Relay | None = None
     by_peer: dict[bytes, Session] = field(default_factory=dict)
+    #: The sessions the liveness sweep times out: those on a connection the shell does
+    #: not watch (no Watched for it yet). The others end with Disconnected.
+    timed: dict[bytes, Session] = field(default_factory=dict)
     counters: Counter[str] = field(default_factory=Counter)
     #: Room members by name key, read once per room from the store and kept in step.
     room_members: dict[str, set[str]] = field(default_factory=dict)
@@ -546,7 +565,7 @@ class BrokerCore:
         except Exception:
             self._names.release(session)  # should the store fail, no session is left without its WELCOME
             raise
-        self.by_peer[peer] = session
+        self.by_peer[peer] = self.timed[peer] = session
         self.online_names = None
         self.counters["joined"] += 1
         online = self._names.count()
@@ -568,10 +587,11 @@ class BrokerCore:
         self._names.take_over(holder)  # first: in a cluster it may fail, and nothing is changed yet
         old_peer = holder.peer
         self.by_peer.pop(old_peer, None)  # not there when the session was on another broker
+        self.timed.pop(old_peer, None)
         holder.peer = peer
         holder.last_seen = now
         holder.client = hello.client
-        self.by_peer[peer] = holder
+        self.by_peer[peer] = self.timed[peer] = holder  # timed until the shell watches the new one
         if holder.bucket is None and self.settings.rate > 0:  # a session from another broker
             holder.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
         self.counters["resumed"] += 1
@@ -788,12 +808,13 @@ class BrokerCore:
         self.stuck.pop(event.peer, None)
 
     def _tick(self, event: Tick) -> None:
-        """Drop every client silent for longer than the timeout, or stuck as long."""
+        """Drop every client stuck for longer than the timeout, or silent as long on a
+        connection the shell does not watch (one it watches ends with Disconnected)."""
         now = event.now
         self.now = now
         deadline = now - self.settings.timeout
         self.cooling.forget_expired(now)  # a flooder that went quiet is forgotten
-        for session in [s for s in self.by_peer.values() if s.last_seen < deadline]:
+        for session in [s for s in self.timed.values() if s.last_seen < deadline]:
             self._drop(session, now, "timeout")
         for peer, since in list(self.stuck.items()):
             stuck = self.by_peer.get(peer)
@@ -801,6 +822,15 @@ class BrokerCore:
                 del self.stuck[peer]
             elif since < deadline:
                 self._drop_stuck(stuck, now)
+
+    def _watched(self, event: Watched) -> None:
+        self.timed.pop(event.peer, None)
+
+    def _disconnected(self, event: Disconnected) -> None:
+        session = self.by_peer.get(event.peer)
+        if session is not None:  # else it ended already (BYE, a drop) or went on another connection
+            self.now = event.now
+            self._drop(session, event.now, "disconnected")
 
     def _shutdown(self, event: Shutdown) -> None:
         """Tell every client, directly and on PUB, that the broker is going away."""
@@ -1003,6 +1033,7 @@ class BrokerCore:
 
     def _drop(self, session: Session, now: float, reason: str) -> None:
         del self.by_peer[session.peer]
+        self.timed.pop(session.peer, None)
         self.stuck.pop(session.peer, None)
         # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
         held = self._names.holder(session.key) is session
@@ -1079,6 +1110,8 @@ _INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
     Unblocked: BrokerCore._unblocked,
     Flush: BrokerCore._flush,
     Tick: BrokerCore._tick,
+    Watched: BrokerCore._watched,
+    Disconnected: BrokerCore._disconnected,
     Shutdown: BrokerCore._shutdown,
     Relayed: BrokerCore._relayed,
     RelayStored: BrokerCore._relay_stored,

@@ -13,6 +13,7 @@ gone only if its descriptor no longer leads to the peer noted for it.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import zmq
@@ -22,6 +23,10 @@ from zchat.broker.hangup import Peer, origin_of, peer_of_descriptor
 
 #: Monitor events read per call, so that a storm of disconnects cannot hold up the rest.
 EVENTS_PER_CALL = 1000
+#: libzmq reports a disconnect just before it closes the descriptor: one still open to
+#: the noted peer is looked at again on later calls, this long at most (then it is
+#: taken as a number reused by a new connection of that session's, which is alive).
+RECHECK_SECONDS = 1.0
 
 
 class ConnectionWatch:
@@ -36,6 +41,8 @@ class ConnectionWatch:
         #: descriptor -> {routing id: the TCP peer it had when the session was noted}
         self._on: dict[int, dict[bytes, Peer]] = {}
         self._descriptor: dict[bytes, int] = {}
+        #: Descriptors reported closed but still open to their noted peer: (until when, descriptor).
+        self.rechecks: list[tuple[float, int]] = []
 
     def note(self, frame: zmq.Frame) -> None:
         """The session of this message's routing id lives on the connection it came on."""
@@ -54,6 +61,11 @@ class ConnectionWatch:
     def noted(self, routing_id: bytes) -> bool:
         return routing_id in self._descriptor
 
+    def peer(self, routing_id: bytes) -> Peer | None:
+        """The TCP peer noted for the session of `routing_id` (a hangup cuts only that one)."""
+        descriptor = self._descriptor.get(routing_id)
+        return None if descriptor is None else self._on[descriptor][routing_id]
+
     def forget(self, routing_id: bytes) -> None:
         descriptor = self._descriptor.pop(routing_id, None)
         if descriptor is not None:
@@ -62,24 +74,39 @@ class ConnectionWatch:
             if not on:
                 del self._on[descriptor]
 
-    def closed(self) -> list[bytes]:
+    def closed(self, now: float | None = None) -> list[bytes]:
         """The routing ids whose connection closed since the last call (forgotten here)."""
+        now = time.monotonic() if now is None else now
         gone: list[bytes] = []
+        if self.rechecks:
+            pending, self.rechecks = self.rechecks, []
+            for until, descriptor in pending:
+                if not self._check(descriptor, gone) and until > now:
+                    self.rechecks.append((until, descriptor))
         for _ in range(EVENTS_PER_CALL):
             try:
                 event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
             except zmq.Again:
                 break
             descriptor = event["value"]
-            on = self._on.get(descriptor)
-            if not on:
-                continue
-            now = self._peer_of(descriptor)  # None: closed; another peer: the number was reused
-            for routing_id, peer in list(on.items()):
-                if peer != now:
-                    gone.append(routing_id)
-                    self.forget(routing_id)
+            if not self._check(descriptor, gone):
+                self.rechecks.append((now + RECHECK_SECONDS, descriptor))
         return gone
+
+    def _check(self, descriptor: int, gone: list[bytes]) -> bool:
+        """Adds to `gone` the sessions of a closed descriptor; False if one is still open to its peer."""
+        on = self._on.get(descriptor)
+        if not on:
+            return True
+        behind = self._peer_of(descriptor)  # None: closed; another peer: the number was reused
+        settled = True
+        for routing_id, peer in list(on.items()):
+            if peer != behind:
+                gone.append(routing_id)
+                self.forget(routing_id)
+            else:
+                settled = False
+        return settled
 
     def close(self) -> None:
         self._router.disable_monitor()

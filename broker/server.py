@@ -29,6 +29,7 @@ from zchat.broker.core import (
     Command,
     Deliver,
     Delivered,
+    Disconnected,
     Effect,
     Failed,
     Flush,
@@ -41,15 +42,18 @@ from zchat.broker.core import (
     Unblocked,
     Undelivered,
     Unreadable,
+    Watched,
 )
 from zchat.broker.gate import UNNAMED_REFUSAL, Gate
-from zchat.broker.hangup import Peer, address_of, cut, origin_of, take_hold
+from zchat.broker.hangup import address_of, cut, take_hold
+from zchat.broker.liveness import ConnectionWatch
 from zchat.broker.measures import Histogram
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
 from zchat.cluster.names import REMOTE
 from zchat.cluster.node import ClusterNode, ClusterUnavailable
 from zchat.common import protocol as p
+from zchat.common.heartbeat import set_heartbeats
 from zchat.common.jsonlog import fields
 from zchat.common.keys import KeyPair
 
@@ -76,7 +80,7 @@ DRAIN_BATCH = 1000
 FLUSH_EVERY = 100
 #: How long sockets may keep flushing at exit.
 LINGER_MS = 500
-#: Longest wait in poll, so that signals and the liveness sweep are never late.
+#: Longest wait in poll, so that signals and the sweep (stuck clients, retention) are never late.
 POLL_MS = 100
 #: Room on top of the body limit for the other frames, for libzmq's backstop.
 FRAME_OVERHEAD = 4096
@@ -210,6 +214,9 @@ class BrokerServer:
         # dropping silently, so the sender can be told.
         self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self.router.setsockopt(zmq.MAXMSGSIZE, settings.max_body + FRAME_OVERHEAD)
+        # Liveness: libzmq pings every connection and cuts a silent one; the watch says
+        # whose connection closed (PROTOCOL.md 7). No PING of the application is needed.
+        set_heartbeats(self.router, settings.heartbeat_ms, settings.timeout_ms)
         for sock in (self.router, self.pub):
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.SNDHWM, settings.hwm)
@@ -226,6 +233,7 @@ class BrokerServer:
             asking = (self.router,)
         for sock in asking:
             sock.setsockopt(zmq.ZAP_DOMAIN, ZAP_DOMAIN)
+        self.watch = ConnectionWatch(self.router)  # before any connection can come
         self.router.bind(endpoint(settings.host, settings.port))
         self.pub.bind(endpoint(settings.host, settings.pub_port))
         self.router_endpoint = self.router.getsockopt_string(zmq.LAST_ENDPOINT)
@@ -237,6 +245,7 @@ class BrokerServer:
                 node = settings.node or self.router_endpoint[6:]
                 self.cluster = ClusterNode(settings, self.context, node, store, self._send_local)
             except ClusterUnavailable:
+                self.watch.close()
                 for sock in (self.router, self.pub, self.zap):
                     sock.close(0)
                 self.context.term()
@@ -253,10 +262,6 @@ class BrokerServer:
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
         self._hangups: list[tuple[float, socket.socket]] = []
-        #: The TCP peer of each connection that said HELLO, to know it again at a hangup (hangup.py).
-        self._origins: dict[bytes, Peer] = {}
-        #: Only flood control hangs up: only then know the connections.
-        self._noting = settings.rate > 0
         #: From a wake-up to each flush of what it read (metrics.py reads it).
         self.handoff = Histogram()
         self.metrics: MetricsServer | None = None
@@ -324,6 +329,8 @@ class BrokerServer:
         cluster = self.cluster
         if cluster is not None:
             poller.register(cluster.socket, zmq.POLLIN)
+        closed = self.watch.monitor
+        poller.register(closed, zmq.POLLIN)
         try:
             while not self._stopping:
                 ready = dict(poller.poll(0 if put_off else POLL_MS))
@@ -351,6 +358,9 @@ class BrokerServer:
                     self._feed(Flush(now))
                     if unflushed:
                         handoff.observe(time.time() - now, unflushed)
+                if closed in ready or self.watch.rechecks:  # after the messages that came before
+                    self._disconnected()
+                    self._feed(Flush(time.time()))
                 elif not ready:  # idle: the store does what it put off (indexing for search)
                     put_off = self._guarded("indexing for search", False, core.store.catch_up)
                     self._feed(Flush(time.time()))
@@ -364,7 +374,6 @@ class BrokerServer:
                     self._guarded("the liveness sweep", None, self._feed, Tick(now))
                     self._feed(Flush(now))
                     self.gate.forget_expired(now)
-                    self._forget_origins()
                     self._guarded("retention", None, core.maintain, now)
                     # A busy broker is never idle: index a batch for search now and then anyway.
                     put_off = self._guarded("indexing for search", False, core.store.catch_up) or put_off
@@ -413,12 +422,27 @@ class BrokerServer:
                 event = Unreadable(peer, e, now)
             else:
                 msg_id = command.msg_id
-                if self._noting and type(command) is p.Hello:
-                    self._note_origin(first)
+                if type(command) is p.Hello:
+                    self._hello(first, command, now, key)
+                    return
                 event = _make(Command, (peer, command, now, key))
             self.apply(self.core.handle(event))
         except Exception as e:  # a fault outside the core's handlers (they have their own guard)
             self._guarded("an error reply", None, self._feed, Failed(peer, msg_id, e, now))
+
+    def _hello(self, first: zmq.Frame, hello: p.Hello, now: float, key: str) -> None:
+        """A session may start on this connection: note it, so that its closing is known."""
+        peer = first.bytes
+        self.watch.note(first)
+        self.apply(self.core.handle(Command(peer, hello, now, key)))
+        if self.watch.noted(peer):  # else (closed already, not TCP) the core times it out
+            self._feed(Watched(peer))
+
+    def _disconnected(self) -> None:
+        """Sessions whose connection libzmq closed (the peer hung up, or its heartbeats stopped)."""
+        now = time.time()
+        for peer in self.watch.closed():
+            self._guarded("a disconnect", None, self._feed, Disconnected(peer, now))
 
     def _answer_old_version(self, peer: bytes, error: p.ProtocolError, now: float) -> None:
         """A ZCHAT/1 client: its refusal goes out in ZCHAT/1's framing, which it reads (PROTOCOL.md 10)."""
@@ -494,20 +518,10 @@ class BrokerServer:
             reply = self.gate.answer(request, now)
             self.zap.send_multipart(reply if reply is not None else UNNAMED_REFUSAL)
 
-    def _note_origin(self, first: zmq.Frame) -> None:
-        peer = first.bytes
-        if peer not in self._origins and (origin := origin_of(first)) is not None:
-            self._origins[peer] = origin
-
-    def _forget_origins(self) -> None:
-        sessions = self.core.by_peer
-        for peer in [peer for peer in self._origins if peer not in sessions]:
-            del self._origins[peer]
-
     def _hang_up_later(self, hangup: Hangup) -> None:
         """Turn the flooder's address away now, and cut its connection once its ERROR is out."""
         frame = self._current
-        origin = self._origins.pop(hangup.peer, None)
+        origin = self.watch.peer(hangup.peer)
         if frame is None or frame.bytes != hangup.peer:
             return  # not from a message of this peer's: no connection to name
         now = time.time()
@@ -561,7 +575,7 @@ class BrokerServer:
         except zmq.ZMQError as e:
             if e.errno != zmq.EHOSTUNREACH:
                 raise
-            # A reply to a peer that is gone: the liveness sweep drops it.
+            # A reply to a peer that is gone: its disconnect ends the session.
             core.counters["dropped.unreachable"] += 1
         else:
             if core.stuck:  # only then may it be one that reads again
@@ -578,6 +592,7 @@ class BrokerServer:
             self.cluster.close()
         for _, held in self._hangups:
             held.close()
+        self.watch.close()
         self.router.close()
         self.pub.close()
         self.zap.close()

@@ -159,9 +159,14 @@ class InvalidTransition(RuntimeError):
 
 
 class OpenDealer(NamedTuple):
-    """Close any sockets, open a new DEALER to `endpoint` (and watch its handshake)."""
+    """Close any sockets, open a new DEALER to `endpoint` (and watch its handshake), with
+    libzmq's heartbeats on its connection, from the broker's timing (PROTOCOL.md 7.2):
+    the connection closed when the broker is silent for `timeout_ms`. The shell says when
+    that connection closes (`connection_lost`)."""
 
     endpoint: str
+    heartbeat_ms: int = 2000
+    timeout_ms: int = 6000
 
 
 class OpenSub(NamedTuple):
@@ -292,9 +297,6 @@ class Connection:
         self.taken_since: float | None = None  # since when HELLO gets 409 after a reconnect
         self.token = ""
         self.welcome: p.Welcome | None = None
-        self.heartbeat = self.timeout = 0.0  # the WELCOME's, in seconds
-        self.last_recv = 0.0
-        self.last_send = 0.0
         self.bucket: TokenBucket | None = None  # a mirror of the broker's, from WELCOME
         # -- the user's requests
         self.requests = Requests()
@@ -342,11 +344,11 @@ class Connection:
         """When the next deadline falls (monotonic seconds): the shell sleeps until then at most."""
         phase = self.phase
         if phase is Phase.ONLINE:
-            # Idle (the usual case, asked at every wake-up): the next heartbeat, or the broker's death.
-            soonest = min(self.last_send + self.heartbeat, self.last_recv + self.timeout)
+            # Idle (the usual case, asked at every wake-up): nothing is due. libzmq keeps the
+            # connection alive, and the shell says when it closes (connection_lost).
             if self.catching_up or self.requests or self.room_syncs or self.own or self.receipts_due:
-                soonest = min(soonest, self._busy_wakeup(phase))
-            return soonest
+                return self._busy_wakeup(phase)
+            return None
         if phase is Phase.OFFLINE or phase is Phase.CLOSED:
             return None
         soonest = min(self.deadline, self.next_sync_at) if phase is Phase.SYNC else self.deadline
@@ -384,7 +386,6 @@ class Connection:
     def from_dealer(self, frames: list[bytes], now: float) -> None:
         if self.phase is Phase.DISCONNECTED or self.finished:
             return  # from sockets already closed
-        self.last_recv = now
         try:
             event = p.decode_event(frames)
         except p.ProtocolError as e:
@@ -442,6 +443,14 @@ class Connection:
         else:
             self._lost(reason, now)
 
+    def connection_lost(self, now: float) -> None:
+        """The DEALER's connection closed: the broker hung up, or its heartbeats stopped
+        (libzmq's timeout). Once the broker has known us, a new connection resumes the
+        session; a first registration has its own deadline (connect_timeout)."""
+        phase = self.phase
+        if phase is Phase.ONLINE or phase is Phase.CLOSING or (phase in REGISTERING and self.was_online):
+            self._lost("the connection to the broker was lost", now)
+
     def user_gone(self, now: float) -> None:
         """The user side closed its end of the wake-up pipe: close as if asked."""
         self._begin_close(now)
@@ -462,9 +471,7 @@ class Connection:
         elif phase is not Phase.ONLINE:
             self._registering(now)
         else:
-            self._heartbeat(now)
-            if self.phase is Phase.ONLINE:  # else the heartbeat found the broker gone
-                self._online_timers(now)
+            self._online_timers(now)
         if not self.finished:
             self._expire_requests(now)
 
@@ -496,7 +503,11 @@ class Connection:
         self._go(Trigger.CONNECT)
         self.endpoint = self.endpoints[self.connections % len(self.endpoints)]
         self.connections += 1
-        self._effects.append(OpenDealer(self.endpoint))
+        welcome = self.welcome  # the broker's last word on its timing; our defaults before it
+        if welcome is None:
+            self._effects.append(OpenDealer(self.endpoint))
+        else:
+            self._effects.append(OpenDealer(self.endpoint, welcome.heartbeat_ms, welcome.timeout_ms))
         self.step_id = self.new_id().encode()
         wait = self.s.connect_timeout if not self.was_online else min(self.s.connect_timeout, RECONNECT_WAIT)
         self.deadline = now + wait
@@ -507,7 +518,6 @@ class Connection:
             return
         self._go(Trigger.WELCOMED)
         self.welcome = welcome
-        self.heartbeat, self.timeout = welcome.heartbeat_ms / 1000, welcome.timeout_ms / 1000
         self._mirror_flood_control(welcome, now)
         self.token = welcome.token
         self._effects.append(OpenSub(pub_endpoint_for(welcome.pub_endpoint, self.endpoint)))
@@ -607,12 +617,6 @@ class Connection:
                 self._lost("no answer from the broker", now)
         elif self.phase is Phase.SYNC and now >= self.next_sync_at:
             self._sync(now)
-
-    def _heartbeat(self, now: float) -> None:
-        if now - self.last_recv >= self.timeout:
-            self._lost("the broker stopped answering", now)
-        elif now - self.last_send >= self.heartbeat:
-            self._send(p.Ping(self.new_id().encode()), now)
 
     def _online_timers(self, now: float) -> None:
         if self.own:
@@ -1075,7 +1079,6 @@ class Connection:
 
     def _send(self, command: p.ClientCommand, now: float) -> None:
         self._effects.append(ToBroker(p.encode(command)))
-        self.last_send = now
 
     def _notify(self, event: ev.Event) -> None:
         self._effects.append(Notify(event))

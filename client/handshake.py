@@ -1,13 +1,16 @@
-"""Encryption on the client's sockets, and why a connection fails before any answer.
+"""Encryption on the client's sockets, why a connection fails before any answer, and when it drops.
 
 With CURVE a wrong or missing server key does not raise: libzmq just drops
 the connection (and with a wrong key tries again). A socket monitor sees the failed handshake,
-so the user hears what is wrong instead of only "no answer".
+so the user hears what is wrong instead of only "no answer". The same monitor then
+tells when the connection closes: the broker hung up, or libzmq's heartbeats found it
+silent (PROTOCOL.md 7).
 """
 
 from __future__ import annotations
 
 import time
+from typing import NamedTuple
 
 import zmq
 from zmq.utils.monitor import recv_monitor_message
@@ -35,25 +38,43 @@ def secure(sock: zmq.Socket[bytes], server_key: bytes | None, keys: KeyPair | No
     sock.setsockopt(zmq.CURVE_SECRETKEY, keys.secret)
 
 
+class Monitored(NamedTuple):
+    """What the monitor told since it was last read."""
+
+    #: Why the first handshake failed, if it did.
+    refused: str | None = None
+    #: The connection, once its handshake succeeded, closed.
+    lost: bool = False
+
+
 class HandshakeWatch:
-    """Watches one socket's handshakes until the first one succeeds (then stops)."""
+    """Watches one socket's first handshake, then whether its connection closes."""
 
     def __init__(self, sock: zmq.Socket[bytes], encrypted: bool) -> None:
         self.sock = sock
         self.encrypted = encrypted
-        self.monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(WATCHED)
+        self.monitor: zmq.Socket[bytes] | None = sock.get_monitor_socket(WATCHED | zmq.EVENT_DISCONNECTED)
+        self.connected = False
+
+    def read(self) -> Monitored:
+        """What happened since the last call (the shell reads the monitor when it is readable)."""
+        while self.monitor is not None:
+            try:
+                event = recv_monitor_message(self.monitor, zmq.NOBLOCK)
+            except zmq.Again:
+                break
+            kind, value = event["event"], event["value"]
+            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+                self.connected = True
+            elif kind == zmq.EVENT_DISCONNECTED and self.connected:
+                return Monitored(lost=True)  # before: the end of a failed handshake, told as such
+            elif kind & FAILED and not self.connected:
+                return Monitored(refused=self.explain(kind, value, event["endpoint"].decode()))
+        return Monitored()
 
     def failure(self) -> str | None:
         """Why the handshake failed, if it did; None while nothing went wrong (or once it worked)."""
-        while self.monitor is not None and self.monitor.poll(0):
-            event = recv_monitor_message(self.monitor)
-            kind, value = event["event"], event["value"]
-            if kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-                self.close()  # an unread monitor fills up: watch only the first handshake
-                return None
-            if kind & FAILED:
-                return self.explain(kind, value, event["endpoint"].decode())
-        return None
+        return self.read().refused
 
     def explain(self, kind: int, value: int, endpoint: str) -> str:
         if kind == zmq.EVENT_HANDSHAKE_FAILED_AUTH and value == p.TURNED_AWAY_STATUS:

@@ -2,9 +2,9 @@
 
 For a program that holds many chat sessions at once (the web gateway). A `LoopClient` runs
 the same engine (connection.py) with the same effects (shell.py) as `Client`'s poller
-thread, but its two sockets are watched by the loop (`add_reader` on their zmq.FD, drained
-with NOBLOCK on each wake-up) and its deadlines are one timer on the loop, moved only when
-the engine's next deadline comes earlier. Every method is called on the loop; none blocks.
+thread, but its two sockets and the DEALER's monitor are watched by the loop (`add_reader`
+on their zmq.FD, drained with NOBLOCK on each wake-up) and its deadlines are one timer on
+the loop, moved only when the engine's next deadline comes earlier. Every method is called on the loop; none blocks.
 """
 
 from __future__ import annotations
@@ -29,8 +29,6 @@ __all__ = ["ConnectError", "LoopClient"]
 
 log = logging.getLogger("zchat.client")
 
-#: While a handshake is watched (registering), its monitor is read this often (as poller.py).
-HANDSHAKE_POLL = 0.05
 #: A timer fires this much after the engine's deadline: asyncio may run a timer a little
 #: early, and a tick before the deadline would find nothing due and ask again at once.
 TIMER_SLACK = 0.001
@@ -60,7 +58,7 @@ class LoopShell(Shell):
         self._run(self.engine.request, request)
 
     def _ready(self) -> None:
-        """A socket's FD is readable (or a drain was left unfinished): read both sockets."""
+        """A socket's FD is readable (or a drain was left unfinished): read the sockets and the monitor."""
         self.drain_due = False
         self._run(self._read)
 
@@ -70,6 +68,9 @@ class LoopShell(Shell):
             self._drain(self.dealer, engine.from_dealer, now)
         if self.sub is not None:
             self._drain(self.sub, engine.from_sub, now)
+        if self.handshake is not None and _readable(self.handshake.monitor):
+            self._watch_connection(now)  # a refused handshake, or a connection closed
+            self._carry_out()
         engine.tick(now)  # as the poller does after every wake-up
 
     def _on_timer(self) -> None:
@@ -83,9 +84,6 @@ class LoopShell(Shell):
             now = self.loop.time()
             feed(*args, now)
             self._carry_out()
-            if self.handshake is not None:
-                self._watch_handshake(now)
-                self._carry_out()
             if self.engine.finished:
                 self.finish()
             else:
@@ -97,9 +95,7 @@ class LoopShell(Shell):
 
     def _settle(self, now: float) -> None:
         """The next deadline on the timer, and a drain if a socket holds what its FD will not signal."""
-        deadline = self.engine.wakeup()
-        if self.handshake is not None:
-            deadline = min(deadline if deadline is not None else math.inf, now + HANDSHAKE_POLL)
+        deadline = self.engine.wakeup()  # None when idle: libzmq keeps the connection alive
         if deadline is None:
             self._cancel_timer()
         elif deadline < self.timer_at:  # a later deadline waits for the timer set: it asks again
@@ -110,9 +106,8 @@ class LoopShell(Shell):
             self.timer = self.loop.call_at(max(deadline, now) + TIMER_SLACK, self._on_timer)
         # zmq.FD is edge-triggered, and a send or a setsockopt may take the edge of a message
         # that came meanwhile: what is readable now is read now, not at the next message.
-        if not self.drain_due and any(
-            sock is not None and cast(int, sock.EVENTS) & zmq.POLLIN for sock in (self.dealer, self.sub)
-        ):
+        monitor = self.handshake.monitor if self.handshake is not None else None
+        if not self.drain_due and any(_readable(sock) for sock in (self.dealer, self.sub, monitor)):
             self.drain_due = True
             self.loop.call_soon(self._ready)
 
@@ -144,6 +139,11 @@ class LoopShell(Shell):
 
     def _unwatch(self, sock: zmq.Socket[bytes]) -> None:
         self.loop.remove_reader(sock.FD)
+
+
+def _readable(sock: zmq.Socket[bytes] | None) -> bool:
+    """Whether `sock` holds a message now (zmq.EVENTS: its FD says only that this may have changed)."""
+    return sock is not None and bool(cast(int, sock.EVENTS) & zmq.POLLIN)
 
 
 class LoopClient(UserRequests):

@@ -25,12 +25,9 @@ from zchat.client.shell import Shell
 
 log = logging.getLogger("zchat.client")
 
-#: Idle, the loop wakes for the engine's next deadline (a heartbeat) only, and at least this
-#: often: 20 wake-ups a second cost an idle client about 1 ms of CPU a second.
+#: Idle, the loop wakes for the engine's next deadline only, and at least this often (libzmq
+#: keeps the connection alive): 20 wake-ups a second cost an idle client about 1 ms of CPU a second.
 IDLE_POLL_MS = 1000
-#: While a handshake is watched (registering), its monitor is read this often: a refused
-#: handshake is told at once, not at the registration's deadline.
-HANDSHAKE_POLL_MS = 50
 
 
 class Poller(Shell):
@@ -62,8 +59,8 @@ class Poller(Shell):
                         self.poller.unregister(self.wake_fd)
                         engine.user_gone(now)
                     self._take_requests(now)
-                if self.handshake is not None:
-                    self._watch_handshake(now)
+                if self.handshake is not None and self.handshake.monitor in ready:
+                    self._watch_connection(now)
                 engine.tick(now)
                 self._carry_out()
         except Exception as e:  # never die silently: the user must hear of it
@@ -84,8 +81,6 @@ class Poller(Shell):
         """Until the engine's next deadline: sockets and the user's requests wake the loop anyway."""
         deadline = self.engine.wakeup()
         wait = IDLE_POLL_MS if deadline is None else min(max((deadline - now) * 1000, 1), IDLE_POLL_MS)
-        if self.handshake is not None:
-            wait = min(wait, HANDSHAKE_POLL_MS)
         return math.ceil(wait)
 
     def _take_requests(self, now: float) -> None:

@@ -19,6 +19,7 @@ from zchat.client import events as ev
 from zchat.client.events import State
 from zchat.client.handshake import HandshakeWatch, secure
 from zchat.client.settings import Settings
+from zchat.common.heartbeat import set_client_heartbeats
 
 log = logging.getLogger("zchat.client")
 
@@ -57,14 +58,15 @@ class Shell:
 
     # --- inputs ----------------------------------------------------------------------
 
-    def _watch_handshake(self, now: float) -> None:
-        """A refused handshake is an input; once registered, nothing more to watch."""
+    def _watch_connection(self, now: float) -> None:
+        """The DEALER's monitor is readable: a refused handshake, or a connection that
+        closed (the broker hung up, or libzmq's heartbeats found it silent), is an input."""
         assert self.handshake is not None
-        if self.engine.phase not in c.REGISTERING:
-            self.handshake.close()
-            self.handshake = None
-        elif (refused := self.handshake.failure()) is not None:
+        refused, lost = self.handshake.read()
+        if refused is not None:
             self.engine.handshake_failed(refused, now)
+        elif lost:
+            self.engine.connection_lost(now)
 
     def _drain(self, sock: zmq.Socket[bytes], feed: Callable[[list[bytes], float], None], now: float) -> None:
         for _ in range(DRAIN_BATCH):
@@ -104,15 +106,21 @@ class Shell:
         except zmq.Again:
             log.debug("dealer queue full; the answer timeout will report it")
 
-    def _open_dealer(self, endpoint: str) -> None:
+    def _open_dealer(self, effect: c.OpenDealer) -> None:
         self._close_sockets()
         dealer = self.dealer = self.context.socket(zmq.DEALER)
         dealer.setsockopt(zmq.LINGER, 0)
-        if endpoint.startswith("tcp://["):
+        if effect.endpoint.startswith("tcp://["):
             dealer.setsockopt(zmq.IPV6, 1)
         secure(dealer, self.s.server_key, self.s.keys)
-        self.handshake = HandshakeWatch(dealer, encrypted=self.s.server_key is not None)
-        dealer.connect(endpoint)
+        set_client_heartbeats(
+            dealer, effect.heartbeat_ms, effect.timeout_ms
+        )  # before connect (PROTOCOL.md 7.2)
+        # Watched as long as the DEALER lives: its first handshake, then its connection closing.
+        handshake = self.handshake = HandshakeWatch(dealer, encrypted=self.s.server_key is not None)
+        assert handshake.monitor is not None
+        self._watch(handshake.monitor)
+        dealer.connect(effect.endpoint)
         self._watch(dealer)
 
     def _open_sub(self, endpoint: str) -> None:
@@ -129,6 +137,8 @@ class Shell:
 
     def _close_sockets(self) -> None:
         if self.handshake is not None:
+            if self.handshake.monitor is not None:
+                self._unwatch(self.handshake.monitor)
             self.handshake.close()
             self.handshake = None
         for sock in (self.dealer, self.sub):
@@ -145,7 +155,7 @@ _EFFECTS: dict[type, Callable[[Shell, Any], None]] = {
     c.Answer: Shell._answer,
     c.Subscribe: Shell._subscribe,
     c.Unsubscribe: Shell._unsubscribe,
-    c.OpenDealer: lambda shell, effect: shell._open_dealer(effect.endpoint),
+    c.OpenDealer: Shell._open_dealer,
     c.OpenSub: lambda shell, effect: shell._open_sub(effect.endpoint),
     c.CloseSockets: lambda shell, effect: shell._close_sockets(),
     c.FirstOutcome: lambda shell, effect: shell.on_first_outcome(effect.failure),

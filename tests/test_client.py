@@ -136,9 +136,62 @@ def test_sigkilled_client_is_announced_gone_and_its_name_freed(broker: Broker) -
             alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "mallory", what="mallory's join")
             child.kill()
             leave = alice.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave", timeout=5)
-            assert isinstance(leave, ev.Presence) and leave.reason == "timeout"
+            assert isinstance(leave, ev.Presence) and leave.reason == "disconnected"  # seen at once
         finally:
             child.kill()
             child.wait(5)
         with chat("mallory", broker.endpoint) as again:
             assert again.client.state is ev.State.ONLINE
+
+
+def test_a_frozen_client_is_announced_gone_within_the_heartbeat_timeout(broker: Broker) -> None:
+    # Stopped, its process answers nothing, libzmq's heartbeats included; its TCP connection
+    # stays open. The broker's heartbeat timeout is 1 s.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, time; from zchat.client.session import Client; "
+        "Client('mallory', sys.argv[1]).connect(); print('up', flush=True); time.sleep(60)"
+    )
+    with chat("alice", broker.endpoint) as alice:
+        child = subprocess.Popen([sys.executable, "-c", script, broker.endpoint], stdout=subprocess.PIPE)
+        try:
+            assert child.stdout is not None and child.stdout.readline() == b"up\n"
+            alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "mallory", what="mallory's join")
+            child.send_signal(signal.SIGSTOP)
+            stopped = time.monotonic()
+            leave = alice.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave", timeout=5)
+            assert isinstance(leave, ev.Presence) and leave.name == "mallory"
+            assert time.monotonic() - stopped < 3.0  # the timeout (1 s), not TCP's own minutes
+        finally:
+            child.kill()
+            child.wait(5)
+
+
+def test_an_idle_client_stays_online_for_many_timeouts_sending_nothing(broker: Broker) -> None:
+    # No PING of the application: libzmq's heartbeats keep both ends alive (timeout 1 s).
+    with chat("alice", broker.endpoint) as alice, chat("bob", broker.endpoint) as bob:
+        deadline = time.monotonic() + 4.0
+        while (left := deadline - time.monotonic()) > 0:
+            event = bob.client.next_event(left)
+            assert not (isinstance(event, ev.Presence) and event.event == "leave"), event
+        assert alice.client.state is ev.State.ONLINE
+        assert isinstance(alice.client.send("bob", "still here").wait(5), ev.Ack)
+        assert bob.message("still here").private
+
+
+@pytest.mark.slow
+def test_a_client_of_a_frozen_broker_reconnects_and_resumes_once_it_thaws(broker: Broker) -> None:
+    # The broker's process stops: no FIN, no heartbeat. Stopped just after its last replies,
+    # its TTL was cancelled by them: the client's own heartbeats find it silent, within
+    # 2 x (6 - 2) s on this first connection, which has the default timing (PROTOCOL.md 7.2).
+    with chat("alice", broker.endpoint) as alice:
+        alice.forget()
+        broker.process.send_signal(signal.SIGSTOP)
+        try:
+            alice.state(ev.State.RECONNECTING, timeout=12)
+        finally:
+            broker.process.send_signal(signal.SIGCONT)
+        alice.state(ev.State.ONLINE, timeout=10)
+        assert isinstance(alice.client.broadcast("back").wait(5), ev.Ack)

@@ -43,6 +43,7 @@ class Harness:
         self.topics: list[bytes] = []  # subscribed now, in order
         self.sub_open = False
         self.dealers = 0  # DEALERs opened so far
+        self.timing: list[tuple[int, int]] = []  # each DEALER's heartbeat interval and timeout (ms)
         self.first: list[ev.Status | None] = []
         self.heartbeat_ms = 2000
         self.timeout_ms = 6000
@@ -67,9 +68,10 @@ class Harness:
                     self.topics.append(topic)
                 case c.Unsubscribe(topic):
                     self.topics.remove(topic)
-                case c.OpenDealer(endpoint):
+                case c.OpenDealer(endpoint, heartbeat_ms, timeout_ms):
                     assert endpoint == "tcp://127.0.0.1:5555"
                     self.dealers += 1
+                    self.timing.append((heartbeat_ms, timeout_ms))
                     self.sub_open, self.topics = False, []
                 case c.OpenSub(endpoint):
                     assert endpoint == "tcp://127.0.0.1:5556"  # the '*' host is the ROUTER's
@@ -99,14 +101,11 @@ class Harness:
         self.now += seconds
         self.pump()
 
-    def run_for(self, seconds: float, step: float = 0.05, answer_pings: bool = True) -> None:
-        """Time passes in steps, the broker answering PINGs as a live one does."""
+    def run_for(self, seconds: float, step: float = 0.05) -> None:
+        """Time passes in steps (libzmq keeps the connection alive meanwhile)."""
         end = self.now + seconds
         while self.now < end - 1e-9:
             self.advance(min(step, end - self.now))
-            if answer_pings:
-                for ping in self.take(p.Ping):
-                    self.deliver(p.Pong(ping.msg_id, 1))
 
     def ask(self, kind: str, target: str = "", text: str = "", **fields: int) -> Request:
         request = Request(kind, f"u-{len(self.effects)}-{kind}", target, text, **fields)
@@ -170,9 +169,14 @@ class Harness:
         sync = self.take(p.Sync)[-1]
         self.publish(ME, p.Synced(sync.msg_id), seq=0)
 
+    def drop(self) -> None:
+        """The DEALER's connection closes (the broker hung up, or libzmq's heartbeats stopped)."""
+        self.conn.connection_lost(self.now)
+        self.pump()
+
     def lose_connection(self) -> None:
-        """The broker stops answering: the engine declares it dead and reconnects."""
-        self.run_for(self.timeout_ms / 1000 + 0.1, answer_pings=False)
+        """The connection drops: the engine reconnects after its back-off."""
+        self.drop()
         assert self.phase() is Phase.DISCONNECTED
         while self.phase() is Phase.DISCONNECTED:  # the back-off
             self.advance(0.01)
@@ -314,40 +318,53 @@ def test_refused_handshake_after_being_online_reconnects(h: Harness) -> None:
 # --- heartbeats and a dead broker ----------------------------------------------------------
 
 
-def test_ping_goes_when_nothing_else_was_sent_for_a_heartbeat_interval(h: Harness) -> None:
+def test_an_idle_client_sends_nothing_and_has_nothing_to_wake_for(h: Harness) -> None:
+    # libzmq's heartbeats keep the connection alive (PROTOCOL.md 7): no PING of ours.
     h.sign_in()
-    h.take(p.Ping)
-    h.advance(1.9)
-    assert not h.take(p.Ping)
-    h.advance(0.11)
-    assert h.one(p.Ping)
+    h.run_for(60)
+    assert h.sent == [] and h.state() is State.ONLINE
+    assert h.conn.wakeup() is None
 
 
-def test_idle_client_sleeps_until_its_next_heartbeat(h: Harness) -> None:
+def test_a_lost_connection_is_reconnected_and_the_session_resumed(h: Harness) -> None:
     h.sign_in()
-    h.run_for(2.5)
-    wakeup = h.conn.wakeup()
-    assert wakeup is not None
-    assert wakeup == pytest.approx(h.conn.last_send + 2.0)
-
-
-def test_broker_silent_for_its_timeout_is_declared_dead_and_reconnected(h: Harness) -> None:
-    h.sign_in()
-    h.run_for(5.9, answer_pings=False)
-    assert h.state() is State.ONLINE
-    h.run_for(0.2, answer_pings=False)
+    h.drop()
     assert h.phase() is Phase.DISCONNECTED and not h.sub_open
     assert h.state() is State.RECONNECTING
     lost = h.statuses(State.RECONNECTING)
-    assert "stopped answering" in lost[-1].detail and "attempt 1" in lost[-1].detail
+    assert "lost" in lost[-1].detail and "attempt 1" in lost[-1].detail
     h.run_for(0.2)
     assert h.dealers == 2
     assert h.one(p.Hello).token == TOKEN  # resumes the session
 
 
+def test_each_dealer_keeps_the_heartbeat_timing_the_broker_last_gave(h: Harness) -> None:
+    h.timeout_ms, h.heartbeat_ms = 3000, 500
+    h.sign_in()
+    h.lose_connection()
+    assert h.timing == [(2000, 6000), (500, 3000)]  # the first before any WELCOME: the defaults
+
+
+def test_a_connection_lost_during_the_first_registration_waits_for_its_deadline(h: Harness) -> None:
+    # libzmq connects again by itself; the registration's deadline says whether it came through.
+    h.start()
+    h.drop()
+    assert h.phase() is Phase.HELLO and h.dealers == 1
+    h.run_for(5.1)
+    assert h.state() is State.OFFLINE
+
+
+def test_a_connection_lost_while_saying_bye_closes(h: Harness) -> None:
+    h.sign_in()
+    h.ask("close")
+    h.one(p.Bye)
+    h.drop()
+    assert h.state() is State.CLOSED and h.dealers == 1
+
+
 def test_back_off_grows_to_a_cap(h: Harness) -> None:
     h.sign_in()
-    h.run_for(6.1, answer_pings=False)
+    h.drop()
     gaps = []
     for _ in range(8):
         h.take(p.Hello)
@@ -389,7 +406,7 @@ def test_name_taken_after_a_reconnect_is_tried_again_while_our_last_session_may_
     h.lose_connection()
     h.deliver(p.Error(h.one(p.Hello).msg_id, p.Code.NAME_TAKEN, "taken"))
     assert h.state() is State.RECONNECTING  # not given up: it may be our own ghost
-    h.run_for(12.5, answer_pings=False)  # twice the broker's timeout: new connections meanwhile
+    h.run_for(12.5)  # twice the broker's timeout: new connections meanwhile
     h.take(p.Hello)
     while not (hellos := h.take(p.Hello)):
         h.advance(0.05)
@@ -880,8 +897,6 @@ def wake_as_the_poller_does(h: Harness) -> None:
     """Time passes to the engine's next deadline (at most 1 s, the idle poll), then a tick."""
     wake = h.conn.wakeup()
     h.advance(1.0 if wake is None else min(max(wake - h.now, 0.001), 1.0))
-    for ping in h.take(p.Ping):
-        h.deliver(p.Pong(ping.msg_id, 1))
 
 
 def sleep_as_the_poller_does(h: Harness, seconds: float) -> None:

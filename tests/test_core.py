@@ -16,6 +16,7 @@ from zchat.broker.core import (
     Command,
     Deliver,
     Delivered,
+    Disconnected,
     Effect,
     Flush,
     Hangup,
@@ -27,7 +28,9 @@ from zchat.broker.core import (
     Unblocked,
     Undelivered,
     Unreadable,
+    Watched,
 )
+from zchat.broker.names import LocalNames, Session
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoreFailed
 from zchat.common import protocol as p
@@ -214,6 +217,70 @@ def test_a_tick_announces_nothing_until_the_flush(core: BrokerCore) -> None:
     assert core.handle(Tick(3.1)) == []  # dropped, its LEAVE waiting for the commit
     assert core.holder("alice") is None
     assert events(core.handle(Flush(3.1))) == [p.Leave("alice", 3100, "timeout")]
+
+
+def test_a_watched_session_is_not_timed_out_however_long_it_is_silent(core: BrokerCore) -> None:
+    # libzmq's heartbeats keep its connection alive: the client sends no PING of its own.
+    register(core, b"A", "alice", now=0.0)
+    core.handle(Watched(b"A"))
+    assert feed(core, Tick(3600.0)) == []
+    assert core.holder("alice") is not None
+
+
+def test_a_closed_connection_is_announced_as_left_disconnected_and_its_name_freed(core: BrokerCore) -> None:
+    register(core, b"A", "alice", now=0.0)
+    register(core, b"B", "bob", now=0.0)
+    core.handle(Watched(b"A"))
+    assert events(feed(core, Disconnected(b"A", 1.5))) == [p.Leave("alice", 1500, "disconnected")]
+    assert core.holder("alice") is None and core.holder("bob") is not None
+    assert replies(register(core, b"C", "alice", now=1.6), b"C")[0].name == "alice"  # type: ignore[union-attr]
+
+
+def test_the_disconnect_of_a_replaced_connection_leaves_the_session_alone(core: BrokerCore) -> None:
+    register(core, b"A", "alice", now=0.0)
+    core.handle(Watched(b"A"))
+    say(core, b"A2", p.Hello(b"h2", "alice", "token0"), 1.0)  # the client, back on a new connection
+    assert feed(core, Disconnected(b"A", 1.1)) == []  # the old one closes: nobody left
+    assert core.holder("alice") is not None
+    # Until the shell watches the new connection, the sweep times it out as before.
+    assert events(feed(core, Tick(4.2))) == [p.Leave("alice", 4200, "timeout")]
+
+
+def test_the_disconnect_of_a_session_taken_over_on_another_broker_ends_nothing() -> None:
+    # A cluster's broker whose client failed over: another broker holds the name now (the
+    # registry says so, as ClusterNames does from the bucket). The old connection closing
+    # here must not announce a LEAVE of a session that goes on there.
+    store = MemoryStore()
+    names = LocalNames(store)
+    core = BrokerCore(
+        BrokerSettings(rate=0.0, heartbeat_ms=1000, timeout_ms=3000), PUB, store=store, names=names
+    )
+    register(core, b"A", "alice", now=0.0)
+    register(core, b"B", "bob", now=0.0)
+    core.handle(Watched(b"A"))
+    held = names.by_key["alice"]
+    names.by_key["alice"] = Session(
+        b"\0@cluster\0other\0alice", "alice", held.token, 0.0, "alice", announced=True
+    )
+    assert feed(core, Disconnected(b"A", 1.5)) == []
+    assert b"A" not in core.by_peer and core.holder("alice") is names.by_key["alice"]
+    assert events(feed(core, Disconnected(b"B", 1.6))) == [
+        p.Leave("bob", 1600, "disconnected")
+    ]  # a local one
+
+
+def test_a_disconnect_after_bye_announces_nothing_more(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    core.handle(Watched(b"A"))
+    assert events(say(core, b"A", p.Bye(b"b"), 1.0)) == [p.Leave("alice", 1000, "quit")]
+    assert feed(core, Disconnected(b"A", 1.1)) == []
+
+
+def test_a_watched_stuck_client_is_still_dropped_as_stuck(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    core.handle(Watched(b"B"))
+    core.handle(Blocked(b"B", 1.0))  # its connection is alive, but it reads nothing
+    assert events(feed(core, Tick(4.5))) == [p.Leave("bob", 4500, "stuck")]
 
 
 def test_bye_acknowledges_and_announces_quit(core: BrokerCore) -> None:

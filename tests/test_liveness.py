@@ -129,3 +129,30 @@ def test_zmtp_heartbeats_close_a_connection_whose_peer_stopped_answering(
         frozen.close()
         watch.close()
         router.close()
+
+
+def test_a_disconnect_read_before_libzmq_closed_the_descriptor_is_looked_at_again(
+    zmq_context: zmq.Context[zmq.Socket[bytes]],
+) -> None:
+    # libzmq reports the disconnect, then closes the descriptor: read in between, the
+    # number still leads to the noted peer. A later call finds it closed.
+    open_now: dict[int, Peer | None] = {}
+    router = zmq_context.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    watch = ConnectionWatch(router, peer_of=lambda fd: open_now.get(fd))
+    try:
+        dealer = connected(zmq_context, f"tcp://127.0.0.1:{port}")
+        frame = arrival(router)
+        watch.note(frame)
+        fd = frame.get(zmq.SRCFD)
+        open_now[fd] = watch.peer(frame.bytes)  # not closed yet, as far as getpeername tells
+        dealer.close()
+        wait_for(lambda: watch.closed() == [] and watch.rechecks, DEADLINE, what="the disconnect read")
+        assert watch.noted(frame.bytes)
+        del open_now[fd]  # libzmq has closed it now
+        assert watch.closed() == [frame.bytes]
+        assert watch.rechecks == []
+    finally:
+        watch.close()
+        router.close()

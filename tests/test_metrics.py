@@ -231,26 +231,41 @@ def test_sessions_are_counted_by_transport_and_client_kind_a_web_gateway_s_as_we
         broker.stop()
 
 
-def test_a_silent_client_counts_as_a_heartbeat_timeout(
-    watched: tuple[Broker, str], zmq_context: zmq.Context[zmq.Socket[bytes]]
-) -> None:
+def test_a_client_that_vanished_counts_as_disconnected(watched: tuple[Broker, str]) -> None:
+    # Frozen by SIGSTOP, its process answers nothing, libzmq's heartbeats included, and its
+    # TCP connection stays open: the broker's heartbeats cut it (PROTOCOL.md 7), and the
+    # session ends as `disconnected`, the reason of every watched connection that closed.
+    import signal
+    import subprocess
+    import sys
+
     broker, url = watched
+    reasons = ("disconnected", "timeout", "quit")
     before = scrape(url)
-    silent = Dealer(zmq_context, broker.endpoint, "m_silent")  # registers, then never sends a PING
-
-    def timed_out() -> Samples | None:
-        now = scrape(url)
-        ended = value(now, "zchat_sessions_ended_total", reason="timeout")
-        return now if ended > value(before, "zchat_sessions_ended_total", reason="timeout") else None
-
-    after = wait_for(timed_out, timeout=10, interval=0.1, what="the timeout counted")
-    assert value(after, "zchat_sessions_ended_total", reason="timeout") == (
-        value(before, "zchat_sessions_ended_total", reason="timeout") + 1
+    script = (
+        "import sys, time; from zchat.client.session import Client; "
+        "Client('m_vanished', sys.argv[1]).connect(); print('up', flush=True); time.sleep(60)"
     )
-    assert value(after, "zchat_sessions_ended_total", reason="quit") == value(
-        before, "zchat_sessions_ended_total", reason="quit"
-    )
-    silent.close()
+    child = subprocess.Popen([sys.executable, "-c", script, broker.endpoint], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        child.send_signal(signal.SIGSTOP)
+
+        def ended() -> Samples | None:
+            now = scrape(url)
+            moved = sum(value(now, "zchat_sessions_ended_total", reason=r) for r in reasons)
+            return (
+                now
+                if moved > sum(value(before, "zchat_sessions_ended_total", reason=r) for r in reasons)
+                else None
+            )
+
+        after = wait_for(ended, timeout=10, interval=0.1, what="the vanished client counted")
+    finally:
+        child.kill()
+        child.wait(5)
+    delta = {r: value(after, "zchat_sessions_ended_total", reason=r) - value(before, "zchat_sessions_ended_total", reason=r) for r in reasons}  # fmt: skip
+    assert delta == {"disconnected": 1, "timeout": 0, "quit": 0}
 
 
 def test_rate_limited_commands_are_counted_as_429(

@@ -38,7 +38,7 @@ class ScriptedBroker:
         sends: tuple[str, ...] = (),
         taken_after_restart: int = 0,
     ) -> None:
-        #: Forget the session at the first PING (a restart), then answer that many HELLOs 409.
+        #: Forget the session at the first SEND (a restart), then answer that many HELLOs 409.
         self.taken_after_restart = taken_after_restart
         self.ack_ready = ack_ready
         self.lose_session_on_send = lose_session_on_send
@@ -82,7 +82,7 @@ class ScriptedBroker:
                 )
             elif command == b"READY" and not self.ack_ready:
                 reply = None
-            elif command == b"PING" and self.taken_after_restart and self.commands[command] == 1:
+            elif command == b"SEND" and self.taken_after_restart and self.commands[command] == 1:
                 reply = p.Error(msg_id, Code.NOT_REGISTERED, "send HELLO first", 0)
             elif command == b"PING":
                 reply = p.Pong(msg_id, now)
@@ -184,8 +184,9 @@ def test_a_name_held_by_our_own_last_connection_is_waited_for_not_given_up() -> 
         scripted(taken_after_restart=2) as broker,
         Client("alice", broker.endpoint, connect_timeout=5) as client,
     ):
+        back = client.broadcast("back")  # refused 403: the broker restarted meanwhile
         wait_for(lambda: broker.commands[b"HELLO"] >= 4, 10, what="HELLO after the two 409s")
-        assert client.broadcast("back").wait(10).__class__ is ev.Ack
+        assert back.wait(10).__class__ is ev.Ack  # sent again once signed in
         assert client.state is ev.State.ONLINE
 
 
