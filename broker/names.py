@@ -55,7 +55,7 @@ class NameRegistry(Protocol):
         ...
 
     def release(self, session: Session) -> None:
-        """The session is gone: its name is free again."""
+        """The session is gone: its name is free again, if that session still held it."""
         ...
 
     def sessions(self) -> Iterable[Session]:
@@ -94,7 +94,8 @@ class LocalNames:
         pass  # the session object is the one held: nothing else to move here
 
     def release(self, session: Session) -> None:
-        del self.by_key[session.key]
+        if self.by_key.get(session.key) is session:  # else the name went on to another session
+            del self.by_key[session.key]
 
     def sessions(self) -> Iterable[Session]:
         return self.by_key.values()

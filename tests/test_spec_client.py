@@ -1035,8 +1035,10 @@ def test_hello_may_name_the_client_kind_which_changes_nothing(connect: Callable[
     plain = connect()
     without = plain.hello("plain")
     kinds = ["terminal", "web", "library", "bot", "", "a-kind-of-its-own", "k" * 32, "Web Browser 2.0"]
+    clients = []  # kept open: a connection that closes ends its session (section 7)
     for n, kind in enumerate(kinds):
         client = connect()
+        clients.append(client)
         msg_id = client.send("HELLO", f"kind{n}", "", VERSION, kind)
         welcome = Welcome.parse(client.reply(msg_id))
         assert welcome.name == f"kind{n}", kind
