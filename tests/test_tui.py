@@ -114,6 +114,13 @@ class Terminal:
 
         return self.wait(exited, "the process to exit")[0]
 
+    def again(self, folder: Path) -> Terminal:
+        """A new terminal in `folder` for the same user: this one's data folder, as after a restart."""
+        folder.mkdir()
+        terminal = Terminal(folder)
+        terminal.data = self.data
+        return terminal
+
     def close(self) -> None:
         if self.started:
             self.started = False
@@ -496,9 +503,7 @@ def test_after_a_restart_the_join_marks_what_is_unread(tmp_path: Path, broker: B
         first.close()
     bob.client.broadcast("said while alice was away").wait(DEADLINE)
     bob.client.broadcast("and more").wait(DEADLINE)
-    (tmp_path / "again").mkdir()
-    again = Terminal(tmp_path / "again")
-    again.data = first.data  # the same user's data folder
+    again = first.again(tmp_path / "again")
     try:
         start_alice(again, broker)
         again.wait_screen("and more")
@@ -580,9 +585,7 @@ def test_what_was_typed_is_recalled_after_a_restart(tmp_path: Path, broker: Brok
         assert first.wait_exit() == 0
     finally:
         first.close()
-    (tmp_path / "again").mkdir()
-    again = Terminal(tmp_path / "again")
-    again.data = first.data
+    again = first.again(tmp_path / "again")
     try:
         start_alice(again, broker)
         again.keys("Up")
@@ -725,9 +728,7 @@ def test_what_came_to_a_buffer_not_viewed_is_unread_after_a_restart(
         assert first.wait_exit() == 0
     finally:
         first.close()
-    (tmp_path / "again").mkdir()
-    again = Terminal(tmp_path / "again")
-    again.data = first.data
+    again = first.again(tmp_path / "again")
     try:
         start_alice(again, broker)
         again.wait_screen("unread since")  # the rooms' history comes on signing in, behind the lobby
