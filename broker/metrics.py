@@ -33,7 +33,29 @@ EXTRA_MISSING = "--metrics needs the prometheus_client package: pip install 'zch
 #: Why a session ended, as core.py counts them (left.<reason>): the `reason` label's values.
 ENDED = ("quit", "timeout", "stuck", "flooding", "disconnected")
 #: Messages routed, by the core's counter: the `kind` label's values.
-KINDS = {"private": "private", "broadcast": "broadcast", "room": "room"}
+KINDS = ("private", "broadcast", "room")
+#: The counters read from the core's `counters` as they are: name, help, label (None: none),
+#: and each label value's counter (one, under "", when unlabelled).
+COUNTERS: tuple[tuple[str, str, str | None, dict[str, str]], ...] = (
+    ("zchat_sessions_started", "Sessions registered (new) or taken over on a new connection (resumed).",
+     "how", {"new": "joined", "resumed": "resumed"}),
+    ("zchat_sessions_ended", "Sessions ended, by reason.", "reason", {r: f"left.{r}" for r in ENDED}),
+    ("zchat_commands_received", "Messages read from clients, readable or not.", None, {"": "received"}),
+    ("zchat_messages_routed", "Messages routed, by kind: private, broadcast (the lobby), room.",
+     "kind", {kind: kind for kind in KINDS}),
+    ("zchat_messages_mailboxed", "Private messages kept in an offline user's mailbox.", None, {"": "stored"}),
+    ("zchat_messages_duplicate", "Messages resent with an id already accepted: answered, not routed again.",
+     None, {"": "duplicate"}),
+    ("zchat_queue_full", "Sends that found a client's queue full: a reply, or a private message (507).",
+     "what", {"reply": "dropped.busy", "message": "undelivered.busy"}),
+    ("zchat_replies_unreachable", "Replies to a connection that was gone.", None, {"": "dropped.unreachable"}),
+    ("zchat_flooder_messages_ignored", "Messages ignored from connections disconnected for flooding.",
+     None, {"": "dropped.flooder"}),
+    ("zchat_address_bans", "Addresses turned away after a flood (not counting exempt ones).",
+     None, {"": "banned"}),
+    ("zchat_failures", "The broker's own failures: a command or task that raised, a store write.",
+     "what", {"handler": "failed", "store": "store.failed"}),
+)  # fmt: skip
 #: HELLO's client kinds (PROTOCOL.md 4.1) as the `client` label: any other is "other", none "unnamed".
 CLIENTS = {"terminal": "terminal", "web": "web", "library": "library", "bot": "bot", "": "unnamed"}
 CLIENT_LABELS = (*dict.fromkeys(CLIENTS.values()), "other")
@@ -157,38 +179,14 @@ class BrokerCollector:
             value=len(core.stuck),
         )  # fmt: skip
 
-        started = CounterMetricFamily(
-            "zchat_sessions_started", "Sessions registered (new) or taken over on a new connection (resumed).",
-            labels=["how"],
-        )  # fmt: skip
-        started.add_metric(["new"], count("joined", 0))
-        started.add_metric(["resumed"], count("resumed", 0))
-        yield started
-        ended = CounterMetricFamily("zchat_sessions_ended", "Sessions ended, by reason.", labels=["reason"])
-        for reason in ENDED:
-            ended.add_metric([reason], count(f"left.{reason}", 0))
-        yield ended
-
-        yield CounterMetricFamily(
-            "zchat_commands_received",
-            "Messages read from clients, readable or not.",
-            value=count("received", 0),
-        )
-        routed = CounterMetricFamily(
-            "zchat_messages_routed", "Messages routed, by kind: private, broadcast (the lobby), room.",
-            labels=["kind"],
-        )  # fmt: skip
-        for kind, counter in KINDS.items():
-            routed.add_metric([kind], count(counter, 0))
-        yield routed
-        yield CounterMetricFamily(
-            "zchat_messages_mailboxed", "Private messages kept in an offline user's mailbox.",
-            value=count("stored", 0),
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "zchat_messages_duplicate", "Messages resent with an id already accepted: answered, not routed again.",
-            value=count("duplicate", 0),
-        )  # fmt: skip
+        for name, help_text, label, keys in COUNTERS:
+            if label is None:
+                yield CounterMetricFamily(name, help_text, value=count(keys[""], 0))
+                continue
+            family = CounterMetricFamily(name, help_text, labels=[label])
+            for label_value, key in keys.items():
+                family.add_metric([label_value], count(key, 0))
+            yield family
 
         refusals = CounterMetricFamily(
             "zchat_refusals",
@@ -200,25 +198,6 @@ class BrokerCollector:
             refusals.add_metric([str(int(code)), reason], count(f"refused.{reason}", 0))
         yield refusals
 
-        full = CounterMetricFamily(
-            "zchat_queue_full", "Sends that found a client's queue full: a reply, or a private message (507).",
-            labels=["what"],
-        )  # fmt: skip
-        full.add_metric(["reply"], count("dropped.busy", 0))
-        full.add_metric(["message"], count("undelivered.busy", 0))
-        yield full
-        yield CounterMetricFamily(
-            "zchat_replies_unreachable", "Replies to a connection that was gone.",
-            value=count("dropped.unreachable", 0),
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "zchat_flooder_messages_ignored", "Messages ignored from connections disconnected for flooding.",
-            value=count("dropped.flooder", 0),
-        )  # fmt: skip
-        yield CounterMetricFamily(
-            "zchat_address_bans", "Addresses turned away after a flood (not counting exempt ones).",
-            value=count("banned", 0),
-        )  # fmt: skip
         gate = broker.gate
         yield GaugeMetricFamily(
             "zchat_addresses_banned", "Addresses turned away now.", value=len(gate.banned.until)
@@ -228,13 +207,6 @@ class BrokerCollector:
             value=gate.turned_away,
         )  # fmt: skip
 
-        failures = CounterMetricFamily(
-            "zchat_failures", "The broker's own failures: a command or task that raised, a store write.",
-            labels=["what"],
-        )  # fmt: skip
-        failures.add_metric(["handler"], count("failed", 0))
-        failures.add_metric(["store"], count("store.failed", 0))
-        yield failures
         yield GaugeMetricFamily(
             "zchat_store_up", "1 while the store can be written, 0 after a failed commit until one succeeds.",
             value=0 if core.failures.store_down else 1,
