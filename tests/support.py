@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -103,3 +104,20 @@ def start_broker(
 
     match = wait_for(listening, timeout, what="the broker to listen")
     return Broker(process, log_path, match.group(1), match.group(2))
+
+
+@contextlib.contextmanager
+def client_process(name: str, endpoint: str) -> Iterator[subprocess.Popen[bytes]]:
+    """A library client signed in as `name` in a process of its own (to kill or stop by its PID),
+    idle once online; killed when the block ends."""
+    script = (
+        "import sys, time; from zchat.client.session import Client; "
+        "Client(sys.argv[1], sys.argv[2]).connect(); print('up', flush=True); time.sleep(60)"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, name, endpoint], stdout=subprocess.PIPE)
+    try:
+        assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        yield child
+    finally:
+        child.kill()
+        child.wait(5)

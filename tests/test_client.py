@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.chat import chat
-from tests.support import Broker, start_broker
+from tests.support import Broker, client_process, start_broker
 from zchat.client import events as ev
 from zchat.client.session import Client, ConnectError
 
@@ -122,24 +122,12 @@ def test_broker_sigterm_tells_clients_and_exits_zero(broker: Broker) -> None:
 
 
 def test_sigkilled_client_is_announced_gone_and_its_name_freed(broker: Broker) -> None:
-    import subprocess
-    import sys
-
-    script = (
-        "import sys, time; from zchat.client.session import Client; "
-        "Client('mallory', sys.argv[1]).connect(); print('up', flush=True); time.sleep(60)"
-    )
     with chat("alice", broker.endpoint) as alice:
-        child = subprocess.Popen([sys.executable, "-c", script, broker.endpoint], stdout=subprocess.PIPE)
-        try:
-            assert child.stdout is not None and child.stdout.readline() == b"up\n"
+        with client_process("mallory", broker.endpoint) as child:
             alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "mallory", what="mallory's join")
             child.kill()
             leave = alice.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave", timeout=5)
             assert isinstance(leave, ev.Presence) and leave.reason == "disconnected"  # seen at once
-        finally:
-            child.kill()
-            child.wait(5)
         with chat("mallory", broker.endpoint) as again:
             assert again.client.state is ev.State.ONLINE
 
@@ -147,26 +135,13 @@ def test_sigkilled_client_is_announced_gone_and_its_name_freed(broker: Broker) -
 def test_a_frozen_client_is_announced_gone_within_the_heartbeat_timeout(broker: Broker) -> None:
     # Stopped, its process answers nothing, libzmq's heartbeats included; its TCP connection
     # stays open. The broker's heartbeat timeout is 1 s.
-    import subprocess
-    import sys
-
-    script = (
-        "import sys, time; from zchat.client.session import Client; "
-        "Client('mallory', sys.argv[1]).connect(); print('up', flush=True); time.sleep(60)"
-    )
-    with chat("alice", broker.endpoint) as alice:
-        child = subprocess.Popen([sys.executable, "-c", script, broker.endpoint], stdout=subprocess.PIPE)
-        try:
-            assert child.stdout is not None and child.stdout.readline() == b"up\n"
-            alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "mallory", what="mallory's join")
-            child.send_signal(signal.SIGSTOP)
-            stopped = time.monotonic()
-            leave = alice.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave", timeout=5)
-            assert isinstance(leave, ev.Presence) and leave.name == "mallory"
-            assert time.monotonic() - stopped < 3.0  # the timeout (1 s), not TCP's own minutes
-        finally:
-            child.kill()
-            child.wait(5)
+    with chat("alice", broker.endpoint) as alice, client_process("mallory", broker.endpoint) as child:
+        alice.expect(lambda e: isinstance(e, ev.Presence) and e.name == "mallory", what="mallory's join")
+        child.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        leave = alice.expect(lambda e: isinstance(e, ev.Presence) and e.event == "leave", timeout=5)
+        assert isinstance(leave, ev.Presence) and leave.name == "mallory"
+        assert time.monotonic() - stopped < 3.0  # the timeout (1 s), not TCP's own minutes
 
 
 def test_an_idle_client_stays_online_for_many_timeouts_sending_nothing(broker: Broker) -> None:

@@ -17,7 +17,7 @@ import pytest
 import zmq
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import Broker, start_broker, wait_for
+from tests.support import Broker, client_process, start_broker, wait_for
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
 
@@ -236,19 +236,11 @@ def test_a_client_that_vanished_counts_as_disconnected(watched: tuple[Broker, st
     # TCP connection stays open: the broker's heartbeats cut it (PROTOCOL.md 7), and the
     # session ends as `disconnected`, the reason of every watched connection that closed.
     import signal
-    import subprocess
-    import sys
 
     broker, url = watched
     reasons = ("disconnected", "timeout", "quit")
     before = scrape(url)
-    script = (
-        "import sys, time; from zchat.client.session import Client; "
-        "Client('m_vanished', sys.argv[1]).connect(); print('up', flush=True); time.sleep(60)"
-    )
-    child = subprocess.Popen([sys.executable, "-c", script, broker.endpoint], stdout=subprocess.PIPE)
-    try:
-        assert child.stdout is not None and child.stdout.readline() == b"up\n"
+    with client_process("m_vanished", broker.endpoint) as child:
         child.send_signal(signal.SIGSTOP)
 
         def ended() -> Samples | None:
@@ -261,9 +253,6 @@ def test_a_client_that_vanished_counts_as_disconnected(watched: tuple[Broker, st
             )
 
         after = wait_for(ended, timeout=10, interval=0.1, what="the vanished client counted")
-    finally:
-        child.kill()
-        child.wait(5)
     delta = {r: value(after, "zchat_sessions_ended_total", reason=r) - value(before, "zchat_sessions_ended_total", reason=r) for r in reasons}  # fmt: skip
     assert delta == {"disconnected": 1, "timeout": 0, "quit": 0}
 
