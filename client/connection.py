@@ -1052,14 +1052,22 @@ class Connection:
         room = self.rooms.get(name)
         if room is None or not room.subscribed:
             return  # left, or not yet ours
-        shown, missed = room.take_published(published.seq, published.event)
+        event = published.event
+        if type(event) is p.Presence:  # a run of JOINs and LEAVEs, numbered on from its own
+            for k, change in enumerate(event.events()):
+                self._room_published(room, published.seq + k, change)
+        else:
+            self._room_published(room, published.seq, event)
+
+    def _room_published(self, room: Room, seq: int, event: p.PublishedEvent) -> None:
+        shown, missed = room.take_published(seq, event)
         if missed:
-            where = "the lobby" if name == p.EVERYONE else name
+            where = "the lobby" if room.name == p.EVERYONE else room.name
             self._notify(
                 ev.Status(self.state, f"missed {missed} event(s) of {where}: this client read too slowly")
             )
-        for seq, event in shown:
-            self._room_event(name, event, seq)
+        for number, item in shown:
+            self._room_event(room.name, item, number)
 
     def _room_event(self, name: str, event: p.PublishedEvent, seq: int) -> None:
         if isinstance(event, p.Message):

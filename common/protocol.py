@@ -53,6 +53,8 @@ MSG_ID_RE = re.compile(rb"[\x21-\x7e]{1,64}")
 MAX_REASON_BYTES = 256
 #: HELLO's client kind: a short word (PROTOCOL.md 4.1).
 MAX_CLIENT_BYTES = 32
+#: JOINs and LEAVEs one PRESENCE may carry (PROTOCOL.md 6.4).
+MAX_PRESENCE = 1000
 
 
 class Code(IntEnum):
@@ -267,6 +269,30 @@ class Leave(NamedTuple):
     room: str = EVERYONE
 
 
+class Change(NamedTuple):
+    """One JOIN or LEAVE inside a PRESENCE: an empty reason means the user joined."""
+
+    name: str
+    time_ms: int
+    reason: str
+
+
+class Presence(NamedTuple):
+    """A run of JOINs and LEAVEs on one topic, in one message: the first takes the
+    message's sequence number, each next one the number after (PROTOCOL.md 6.4)."""
+
+    room: str
+    changes: tuple[Change, ...]
+
+    def events(self) -> tuple[Join | Leave, ...]:
+        """The changes as the JOIN and LEAVE each stands for, in order."""
+        room = self.room
+        return tuple(
+            Join(c.name, c.time_ms, room) if not c.reason else Leave(c.name, c.time_ms, c.reason, room)
+            for c in self.changes
+        )
+
+
 class Synced(NamedTuple):
     msg_id: bytes
 
@@ -320,7 +346,7 @@ ServerEvent = (
     | Found
     | Receipt
 )
-PublishedEvent = Message | Join | Leave | Synced | Shutdown
+PublishedEvent = Message | Join | Leave | Presence | Synced | Shutdown
 
 
 class Published(NamedTuple):
@@ -537,6 +563,14 @@ def _records_reader(high: int) -> Reader:
     return read
 
 
+def _changes(value: Any, msg_id: bytes) -> tuple[Change, ...]:
+    changes = []
+    for item in _array(value, "the changes", msg_id, 1, MAX_PRESENCE):
+        name, time_ms, reason = _array(item, "a change", msg_id, 3, 3)
+        changes.append(Change(_text(name, msg_id, "a name"), _time(time_ms, msg_id), _reason(reason, msg_id)))
+    return tuple(changes)
+
+
 def _reason(value: Any, msg_id: bytes) -> str:
     return _text(value, msg_id, "the reason")
 
@@ -690,6 +724,7 @@ PUBLISHED: tuple[Kind, ...] = (
         Field("reason", _reason),
         Field("room", _reason),
     ),
+    _kind("PRESENCE", Presence, Field("room", _reason), Field("changes", _changes)),
     _kind("SYNCED", Synced, ID),
     next(k for k in REPLIES if k.type is Shutdown),
 )

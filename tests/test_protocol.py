@@ -295,6 +295,7 @@ EVERY_REPLY = [
 EVERY_PUBLISHED = [
     p.Message(b"1", "a", "*", 5, b"x"), p.Join("a", 5), p.Join("a", 5, "#r"), p.Leave("a", 5, "quit"),
     p.Leave("a", 5, "left", "#r"), p.Synced(b"1"), p.Shutdown("bye"),
+    p.Presence("#r", (p.Change("a", 5, ""), p.Change("b", 6, "quit"))),
 ]  # fmt: skip
 
 

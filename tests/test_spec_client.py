@@ -333,7 +333,29 @@ class Published:
         elif command == "SYNCED":
             assert len(fields) >= 1, frame
             assert_id(fields[0])
+        elif command == "PRESENCE":  # section 6.4
+            assert len(fields) >= 2, frame
+            assert_text(fields[0])
+            assert isinstance(fields[1], list) and 1 <= len(fields[1]) <= 1000, frame
+            for change in fields[1]:
+                assert isinstance(change, list) and len(change) == 3, frame
+                assert_name(change[0])
+                assert_stamp(change[1])
+                assert_text(change[2])
         return cls(frame[: end + 1], seq, command, fields, frame)
+
+    @classmethod
+    def each(cls, frame: bytes) -> list[Published]:
+        """The message, or the JOINs and LEAVEs a PRESENCE stands for, numbered on (6.4)."""
+        message = cls.parse(frame)
+        if message.command != "PRESENCE":
+            return [message]
+        room, changes = message.fields[:2]
+        return [
+            cls(message.topic, message.seq + k, "LEAVE" if reason else "JOIN",
+                [name, stamp, reason, room] if reason else [name, stamp, room], frame)
+            for k, (name, stamp, reason) in enumerate(changes)
+        ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -448,7 +470,7 @@ class SpecClient:
         if self.sub is not None and self.sub in ready:
             while (frames := self._recv_nowait(self.sub)) is not None:
                 assert len(frames) == 1, frames  # one frame on PUB too (3.1)
-                self.feed.append(Published.parse(frames[0]))
+                self.feed.extend(Published.each(frames[0]))
 
     @staticmethod
     def _recv_nowait(socket: zmq.Socket[bytes]) -> list[bytes] | None:
@@ -700,6 +722,15 @@ def test_the_codec_reads_and_writes_the_example_session_of_section_12() -> None:
     join = Published.parse(LOBBY + encode([7, "JOIN", "alice", 1795750606141, "*"]))
     leave = Published.parse(LOBBY + encode([9, "LEAVE", "alice", 1795750609000, "quit", "*"]))
     assert (join.fields[-1], leave.fields[2:]) == ("*", ["quit", "*"])
+    # A run of joins and leaves in one message (6.4): each change takes the next number.
+    run = Published.each(LOBBY + encode([7, "PRESENCE", "*", [["alice", 1795750606141, ""],
+                                                             ["bob", 1795750609000, "quit"]]]))  # fmt: skip
+    assert [(m.seq, m.command, m.fields) for m in run] == [
+        (7, "JOIN", join.fields),
+        (8, "LEAVE", ["bob", 1795750609000, "quit", "*"]),
+    ]
+    with pytest.raises(AssertionError):  # no changes at all
+        Published.parse(LOBBY + encode([7, "PRESENCE", "*", []]))
     # What section 3.2 forbids from the broker is caught.
     for bad in (["ACK", "x", 1.5, "accepted"], ["ACK", "x", True, "accepted"], ["USERS", "x", None]):
         with pytest.raises(AssertionError):

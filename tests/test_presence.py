@@ -1,0 +1,164 @@
+"""PRESENCE: a run of joins and leaves in one published message (PROTOCOL.md 6.4).
+
+The broker packs at its edge what its batching put side by side; the client
+unpacks it into the JOINs and LEAVEs it stands for, each with its number.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+
+from tests.support import Broker, start_broker, wait_for
+from tests.test_connection import Harness
+from zchat.broker.core import Reply
+from zchat.broker.server import packed
+from zchat.client import events as ev
+from zchat.client.session import Client
+from zchat.common import protocol as p
+
+LOBBY = p.LOBBY_TOPIC
+DEV = p.topic_of("#dev")
+
+
+def join(seq: int, name: str, topic: bytes = LOBBY) -> p.Published:
+    room = topic[:-1].decode()
+    return p.Published(topic, seq, p.Join(name, 1000 + seq, room))
+
+
+def leave(seq: int, name: str, reason: str = "quit", topic: bytes = LOBBY) -> p.Published:
+    room = topic[:-1].decode()
+    return p.Published(topic, seq, p.Leave(name, 1000 + seq, reason, room))
+
+
+def said(seq: int, topic: bytes = LOBBY) -> p.Published:
+    return p.Published(topic, seq, p.Message(b"m", "ann", topic[:-1].decode(), 5, b"hi"))
+
+
+# --- packing, at the broker's edge ------------------------------------------------------
+
+
+def test_a_run_of_joins_and_leaves_goes_out_as_one_presence() -> None:
+    out = packed([join(4, "ann"), leave(5, "bob", "disconnected"), join(6, "cy")])
+    assert out == [
+        p.Published(LOBBY, 4, p.Presence("*", (p.Change("ann", 1004, ""), p.Change("bob", 1005, "disconnected"),
+                                               p.Change("cy", 1006, ""))))
+    ]  # fmt: skip
+    assert [e for e in out[0].event.events()] == [  # type: ignore[union-attr]
+        join(4, "ann").event,
+        leave(5, "bob", "disconnected").event,
+        join(6, "cy").event,
+    ]
+
+
+def test_a_change_on_its_own_stays_a_join_or_a_leave() -> None:
+    assert packed([join(4, "ann")]) == [join(4, "ann")]
+    assert packed([leave(4, "ann"), said(5)]) == [leave(4, "ann"), said(5)]
+
+
+def test_a_run_ends_at_any_other_effect_a_gap_or_another_topic() -> None:
+    ack = Reply(b"A", p.Ack(b"1", 5, "accepted"))
+    effects = [join(1, "a"), join(2, "b"), said(3), join(4, "c"), join(6, "d"), join(1, "e", DEV),
+               join(2, "f", DEV), ack, join(7, "g"), join(8, "h")]  # fmt: skip
+    out = packed(effects)  # type: ignore[arg-type]
+    kinds = [(type(e.event).__name__, e.topic, e.seq) if isinstance(e, p.Published) else "ACK" for e in out]
+    assert kinds == [
+        ("Presence", LOBBY, 1), ("Message", LOBBY, 3), ("Join", LOBBY, 4), ("Join", LOBBY, 6),
+        ("Presence", DEV, 1), "ACK", ("Presence", LOBBY, 7),
+    ]  # fmt: skip
+    assert out[4].event.room == "#dev"  # type: ignore[union-attr]
+
+
+def test_a_long_run_is_cut_at_the_limit_and_every_number_is_kept() -> None:
+    out = packed([join(seq, f"u{seq}") for seq in range(1, 2 * p.MAX_PRESENCE + 2)])
+    runs = [(e.seq, len(e.event.changes)) for e in out[:-1]]  # type: ignore[union-attr]
+    assert runs == [(1, p.MAX_PRESENCE), (1 + p.MAX_PRESENCE, p.MAX_PRESENCE)]
+    assert out[-1] == join(1 + 2 * p.MAX_PRESENCE, f"u{1 + 2 * p.MAX_PRESENCE}")  # the last on its own
+
+
+# --- the codec -------------------------------------------------------------------------
+
+
+def test_presence_is_read_back_as_written_and_its_bounds_are_checked() -> None:
+    (run,) = packed([join(7, "ann"), leave(8, "bob")])
+    assert isinstance(run, p.Published)
+    frames = p.encode_published(run)
+    assert frames == [LOBBY + msgpack.packb([7, "PRESENCE", "*", [["ann", 1007, ""], ["bob", 1008, "quit"]]])]
+    assert p.decode_published(frames) == run
+    for changes in ([], [["ann", 5, ""]] * (p.MAX_PRESENCE + 1), [["ann", 5]], [["ann", -1, ""]], "ann"):
+        with pytest.raises(p.ProtocolError) as refused:
+            p.decode_published([LOBBY + msgpack.packb([7, "PRESENCE", "*", changes])])
+        assert refused.value.code is p.Code.MALFORMED
+
+
+# --- the client engine, with no sockets ----------------------------------------------------
+
+
+def test_the_client_shows_each_change_of_a_presence_with_its_number() -> None:
+    h = Harness()
+    h.sign_in(last_seq=3)
+    h.publish(LOBBY, p.Presence("*", (p.Change("ann", 1004, ""), p.Change("bob", 1005, "timeout"))), seq=4)
+    h.publish(LOBBY, said(6).event, seq=6)  # the run took 4 and 5: no gap
+    h.publish(LOBBY, p.Presence("*", (p.Change("cy", 1009, ""),)), seq=9)  # 7 and 8 were missed
+    presence = [(e.name, e.event, e.reason) for e in h.of(ev.Presence)]
+    assert presence == [("ann", "join", ""), ("bob", "leave", "timeout"), ("cy", "join", "")]
+    missed = [s.detail for s in h.statuses() if "missed" in s.detail]
+    assert missed == ["missed 2 event(s) of the lobby: this client read too slowly"]
+
+
+# --- a real broker, a storm of sign-ins --------------------------------------------------
+
+
+@pytest.fixture
+def storm_broker(tmp_path: Path) -> Iterator[Broker]:
+    running = start_broker(tmp_path)
+    yield running
+    running.stop()
+
+
+def test_a_storm_of_joins_and_leaves_reaches_a_client_whole_and_in_order(
+    storm_broker: Broker, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    count = 150
+    seen: list[ev.Presence] = []
+    statuses: list[str] = []
+    lock = threading.Lock()
+
+    def on_event(event: ev.Event) -> None:
+        with lock:
+            if isinstance(event, ev.Presence) and event.name.startswith("storm"):
+                seen.append(event)
+            elif isinstance(event, ev.Status):
+                statuses.append(event.detail)
+
+    watcher = Client("watcher", storm_broker.endpoint, on_event=on_event).connect()
+    try:
+        dealers = [zmq_context.socket(zmq.DEALER) for _ in range(count)]
+        for i, dealer in enumerate(dealers):
+            dealer.setsockopt(zmq.LINGER, 0)
+            dealer.connect(storm_broker.endpoint)
+            dealer.send(msgpack.packb(["HELLO", f"h{i}", f"storm{i}", "", p.VERSION]))
+        for dealer in dealers:  # every WELCOME first, then every READY at once: one storm
+            assert dealer.poll(10_000), "no WELCOME"
+            assert msgpack.unpackb(dealer.recv())[0] == "WELCOME"
+        for i, dealer in enumerate(dealers):
+            dealer.send(msgpack.packb(["READY", f"r{i}"]))
+        wait_for(lambda: len(seen) >= count, 20, what=f"{count} joins")
+        for dealer in dealers:
+            dealer.send(msgpack.packb(["BYE", "b"]))
+        wait_for(lambda: len(seen) >= 2 * count, 20, what=f"{count} leaves")
+        with lock:
+            joins = [e.name for e in seen if e.event == "join"]
+            leaves = [e.name for e in seen if e.event == "leave"]
+            assert sorted(joins) == sorted(leaves) == sorted(f"storm{i}" for i in range(count))
+            assert all(e.event == "join" for e in seen[:count])  # every READY came before a BYE
+            assert not [s for s in statuses if "missed" in s]
+        users = watcher.who().wait(5)
+        assert isinstance(users, ev.Users) and users.names == ("watcher",)
+    finally:
+        watcher.close()
