@@ -264,6 +264,7 @@ class Gateway:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             await self.sessions.expire()
+            self.sessions.heap.tend(len(self.sessions))
 
     async def serve(self, host: str, port: int, started: asyncio.Future[Server] | None = None,
                     stop: asyncio.Event | None = None) -> None:  # fmt: skip
@@ -307,4 +308,5 @@ class Gateway:
             except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
                 log.warning("some WebSockets did not close within %gs", STOP_TIMEOUT)
             self.sessions.close()
+            self.sessions.heap.release()
             log.info("the gateway stopped")

@@ -28,6 +28,7 @@ from zchat.client.loop import ConnectError, LoopClient
 from zchat.client.render import to_data
 from zchat.client.script import execute
 from zchat.common.keys import KeyPair
+from zchat.web.heap import Heap
 from zchat.web.schema import Command, encode
 
 log = logging.getLogger("zchat.web")
@@ -153,6 +154,7 @@ class Sessions:
         self.context.set(zmq.MAX_SOCKETS, min(SOCKETS_PER_SESSION * settings.max_sessions + 64,
                                               self.context.get(zmq.SOCKET_LIMIT)))  # fmt: skip
         self.by_token: dict[str, Session] = {}
+        self.heap = Heap()
 
     def __len__(self) -> int:
         return len(self.by_token)
@@ -178,6 +180,7 @@ class Sessions:
             return
         session.ended = True
         self.by_token.pop(session.token, None)
+        self.heap.session_ended()
         log.info("%s signed out: %s (%d sessions)", session.name, why, len(self.by_token))
         if session.client is not None:
             await session.client.close()
