@@ -59,7 +59,7 @@ class Plan:
 FULL = Plan(
     duration=4.0, pairs=(1, 10, 100), subscribers=(10, 100, 500), latency_pairs=10, latency_subscribers=10,
     fixed_rates=(1000.0, 10000.0), max_fraction=0.5, idle_clients=(1000, 5000),
-    idle_heartbeat=2.0, idle_timeout=6.0, idle_window=6.0,
+    idle_heartbeat=4.0, idle_timeout=6.0, idle_window=6.0,
 )  # fmt: skip
 QUICK = Plan(
     duration=0.5, pairs=(1, 4), subscribers=(4, 16), latency_pairs=4, latency_subscribers=4,

@@ -356,7 +356,10 @@ class BrokerServer:
         log.info("%s", self._flood_control_line(),
                  extra=fields("flood_control", rate=s.rate, burst=s.burst, cool_off=s.cool_off))  # fmt: skip
         log.info("%s", self._store_line(), extra=fields("store", path=self._store_name()))
-        sweep_every = min(self.settings.heartbeat_ms, self.settings.timeout_ms) / 2000
+        # Twice per the shorter of the interval and the PONG's margin: stuck sessions and
+        # unwatched ones are found within their bounds (PROTOCOL.md 7.1, 8).
+        s = self.settings
+        sweep_every = min(s.heartbeat_ms, s.timeout_ms - s.heartbeat_ms) / 2000
         next_sweep = time.time() + sweep_every
         router, core, handoff = self.router, self.core, self.handoff
         keyed = self.settings.curve is not None  # names are bound to keys only with CURVE

@@ -30,7 +30,10 @@ class BrokerSettings:
     #: What WELCOME tells clients to connect their SUB to (--advertise-pub);
     #: None: the PUB's own endpoint (server.advertised).
     advertise_pub: str | None = None
-    heartbeat_ms: int = 2000
+    #: The broker's ZMTP PING on each connection; its PONG is due within timeout_ms less
+    #: this. A timeout after a PING shorter than the interval keeps libzmq's timer list
+    #: cheap: its cancel walks every timer due before the one cancelled (PROTOCOL.md 7.1).
+    heartbeat_ms: int = 4000
     #: Silence after which a client is dropped; always longer than heartbeat_ms.
     timeout_ms: int = 6000
     max_body: int = 65536

@@ -165,7 +165,7 @@ class OpenDealer(NamedTuple):
     that connection closes (`connection_lost`)."""
 
     endpoint: str
-    heartbeat_ms: int = 2000
+    heartbeat_ms: int = 4000
     timeout_ms: int = 6000
 
 
