@@ -524,7 +524,7 @@ class BrokerCore:
     ) -> None:
         room = command.room
         if session.key not in self._members(room):  # any member may, as on IRC without +t
-            self._refuse(peer, command.msg_id, Code.NOT_MEMBER, f"join {room} to set its subject")
+            self._refuse(peer, command.msg_id, Code.NOT_MEMBER, f"join {room} to set its topic")
             return
         time_ms = int(now * 1000)
         changed = p.SubjectChanged(room, command.text, session.name, time_ms)
