@@ -295,6 +295,8 @@ class BrokerCore:
     #: WHO's answer, kept until someone joins or leaves: WHO is not rate
     #: limited (it needs no HELLO), so it must not sort 10,000 names each time.
     online_names: tuple[str, ...] | None = None
+    #: WHO's [name, away text] pairs, kept as online_names is (and dropped with it).
+    online_away: tuple[tuple[str, str], ...] = ()
     #: Connections disconnected for flooding, ignored until the time given.
     cooling: Expiring[bytes] = field(default_factory=Expiring)
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
@@ -421,6 +423,8 @@ class BrokerCore:
             self._to_absent(session, msg_id, target, body, time_ms)
             return
         self.counters["private"] += 1
+        if recipient.away:  # told first: the ACK comes once the message is handed over
+            self._reply(peer, p.AwayNotice(msg_id, recipient.name, recipient.away))
         message = _make(p.Message, (msg_id, session.name, recipient.name, time_ms, body))
         self._out.append(_make(Deliver, (recipient.peer, message, peer, session.key)))
 
@@ -501,7 +505,33 @@ class BrokerCore:
         self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
 
     def _who(self, peer: bytes, session: Session | None, command: p.Who, now: float, key: str) -> None:
-        self._reply(peer, p.Users(command.msg_id, self._online()))
+        names = self._online()
+        self._reply(peer, p.Users(command.msg_id, names, self.online_away))
+
+    def _away(self, peer: bytes, session: Session, command: p.Away, now: float, key: str) -> None:
+        session.away = command.text
+        self.online_names = None  # WHO shows who is away
+        self._ack(peer, session.key, command.msg_id, int(now * 1000))
+
+    def _subject(
+        self, peer: bytes, session: Session, command: p.SubjectRequest, now: float, key: str
+    ) -> None:
+        text, setter, time_ms = self.store.subject(command.room) or ("", "", 0)
+        self._reply(peer, p.Subject(command.msg_id, command.room, text, setter, time_ms))
+
+    def _set_subject(
+        self, peer: bytes, session: Session, command: p.SetSubject, now: float, key: str
+    ) -> None:
+        room = command.room
+        if session.key not in self._members(room):  # any member may, as on IRC without +t
+            self._refuse(peer, command.msg_id, Code.NOT_MEMBER, f"join {room} to set its topic")
+            return
+        time_ms = int(now * 1000)
+        changed = p.SubjectChanged(room, command.text, session.name, time_ms)
+        if self.relay is None:  # in a cluster, kept when the log gives it back (_room_event)
+            self.store.set_subject(room, command.text, session.name, time_ms)
+        self._ack(peer, session.key, command.msg_id, time_ms)
+        self._publish(room, changed)
 
     def _sync(self, peer: bytes, session: Session, command: p.Sync, now: float, key: str) -> None:
         # Per-client topics carry no sequence (0): nothing is counted there.
@@ -653,7 +683,8 @@ class BrokerCore:
 
     def _names_of(self, peer: bytes, session: Session, command: p.Names, now: float, key: str) -> None:
         if command.room == p.EVERYONE:
-            self._reply(peer, p.Users(command.msg_id, self._online()))
+            names = self._online()
+            self._reply(peer, p.Users(command.msg_id, names, self.online_away))
             return
         online = (self._names.holder(k) for k in self._members(command.room))
         self._reply(
@@ -690,6 +721,8 @@ class BrokerCore:
         members = self._members(room)
         if (session.key in members) == entering:
             self._ack(peer, session.key, command.msg_id, time_ms)
+            if entering:
+                self._subject_on_entering(peer, command.msg_id, room)
             return  # nothing changes
         if entering and self._rooms_full(session, command.msg_id, room, members):
             return
@@ -700,9 +733,16 @@ class BrokerCore:
         if entering:
             members.add(session.key)
             self._publish(room, p.Join(session.name, time_ms, room))
+            self._subject_on_entering(peer, command.msg_id, room)
         else:
             members.discard(session.key)
             self._publish(room, p.Leave(session.name, time_ms, "left", room))
+
+    def _subject_on_entering(self, peer: bytes, msg_id: bytes, room: str) -> None:
+        """A room with a subject: ENTER's ACK is followed by SUBJECT with its id (PROTOCOL.md 13.7)."""
+        subject = self.store.subject(room)
+        if subject is not None:
+            self._reply(peer, p.Subject(msg_id, room, *subject))
 
     def _rooms_full(self, session: Session, msg_id: bytes, room: str, members: set[str]) -> bool:
         s = self.settings
@@ -895,6 +935,9 @@ class BrokerCore:
         elif room != p.EVERYONE and kind in (p.Join, p.Leave):
             assert isinstance(published, p.Join | p.Leave)
             self._member(p.name_key(published.name), room, kind is p.Join)
+        elif kind is p.SubjectChanged:
+            assert isinstance(published, p.SubjectChanged)
+            self.store.set_subject(room, published.text, published.setter, published.time_ms)
         self._to_publish.append(p.Published(p.topic_of(room), seq, published))
 
     def _mail(self, recipient: str, m: StoredMessage) -> None:
@@ -1049,7 +1092,9 @@ class BrokerCore:
     def _online(self) -> tuple[str, ...]:
         """Everyone online, sorted: kept until someone joins or leaves (WHO is not rate limited)."""
         if self.online_names is None:
-            self.online_names = tuple(sorted((s.name for s in self._names.sessions()), key=str.lower))
+            sessions = sorted(self._names.sessions(), key=lambda s: s.name.lower())
+            self.online_names = tuple(s.name for s in sessions)
+            self.online_away = tuple((s.name, s.away) for s in sessions if s.away)
         return self.online_names
 
     def _members(self, room: str) -> set[str]:
@@ -1096,6 +1141,9 @@ RULES: dict[type, Rule] = {
     p.Received: Rule(needs_hello=True, counted=True, handler=BrokerCore._received),
     p.Rooms: Rule(needs_hello=True, counted=True, handler=BrokerCore._rooms),
     p.Names: Rule(needs_hello=True, counted=True, handler=BrokerCore._names_of),
+    p.Away: Rule(needs_hello=True, counted=True, handler=BrokerCore._away),
+    p.SubjectRequest: Rule(needs_hello=True, counted=True, handler=BrokerCore._subject),
+    p.SetSubject: Rule(needs_hello=True, counted=True, handler=BrokerCore._set_subject),
 }
 #: The commands flood control counts (PROTOCOL.md 8 lists the same).
 COUNTED = tuple(kind for kind, rule in RULES.items() if rule.counted)

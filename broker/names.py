@@ -34,6 +34,8 @@ class Session:
     bucket: TokenBucket | None = None
     #: HELLO's client kind, as the client said (PROTOCOL.md 4.1): a metric's label, trusted for nothing.
     client: str = ""
+    #: AWAY's text (PROTOCOL.md 13.7); "": here. Kept across a takeover, gone with the session.
+    away: str = ""
 
 
 #: What `NameRegistry.owner` says of a name an allowlist does not list: nobody may use it.

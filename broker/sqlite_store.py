@@ -69,6 +69,11 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
     # 3: names bound to CURVE keys (trust on first use).
     ("CREATE TABLE owners (user TEXT PRIMARY KEY, key TEXT NOT NULL) WITHOUT ROWID",),
+    # 4: room subjects (what /topic shows) (PROTOCOL.md 13.7).
+    (
+        """CREATE TABLE subjects (room TEXT PRIMARY KEY, text TEXT NOT NULL, setter TEXT NOT NULL,
+            time_ms INTEGER NOT NULL) WITHOUT ROWID""",
+    ),
 )
 #: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
 INDEX_BATCH = 5000
@@ -320,6 +325,16 @@ class SqliteStore:
 
     def bind(self, user: str, key: str) -> None:
         self._write("INSERT OR REPLACE INTO owners VALUES (?, ?)", (user, key))
+
+    def set_subject(self, room: str, text: str, setter: str, time_ms: int) -> None:
+        if text:
+            self._write("INSERT OR REPLACE INTO subjects VALUES (?, ?, ?, ?)", (room, text, setter, time_ms))
+        else:
+            self._write("DELETE FROM subjects WHERE room = ?", (room,))
+
+    def subject(self, room: str) -> tuple[str, str, int] | None:
+        row = self._query("SELECT text, setter, time_ms FROM subjects WHERE room = ?", (room,)).fetchone()
+        return (str(row[0]), str(row[1]), int(row[2])) if row else None
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self._insert(message, recipient, pending=True)

@@ -103,6 +103,15 @@ class Store(Protocol):
         """From now on only `key` may register as `user` (trust on first use)."""
         ...
 
+    # --- room subjects (PROTOCOL.md 13.7) ---------------------------------------
+    def set_subject(self, room: str, text: str, setter: str, time_ms: int) -> None:
+        """The room's subject (what /topic shows) from now on; "" clears it."""
+        ...
+
+    def subject(self, room: str) -> tuple[str, str, int] | None:
+        """The room's subject, who set it and when; None when it has none."""
+        ...
+
     # --- private messages for offline users ----------------------------------
     def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
 
@@ -204,6 +213,7 @@ class MemoryStore:
     owed: dict[str, dict[bytes, tuple[str, int]]] = field(default_factory=lambda: defaultdict(dict))
     seen_ids: dict[tuple[str, bytes], tuple[str, int]] = field(default_factory=dict)
     seqs: dict[str, int] = field(default_factory=dict)  # outlives expiry: sequences never go back
+    subjects: dict[str, tuple[str, str, int]] = field(default_factory=dict)
     counter: itertools.count[int] = field(default_factory=itertools.count)
 
     def add_room_message(self, message: StoredMessage) -> None:
@@ -253,6 +263,15 @@ class MemoryStore:
 
     def bind(self, user: str, key: str) -> None:
         self.owners[user] = key
+
+    def set_subject(self, room: str, text: str, setter: str, time_ms: int) -> None:
+        if text:
+            self.subjects[room] = (text, setter, time_ms)
+        else:
+            self.subjects.pop(room, None)
+
+    def subject(self, room: str) -> tuple[str, str, int] | None:
+        return self.subjects.get(room)
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)

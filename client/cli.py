@@ -152,7 +152,8 @@ def send(name: str, broker: str, connect_timeout: float, server_key: str | None,
     """Send one message; exit 0 only when the broker accepted it."""
     if bool(to) == everyone:
         raise click.UsageError("give exactly one of --to NAME and --all")
-    settings = settings_of(name, broker, connect_timeout, server_key)
+    # Unannounced: others see the message, not a join and a leave around it.
+    settings = replace(settings_of(name, broker, connect_timeout, server_key), announce=False)
     client = start(Client.from_settings(settings, on_event=lambda event: None))
     try:
         message = " ".join(text)

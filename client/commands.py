@@ -93,6 +93,17 @@ class Whois:
 
 
 @dataclass(frozen=True)
+class Away:
+    text: str  # "": back
+
+
+@dataclass(frozen=True)
+class Topic:
+    room: str  # "": the current room
+    text: str | None = None  # None: show it; "": clear it
+
+
+@dataclass(frozen=True)
 class Quit:
     pass
 
@@ -119,6 +130,8 @@ Command = (
     | Query
     | Ignore
     | Whois
+    | Away
+    | Topic
     | Quit
     | Invalid
 )
@@ -139,7 +152,11 @@ commands:
   /query NAME       a private conversation with NAME in a buffer of its own: plain text goes to NAME
   /ignore [NAME]    do not show NAME's messages (without NAME: who is ignored)
   /unignore NAME    show NAME's messages again
-  /whois NAME       what this client knows of NAME: online or not, rooms in common
+  /whois NAME       what this client knows of NAME: online or not, away, rooms in common
+  /away [TEXT]      mark yourself away with TEXT (others see it in /who and when they message you);
+                    without TEXT: back
+  /topic [#ROOM] [TEXT]  the topic of ROOM (the current one if not given); with TEXT: set it
+                    (any member may; TEXT "-" clears it)
   /search WORDS     messages of your rooms and yours with all of WORDS (or words starting so)
   /who              who is online
   /clear            clear the screen
@@ -149,15 +166,21 @@ keys: Alt-Enter another line (each goes as a message); Ctrl-C clears the line; U
 
 #: Command words for completion.
 WORDS = ("/msg", "/me", "/join", "/leave", "/room", "/rooms", "/names", "/history", "/more", "/search", "/who",
-         "/buffer", "/query", "/ignore", "/unignore", "/whois", "/clear", "/help", "/quit")  # fmt: skip
+         "/buffer", "/query", "/ignore", "/unignore", "/whois", "/away", "/topic", "/clear", "/help",
+         "/quit")  # fmt: skip
 #: Command words whose argument is a room.
-ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history", "/more")
+ROOM_WORDS = ("/join", "/leave", "/room", "/names", "/history", "/more", "/topic")
 
 
 def help_of(word: str) -> str | None:
     """The lines of HELP about one command ("/join" or "join"), or None if there is none."""
     word = "/" + word.lstrip("/").lower()
-    lines = [line for line in HELP.splitlines()[1:] if line.split()[0] == word]
+    lines: list[str] = []
+    for line in HELP.splitlines()[1:]:
+        if line.split()[0] == word or (lines and line.startswith("    ")):  # and its continuation
+            lines.append(line)
+        elif lines:
+            break
     return "\n".join(lines) if lines else None
 
 
@@ -219,6 +242,10 @@ def parse(line: str) -> Command | None:
         return Ignore(args[0], on=False) if len(args) == 1 else Invalid("usage: /unignore NAME")
     if word == "/whois":
         return Whois(args[0]) if len(args) == 1 else Invalid("usage: /whois NAME")
+    if word == "/away":
+        return Away(rest.strip())
+    if word == "/topic":
+        return _topic(rest.strip())
     if word in ("/quit", "/exit", "/q"):
         return Quit()
     return Invalid(f"unknown command {word}; /help lists them")
@@ -231,6 +258,16 @@ def _history(args: list[str]) -> Command:
     if len(args) > 1 or (args and not (args[0].isdigit() and int(args[0]) > 0)):
         return Invalid("usage: /history [#ROOM] [N]")
     return History(room, int(args[0]) if args else count)
+
+
+def _topic(rest: str) -> Command:
+    room = ""
+    if rest.startswith("#"):
+        room, _, rest = rest.partition(" ")
+        rest = rest.strip()
+    if not rest:
+        return Topic(room)
+    return Topic(room, "" if rest == "-" else rest)
 
 
 def _private(rest: str, usage: str) -> Command:

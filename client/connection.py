@@ -39,7 +39,7 @@ BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
 #: Requests the broker's flood control counts (PROTOCOL.md 8): paced by the client, in order.
-PACED_KINDS = {"send", "history", "search", "enter", "exit", "rooms", "names"}
+PACED_KINDS = {"send", "history", "search", "enter", "exit", "rooms", "names", "away", "topic", "settopic"}
 PACE_MARGIN = 0.95  # of the broker's rate
 #: Connections a request is sent on at most: one that cost the connection each time
 #: (too large for the broker, or crashing it) is refused to the user, not sent for ever.
@@ -310,6 +310,8 @@ class Connection:
         self.room_sync_tag = b""  # its topic is subscribed after the rooms' topics, for their SYNCED
         self.next_room_sync_at = 0.0
         self.oldest: dict[str, int] = {}  # room -> lowest sequence number shown from history
+        #: Ids of the user's ENTERs just acknowledged: a SUBJECT with one of them follows at once.
+        self.entered: deque[bytes] = deque(maxlen=16)
         # -- our own catching up, released in order as the bucket allows
         self.catching_up: deque[CatchUp] = deque()
         self.own: dict[bytes, tuple[CatchUp, float]] = {}  # id -> what of catching_up it asked, when
@@ -543,6 +545,9 @@ class Connection:
         self._go(Trigger.SYNCED)
         self.rooms[p.EVERYONE].synced()  # subscribed before the own topic, so live too
         self.catching_up.append(CatchUp("history", p.EVERYONE))
+        if not self.s.announce:  # a session nobody is told of: online without READY (PROTOCOL.md 4.6)
+            self._online(now)
+            return
         self.step_id = self.new_id().encode()
         self._send(p.Ready(self.step_id), now)
 
@@ -657,7 +662,20 @@ class Connection:
         pending = self.requests.sent.pop(users.msg_id, None)
         if pending is not None:
             request = pending.request
-            self._answer(pending, ev.Users(users.names, request.target if request.kind == "names" else ""))
+            room = request.target if request.kind == "names" else ""
+            self._answer(pending, ev.Users(users.names, room, users.away))
+
+    def _on_away(self, notice: p.AwayNotice, now: float) -> None:
+        self._notify(ev.Away(notice.msg_id.decode(), notice.name, notice.text))
+
+    def _on_subject(self, subject: p.Subject, now: float) -> None:
+        when = ev.from_ms(subject.time_ms) if subject.time_ms else None
+        shown = ev.Topic(subject.room, subject.text, subject.setter, when)
+        if (pending := self.requests.sent.pop(subject.msg_id, None)) is not None:
+            self._answer(pending, shown)
+        elif subject.msg_id in self.entered:  # after the ACK of the user's ENTER: shown on joining
+            self.entered.remove(subject.msg_id)
+            self._notify(shown)
 
     def _on_receipt(self, receipt: p.Receipt, now: float) -> None:
         for msg_id in receipt.msg_ids:
@@ -732,6 +750,8 @@ class Connection:
             outcome = request.refusal(answer.code, answer.text)
             if request.kind == "enter":  # not a member after all: stop listening
                 self._forget_room(request.target)
+        if request.kind == "enter" and isinstance(answer, p.Ack):
+            self.entered.append(pending.msg_id)  # its room's subject may follow (PROTOCOL.md 13.7)
         self._answer(pending, outcome)
 
     # --- the user's requests -----------------------------------------------------------
@@ -1076,6 +1096,8 @@ class Connection:
             self._notify(ev.Presence(event.name, "join", ev.from_ms(event.time_ms), room=name))
         elif isinstance(event, p.Leave):
             self._notify(ev.Presence(event.name, "leave", ev.from_ms(event.time_ms), event.reason, room=name))
+        elif isinstance(event, p.SubjectChanged):
+            self._notify(ev.Topic(name, event.text, event.setter, ev.from_ms(event.time_ms), changed=True))
 
     def _forget_room(self, name: str) -> None:
         room = self.rooms.pop(name, None)
@@ -1108,6 +1130,8 @@ _DEALER_HANDLERS: dict[type, Callable[[Connection, Any, float], None]] = {
     p.Welcome: Connection._welcomed,
     p.Shutdown: Connection._on_shutdown,
     p.Replaced: Connection._on_replaced,
+    p.AwayNotice: Connection._on_away,
+    p.Subject: Connection._on_subject,
 }
 
 #: The command each kind of user request is sent as.
@@ -1120,4 +1144,7 @@ _REQUEST_COMMANDS: dict[str, Callable[[Connection, Request, bytes], p.ClientComm
     "names": lambda c, r, i: p.Names(i, r.target),
     "history": Connection._history_request,
     "search": lambda c, r, i: p.Search(i, r.text),
+    "away": lambda c, r, i: p.Away(i, r.text),
+    "topic": lambda c, r, i: p.SubjectRequest(i, r.target),
+    "settopic": lambda c, r, i: p.SetSubject(i, r.target, r.text),
 }

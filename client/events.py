@@ -88,6 +88,28 @@ class Refusal:
 class Users:
     names: tuple[str, ...]
     room: str = ""  # set when answering names(room): the room's members online
+    away: tuple[tuple[str, str], ...] = ()  # (name, text) of those away, answering who()
+
+
+@dataclass(frozen=True, slots=True)
+class Away:
+    """The recipient of our private message `msg_id` is away, saying `text`."""
+
+    msg_id: str
+    name: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Topic:
+    """A room's topic: the answer to topic(room) (`changed` False), or a member set it
+    (`changed` True, published to the room). `text` "" is no topic."""
+
+    room: str
+    text: str
+    setter: str
+    time: datetime | None
+    changed: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +148,9 @@ class Status:
     detail: str
 
 
-Event = Message | Presence | Ack | Refusal | Users | Status | Receipt | RoomList | History | Found
+Event = (
+    Message | Presence | Ack | Refusal | Users | Status | Receipt | RoomList | History | Found | Away | Topic
+)
 #: The answer to one request: a send gets Ack or Refusal, WHO gets Users or Refusal, and so on.
-Outcome = Ack | Refusal | Users | RoomList | History | Found
+Outcome = Ack | Refusal | Users | RoomList | History | Found | Topic
 Callback = Callable[[Event], None]

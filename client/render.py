@@ -214,7 +214,13 @@ class Renderer:
             if not event.names:
                 return self._status(f"nobody in {event.room} is online" if event.room else "nobody is online")
             where = f"in {event.room}" if event.room else "online"
-            return self._status(f"{where} ({len(event.names)}): {', '.join(event.names)}")
+            away = {name.lower(): text for name, text in event.away}
+            names = [f"{n} (away: {away[n.lower()]})" if n.lower() in away else n for n in event.names]
+            return self._status(f"{where} ({len(event.names)}): {', '.join(names)}")
+        if isinstance(event, ev.Away):
+            return self._status(f"{self._name(event.name)} is away: {event.text}")
+        if isinstance(event, ev.Topic):
+            return self._topic(event)
         return self._status(event.detail, error=event.state in (ev.State.RECONNECTING, ev.State.OFFLINE))
 
     def _status(self, text: str, when: datetime | None = None, error: bool = False) -> str:
@@ -254,7 +260,21 @@ class Renderer:
         verb = f"joined{where}" if p.event == "join" else f"left{where}" + (f" ({reason})" if reason else "")
         return self._status(f"{self._name(p.name)} {verb}", p.time)
 
+    def _topic(self, t: ev.Topic) -> str:
+        if t.changed:
+            if not t.text:
+                return self._status(f"{self._name(t.setter)} cleared the topic of {t.room}", t.time)
+            return self._status(f"{self._name(t.setter)} set the topic of {t.room}: {t.text}", t.time)
+        if not t.text:
+            return self._status(f"{t.room} has no topic")
+        when = f", {t.time.astimezone():%Y-%m-%d %H:%M}" if t.time else ""
+        return self._status(f"topic of {t.room}: {t.text} (set by {self._name(t.setter)}{when})")
+
     def _ack(self, a: ev.Ack) -> str | None:
+        if a.command == "away":
+            return self._status(
+                f"you are away: {a.text}" if a.text else "you are back (no longer away)", a.time
+            )
         if a.command == "enter":
             return self._status(f"you joined {a.target}", a.time)
         if a.command == "exit":
@@ -348,6 +368,15 @@ def to_data(event: ev.Event) -> dict[str, Any]:
         data = {"type": "users", "names": list(event.names)}
         if event.room:
             data["room"] = event.room
+        if event.away:
+            data["away"] = dict(event.away)
+    elif isinstance(event, ev.Away):
+        data = {"type": "away", "id": event.msg_id, "name": event.name, "text": event.text}
+    elif isinstance(event, ev.Topic):
+        data = {"type": "topic", "room": event.room, "text": event.text, "by": event.setter,
+                "changed": event.changed}  # fmt: skip
+        if event.time is not None:
+            data["time"] = iso(event.time)
     else:
         data = {"type": "status", "state": event.state.value, "text": event.detail}
     return data

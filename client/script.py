@@ -138,6 +138,16 @@ def execute(client: UserRequests, command: cmd.Command, out: Output) -> None:
         else:
             out.room = command.name  # plain text goes to them now
             out(ev.Status(client.state, f"now talking with {command.name} in private"))
+    elif isinstance(command, cmd.Away):
+        client.away(command.text)
+    elif isinstance(command, cmd.Topic):
+        room = (command.room or out.room).lower()
+        if not ev.is_room(room) or room == "*":
+            out(ev.Refusal("", ev.USAGE, "the lobby and private conversations have no topic: /topic #ROOM"))
+        elif command.text is None:
+            client.topic(room)
+        else:
+            client.set_topic(room, command.text)
     elif isinstance(command, cmd.Buffer | cmd.Ignore | cmd.Whois):
         out(ev.Refusal("", ev.USAGE, "buffers, /ignore and /whois are the terminal UI's (zchat connect)"))
     elif isinstance(command, cmd.Invalid):

@@ -31,7 +31,14 @@ from zchat.client.readstate import ReadState
 from zchat.client.request import Request
 from zchat.client.settings import DEFAULT_BROKER, Settings
 from zchat.common.keys import KeyPair
-from zchat.common.protocol import EVERYONE, MAX_HISTORY, MAX_NUMBER, valid_room
+from zchat.common.protocol import (
+    EVERYONE,
+    MAX_AWAY_BYTES,
+    MAX_HISTORY,
+    MAX_NUMBER,
+    MAX_SUBJECT_BYTES,
+    valid_room,
+)
 
 __all__ = ["DEFAULT_BROKER", "Client", "ConnectError", "Settings"]
 
@@ -104,6 +111,31 @@ class UserRequests:
     def who(self) -> Request:
         """Ask who is online; `.wait()` gives Users (or a Refusal)."""
         return self._submit(Request("who", self._new_id()))
+
+    def away(self, text: str = "") -> Request:
+        """Mark us away with `text` ("": back); others see it in who() and when they
+        message us. `.wait()` gives Ack."""
+        return self._bounded(Request("away", self._new_id(), text=text.strip()), MAX_AWAY_BYTES)
+
+    def topic(self, room: str) -> Request:
+        """The topic of `room`; `.wait()` gives Topic (text "" when it has none)."""
+        return self._room_request("topic", room)
+
+    def set_topic(self, room: str, text: str) -> Request:
+        """Set the topic of `room`, one we are in ("" clears it); `.wait()` gives Ack, and
+        the room's members (us too) get a Topic event with `changed`."""
+        room = room.lower()
+        request = Request("settopic", self._new_id(), room, text.strip())
+        if not valid_room(room):
+            return self._refused(request, f"{room!r} is not a room: '#' and 1-32 letters, digits, _ - .")
+        return self._bounded(request, MAX_SUBJECT_BYTES)
+
+    def _bounded(self, request: Request, limit: int) -> Request:
+        """Refused here when longer than the broker takes (PROTOCOL.md 13.7)."""
+        size = len(request.text.encode("utf-8", "surrogatepass"))
+        if size > limit:
+            return self._refused(request, f"the text is {size} bytes, the limit is {limit}")
+        return self._checked(request)
 
     # --- rooms, history and search (PROTOCOL.md 13) ----------------------------
 
@@ -186,6 +218,7 @@ class Client(UserRequests):
         keys: KeyPair | None = None,
         kind: str = Settings.client,
         read_state: ReadState | None = None,
+        announce: bool = Settings.announce,
     ) -> None:
         """`on_event`, if given, is called on the poller thread: keep it quick.
 
@@ -199,6 +232,8 @@ class Client(UserRequests):
         "unread since HH:MM" just before its first message not shown before.
         `kind` is what HELLO tells the broker this program is, for its
         operators' figures only (PROTOCOL.md 4.1): "library", "bot", or a word of your own.
+        `announce=False` never tells others this session joined or left (no READY,
+        PROTOCOL.md 4.6): for a short-lived sender such as `zchat send`.
         """
         self.name = name
         self.broker = broker
@@ -207,7 +242,7 @@ class Client(UserRequests):
         if server_key is not None and keys is None:  # one pair for every socket of this client
             keys = KeyPair(*zmq.curve_keypair())
         self._settings = Settings(name, broker, connect_timeout, answer_timeout, max_queued, history_count,
-                                  server_key, keys, client=kind)  # fmt: skip
+                                  server_key, keys, client=kind, announce=announce)  # fmt: skip
         super().__init__()
         self._on_event = on_event
         self.read_state = read_state
@@ -232,7 +267,8 @@ class Client(UserRequests):
         return cls(settings.name, settings.broker, connect_timeout=settings.connect_timeout,
                    answer_timeout=settings.answer_timeout, max_queued=settings.max_queued,
                    history_count=settings.history_count, on_event=on_event, server_key=settings.server_key,
-                   keys=settings.keys, read_state=read_state, kind=settings.client)  # fmt: skip
+                   keys=settings.keys, read_state=read_state, kind=settings.client,
+                   announce=settings.announce)  # fmt: skip
 
     # --- lifetime ------------------------------------------------------------
 

@@ -45,6 +45,9 @@ class Settings:
     bell: bool = True
     #: What HELLO tells the broker this program is (PROTOCOL.md 4.1): terminal, web, library, bot.
     client: str = "library"
+    #: False: never send READY, so that nobody is told this session joined or left (PROTOCOL.md
+    #: 4.6): `zchat send`'s short-lived session. It is online all the same (WHO lists it).
+    announce: bool = True
 
     def __post_init__(self) -> None:
         # More than one HISTORY may ask for is refused by the broker (400): ask for what it gives.

@@ -52,6 +52,7 @@ class Roster:
         self._names: set[str] = set()
         self._rooms: set[str] = set()
         self._members: dict[str, set[str]] = {}  # room -> the lower-case names known in it
+        self._away: dict[str, str] = {}  # lower-case name -> away text, from the last /who or message
         self._lock = threading.Lock()  # written on the poller thread, read on the UI one
 
     def update(self, event: ev.Event) -> None:
@@ -63,6 +64,9 @@ class Roster:
                     self._rooms.add(event.room)
                 else:
                     self._names = set(event.names)
+                    self._away = {name.lower(): text for name, text in event.away}
+            elif isinstance(event, ev.Away):
+                self._away[event.name.lower()] = event.text
             elif isinstance(event, ev.Presence):
                 if event.room != "*":
                     self._rooms.add(event.room)  # leaving a room is not leaving the chat
@@ -72,6 +76,7 @@ class Roster:
                     self._names.add(event.name)
                 else:
                     self._names.discard(event.name)
+                    self._away.pop(event.name.lower(), None)
             elif isinstance(event, ev.Message):
                 if not event.history:
                     self._names.add(event.sender)
@@ -101,8 +106,10 @@ class Roster:
             spelt = next((n for n in self._names if n.lower() == key), name)
             online = spelt in self._names
             common = sorted(r for r in joined if key in self._members.get(r.lower(), set()))
+            away = self._away.get(key, "") if online else ""
         where = f"in {', '.join(common)} with you" if common else "in no room with you"
-        return f"{spelt}: {'online' if online else 'not online'}, {where}"
+        state = f"online, away: {away}" if away else "online" if online else "not online"
+        return f"{spelt}: {state}, {where}"
 
     def others(self) -> list[str]:
         with self._lock:
@@ -301,13 +308,15 @@ class Screen:
             peer = event.target if event.sender.lower() == self.me.lower() else event.sender
         elif isinstance(event, ev.Ack) and event.command == "send" and not ev.is_room(event.target):
             peer = event.target
+        elif isinstance(event, ev.Away):
+            peer = event.name
         if peer:
             found = self.find(peer)
             return found if found is not None else self.current
         if isinstance(event, ev.Ack) and event.command == "exit":
             return 0  # the room's buffer goes: "you left" is said in the lobby
         room = ""
-        if isinstance(event, ev.Ack | ev.Presence | ev.Users | ev.History):
+        if isinstance(event, ev.Ack | ev.Presence | ev.Users | ev.History | ev.Topic):
             room = getattr(event, "target", "") or getattr(event, "room", "")
         elif isinstance(event, ev.Refusal):
             room = event.target

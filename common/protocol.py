@@ -55,6 +55,9 @@ MAX_REASON_BYTES = 256
 MAX_CLIENT_BYTES = 32
 #: JOINs and LEAVEs one PRESENCE may carry (PROTOCOL.md 6.4).
 MAX_PRESENCE = 1000
+#: AWAY's text and a room's subject, in UTF-8 bytes (PROTOCOL.md 13.7): longer is refused 413.
+MAX_AWAY_BYTES = 160
+MAX_SUBJECT_BYTES = 300
 
 
 class Code(IntEnum):
@@ -172,6 +175,22 @@ class Received(NamedTuple):
     ids: tuple[bytes, ...]
 
 
+class Away(NamedTuple):
+    msg_id: bytes
+    text: str  # "": back, no longer away
+
+
+class SubjectRequest(NamedTuple):
+    msg_id: bytes
+    room: str
+
+
+class SetSubject(NamedTuple):
+    msg_id: bytes
+    room: str
+    text: str  # "": no subject
+
+
 ClientCommand = (
     Hello
     | Send
@@ -187,6 +206,9 @@ ClientCommand = (
     | HistoryRequest
     | Search
     | Received
+    | Away
+    | SubjectRequest
+    | SetSubject
 )
 
 # --- what the broker sends to one client (ROUTER -> DEALER) ------------------
@@ -228,6 +250,8 @@ class Error(NamedTuple):
 class Users(NamedTuple):
     msg_id: bytes
     names: tuple[str, ...]
+    #: Optional (PROTOCOL.md 13.7): [name, text] of those among `names` who are away.
+    away: tuple[tuple[str, str], ...] = ()
 
 
 class Pong(NamedTuple):
@@ -241,6 +265,24 @@ class Message(NamedTuple):
     target: str  # a name for a private message, EVERYONE for a broadcast
     time_ms: int
     body: bytes
+
+
+class AwayNotice(NamedTuple):
+    """The recipient of the private message `msg_id` is away (PROTOCOL.md 13.7)."""
+
+    msg_id: bytes
+    name: str
+    text: str
+
+
+class Subject(NamedTuple):
+    """SUBJECT's answer: the room's subject, who set it and when ("", "", 0: none)."""
+
+    msg_id: bytes
+    room: str
+    text: str
+    setter: str
+    time_ms: int
 
 
 class Shutdown(NamedTuple):
@@ -297,6 +339,15 @@ class Synced(NamedTuple):
     msg_id: bytes
 
 
+class SubjectChanged(NamedTuple):
+    """Published on the room's PUB topic when a member sets its subject (PROTOCOL.md 13.7)."""
+
+    room: str
+    text: str
+    setter: str
+    time_ms: int
+
+
 class Record(NamedTuple):
     """A stored message, in HISTORY and FOUND (PROTOCOL.md 13.2)."""
 
@@ -345,8 +396,10 @@ ServerEvent = (
     | History
     | Found
     | Receipt
+    | AwayNotice
+    | Subject
 )
-PublishedEvent = Message | Join | Leave | Presence | Synced | Shutdown
+PublishedEvent = Message | Join | Leave | Presence | Synced | Shutdown | SubjectChanged
 
 
 class Published(NamedTuple):
@@ -579,6 +632,26 @@ def _words(value: Any, msg_id: bytes) -> str:
     return _text(value, msg_id, "words")
 
 
+def _bounded_text(what: str, limit: int) -> Reader:
+    """Text of at most `limit` UTF-8 bytes: longer is refused 413, not cut."""
+
+    def read(value: Any, msg_id: bytes) -> str:
+        text = _text(value, msg_id, what)
+        if len(value) > limit:
+            raise ProtocolError(Code.TOO_LARGE, f"{what} is {len(value)} bytes, the limit is {limit}", msg_id)
+        return text
+
+    return read
+
+
+def _away_pairs(value: Any, msg_id: bytes) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for pair in _array(value, "the away users", msg_id):
+        name, text = _array(pair, "a name and its away text", msg_id, 2, 2)
+        pairs.append((_text(name, msg_id, "a name"), _text(text, msg_id, "an away text")))
+    return tuple(pairs)
+
+
 # --- the message table --------------------------------------------------------
 
 
@@ -648,6 +721,15 @@ COMMANDS: tuple[Kind, ...] = (
     ),
     _kind("SEARCH", Search, ID, Field("words", _words)),
     _kind("RECEIVED", Received, ID, Field("sender", _name), Field("ids", _ids_reader(1))),
+    _kind("AWAY", Away, ID, Field("text", _bounded_text("the away text", MAX_AWAY_BYTES))),
+    _kind("SUBJECT", SubjectRequest, ID, Field("room", _room_reader(lobby=False))),
+    _kind(
+        "SETSUBJECT",
+        SetSubject,
+        ID,
+        Field("room", _room_reader(lobby=False)),
+        Field("text", _bounded_text("the subject", MAX_SUBJECT_BYTES)),
+    ),
 )
 #: What the broker sends to one client (ROUTER -> DEALER), PROTOCOL.md 5 and 13.2.
 REPLIES: tuple[Kind, ...] = (
@@ -681,7 +763,7 @@ REPLIES: tuple[Kind, ...] = (
         Field("text", _reason),
         Field("retry_after_ms", _number("retry-after", high=MAX_INT32)),
     ),
-    _kind("USERS", Users, ID, Field("names", _names)),
+    _kind("USERS", Users, ID, Field("names", _names), Field("away", _away_pairs, optional=True)),
     _kind("PONG", Pong, ID, Field("time_ms", _time)),
     _kind(
         "MESSAGE",
@@ -711,6 +793,16 @@ REPLIES: tuple[Kind, ...] = (
         Field("time_ms", _time),
         Field("msg_ids", _ids_reader(1, MAX_NUMBER)),
     ),
+    _kind("AWAY", AwayNotice, ID, Field("name", _reason), Field("text", _reason)),
+    _kind(
+        "SUBJECT",
+        Subject,
+        ID,
+        Field("room", _reason),
+        Field("text", _reason),
+        Field("setter", _reason),
+        Field("time_ms", _time),
+    ),
 )
 #: What the broker publishes (PUB -> SUB), after the topic and the sequence number, PROTOCOL.md 6.
 PUBLISHED: tuple[Kind, ...] = (
@@ -727,6 +819,14 @@ PUBLISHED: tuple[Kind, ...] = (
     _kind("PRESENCE", Presence, Field("room", _reason), Field("changes", _changes)),
     _kind("SYNCED", Synced, ID),
     next(k for k in REPLIES if k.type is Shutdown),
+    _kind(
+        "SUBJECT",
+        SubjectChanged,
+        Field("room", _reason),
+        Field("text", _reason),
+        Field("setter", _reason),
+        Field("time_ms", _time),
+    ),
 )
 
 _COMMANDS = {k.command: k for k in COMMANDS}

@@ -100,6 +100,17 @@ def test_send_exits_zero_only_when_accepted(broker: Broker) -> None:
         assert everyone.returncode == 0 and bob.message("to all").target == "*"
 
 
+def test_send_is_seen_without_a_join_or_leave_of_its_sender(broker: Broker) -> None:
+    with chat("bob", broker.endpoint) as bob:
+        sent = zchat("send", "--name", "alice", "--broker", broker.endpoint, "--all", "deploy done")
+        assert sent.returncode == 0, sent.stderr
+        assert bob.message("deploy done").sender == "alice"
+        with chat("carol", broker.endpoint):  # announced: the lobby's order puts alice's events before
+            bob.expect(lambda e: isinstance(e, ev.Presence) and e.name == "carol", what="carol's join")
+        said = [e for e in bob.seen if isinstance(e, ev.Presence) and e.name == "alice"]
+        assert said == []
+
+
 def test_who_prints_names_online(broker: Broker) -> None:
     with chat("bob", broker.endpoint), chat("alice", broker.endpoint):
         result = zchat("who", "--broker", broker.endpoint)

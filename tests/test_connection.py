@@ -970,3 +970,80 @@ def test_room_sync_and_catching_up_happen_on_time_by_a_sleeping_poller() -> None
     while not h.take(p.HistoryRequest):  # the ENTER took the token: the join's HISTORY waits for the next
         wake_as_the_poller_does(h)
     assert h.now - asked_at == pytest.approx(60 / 30 / 0.95, abs=0.01)
+
+
+# --- away and room subjects (PROTOCOL.md 13.7) ----------------------------------------
+
+
+def test_away_is_sent_and_an_away_notice_is_told(h: Harness) -> None:
+    h.sign_in()
+    request = h.ask("away", text="lunch")
+    away = h.one(p.Away)
+    assert away.text == "lunch"
+    h.deliver(p.Ack(away.msg_id, 3, "accepted"))
+    assert isinstance(request.wait(0), ev.Ack)
+    sent = h.ask("send", "bob", "are you there?")
+    send = h.one(p.Send)
+    h.deliver(p.AwayNotice(send.msg_id, "bob", "at the dentist"))
+    assert h.of(ev.Away) == [ev.Away(sent.msg_id, "bob", "at the dentist")]
+    assert not sent.done()  # the ACK still answers it
+    h.deliver(p.Ack(send.msg_id, 4, "accepted"))
+    assert isinstance(sent.wait(0), ev.Ack)
+
+
+def test_who_gives_who_is_away(h: Harness) -> None:
+    h.sign_in()
+    request = h.ask("who")
+    h.deliver(p.Users(h.one(p.Who).msg_id, ("alice", "bob"), (("bob", "lunch"),)))
+    assert request.wait(0) == ev.Users(("alice", "bob"), "", (("bob", "lunch"),))
+
+
+def test_a_rooms_subject_is_shown_on_joining_and_when_changed(h: Harness) -> None:
+    h.sign_in()
+    request = h.ask("enter", "#dev")
+    enter = h.one(p.Enter)
+    sync = h.one(p.Sync)
+    h.publish(p.sync_topic("alice", sync.tag), p.Synced(sync.msg_id), seq=0)
+    h.deliver(p.Ack(enter.msg_id, 3, "accepted"))
+    h.deliver(p.Subject(enter.msg_id, "#dev", "release friday", "bob", 2))
+    assert isinstance(request.wait(0), ev.Ack)
+    assert h.of(ev.Topic) == [ev.Topic("#dev", "release friday", "bob", ev.from_ms(2))]
+    h.deliver(p.History(h.one(p.HistoryRequest).msg_id, "#dev", 0, ()))
+    h.publish(p.topic_of("#dev"), p.SubjectChanged("#dev", "", "carol", 9), seq=1)
+    assert h.of(ev.Topic)[-1] == ev.Topic("#dev", "", "carol", ev.from_ms(9), changed=True)
+
+
+def test_a_subject_is_asked_and_set(h: Harness) -> None:
+    h.sign_in()
+    asked = h.ask("topic", "#dev")
+    h.deliver(p.Subject(h.one(p.SubjectRequest).msg_id, "#dev", "", "", 0))
+    assert asked.wait(0) == ev.Topic("#dev", "", "", None)
+    set_ = h.ask("settopic", "#dev", "hello")
+    command = h.one(p.SetSubject)
+    assert (command.room, command.text) == ("#dev", "hello")
+    h.deliver(p.Ack(command.msg_id, 5, "accepted"))
+    assert isinstance(set_.wait(0), ev.Ack)
+
+
+def test_a_subject_after_an_enter_of_our_own_catching_up_is_not_shown(h: Harness) -> None:
+    h.sign_in()
+    join(h)
+    h.lose_connection()
+    h.welcome()
+    h.synced()
+    h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
+    h.deliver(p.History(h.one(p.HistoryRequest).msg_id, "*", 0, ()))
+    h.deliver(p.RoomList(h.one(p.Rooms).msg_id, (), ()))  # a broker that lost its store
+    enter = h.one(p.Enter)  # entered again by the engine, not asked by the user
+    h.deliver(p.Ack(enter.msg_id, 3, "accepted"))
+    h.deliver(p.Subject(enter.msg_id, "#dev", "old news", "bob", 2))
+    assert h.of(ev.Topic) == []
+
+
+def test_an_unannounced_client_is_online_without_ready() -> None:
+    h = Harness(announce=False)
+    h.start()
+    h.welcome()
+    h.synced()
+    assert h.take(p.Ready) == []
+    assert h.state() is State.ONLINE and h.first == [None]

@@ -904,3 +904,92 @@ def test_the_dispatch_checks_key_then_shutdown_then_registration_then_rate() -> 
     core.handle(Shutdown(0.0))
     assert error_code(say(core, b"X", p.Send(b"m4", "*", b"x"), 0.0), b"X") == Code.SHUTTING_DOWN
     assert error_code(say(core, b"A", p.Send(b"m5", "*", b"x"), 0.0, "KEY-B"), b"A") == Code.NAME_OWNED
+
+
+# --- away and room subjects (PROTOCOL.md 13.7) ----------------------------------------
+
+
+def test_away_shows_in_who_and_is_told_to_whoever_messages_the_away_user(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    assert replies(say(core, b"B", p.Away(b"w1", "lunch"), 2.0), b"B") == [p.Ack(b"w1", 2000, "accepted")]
+    (users,) = replies(say(core, b"C", p.Who(b"q")), b"C")
+    assert users == p.Users(b"q", ("alice", "bob"), (("bob", "lunch"),))
+    sent = say(core, b"A", p.Send(b"m1", "bob", b"hi"), 3.0)
+    assert replies(sent, b"A") == [p.AwayNotice(b"m1", "bob", "lunch")]  # before the ACK
+    assert deliver(sent).message.body == b"hi"  # delivered all the same
+    assert replies(feed(core, Delivered(deliver(sent)), 3.0), b"A") == [p.Ack(b"m1", 3000, "accepted")]
+    say(core, b"B", p.Away(b"w2", ""), 4.0)  # back
+    assert replies(say(core, b"C", p.Who(b"q2")), b"C") == [p.Users(b"q2", ("alice", "bob"))]
+    assert replies(say(core, b"A", p.Send(b"m2", "bob", b"again"), 5.0), b"A") == []
+
+
+def test_away_ends_with_the_session(core: BrokerCore) -> None:
+    register(core, b"B", "bob")
+    say(core, b"B", p.Away(b"w", "lunch"))
+    say(core, b"B", p.Bye(b"b"))
+    register(core, b"B2", "bob")
+    assert replies(say(core, b"C", p.Who(b"q")), b"C") == [p.Users(b"q", ("bob",))]
+
+
+def test_a_member_sets_the_subject_every_member_hears_it_and_joiners_are_told(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    say(core, b"A", p.Enter(b"e", "#dev"))
+    assert replies(say(core, b"A", p.SubjectRequest(b"s0", "#dev"), 2.0), b"A") == [
+        p.Subject(b"s0", "#dev", "", "", 0)
+    ]
+    assert error_code(say(core, b"B", p.SetSubject(b"t0", "#dev", "mine")), b"B") == Code.NOT_MEMBER
+    changed = say(core, b"A", p.SetSubject(b"t1", "#dev", "release friday"), 3.0)
+    assert replies(changed, b"A") == [p.Ack(b"t1", 3000, "accepted")]
+    assert events(changed) == [p.SubjectChanged("#dev", "release friday", "alice", 3000)]
+    assert published(changed)[0].topic == p.topic_of("#dev")
+    entered = say(core, b"B", p.Enter(b"e2", "#dev"), 4.0)
+    assert replies(entered, b"B") == [
+        p.Ack(b"e2", 4000, "accepted"),
+        p.Subject(b"e2", "#dev", "release friday", "alice", 3000),
+    ]
+    say(core, b"B", p.SetSubject(b"t2", "#dev", ""), 5.0)  # any member may, also to clear it
+    assert replies(say(core, b"C", p.SubjectRequest(b"s1", "#dev")), b"C") == [
+        p.Error(b"s1", Code.NOT_REGISTERED, "send HELLO first")
+    ]
+    register(core, b"C", "carol")
+    assert replies(say(core, b"C", p.SubjectRequest(b"s2", "#dev")), b"C") == [
+        p.Subject(b"s2", "#dev", "", "", 0)
+    ]
+
+
+def test_the_subject_outlives_the_broker_with_a_store_on_disk(tmp_path: Path) -> None:
+    from zchat.broker.sqlite_store import SqliteStore
+
+    store = SqliteStore.open(tmp_path / "chat.db")
+    first = make_core(store=store)
+    register(first, b"A", "alice")
+    say(first, b"A", p.Enter(b"e", "#dev"))
+    say(first, b"A", p.SetSubject(b"t", "#dev", "café ☕"), 7.0)
+    store.close()
+    again = make_core(store=SqliteStore.open(tmp_path / "chat.db"))
+    register(again, b"B", "bob")
+    assert replies(say(again, b"B", p.SubjectRequest(b"s", "#dev")), b"B") == [
+        p.Subject(b"s", "#dev", "café ☕", "alice", 7000)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        (p.encode_command(b"AWAY", b"w", "x" * (p.MAX_AWAY_BYTES + 1)), Code.TOO_LARGE),
+        (p.encode_command(b"SETSUBJECT", b"t", "#dev", "é" * (p.MAX_SUBJECT_BYTES // 2 + 1)), Code.TOO_LARGE),
+        (p.encode_command(b"SETSUBJECT", b"t", "*", "lobby"), Code.MALFORMED),
+        (p.encode_command(b"SUBJECT", b"t", "dev"), Code.MALFORMED),
+        (p.encode_command(b"AWAY", b"w", b"\xff"), Code.BAD_ENCODING),
+    ],
+)
+def test_away_and_subject_fields_are_bounded_and_checked(
+    core: BrokerCore, frames: list[bytes], code: int
+) -> None:
+    register(core, b"A", "alice")
+    say(core, b"A", p.Enter(b"e", "#dev"))
+    (error,) = replies(receive(core, b"A", frames), b"A")
+    assert isinstance(error, p.Error)
+    assert error.code == code and error.msg_id in (b"w", b"t")

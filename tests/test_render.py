@@ -115,3 +115,33 @@ def test_an_action_reads_as_one_with_its_text_shown() -> None:
     private = renderer.line(ev.Message("m2", "mallory", "alice", ACTION_PREFIX + "waves\x1b[2J", NOW))
     assert room is not None and room.endswith("] * mallory waves␛[2J")
     assert private is not None and private.endswith("[private] mallory -> you: * waves␛[2J")
+
+
+def test_away_and_topic_texts_from_others_are_shown_not_obeyed() -> None:
+    renderer = Renderer("alice", colour=True)
+    lines = [
+        renderer.line(ev.Away("m1", "bob", HOSTILE)),
+        renderer.line(ev.Topic("#dev", HOSTILE, "bob", NOW, changed=True)),
+        renderer.line(ev.Topic("#dev", HOSTILE, "bob", NOW)),
+        renderer.line(ev.Users(("alice", "bob"), away=(("bob", HOSTILE),))),
+    ]
+    for line in lines:
+        assert line is not None and HOSTILE_SHOWN in line
+        assert OUR_ESCAPES.sub("", line).isprintable()
+
+
+def test_away_topic_and_who_read_as_a_person_reads_them() -> None:
+    renderer = Renderer("alice", colour=False)
+    assert "bob is away: lunch" in str(renderer.line(ev.Away("m1", "bob", "lunch")))
+    assert "bob set the topic of #dev: ship it" in str(
+        renderer.line(ev.Topic("#dev", "ship it", "bob", NOW, changed=True))
+    )
+    assert "bob cleared the topic of #dev" in str(
+        renderer.line(ev.Topic("#dev", "", "bob", NOW, changed=True))
+    )
+    assert "#dev has no topic" in str(renderer.line(ev.Topic("#dev", "", "", None)))
+    who = str(renderer.line(ev.Users(("alice", "Bob"), away=(("Bob", "lunch"),))))
+    assert "alice, Bob (away: lunch)" in who
+    assert "you are away: lunch" in str(
+        renderer.line(ev.Ack("w", NOW, "accepted", text="lunch", command="away"))
+    )

@@ -17,7 +17,8 @@ SPEC = (Path(__file__).parent.parent / "docs" / "PROTOCOL.md").read_text()
 WIRE_NAMES = {
     p.Hello: "HELLO", p.Send: "SEND", p.Who: "WHO", p.Ping: "PING", p.Sync: "SYNC", p.Ready: "READY",
     p.Bye: "BYE", p.Enter: "ENTER", p.Exit: "EXIT", p.Rooms: "ROOMS", p.Names: "NAMES",
-    p.HistoryRequest: "HISTORY", p.Search: "SEARCH", p.Received: "RECEIVED",
+    p.HistoryRequest: "HISTORY", p.Search: "SEARCH", p.Received: "RECEIVED", p.Away: "AWAY",
+    p.SubjectRequest: "SUBJECT", p.SetSubject: "SETSUBJECT",
 }  # fmt: skip
 
 

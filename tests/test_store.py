@@ -113,6 +113,16 @@ def test_membership_and_room_sizes(store: Store) -> None:
     assert store.room_sizes() == {"#a": 2}
 
 
+def test_a_room_subject_is_kept_replaced_and_cleared(store: Store) -> None:
+    assert store.subject("#a") is None
+    store.set_subject("#a", "release friday", "Alice", 5)
+    store.set_subject("#a", "release monday ☕", "bob", 7)
+    store.set_subject("#b", "other", "carol", 9)
+    assert store.subject("#a") == ("release monday ☕", "bob", 7)
+    store.set_subject("#a", "", "bob", 11)
+    assert (store.subject("#a"), store.subject("#b")) == (None, ("other", "carol", 9))
+
+
 def test_known_users(store: Store) -> None:
     store.add_user("alice")
     store.add_user("alice")
@@ -611,3 +621,23 @@ def test_a_version_1_store_is_migrated_and_its_messages_stay_searchable(tmp_path
         assert [m.body for m in store.search("bob", "news", 10)] == [b"fresh news", b"old news"]
     finally:
         store.close()
+
+
+def test_a_room_subject_survives_reopening_and_a_version_3_file_gains_the_table(tmp_path: Path) -> None:
+    store = SqliteStore.open(tmp_path / "z.db")
+    store.set_subject("#a", "kept", "Alice", 5)
+    store.commit()
+    store.close()
+    reopened = SqliteStore.open(tmp_path / "z.db")
+    assert reopened.subject("#a") == ("kept", "Alice", 5)
+    reopened.close()
+    db = sqlite3.connect(tmp_path / "z.db")  # as zchat before subjects left it
+    db.execute("DROP TABLE subjects")
+    db.execute("PRAGMA user_version = 3")
+    db.commit()
+    db.close()
+    again = SqliteStore.open(tmp_path / "z.db")
+    assert again.subject("#a") is None
+    again.set_subject("#a", "new", "bob", 6)
+    assert again.subject("#a") == ("new", "bob", 6)
+    again.close()

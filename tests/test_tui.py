@@ -752,3 +752,78 @@ def test_a_mention_in_a_buffer_not_in_view_rings_the_bell(
     terminal.wait(lambda: bell_rang(terminal), "the bell for a mention behind another buffer")
     assert "in the lobby" not in terminal.tmux("capture-pane", "-p", "-t", "t:0")
     terminal.wait_screen("[1:lobby 1!] [*2:#dev]")
+
+
+def start_as(terminal: Terminal, broker: Broker, name: str) -> None:
+    terminal.start(ZCHAT, "connect", "--name", name, "--broker", broker.endpoint)
+    terminal.wait_input(f"{name}>")
+    terminal.wait_screen("online (")
+
+
+@pytest.fixture
+def bobs_terminal(tmp_path: Path) -> Iterator[Terminal]:
+    (tmp_path / "bob").mkdir()
+    term = Terminal(tmp_path / "bob")
+    yield term
+    term.close()
+
+
+def test_away_and_ignore_as_another_user_sees_them(
+    terminal: Terminal, bobs_terminal: Terminal, broker: Broker
+) -> None:
+    start_alice(terminal, broker)
+    start_as(bobs_terminal, broker, "bob")
+    enter(terminal, "/away at lunch")
+    terminal.wait_screen("you are away: at lunch")
+    enter(bobs_terminal, "/who")
+    bobs_terminal.wait_screen("online (2): alice (away: at lunch), bob")
+    enter(bobs_terminal, "/msg alice are you there?")
+    bobs_terminal.wait_screen("alice is away: at lunch")
+    terminal.wait_screen("[private] bob -> you: are you there?")  # delivered all the same
+    enter(bobs_terminal, "/whois alice")
+    bobs_terminal.wait_screen("alice: online, away: at lunch")
+    enter(terminal, "/away")
+    terminal.wait_screen("you are back")
+    enter(terminal, "/ignore bob")
+    terminal.wait_screen("ignoring bob")
+    enter(bobs_terminal, "/who")
+    bobs_terminal.wait(lambda: bobs_terminal.screen().count("online (2): alice, bob") == 2, "alice back")
+    enter(bobs_terminal, "/msg alice still there?")  # bob is not told he is ignored, nor that she is away
+    bobs_terminal.wait_screen("[private] you -> alice: still there?")
+    enter(terminal, "/unignore bob")
+    terminal.wait_screen("showing bob's messages again")
+    bob_screen, alice_screen = bobs_terminal.screen(), terminal.screen()
+    assert bob_screen.count("alice is away") == 1, bob_screen
+    assert "still there?" not in alice_screen, alice_screen
+
+
+def test_topic_as_another_user_sees_it(terminal: Terminal, bobs_terminal: Terminal, broker: Broker) -> None:
+    start_alice(terminal, broker)
+    enter(terminal, "/join #dev")
+    terminal.wait_screen("you joined #dev")
+    enter(terminal, "/topic")
+    terminal.wait_screen("#dev has no topic")
+    enter(terminal, "/topic #dev release on friday")
+    terminal.wait_screen("alice set the topic of #dev: release on friday")
+    start_as(bobs_terminal, broker, "bob")
+    enter(bobs_terminal, "/topic #dev mine now")  # not a member: any member may, nobody else
+    bobs_terminal.wait_screen("join #dev to set its topic")
+    enter(bobs_terminal, "/join #dev")
+    bobs_terminal.wait_screen("topic of #dev: release on friday (set by alice")  # shown on joining
+    carol = Peer("carol", broker.endpoint)
+    try:
+        carol.client.enter("#dev").wait(DEADLINE)
+        assert isinstance(carol.client.set_topic("#dev", HOSTILE).wait(DEADLINE), ev.Ack)
+        said = "".join(("carol set the topic of #dev: " + HOSTILE_SHOWN).split())  # across its wrapping
+        for term in (terminal, bobs_terminal):
+
+            def shown(t: Terminal = term) -> bool | None:
+                return said in "".join(t.screen().split()) or None
+
+            term.wait(shown, "carol's topic, shown safely")
+    finally:
+        carol.client.close()
+    enter(bobs_terminal, "/topic -")
+    terminal.wait_screen("bob cleared the topic of #dev")
+    bobs_terminal.wait_screen("bob cleared the topic of #dev")
+    assert "mine now" not in terminal.screen()
