@@ -43,7 +43,18 @@ Context = zmq.Context[zmq.Socket[bytes]]
 
 VERSION = "ZCHAT/2"
 LOBBY = b"*\x00"  # section 6.1
-REPLIES = {"WELCOME", "ACK", "ERROR", "USERS", "PONG", "ROOMS", "HISTORY", "FOUND"}  # id first (3.4)
+REPLIES = {
+    "WELCOME",
+    "ACK",
+    "ERROR",
+    "USERS",
+    "PONG",
+    "ROOMS",
+    "HISTORY",
+    "FOUND",
+    "SUBJECT",
+    "AWAY",
+}  # id first (3.4, 13.7)
 MAX_NUMBER = 2**63 - 1  # the largest `number` (3.2)
 MAX_INT32 = 2**31 - 1  # durations and sizes (3.2)
 MAX_TIME = 253402300799999  # 9999-12-31T23:59:59.999Z (3.2)
@@ -210,6 +221,21 @@ def check_reply(message: Message) -> None:
         assert len(message) >= 3, message
         for name in assert_array(message[2]):
             assert_name(name)
+        if len(message) >= 4:  # the away field, a later addition (13.7)
+            for pair in assert_array(message[3]):
+                assert_array(pair, 2, 2)
+                assert assert_name(pair[0]) in message[2], message
+                assert_text(pair[1])
+    elif command == "SUBJECT":  # 13.7: id, room, text, setter ("" when none), time (0 when none)
+        assert len(message) >= 6, message
+        assert_text(message[2])
+        assert_text(message[3])
+        assert message[4] == "" or assert_name(message[4]), message
+        assert_stamp(message[5])
+    elif command == "AWAY":  # 13.7: the SEND's id, the recipient, the away text
+        assert len(message) >= 4, message
+        assert_name(message[2])
+        assert_text(message[3])
     elif command == "PONG":
         assert len(message) >= 3, message
         assert_stamp(message[2])
@@ -333,6 +359,12 @@ class Published:
         elif command == "SYNCED":
             assert len(fields) >= 1, frame
             assert_id(fields[0])
+        elif command == "SUBJECT":  # section 13.7: room, text, setter, time
+            assert len(fields) >= 4, frame
+            assert_text(fields[0])
+            assert_text(fields[1])
+            assert_name(fields[2])
+            assert_stamp(fields[3])
         elif command == "PRESENCE":  # section 6.4
             assert len(fields) >= 2, frame
             assert_text(fields[0])
@@ -2146,3 +2178,58 @@ def test_a_fenced_broker_of_a_cluster_sends_shutdown_answers_504_and_the_session
         assert bob.delivery("MESSAGE")[1] == marker  # the message came once
         for client in (again, bob):
             client.dealer.close()
+
+
+# -- away and room subjects (13.7) -----------------------------------------------------------
+
+
+def test_away_shows_in_who_and_is_told_before_the_ack_of_a_private_message(
+    online: Callable[..., SpecClient],
+) -> None:
+    alice = online("alice")
+    bob = online("bob")
+    bob.ack(bob.send("AWAY", "lunch"))
+    users = alice.request("WHO")
+    assert users[2] == ["alice", "bob"] and users[3] == [["bob", "lunch"]], users
+    said = alice.send("SEND", "bob", "are you there?")
+    assert alice.reply(said) == ["AWAY", said, "bob", "lunch"]  # before the SEND's ACK
+    alice.ack(said)
+    assert bob.delivery("MESSAGE")[1:3] == [said, "alice"]
+    bob.ack(bob.send("AWAY", ""))  # back
+    users = alice.request("WHO")
+    assert users[2] == ["alice", "bob"] and users[3:] in ([], [[]]), users
+    again = alice.send("SEND", "bob", "welcome back")
+    alice.ack(again)  # no AWAY first: the first reply with its id is the ACK
+    assert bob.error_code(bob.send("AWAY", "x" * 161)) == 413  # at most 160 bytes, not cut
+
+
+def test_a_room_subject_is_set_by_members_published_shown_on_enter_and_asked_by_anyone(
+    online: Callable[..., SpecClient],
+) -> None:
+    room = b"#dev\x00"
+    alice = online("alice", LOBBY, room)
+    bob = online("bob")
+    alice.ack(alice.send("ENTER", "#dev"))
+    asked = bob.send("SUBJECT", "#dev")
+    none = bob.reply(asked)
+    assert none[0] == "SUBJECT" and none[2].lower() == "#dev" and none[3:6] == ["", "", 0], none
+    assert bob.error_code(bob.send("SETSUBJECT", "#dev", "mine now")) == 423  # members only
+    alice.ack(alice.send("SETSUBJECT", "#Dev", "release on friday"))
+    changed = alice.published(lambda m: m.topic == room and m.command == "SUBJECT", what="SUBJECT on #dev")
+    assert changed.fields[1:3] == ["release on friday", "alice"], changed
+    joined = alice.published(
+        lambda m: m.topic == room and m.command == "JOIN", what="alice's JOIN", timeout=0
+    )
+    assert changed.seq == joined.seq + 1, (joined, changed)  # numbered as any event of the room (6.2)
+    entered = bob.send("ENTER", "#dev")
+    bob.ack(entered)
+    shown = bob.reply(entered)  # right after the ENTER's ACK, with its id
+    assert shown[0] == "SUBJECT" and shown[3:5] == ["release on friday", "alice"], shown
+    assert shown[5] == changed.fields[3], (shown, changed)
+    page = alice.request("HISTORY", "#dev", 0, 10)
+    assert records_of(page, 4) == [], page  # a SUBJECT is not a record
+    assert bob.error_code(bob.send("SETSUBJECT", "*", "lobby")) == 400  # the lobby has none
+    assert bob.error_code(bob.send("SUBJECT", "dev")) == 400  # a malformed room
+    assert bob.error_code(bob.send("SETSUBJECT", "#dev", "x" * 301)) == 413
+    bob.ack(bob.send("SETSUBJECT", "#dev", ""))  # cleared
+    assert bob.request("SUBJECT", "#dev")[3:6] == ["", "", 0]
