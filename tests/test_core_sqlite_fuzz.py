@@ -11,7 +11,7 @@ import itertools
 import tempfile
 from pathlib import Path
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from zchat.broker.core import (
@@ -143,6 +143,7 @@ def answered(events: list[p.ServerEvent], msg_id: bytes) -> list[p.ServerEvent]:
 
 @settings(max_examples=150, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(messages(), min_size=5, max_size=30))
+@example([(b"A", p.encode(p.Hello(b"e", "alice", "")), b"e", "delivered")] * 5)  # found once in a suite run
 def test_any_command_with_any_fields_is_answered_once_and_the_core_goes_on(
     sent: list[tuple[bytes, list[bytes], bytes, str]],
 ) -> None:
@@ -155,6 +156,9 @@ def test_any_command_with_any_fields_is_answered_once_and_the_core_goes_on(
             for peer, name in ((b"A", "alice"), (b"B", "bob")):  # most commands need a session
                 core.handle(Command(peer, p.Hello(b"h", name, ""), 999.0))
                 core.handle(Command(peer, p.Enter(b"e", "#dev"), 999.0))
+            # The set-up's ACKs out now, as at the end of its wake-up: else the first sent
+            # command that flushes would carry them, and one with the id "e" seem answered twice.
+            core.handle(Flush(999.0))
             for n, (peer, frames, answer_id, fate) in enumerate(sent):
                 now = 1000.0 + n
                 out = replies(core, decoded(peer, frames, now), peer, fate, now)
