@@ -786,7 +786,8 @@ def test_a_broker_numbering_afresh_is_asked_again_from_the_start(h: Harness) -> 
     assert (again.after, again.limit) == (0, 50)
 
 
-def test_rooms_the_broker_forgot_are_entered_again(h: Harness) -> None:
+def back_at_a_broker_that_forgot_the_rooms(h: Harness) -> None:
+    """Signed in and in #dev; the connection lost; back at a broker that lost its store."""
     h.sign_in()
     join(h)
     h.lose_connection()
@@ -795,6 +796,10 @@ def test_rooms_the_broker_forgot_are_entered_again(h: Harness) -> None:
     h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
     h.deliver(p.History(h.one(p.HistoryRequest).msg_id, "*", 0, ()))
     h.deliver(p.RoomList(h.one(p.Rooms).msg_id, (), ()))  # a broker that lost its store
+
+
+def test_rooms_the_broker_forgot_are_entered_again(h: Harness) -> None:
+    back_at_a_broker_that_forgot_the_rooms(h)
     assert h.one(p.Enter).room == "#dev"
 
 
@@ -1026,14 +1031,7 @@ def test_a_subject_is_asked_and_set(h: Harness) -> None:
 
 
 def test_a_subject_after_an_enter_of_our_own_catching_up_is_not_shown(h: Harness) -> None:
-    h.sign_in()
-    join(h)
-    h.lose_connection()
-    h.welcome()
-    h.synced()
-    h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
-    h.deliver(p.History(h.one(p.HistoryRequest).msg_id, "*", 0, ()))
-    h.deliver(p.RoomList(h.one(p.Rooms).msg_id, (), ()))  # a broker that lost its store
+    back_at_a_broker_that_forgot_the_rooms(h)
     enter = h.one(p.Enter)  # entered again by the engine, not asked by the user
     h.deliver(p.Ack(enter.msg_id, 3, "accepted"))
     h.deliver(p.Subject(enter.msg_id, "#dev", "old news", "bob", 2))
