@@ -107,6 +107,22 @@ def start_broker(
 
 
 @contextlib.contextmanager
+def interruptible() -> Iterator[None]:
+    """Start children within as a terminal starts them, with Ctrl-C's SIGINT not ignored.
+
+    A process started in the background by a shell without job control (`cmd &`, as CI
+    runners and nohup do) ignores SIGINT, and so do its children: Python then leaves it
+    ignored, and a test's SIGINT would do nothing. An ignored signal stays ignored across
+    exec; a handler becomes the default. So SIGINT gets Python's handler while they start.
+    """
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
+
+
+@contextlib.contextmanager
 def client_process(name: str, endpoint: str) -> Iterator[subprocess.Popen[bytes]]:
     """A library client signed in as `name` in a process of its own (to kill or stop by its PID),
     idle once online; killed when the block ends."""

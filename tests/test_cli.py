@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from tests.chat import chat
-from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, start_broker, wait_for
+from tests.support import HOSTILE, HOSTILE_SHOWN, ZCHAT, Broker, interruptible, start_broker, wait_for
 from zchat.client import events as ev
 from zchat.common import protocol as p
 
@@ -184,11 +184,12 @@ def test_broker_refuses_a_port_in_use_clearly(broker: Broker, tmp_path: Path) ->
 
 def test_ctrl_c_in_line_mode_leaves_properly(broker: Broker) -> None:
     with chat("watcher", broker.endpoint) as watcher:
-        process = subprocess.Popen(
-            [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**ENV, "PYTHONFAULTHANDLER": "1"},
-        )  # fmt: skip
+        with interruptible():  # Ctrl-C reaches it, however this suite was started
+            process = subprocess.Popen(
+                [ZCHAT, "connect", "--name", "carol", "--broker", broker.endpoint],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                env={**ENV, "PYTHONFAULTHANDLER": "1"},
+            )  # fmt: skip
         assert process.stdout is not None
         try:
             assert "online as carol" in process.stdout.readline()
