@@ -188,6 +188,29 @@ def test_two_browser_users_and_a_terminal_user_talk_privately_in_the_lobby_and_i
         ben.context.close()
 
 
+def test_away_and_room_topics_as_a_web_user_sees_them(
+    browser: Browser, gateway: WebGateway, broker: Broker
+) -> None:
+    with chat("tea", broker.endpoint) as tea:
+        assert isinstance(tea.client.away("at lunch").wait(5), ev.Ack)
+        tea.client.enter("#ops").wait(5)
+        assert isinstance(tea.client.set_topic("#ops", "deploy on friday").wait(5), ev.Ack)
+        wes = new_page(browser)
+        sign_in(wes, gateway.url, "wes")
+        say(wes, "/msg tea are you there?")
+        assert tea.message("are you there?").sender == "wes"
+        open_conversation(wes, "tea")
+        expect(log_of(wes, "tea")).to_contain_text("tea is away: at lunch", timeout=WAIT)
+        open_conversation(wes, "Lobby")
+        say(wes, "/join #ops")  # the topic is shown on joining
+        ops = log_of(wes, "#ops")
+        expect(ops).to_contain_text("topic of #ops: deploy on friday (set by tea)", timeout=WAIT)
+        tea.client.set_topic("#ops", "deploy on monday").wait(5)
+        expect(ops).to_contain_text("tea set the topic of #ops: deploy on monday", timeout=WAIT)
+        shot(wes, "away-and-topic")
+        wes.context.close()
+
+
 def test_hostile_texts_appear_literally_and_run_nothing(
     browser: Browser, gateway: WebGateway, broker: Broker
 ) -> None:

@@ -211,6 +211,18 @@ function event(e) {
     case "help":
       notice(state.current, e.text, "notice");
       break;
+    case "away": // the broker's word before the ACK of a private message to an away user
+      conv(`@${e.name.toLowerCase()}`, e.name); // named as the ACK that follows would name it
+      drawConvs();
+      notice(`@${e.name.toLowerCase()}`, `${e.name} is away: ${e.text}`, "notice");
+      break;
+    case "topic": {
+      const by = e.by ? ` (set by ${e.by})` : "";
+      let text = e.text ? `topic of ${e.room}: ${e.text}${by}` : `${e.room} has no topic`;
+      if (e.changed) text = e.text ? `${e.by} set the topic of ${e.room}: ${e.text}` : `${e.by} cleared the topic of ${e.room}`;
+      notice(e.room, text, "notice");
+      break;
+    }
     case "room":
       if (e.room.startsWith("#") || e.room === LOBBY) conv(e.room);
       show(e.room.startsWith("#") || e.room === LOBBY ? e.room : `@${e.room.toLowerCase()}`);
