@@ -55,6 +55,15 @@ class Link:
         """A request that needs no answer; PAIR keeps their order with calls."""
         self.socket.send(pack(*parts))
 
+    def stop(self) -> bool:
+        """Ask the NATS thread to stop, without waiting: a PAIR whose peer is gone (the thread
+        closed its end as it failed) would hold a send forever. Whether it was sent."""
+        try:
+            self.socket.send(pack("stop"), zmq.NOBLOCK)
+        except zmq.Again:
+            return False
+        return True
+
     def request(self, kind: str, *args: Any) -> int:
         """A request whose answer comes later, through `drain`, as ["answer", number, ok, value]."""
         number = next(self._calls)

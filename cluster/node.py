@@ -197,6 +197,6 @@ class ClusterNode:
 
     def close(self) -> None:
         if self.engine.is_alive():
-            self.link.send("stop")
+            self.link.stop()  # its end may be closed already: then it is ending anyway
             self.engine.join(5)
         self.link.close()
