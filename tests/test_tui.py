@@ -529,8 +529,9 @@ def test_history_shows_the_newest_each_time_and_more_pages_back(
     assert "unread since" not in terminal.screen()  # nothing of #dev was read before
     enter(terminal, "/clear")
     terminal.wait(lambda: "note" not in terminal.visible(), "the screen cleared")
-    for _ in range(2):  # the same, newest two, each time
-        enter(terminal, "/history #dev 2")
+    enter(terminal, "/history #dev 2")  # the same, newest two, each time
+    terminal.wait(lambda: "2 message(s) of #dev above" in terminal.visible(), "the first answer")
+    enter(terminal, "/history #dev 2")  # typed once the first answer is in
     terminal.wait(lambda: terminal.visible().count("2 message(s) of #dev above") == 2, "two answers")
     screen = terminal.visible()
     assert screen.count("<bob> note 4") == 2 and screen.count("<bob> note 3") == 2 and "note 2" not in screen
