@@ -505,8 +505,7 @@ class BrokerCore:
         self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
 
     def _who(self, peer: bytes, session: Session | None, command: p.Who, now: float, key: str) -> None:
-        names = self._online()
-        self._reply(peer, p.Users(command.msg_id, names, self.online_away))
+        self._reply(peer, self._users(command.msg_id))
 
     def _away(self, peer: bytes, session: Session, command: p.Away, now: float, key: str) -> None:
         session.away = command.text
@@ -683,8 +682,7 @@ class BrokerCore:
 
     def _names_of(self, peer: bytes, session: Session, command: p.Names, now: float, key: str) -> None:
         if command.room == p.EVERYONE:
-            names = self._online()
-            self._reply(peer, p.Users(command.msg_id, names, self.online_away))
+            self._reply(peer, self._users(command.msg_id))
             return
         online = (self._names.holder(k) for k in self._members(command.room))
         self._reply(
@@ -1089,13 +1087,14 @@ class BrokerCore:
         if session.announced and held:  # else nobody was told it joined, or it is still online
             self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
 
-    def _online(self) -> tuple[str, ...]:
-        """Everyone online, sorted: kept until someone joins or leaves (WHO is not rate limited)."""
+    def _users(self, msg_id: bytes) -> p.Users:
+        """WHO's answer: everyone online, sorted, and who is away; kept until someone joins,
+        leaves or goes away (WHO is not rate limited)."""
         if self.online_names is None:
             sessions = sorted(self._names.sessions(), key=lambda s: s.name.lower())
             self.online_names = tuple(s.name for s in sessions)
             self.online_away = tuple((s.name, s.away) for s in sessions if s.away)
-        return self.online_names
+        return p.Users(msg_id, self.online_names, self.online_away)
 
     def _members(self, room: str) -> set[str]:
         members = self.room_members.get(room)
