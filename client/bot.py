@@ -33,6 +33,10 @@ class Bot:
         self.online: set[str] = set()  # lower-case names, kept from presence events
 
     def handle(self, event: ev.Event) -> None:
+        for one in ev.each(event):  # a run of joins and leaves, one by one
+            self._handle(one)
+
+    def _handle(self, event: ev.Event) -> None:
         self.log(event)
         me = self.client.name.lower()
         lobby = isinstance(event, ev.Presence) and event.room == "*"  # rooms' comings and goings aside

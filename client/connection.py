@@ -1072,12 +1072,7 @@ class Connection:
         room = self.rooms.get(name)
         if room is None or not room.subscribed:
             return  # left, or not yet ours
-        event = published.event
-        if type(event) is p.Presence:  # a run of JOINs and LEAVEs, numbered on from its own
-            for k, change in enumerate(event.events()):
-                self._room_published(room, published.seq + k, change)
-        else:
-            self._room_published(room, published.seq, event)
+        self._room_published(room, published.seq, published.event)
 
     def _room_published(self, room: Room, seq: int, event: p.PublishedEvent) -> None:
         shown, missed = room.take_published(seq, event)
@@ -1092,6 +1087,8 @@ class Connection:
     def _room_event(self, name: str, event: p.PublishedEvent, seq: int) -> None:
         if isinstance(event, p.Message):
             self._message(event, seq)
+        elif type(event) is p.Presence:  # a run of JOINs and LEAVEs: one event, no work per change
+            self._notify(ev.Presences(name, event.changes))
         elif isinstance(event, p.Join):
             self._notify(ev.Presence(event.name, "join", ev.from_ms(event.time_ms), room=name))
         elif isinstance(event, p.Leave):

@@ -6,7 +6,7 @@ front ends (terminal UI, line mode, JSON, bots, a web gateway) only ever see the
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -63,6 +63,32 @@ class Presence:
     time: datetime
     reason: str = ""
     room: str = "*"
+
+
+@dataclass(frozen=True, slots=True)
+class Presences:
+    """Joins and leaves of one room that the broker published together, in order: one event
+    for a run of them (PROTOCOL.md 6.4), as a client signing in many people at once sees.
+
+    `changes` are (name, time in ms, reason), a reason "" being a join: kept as they came, so
+    that a client with no use for them does no work per change. `each()` gives them one by one.
+    """
+
+    room: str
+    changes: tuple[tuple[str, int, str], ...]
+
+    def each(self) -> Iterator[Presence]:
+        room = self.room
+        for name, time_ms, reason in self.changes:
+            yield Presence(name, "leave" if reason else "join", from_ms(time_ms), reason, room)
+
+
+def each(event: Event) -> Iterator[Event]:
+    """The event, or a run's joins and leaves one by one: for a front end that shows each."""
+    if type(event) is Presences:
+        yield from event.each()
+    else:
+        yield event
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,7 +175,19 @@ class Status:
 
 
 Event = (
-    Message | Presence | Ack | Refusal | Users | Status | Receipt | RoomList | History | Found | Away | Topic
+    Message
+    | Presence
+    | Presences
+    | Ack
+    | Refusal
+    | Users
+    | Status
+    | Receipt
+    | RoomList
+    | History
+    | Found
+    | Away
+    | Topic
 )
 #: The answer to one request: a send gets Ack or Refusal, WHO gets Users or Refusal, and so on.
 Outcome = Ack | Refusal | Users | RoomList | History | Found | Topic

@@ -177,6 +177,9 @@ class Renderer:
         Every text in the event goes through visible() first, so the only escapes
         written are the colours added here.
         """
+        if type(event) is ev.Presences:  # a run of joins and leaves: a line each
+            lines = [line for one in event.each() if (line := self.line(one)) is not None]
+            return "\n".join(lines) or None
         self._columns = self.width() if self.width is not None else 0
         line = self._line(shown(event))
         if line is None:
@@ -221,6 +224,8 @@ class Renderer:
             return self._status(f"{self._name(event.name)} is away: {event.text}")
         if isinstance(event, ev.Topic):
             return self._topic(event)
+        if isinstance(event, ev.Presences):  # line() gives each its line
+            return None
         return self._status(event.detail, error=event.state in (ev.State.RECONNECTING, ev.State.OFFLINE))
 
     def _status(self, text: str, when: datetime | None = None, error: bool = False) -> str:
@@ -323,7 +328,9 @@ def iso(t: datetime) -> str:
 
 
 def to_json(event: ev.Event) -> str:
-    """One JSON object for `--json`; README lists the fields."""
+    """One JSON object for `--json` (a line each for a run of joins and leaves); README lists the fields."""
+    if type(event) is ev.Presences:
+        return "\n".join(to_json(one) for one in event.each())
     return json.dumps(to_data(event), ensure_ascii=False)
 
 
@@ -377,6 +384,8 @@ def to_data(event: ev.Event) -> dict[str, Any]:
                 "changed": event.changed}  # fmt: skip
         if event.time is not None:
             data["time"] = iso(event.time)
+    elif isinstance(event, ev.Presences):
+        raise TypeError("a run of joins and leaves is several JSON objects: to_data each of event.each()")
     else:
         data = {"type": "status", "state": event.state.value, "text": event.detail}
     return data

@@ -61,9 +61,9 @@ class Room:
         kept, self.kept = self.kept, []
         shown: list[p.Record | Live] = [r for r in records if r.seq > floor]
         shown += [(seq, event) for seq, event in kept
-                  if seq > floor and (seq > last_seq or type(event) is not p.Message)]  # fmt: skip
+                  if last_of(seq, event) > floor and (seq > last_seq or type(event) is not p.Message)]  # fmt: skip
         shown.sort(key=lambda item: item[0])  # a record's first field is its seq too
-        self.seen_seq = max(floor, last_seq, *(item[0] for item in shown))
+        self.seen_seq = max(floor, last_seq, *(last_of(item[0], item[1]) for item in shown))
         self.phase = Joining.LIVE
         return shown
 
@@ -72,11 +72,22 @@ class Room:
         if self.phase is not Joining.LIVE:
             self.kept.append((seq, event))
             return [], 0
+        last = last_of(seq, event)
         if seq <= self.seen_seq:
             # A message that is a record of the join's HISTORY (or older than them), shown or
             # not to be. A JOIN or a LEAVE is in no record, and the topic gives it once: one
             # the HISTORY reply overtook (its own socket) is shown, late rather than never.
-            return ([], 0) if type(event) is p.Message else ([(seq, event)], 0)
+            if type(event) is p.Message:
+                return [], 0
+            self.seen_seq = max(self.seen_seq, last)
+            return [(seq, event)], 0
         missed = seq - self.seen_seq - 1 if self.seen_seq else 0
-        self.seen_seq = seq
+        self.seen_seq = last
         return [(seq, event)], missed
+
+
+def last_of(seq: int, event: object) -> int:
+    """The last sequence number an event takes: a PRESENCE run takes one for each change."""
+    if isinstance(event, p.Presence):
+        return seq + len(event.changes) - 1
+    return seq

@@ -31,9 +31,10 @@ class LineWriter:
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Refusal) and event.code != ev.USAGE:
             self.refused += 1
-        line = to_json(event) if self.json_mode else self.renderer.line(event)
-        if line is not None:
-            self.write(line)
+        for one in ev.each(event):  # a run of joins and leaves: a line each
+            line = to_json(one) if self.json_mode else self.renderer.line(one)
+            if line is not None:
+                self.write(line)
 
     def show_help(self, word: str = "") -> None:
         text = (cmd.help_of(word) if word else None) or cmd.HELP

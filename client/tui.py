@@ -261,6 +261,10 @@ class Screen:
 
     def __call__(self, event: ev.Event) -> None:
         """The client's on_event: runs on the poller thread."""
+        for one in ev.each(event):  # a run of joins and leaves: a line each
+            self._show(one)
+
+    def _show(self, event: ev.Event) -> None:
         self.roster.update(event)
         if isinstance(event, ev.Message) and event.sender.lower() in self.ignored:
             return  # /ignore: not shown, not counted, no bell

@@ -617,8 +617,17 @@ def _records_reader(high: int) -> Reader:
 
 
 def _changes(value: Any, msg_id: bytes) -> tuple[Change, ...]:
+    # Up to 1,000 a message for every subscriber of the room: the checks of _text and _time
+    # inline, their readers called only to say what is wrong.
     changes = []
     for item in _array(value, "the changes", msg_id, 1, MAX_PRESENCE):
+        try:
+            name, time_ms, reason = item
+            if type(item) is list and type(time_ms) is int and 0 <= time_ms <= MAX_TIME_MS:
+                changes.append(Change(name.decode(), time_ms, reason.decode()))
+                continue
+        except (TypeError, ValueError, AttributeError):  # not 3 items, not bytes, not UTF-8
+            pass
         name, time_ms, reason = _array(item, "a change", msg_id, 3, 3)
         changes.append(Change(_text(name, msg_id, "a name"), _time(time_ms, msg_id), _reason(reason, msg_id)))
     return tuple(changes)

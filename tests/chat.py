@@ -28,9 +28,11 @@ class Watcher:
             event = self.client.next_event(left)
             if event is None:
                 break
-            self.seen.append(event)
-            if match(event):
-                return event
+            ones = list(ev.each(event))  # a run of joins and leaves: each, as a front end shows them
+            self.seen += ones
+            for one in ones:
+                if match(one):
+                    return one
         raise AssertionError(f"{self.client.name}: no {what} within {timeout}s; saw {self.seen}")
 
     def message(self, text: str, timeout: float = 10.0) -> ev.Message:

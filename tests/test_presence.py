@@ -15,7 +15,7 @@ import pytest
 import zmq
 
 from tests.support import Broker, start_broker, wait_for
-from tests.test_connection import Harness
+from tests.test_connection import Harness, record
 from zchat.broker.core import Reply
 from zchat.broker.server import packed
 from zchat.client import events as ev
@@ -99,16 +99,38 @@ def test_presence_is_read_back_as_written_and_its_bounds_are_checked() -> None:
 # --- the client engine, with no sockets ----------------------------------------------------
 
 
-def test_the_client_shows_each_change_of_a_presence_with_its_number() -> None:
+def test_the_client_hands_over_a_presence_as_one_event_numbered_on_from_its_own() -> None:
     h = Harness()
     h.sign_in(last_seq=3)
     h.publish(LOBBY, p.Presence("*", (p.Change("ann", 1004, ""), p.Change("bob", 1005, "timeout"))), seq=4)
     h.publish(LOBBY, said(6).event, seq=6)  # the run took 4 and 5: no gap
     h.publish(LOBBY, p.Presence("*", (p.Change("cy", 1009, ""),)), seq=9)  # 7 and 8 were missed
-    presence = [(e.name, e.event, e.reason) for e in h.of(ev.Presence)]
-    assert presence == [("ann", "join", ""), ("bob", "leave", "timeout"), ("cy", "join", "")]
+    runs = h.of(ev.Presences)
+    assert runs == [ev.Presences("*", (("ann", 1004, ""), ("bob", 1005, "timeout"))),
+                    ev.Presences("*", (("cy", 1009, ""),))]  # fmt: skip
+    assert not h.of(ev.Presence)  # one event a run, not one a change
+    each = [(e.name, e.event, e.reason, e.time, e.room) for run in runs for e in run.each()]
+    assert each == [("ann", "join", "", ev.from_ms(1004), "*"), ("bob", "leave", "timeout", ev.from_ms(1005), "*"),
+                    ("cy", "join", "", ev.from_ms(1009), "*")]  # fmt: skip
     missed = [s.detail for s in h.statuses() if "missed" in s.detail]
     assert missed == ["missed 2 event(s) of the lobby: this client read too slowly"]
+
+
+def test_a_run_kept_during_a_join_is_shown_once_after_the_history_and_counted_whole() -> None:
+    h = Harness()
+    h.sign_in()
+    h.ask("enter", "#dev")
+    enter, sync = h.one(p.Enter), h.one(p.Sync)
+    # Before the join's HISTORY, a run numbered 4 and 5: kept, then shown after the history.
+    h.publish(DEV, p.Presence("#dev", (p.Change("ann", 7, ""), p.Change("bob", 8, ""))), seq=4)
+    h.publish(p.sync_topic("alice", sync.tag), p.Synced(sync.msg_id), seq=0)
+    h.deliver(p.Ack(enter.msg_id, 3, "accepted"))
+    history = h.one(p.HistoryRequest)
+    h.deliver(p.History(history.msg_id, "#dev", 3, (record(3, "before"),)))
+    assert [e.changes for e in h.of(ev.Presences)] == [(("ann", 7, ""), ("bob", 8, ""))]
+    h.publish(DEV, said(6, DEV).event, seq=6)  # 4 and 5 were the run's: no gap
+    assert [m.text for m in h.of(ev.Message)] == ["before", "hi"]
+    assert not [s.detail for s in h.statuses() if "missed" in s.detail]
 
 
 # --- a real broker, a storm of sign-ins --------------------------------------------------
@@ -131,10 +153,11 @@ def test_a_storm_of_joins_and_leaves_reaches_a_client_whole_and_in_order(
 
     def on_event(event: ev.Event) -> None:
         with lock:
-            if isinstance(event, ev.Presence) and event.name.startswith("storm"):
-                seen.append(event)
-            elif isinstance(event, ev.Status):
-                statuses.append(event.detail)
+            for one in ev.each(event):
+                if isinstance(one, ev.Presence) and one.name.startswith("storm"):
+                    seen.append(one)
+                elif isinstance(one, ev.Status):
+                    statuses.append(one.detail)
 
     watcher = Client("watcher", storm_broker.endpoint, on_event=on_event).connect()
     try:

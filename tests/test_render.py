@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import unicodedata
 from datetime import datetime, timezone
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from tests.support import HOSTILE, HOSTILE_SHOWN
 from zchat.client import events as ev
 from zchat.client.commands import ACTION_PREFIX
-from zchat.client.render import Renderer, visible
+from zchat.client.render import Renderer, to_json, visible
 
 #: Unicode's Bidi_Control property, written out here rather than taken from the code under test.
 BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
@@ -145,3 +146,18 @@ def test_away_topic_and_who_read_as_a_person_reads_them() -> None:
     assert "you are away: lunch" in str(
         renderer.line(ev.Ack("w", NOW, "accepted", text="lunch", command="away"))
     )
+
+
+def test_a_run_of_joins_and_leaves_is_a_line_and_a_json_object_each() -> None:
+    ms = int(NOW.timestamp() * 1000)
+    run = ev.Presences("#dev", (("bob", ms, ""), (HOSTILE, ms, "timeout"), ("alice", ms, "")))
+    line = Renderer("alice").line(run)  # our own join of a room is not shown
+    assert line is not None
+    rows = line.split("\n")
+    assert len(rows) == 2 and rows[0].endswith("bob joined #dev"), rows
+    assert HOSTILE_SHOWN in rows[1] and "left #dev" in rows[1], rows
+    objects = [json.loads(row) for row in to_json(run).split("\n")]
+    assert [(o["type"], o["event"], o["name"], o["room"]) for o in objects] == [
+        ("presence", "join", "bob", "#dev"), ("presence", "leave", HOSTILE, "#dev"), ("presence", "join", "alice", "#dev")
+    ]  # fmt: skip
+    assert objects[1]["reason"] == "timeout"

@@ -64,8 +64,9 @@ class Session:
     # --- events in ----------------------------------------------------------------
 
     def from_library(self, event: ev.Event) -> None:
-        """The client's on_event (on the loop)."""
-        self.add_encoded(encoded(event))
+        """The client's on_event (on the loop); a run of joins and leaves is an event each."""
+        for one in ev.each(event):
+            self.add_encoded(encoded(one))
 
     def add(self, data: dict[str, Any]) -> None:
         self.add_encoded(encode(data))
@@ -92,7 +93,8 @@ class Session:
     # --- script.execute's Output -----------------------------------------------------
 
     def __call__(self, event: ev.Event) -> None:
-        self.add_encoded(encoded(event))
+        for one in ev.each(event):
+            self.add_encoded(encoded(one))
 
     def show_help(self, word: str = "") -> None:
         self.add({"type": "help", "text": (cmd.help_of(word) if word else None) or cmd.HELP})
