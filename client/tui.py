@@ -10,9 +10,11 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import termios
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from prompt_toolkit import PromptSession
@@ -553,6 +555,26 @@ def key_bindings(screen: Screen) -> KeyBindings:
     return bindings
 
 
+@contextmanager
+def typed_ahead_unechoed() -> Iterator[None]:
+    """No echo while the chat runs. Between two prompts the terminal is back in cooked mode:
+    a key typed then (the next line, while the last one is handled) would be echoed where
+    the cursor is and stay there, a stray line, once the next prompt reads and draws it."""
+    try:
+        fd = sys.stdin.fileno()
+        before = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):  # not a terminal: nothing echoes
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~termios.ECHO  # lflag; each prompt's raw mode goes back to this, not to the echo
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, before)
+
+
 def _chat(client: Client, screen: Screen, colour: bool) -> int:
     session: PromptSession[str] = PromptSession(
         lambda: prompt_for(client, colour, screen.room, screen.status_bar()),
@@ -598,7 +620,7 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with patch_stdout(raw=True):
+        with typed_ahead_unechoed(), patch_stdout(raw=True):
             screen.release(show=True)
             client.who()  # fills the roster for completion, and shows who is here
             while not hangup.is_set():
