@@ -1,8 +1,9 @@
 """The interactive terminal UI: a prompt_toolkit prompt with events printed above it.
 
-Events arrive on the client's poller thread and are written through
-`patch_stdout`, which redraws the input line below them, so nothing the user
-is typing is ever clobbered. The prompt shows the connection state.
+Events arrive on the client's poller thread. While a prompt runs, their lines are
+printed from its own event loop (the prompt erased, the lines, the prompt drawn
+again below them); between two prompts they are written at once. So output and
+what the user is typing never interleave. The prompt shows the connection state.
 """
 
 from __future__ import annotations
@@ -10,12 +11,15 @@ from __future__ import annotations
 import shutil
 import signal
 import sys
+import termios
 import threading
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from types import FrameType
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.application import Application
 from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 from prompt_toolkit.formatted_text import StyleAndTextTuples
@@ -194,6 +198,9 @@ class Screen:
         self.redrawing = False  # switched: the screen shows the current buffer as the next prompt starts
         self._held: list[str] | None = []  # lines from before the connection was made
         self._lock = threading.RLock()
+        self._prompt: Application[str] | None = None  # the prompt running now: it owns the terminal
+        self._pending: list[str] = []  # text for the terminal, printed by the prompt's loop
+        self._printing = False  # a print of the pending text is scheduled in the prompt's loop
         #: Called (on the poller thread) when the client gives up for good, e.g. signed in elsewhere.
         self.on_given_up: Callable[[], None] | None = None
 
@@ -413,12 +420,71 @@ class Screen:
 
     def write(self, text: str, keep: bool = True, newline: bool = True) -> None:
         """A line above the prompt; `keep`: also in the current buffer's scrollback."""
-        # sys.stdout is patch_stdout's proxy while the prompt runs: it prints above it.
         with self._lock:
             if keep:
                 self.buffers[self.current].lines.append(text)
-            sys.stdout.write(text + ("\n" if newline else ""))
+            text += "\n" if newline else ""
+            app = self._prompt
+            if app is None:
+                self._emit(text)  # no prompt on the screen: nothing to draw around
+                return
+            self._pending.append(text)
+            if self._printing or app.loop is None:
+                return
+            try:
+                app.loop.call_soon_threadsafe(self._start_printing, app)
+                self._printing = True
+            except RuntimeError:
+                pass  # its loop has closed: printed as the prompt returns (prompt_ended)
+
+    def prompt_started(self, app: Application[str]) -> None:
+        """In the prompt's loop, before it is first drawn: from now on it prints the lines."""
+        with self._lock:
+            self._prompt = app
+
+    def prompt_ended(self) -> None:
+        """The prompt has returned (its line erased): what it did not print is written now."""
+        with self._lock:
+            self._prompt, self._printing = None, False
+            text, self._pending = "".join(self._pending), []
+            if text:
+                self._emit(text)
+
+    def _start_printing(self, app: Application[str]) -> None:
+        """In the prompt's loop: the printing is a task of the prompt, cancelled when it ends."""
+        if app.is_running and not app.is_done:
+            app.create_background_task(self._print_pending(app))
+        else:
+            with self._lock:
+                self._printing = False  # the prompt is ending: prompt_ended writes the lines
+
+    async def _print_pending(self, app: Application[str]) -> None:
+        """Erase the prompt, print the lines, draw the prompt again below them. Not
+        run_in_terminal: it switches the terminal to cooked mode, where a key typed
+        meanwhile is echoed and stays on the screen as a stray line."""
+        if app.output.responds_to_cpr:  # an answer about the old cursor position would misplace the prompt
+            await app.renderer.wait_for_cpr_responses()
+        with self._lock:
+            self._printing = False
+            # Once Enter is pressed the prompt is erasing itself: prompt_ended writes the lines.
+            if self._prompt is not app or not app.is_running or app.is_done or not self._pending:
+                return
+            text, self._pending = "".join(self._pending), []
+            app.renderer.erase()  # the cursor back at the prompt's first line, and below it cleared
+            self._emit(text)
+            app.renderer.request_absolute_cursor_position()  # the rows left below, for the menus
+            app.invalidate()
+
+    def _emit(self, text: str) -> None:
+        """Straight to the terminal (the prompt is not drawing, or is erased): raw, our
+        own escapes (the colours) kept; lines end in CR LF, as the terminal may be raw."""
+        output = self.session.app.output if self.session is not None else None
+        if output is None:
+            sys.stdout.write(text)
             sys.stdout.flush()
+            return
+        output.write_raw(text.replace("\r\n", "\n").replace("\n", "\r\n"))
+        output.flush()
 
 
 def prompt_for(client: Client, colour: bool, room: str = "*", bar: str = "") -> StyleAndTextTuples:
@@ -557,6 +623,26 @@ def key_bindings(screen: Screen) -> KeyBindings:
     return bindings
 
 
+@contextmanager
+def typed_ahead_unechoed() -> Iterator[None]:
+    """No echo while the chat runs. Between two prompts the terminal is back in cooked mode:
+    a key typed then (the next line, while the last one is handled) would be echoed where
+    the cursor is and stay there, a stray line, once the next prompt reads and draws it."""
+    try:
+        fd = sys.stdin.fileno()
+        before = termios.tcgetattr(fd)
+    except (OSError, ValueError, termios.error):  # not a terminal: nothing echoes
+        yield
+        return
+    quiet = list(before)
+    quiet[3] &= ~termios.ECHO  # lflag; each prompt's raw mode goes back to this, not to the echo
+    termios.tcsetattr(fd, termios.TCSANOW, quiet)
+    try:
+        yield
+    finally:
+        termios.tcsetattr(fd, termios.TCSANOW, before)
+
+
 def _chat(client: Client, screen: Screen, colour: bool) -> int:
     session: PromptSession[str] = PromptSession(
         lambda: prompt_for(client, colour, screen.room, screen.status_bar()),
@@ -595,6 +681,7 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
 
     def leave_if_told() -> None:
         """A give-up or signal between two prompts found no prompt to stop: stop this one as it starts."""
+        screen.prompt_started(session.app)
         if hangup.is_set():
             session.app.exit(exception=_Hangup())
         elif screen.clearing or screen.redrawing:
@@ -602,7 +689,8 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
 
     previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        with patch_stdout(raw=True):
+        # patch_stdout: a stray print (not the Screen's) still goes above the prompt.
+        with typed_ahead_unechoed(), patch_stdout(raw=True):
             screen.release(show=True)
             client.who()  # fills the roster for completion, and shows who is here
             while not hangup.is_set():
@@ -613,6 +701,8 @@ def _chat(client: Client, screen: Screen, colour: bool) -> int:
                     continue
                 except (EOFError, KeyboardInterrupt, _Hangup):
                     break
+                finally:
+                    screen.prompt_ended()
                 commands = [cmd.parse(part) for part in line.split("\n")]  # Alt-Enter or a paste: a line each
                 quit_at = next((i for i, c in enumerate(commands) if isinstance(c, cmd.Quit)), None)
                 for command in commands[:quit_at]:  # the lines before a /quit still go, in order

@@ -419,6 +419,27 @@ def test_own_messages_are_shown_once(terminal: Terminal, broker: Broker, bob: Pe
     assert screen.count("said once") == 1 and screen.count("-> bob: privately once") == 1, screen
 
 
+def test_lines_typed_while_a_burst_is_printed_are_shown_once_and_leave_nothing_behind(
+    terminal: Terminal, broker: Broker, bob: Peer
+) -> None:
+    start_alice(terminal, broker)
+    burst, typed = [f"burst {i:03d}" for i in range(300)], [f"typed {i:02d} line" for i in range(12)]
+    for i, text in enumerate(typed):
+        for said in burst[i * 25 : (i + 1) * 25]:  # printing while alice types, and as she presses Enter
+            bob.client.broadcast(said)
+        enter(terminal, text)
+    terminal.wait_screen(f"<alice> {typed[-1]}")
+    terminal.wait_screen(f"<bob> {burst[-1]}")
+    terminal.wait_input("alice>")
+    lines = terminal.lines()
+    for text in typed:  # once, as the broker sent it back: never as a stray echo or a prompt left behind
+        shown = [line for line in lines if text in line]
+        assert len(shown) == 1 and shown[0].endswith(f"<alice> {text}"), (text, "\n".join(lines))
+    assert all(f"<bob> {said}" in "\n".join(lines) for said in burst), "\n".join(lines)
+    prompts = [i for i, line in enumerate(lines) if line.startswith("alice>") or line.startswith("[*1:")]
+    assert prompts == [len(lines) - 2, len(lines) - 1], "\n".join(lines)  # one status bar, one prompt
+
+
 def test_ctrl_c_clears_a_half_typed_line_and_keeps_the_client(terminal: Terminal, broker: Broker) -> None:
     start_alice(terminal, broker)
     terminal.type("half a thought")
