@@ -112,8 +112,11 @@ class Store(Protocol):
         """The room's subject, who set it and when; None when it has none."""
         ...
 
-    # --- private messages for offline users ----------------------------------
-    def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
+    # --- mailboxes: private messages until their recipient confirms them --------
+    def enqueue(self, recipient: str, message: StoredMessage) -> None:
+        """Into the recipient's mailbox (mail for a user offline, or a message handed to
+        it live): kept until delivered() takes it out, and searchable."""
+        ...
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
         """A private message handed to its online recipient: kept for search only."""
@@ -275,7 +278,7 @@ class MemoryStore:
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)
-        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
+        self.add_private(recipient, message)  # searchable, and trimmed as the others
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
         self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
