@@ -268,6 +268,21 @@ class HeldAck:
     ids: list[bytes]
 
 
+@dataclass(slots=True)
+class Mailbox:
+    """A recipient's mailbox as the core counts it (PROTOCOL.md 13.4's limits)."""
+
+    count: int
+    size: int  # bytes of bodies
+    #: (sender's name key, id) -> its body's size, to count what leaves
+    sizes: dict[tuple[str, bytes], int]
+
+    @classmethod
+    def of(cls, messages: list[StoredMessage]) -> Mailbox:
+        sizes = {(p.name_key(m.sender), m.msg_id): len(m.body) for m in messages}
+        return cls(len(messages), sum(len(m.body) for m in messages), sizes)
+
+
 @dataclass
 class BrokerCore:
     settings: BrokerSettings
@@ -324,10 +339,10 @@ class BrokerCore:
         #: Published events wait for the store too: a number on a topic is never seen
         #: by a subscriber before what it numbers is kept (PROTOCOL.md 6.2).
         self._to_publish: list[p.Published] = []
-        #: (messages, body bytes) in a recipient's mailbox, by name key: read from the store
-        #: once, then kept in step with what this core adds, so a private message to a user
-        #: online costs no query; forgotten when something leaves (its size is not known).
-        self._kept: dict[str, list[int]] = {}
+        #: What recipients' mailboxes hold, by name key: read from the store once, then kept
+        #: in step with what this core adds and takes out, so that a private message to a
+        #: user online costs no query for the mailbox's limits.
+        self._kept: dict[str, Mailbox] = {}
         #: In a cluster: Taken entries the log gave before the KeptLive they take (the
         #: recipient confirmed on its broker before the sender's broker logged it).
         self._early_taken: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
@@ -516,23 +531,32 @@ class BrokerCore:
     def _mailbox_full(self, key: str, size: int) -> bool:
         """Whether `key`'s mailbox (mail, and messages handed live not yet confirmed) has no
         room for a message of `size` bytes (PROTOCOL.md 13.4)."""
-        usage = self._kept.get(key)
-        if usage is None:
-            usage = self._kept[key] = list(self.store.mailbox_usage(key))
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = Mailbox.of(self.store.mailbox(key))
         s = self.settings
-        return usage[0] >= s.mailbox_messages or usage[1] + size > s.mailbox_bytes
+        return kept.count >= s.mailbox_messages or kept.size + size > s.mailbox_bytes
 
     def _enqueue(self, key: str, message: StoredMessage) -> None:
         self.store.enqueue(key, message)
-        usage = self._kept.get(key)
-        if usage is not None:
-            usage[0] += 1
-            usage[1] += len(message.body)
+        kept = self._kept.get(key)
+        if kept is not None:
+            kept.count += 1
+            kept.size += len(message.body)
+            kept.sizes[(p.name_key(message.sender), message.msg_id)] = len(message.body)
 
     def _taken(self, key: str, sender_key: str, msg_id: bytes) -> bool:
         """Out of `key`'s mailbox, confirmed: whether it was there."""
-        self._kept.pop(key, None)
-        return self.store.delivered(key, sender_key, msg_id)
+        taken = self.store.delivered(key, sender_key, msg_id)
+        kept = self._kept.get(key)
+        if taken and kept is not None:
+            size = kept.sizes.pop((sender_key, msg_id), None)
+            if size is None:  # not counted here (a duplicate id): read again when needed
+                del self._kept[key]
+            else:
+                kept.count -= 1
+                kept.size -= size
+        return taken
 
     def _ping(self, peer: bytes, session: Session, command: p.Ping, now: float, key: str) -> None:
         self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
@@ -682,9 +706,11 @@ class BrokerCore:
         """Everything in the user's mailbox, to hand over (again): mail, and messages handed
         live that it has not confirmed, each with its id, sender and time."""
         mail = []
-        for m in self.store.mailbox(session.key):
+        kept = self.store.mailbox(session.key)
+        for m in kept:
             mail.append(p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
             self._handed.add((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+        self._kept[session.key] = Mailbox.of(kept)  # read anyway: counted from now on
         return mail
 
     def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> bool:
@@ -1143,6 +1169,7 @@ class BrokerCore:
         # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
         held = self._names.holder(session.key) is session
         self._names.release(session)
+        self._kept.pop(session.key, None)  # counted while online: read again for mail
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
         online = self._names.count()
