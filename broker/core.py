@@ -545,18 +545,29 @@ class BrokerCore:
             kept.size += len(message.body)
             kept.sizes[(p.name_key(message.sender), message.msg_id)] = len(message.body)
 
+    def _take(self, key: str, sender_key: str, msg_id: bytes) -> None:
+        """Out of `key`'s mailbox, confirmed by its recipient here: a write the store may
+        put off to the commit (there is one per private message)."""
+        self.store.take(key, sender_key, msg_id)
+        self._uncount(key, sender_key, msg_id)
+
     def _taken(self, key: str, sender_key: str, msg_id: bytes) -> bool:
-        """Out of `key`'s mailbox, confirmed: whether it was there."""
+        """Out of `key`'s mailbox, confirmed (on another broker): whether it was there."""
         taken = self.store.delivered(key, sender_key, msg_id)
-        kept = self._kept.get(key)
-        if taken and kept is not None:
-            size = kept.sizes.pop((sender_key, msg_id), None)
-            if size is None:  # not counted here (a duplicate id): read again when needed
-                del self._kept[key]
-            else:
-                kept.count -= 1
-                kept.size -= size
+        if taken:
+            self._uncount(key, sender_key, msg_id)
         return taken
+
+    def _uncount(self, key: str, sender_key: str, msg_id: bytes) -> None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        size = kept.sizes.pop((sender_key, msg_id), None)
+        if size is None:  # not counted here (not yet logged, a duplicate id): read again
+            del self._kept[key]
+        else:
+            kept.count -= 1
+            kept.size -= size
 
     def _ping(self, peer: bytes, session: Session, command: p.Ping, now: float, key: str) -> None:
         self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
@@ -838,7 +849,7 @@ class BrokerCore:
             if from_mailbox is None:
                 continue
             if from_mailbox:
-                self._taken(session.key, sender_key, msg_id)
+                self._take(session.key, sender_key, msg_id)
                 if self.relay is not None:  # and from the copies of the other brokers
                     self.relay.relay(Taken(session.key, sender_key, msg_id))
             confirmed.append(msg_id)

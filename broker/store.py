@@ -134,6 +134,11 @@ class Store(Protocol):
         """Remove a message from the mailbox; False if it was not there."""
         ...
 
+    def take(self, recipient: str, sender: str, msg_id: bytes) -> None:
+        """delivered() without its answer: the store may put it off to the commit, as it
+        does with new messages (one confirmation per private message)."""
+        ...
+
     # --- delivery receipts owed to senders -----------------------------------
     def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None: ...
 
@@ -299,6 +304,9 @@ class MemoryStore:
                 del waiting[i]
                 return True
         return False
+
+    def take(self, recipient: str, sender: str, msg_id: bytes) -> None:
+        self.delivered(recipient, sender, msg_id)
 
     def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None:
         self.owed[sender][msg_id] = (recipient, time_ms)
