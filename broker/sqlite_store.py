@@ -74,6 +74,9 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE subjects (room TEXT PRIMARY KEY, text TEXT NOT NULL, setter TEXT NOT NULL,
             time_ms INTEGER NOT NULL) WITHOUT ROWID""",
     ),
+    # 5: a confirmation finds its message in the mailbox at once: live private messages wait
+    # there too now, and messages_mailbox would read every row waiting for the recipient.
+    ("CREATE INDEX messages_taken ON messages (target_key, sender_key, msg_id) WHERE pending",),
 )
 #: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
 INDEX_BATCH = 5000
