@@ -2008,9 +2008,11 @@ def test_enter_beyond_the_rooms_one_may_be_in_is_509(online: Callable[..., SpecC
     assert len(rooms[3]) == 250 and rooms[3] == sorted(rooms[3]), rooms
 
 
-def handshake_failures(context: Context, endpoint: str, curve: Curve | None, until: int) -> list[int]:
+def handshake_failures(
+    context: Context, endpoint: str, curve: Curve | None, enough: Callable[[list[int]], bool]
+) -> list[int]:
     """Connect a DEALER, send a WHO, and return the handshake failures a socket monitor
-    reports, up to the first `until` (section 14). None may succeed, and the WHO is unanswered."""
+    reports, until `enough` of them (section 14). None may succeed, and the WHO is unanswered."""
     dealer = SpecClient(context, "inproc://unused", curve=curve)._socket(zmq.DEALER)
     events = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
     monitor = dealer.get_monitor_socket(events | zmq.EVENT_HANDSHAKE_SUCCEEDED)
@@ -2019,7 +2021,7 @@ def handshake_failures(context: Context, endpoint: str, curve: Curve | None, unt
         dealer.connect(endpoint)
         dealer.send(encode(["WHO", "stranger-1"]))
         deadline = time.monotonic() + WAIT
-        while until not in failures:
+        while not enough(failures):
             assert monitor.poll(int(max(0.0, deadline - time.monotonic()) * 1000)), failures
             event: int = zmq.utils.monitor.recv_monitor_message(monitor)["event"]
             assert event != zmq.EVENT_HANDSHAKE_SUCCEEDED, failures
@@ -2059,15 +2061,20 @@ def test_curve_binds_names_to_keys(tmp_path: Path, zmq_context: Context) -> None
         assert alice.delivery("REPLACED")[0] == "REPLACED"
         assert again.who() == ["alice", "mallory"]
 
-        # A plain client gets no answer at all: its handshake fails with a protocol error, and
-        # is not tried again. (Seen here: a first try may fail with no detail, as against a
-        # wrong key, and be retried before the protocol error; a spec question.)
+        # A plain client gets no answer at all: its handshake fails with a protocol error, or,
+        # when libzmq did not read the broker's greeting in time, with no detail and is tried
+        # again (on a loaded machine, every time until the deadline). The spec's client waits
+        # for the protocol error or a few failures with no detail; so does this one.
         protocol, no_detail = zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
-        plain = handshake_failures(zmq_context, secure.endpoint, None, protocol)
-        assert set(plain[:-1]) <= {no_detail}, plain
+
+        def told(failures: list[int]) -> bool:
+            return protocol in failures or failures.count(no_detail) >= 3
+
+        plain = handshake_failures(zmq_context, secure.endpoint, None, told)
+        assert set(plain) <= {protocol, no_detail} and protocol not in plain[:-1], plain
         # With a wrong server key: failures with no detail.
         wrong = Curve.new(zmq.curve_keypair()[0])
-        assert handshake_failures(zmq_context, secure.endpoint, wrong, no_detail) == [no_detail]
+        assert handshake_failures(zmq_context, secure.endpoint, wrong, bool) == [no_detail]
     finally:
         assert secure.stop() == 0
 
