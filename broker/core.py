@@ -320,6 +320,9 @@ class BrokerCore:
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
     #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
     stuck: dict[bytes, float] = field(default_factory=dict)
+    #: Sessions online whose mailbox was found full of what they have not confirmed, since
+    #: when: dropped as stuck too once a heartbeat timeout passes with no confirmation.
+    unconfirmed: dict[bytes, float] = field(default_factory=dict)
     #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
     rooms_in_use: int | None = None
     #: Seconds each commit that wrote took (the metrics endpoint reads it, metrics.py).
@@ -450,6 +453,7 @@ class BrokerCore:
         if self._mailbox_full(recipient.key, len(body)):  # kept until confirmed: refused, never lost
             self._refuse(peer, msg_id, Code.RECIPIENT_BUSY,
                          f"{recipient.name} has not confirmed what it was sent: its mailbox is full")  # fmt: skip
+            self.unconfirmed.setdefault(recipient.peer, now)  # the sweep drops it if it stays so
             return
         self.counters["private"] += 1
         if recipient.away:  # told first: the ACK comes once the message is handed over
@@ -857,6 +861,8 @@ class BrokerCore:
         self._ack(peer, session.key, command.msg_id, time_ms)
         if not confirmed:
             return
+        if self.unconfirmed:
+            self.unconfirmed.pop(peer, None)  # it confirms again
         sender = self._names.holder(sender_key)
         if sender is not None:
             self._reply(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
@@ -943,6 +949,13 @@ class BrokerCore:
                 del self.stuck[peer]
             elif since < deadline:
                 self._drop_stuck(stuck, now)
+        for peer, since in list(self.unconfirmed.items()):
+            full = self.by_peer.get(peer)
+            if full is None:
+                del self.unconfirmed[peer]
+            elif since < deadline:
+                log.warning("%s dropped: it confirmed nothing of its full mailbox", full.name)
+                self._drop(full, now, "stuck")
 
     def _watched(self, event: Watched) -> None:
         self.timed.pop(event.peer, None)
@@ -983,6 +996,7 @@ class BrokerCore:
             self._names.release(session)  # only the revision it wrote: a name moved on stays
             self.counters["left.fenced"] += 1
         self.stuck.clear()
+        self.unconfirmed.clear()
         self.online_names = None
         self._flush()
 
@@ -1177,6 +1191,7 @@ class BrokerCore:
         del self.by_peer[session.peer]
         self.timed.pop(session.peer, None)
         self.stuck.pop(session.peer, None)
+        self.unconfirmed.pop(session.peer, None)
         # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
         held = self._names.holder(session.key) is session
         self._names.release(session)

@@ -524,6 +524,27 @@ def test_a_recipient_whose_queue_stays_full_is_dropped_and_announced(core: Broke
     assert events(dropped) == [p.Leave("bob", 6500, "stuck")]
 
 
+def test_a_recipient_that_confirms_nothing_of_its_full_mailbox_is_dropped_as_stuck() -> None:
+    # Its queue has room (its PONGs get through), but it confirms nothing: stuck all the same.
+    core = make_core(mailbox_messages=2, heartbeat_ms=1000, timeout_ms=3000)
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    feed(core, Watched(b"A"))  # alive by ZMTP heartbeats: no timeout
+    feed(core, Watched(b"B"))
+    for msg_id in (b"m1", b"m2"):
+        feed(core, Delivered(deliver(say(core, b"A", p.Send(msg_id, "bob", b"hi"), 1.0))), 1.0)
+    assert error_code(say(core, b"A", p.Send(b"m3", "bob", b"hi"), 1.0), b"A") == Code.RECIPIENT_BUSY
+    say(core, b"B", p.Ping(b"p"), 3.5)
+    assert events(feed(core, Tick(3.9))) == []  # full since 1.0: not yet a timeout
+    say(core, b"B", p.Received(b"r", "alice", (b"m1",)), 4.0)  # it confirms: the clock stops
+    assert events(feed(core, Tick(4.1))) == []
+    feed(core, Delivered(deliver(say(core, b"A", p.Send(b"m4", "bob", b"hi"), 5.0))), 5.0)
+    assert error_code(say(core, b"A", p.Send(b"m5", "bob", b"hi"), 5.0), b"A") == Code.RECIPIENT_BUSY
+    assert events(feed(core, Tick(7.9))) == []
+    say(core, b"B", p.Ping(b"p2"), 8.0)  # alive, but confirming nothing
+    assert events(feed(core, Tick(8.1))) == [p.Leave("bob", 8100, "stuck")]
+
+
 def test_registration_limits_refuse_with_their_code() -> None:
     core = make_core(max_clients=3, max_per_key=2)
 
