@@ -5,6 +5,8 @@ process. Senders pipeline with a bounded window: against zchat a message is
 outstanding until its ACK or ERROR comes back; against the ceiling (no
 replies) until it is delivered. Unlimited mode sends as fast as the windows
 allow (throughput); with a rate, sends are paced on a schedule (latency).
+Receivers confirm what they got (zchat: RECEIVED, one per read of their
+socket), as clients do: the broker keeps a message until it is confirmed.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from benchmarks.wire import (
     send_frames,
 )
 from benchmarks.workers import expect, sleep_until
+from zchat.common.protocol import MAX_RECEIVED_IDS
 
 #: Most messages sent in one round before the sockets are read again.
 SEND_BATCH = 256
@@ -68,7 +71,7 @@ def pairs_worker(spec: PairsSpec, conn: Connection, shared: Any) -> None:
         register(wire, senders + receivers, s_names + r_names, spec.setup_timeout)
         conn.send(("ready", None))
         start_ns = expect(conn, "go", spec.setup_timeout)
-        conn.send(("result", _pump(spec, wire.kind, senders, receivers, r_names, start_ns)))
+        conn.send(("result", _pump(spec, wire.kind, senders, receivers, s_names, r_names, start_ns)))
     finally:
         ctx.destroy(linger=0)
 
@@ -78,6 +81,7 @@ def _pump(
     kind: str,
     senders: list[zmq.Socket[bytes]],
     receivers: list[zmq.Socket[bytes]],
+    sources: list[bytes],
     targets: list[bytes],
     start_ns: int,
 ) -> dict[str, Any]:
@@ -91,7 +95,7 @@ def _pump(
     trackers = [Tracker() for _ in range(n)]
     hist = LogHistogram() if spec.latency else None
     errors: Counter[str] = Counter()
-    acks = others = total_sent = total_resolved = total_delivered = 0
+    acks = others = total_sent = total_resolved = total_delivered = receipts = 0
     # Only the receivers are polled: a wake-up per ACK would cost more than the
     # ACK (zmq_poll takes about 1 us per socket); senders are read every
     # ACK_DRAIN_NS, or at once when every window is full.
@@ -151,6 +155,7 @@ def _pump(
                 acks_due = now + ACK_DRAIN_NS
         for sock in ready:
             is_receiver, i = roles[sock]
+            confirm: list[bytes] = []
             for _ in range(DRAIN_BATCH):
                 try:
                     frames = recv_frames(sock)
@@ -160,6 +165,7 @@ def _pump(
                 if what == DELIVERY and is_receiver:
                     now = time.monotonic_ns()
                     seq, stamp = parse_body(payload)
+                    confirm.append(b"%d" % seq)  # its id: a recipient confirms what it got, as clients do
                     tracker = trackers[i]
                     before = tracker.unique
                     tracker.add(seq)
@@ -171,6 +177,8 @@ def _pump(
                     last_recv = now
                     if hist is not None:
                         hist.record(now - stamp)
+                elif is_receiver:
+                    others += 1  # the ACK of its RECEIVED
                 elif what == ACK:
                     k = acked(frames)
                     acks += k
@@ -182,6 +190,15 @@ def _pump(
                     total_resolved += 1
                 else:
                     others += 1
+            if confirm:
+                receipts += 1
+                for start in range(0, len(confirm), MAX_RECEIVED_IDS):
+                    frames = wire.received(
+                        b"c%d" % receipts, sources[i], confirm[start : start + MAX_RECEIVED_IDS]
+                    )
+                    if frames is None:
+                        break
+                    send_frames(sock, frames)
     refused = sum(errors.values())
     delivered = sum(t.unique for t in trackers)
     return {

@@ -138,6 +138,10 @@ class Wire:
         """What a client sends once registered (zchat: READY), or None."""
         return None
 
+    def received(self, msg_id: bytes, sender: bytes, ids: list[bytes]) -> list[bytes] | None:
+        """What a recipient sends to confirm private messages (zchat: RECEIVED), or None."""
+        return None
+
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
         """(ACK, first id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"").
 
@@ -173,6 +177,9 @@ class ZchatWire(Wire):
 
     def ready(self, msg_id: bytes) -> list[bytes] | None:
         return p.encode(p.Ready(msg_id))
+
+    def received(self, msg_id: bytes, sender: bytes, ids: list[bytes]) -> list[bytes] | None:
+        return p.encode(p.Received(msg_id, sender.decode(), tuple(ids)))
 
     def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
         event = p.decode_event(frames)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -42,7 +42,7 @@ from zchat.broker.handed import HandedOver, LocalHandedOver
 from zchat.broker.measures import Histogram
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
-from zchat.broker.relay import LOG_POSITION, Entry, Known, Mail, Relay, RoomEvent, Taken, Waiting
+from zchat.broker.relay import LOG_POSITION, Entry, KeptLive, Known, Mail, Relay, RoomEvent, Taken, Waiting
 from zchat.broker.sequences import Sequencer, StoreSequencer
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
@@ -61,6 +61,9 @@ FENCED = "this broker lost its lease in the cluster: connect to another broker"
 NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
 FAILED = "the broker failed on this command: it may not have been carried out; send it again"
+#: Taken entries met before what they take (remembered so that it is not kept then):
+#: the newest this many.
+EARLY_TAKEN = 10_000
 
 #: Makes a NamedTuple from a tuple of all its fields, in half the time of the class's
 #: own (Python-level) __new__: only on the path every private message takes.
@@ -265,6 +268,21 @@ class HeldAck:
     ids: list[bytes]
 
 
+@dataclass(slots=True)
+class Mailbox:
+    """A recipient's mailbox as the core counts it (PROTOCOL.md 13.4's limits)."""
+
+    count: int
+    size: int  # bytes of bodies
+    #: (sender's name key, id) -> its body's size, to count what leaves
+    sizes: dict[tuple[str, bytes], int]
+
+    @classmethod
+    def of(cls, messages: list[StoredMessage]) -> Mailbox:
+        sizes = {(p.name_key(m.sender), m.msg_id): len(m.body) for m in messages}
+        return cls(len(messages), sum(len(m.body) for m in messages), sizes)
+
+
 @dataclass
 class BrokerCore:
     settings: BrokerSettings
@@ -302,6 +320,9 @@ class BrokerCore:
     #: Sessions whose queue was found full, since when: the liveness sweep drops one
     #: still full after a heartbeat timeout, whatever it sends (PROTOCOL.md 6.3).
     stuck: dict[bytes, float] = field(default_factory=dict)
+    #: Sessions online whose mailbox was found full of what they have not confirmed, since
+    #: when: dropped as stuck too once a heartbeat timeout passes with no confirmation.
+    unconfirmed: dict[bytes, float] = field(default_factory=dict)
     #: Rooms with members, counted once from the store and kept in step (ENTER's limit).
     rooms_in_use: int | None = None
     #: Seconds each commit that wrote took (the metrics endpoint reads it, metrics.py).
@@ -321,6 +342,13 @@ class BrokerCore:
         #: Published events wait for the store too: a number on a topic is never seen
         #: by a subscriber before what it numbers is kept (PROTOCOL.md 6.2).
         self._to_publish: list[p.Published] = []
+        #: What recipients' mailboxes hold, by name key: read from the store once, then kept
+        #: in step with what this core adds and takes out, so that a private message to a
+        #: user online costs no query for the mailbox's limits.
+        self._kept: dict[str, Mailbox] = {}
+        #: In a cluster: Taken entries the log gave before the KeptLive they take (the
+        #: recipient confirmed on its broker before the sender's broker logged it).
+        self._early_taken: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
 
     # --- input ---------------------------------------------------------------
 
@@ -422,6 +450,11 @@ class BrokerCore:
         if recipient is None:
             self._to_absent(session, msg_id, target, body, time_ms)
             return
+        if self._mailbox_full(recipient.key, len(body)):  # kept until confirmed: refused, never lost
+            self._refuse(peer, msg_id, Code.RECIPIENT_BUSY,
+                         f"{recipient.name} has not confirmed what it was sent: its mailbox is full")  # fmt: skip
+            self.unconfirmed.setdefault(recipient.peer, now)  # the sweep drops it if it stays so
+            return
         self.counters["private"] += 1
         if recipient.away:  # told first: the ACK comes once the message is handed over
             self._reply(peer, p.AwayNotice(msg_id, recipient.name, recipient.away))
@@ -484,9 +517,7 @@ class BrokerCore:
     def _keep_for_later(self, sender: bytes, sender_key: str, key: str, message: StoredMessage,
                         time_ms: int) -> None:  # fmt: skip
         """A private message for a known user who is offline: into its mailbox."""
-        count, size = self.store.mailbox_usage(key)
-        s = self.settings
-        if count >= s.mailbox_messages or size + len(message.body) > s.mailbox_bytes:
+        if self._mailbox_full(key, len(message.body)):
             self._refuse(
                 sender, message.msg_id, Code.RECIPIENT_BUSY, f"the mailbox of {message.target} is full"
             )
@@ -497,9 +528,50 @@ class BrokerCore:
                 Mail(key, message), Waiting(sender, sender_key, message.msg_id, time_ms, "stored")
             )
             return
-        self.store.enqueue(key, message)
+        self._enqueue(key, message)
         self.store.remember(sender_key, message.msg_id, "stored", message.time_ms)
         self._ack(sender, sender_key, message.msg_id, time_ms, "stored")
+
+    def _mailbox_full(self, key: str, size: int) -> bool:
+        """Whether `key`'s mailbox (mail, and messages handed live not yet confirmed) has no
+        room for a message of `size` bytes (PROTOCOL.md 13.4)."""
+        kept = self._kept.get(key)
+        if kept is None:
+            kept = self._kept[key] = Mailbox.of(self.store.mailbox(key))
+        s = self.settings
+        return kept.count >= s.mailbox_messages or kept.size + size > s.mailbox_bytes
+
+    def _enqueue(self, key: str, message: StoredMessage) -> None:
+        self.store.enqueue(key, message)
+        kept = self._kept.get(key)
+        if kept is not None:
+            kept.count += 1
+            kept.size += len(message.body)
+            kept.sizes[(p.name_key(message.sender), message.msg_id)] = len(message.body)
+
+    def _take(self, key: str, sender_key: str, msg_id: bytes) -> None:
+        """Out of `key`'s mailbox, confirmed by its recipient here: a write the store may
+        put off to the commit (there is one per private message)."""
+        self.store.take(key, sender_key, msg_id)
+        self._uncount(key, sender_key, msg_id)
+
+    def _taken(self, key: str, sender_key: str, msg_id: bytes) -> bool:
+        """Out of `key`'s mailbox, confirmed (on another broker): whether it was there."""
+        taken = self.store.delivered(key, sender_key, msg_id)
+        if taken:
+            self._uncount(key, sender_key, msg_id)
+        return taken
+
+    def _uncount(self, key: str, sender_key: str, msg_id: bytes) -> None:
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        size = kept.sizes.pop((sender_key, msg_id), None)
+        if size is None:  # not counted here (not yet logged, a duplicate id): read again
+            del self._kept[key]
+        else:
+            kept.count -= 1
+            kept.size -= size
 
     def _ping(self, peer: bytes, session: Session, command: p.Ping, now: float, key: str) -> None:
         self._reply(peer, p.Pong(command.msg_id, int(now * 1000)))
@@ -631,19 +703,30 @@ class BrokerCore:
         )
         self._reply(old_peer, p.Replaced("your session continues on another connection"))
         self._reply(peer, self._welcome(hello.msg_id, holder, now))
+        # What the old connection was handed may be lost with it: what is unconfirmed comes again.
+        for message in self._mailbox_for(holder):
+            self._reply(peer, message)
 
     def _waiting_for(self, session: Session) -> tuple[list[p.Message], list[p.Receipt]]:
         """What was kept for a user while it was away: mail, then receipts."""
-        mail = []
-        for m in self.store.mailbox(session.key):
-            mail.append(p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
-            self._handed.add((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+        mail = self._mailbox_for(session)
         by_recipient: dict[tuple[str, int], list[bytes]] = {}
         for msg_id, recipient, when in self.store.receipts(session.key):
             by_recipient.setdefault((recipient, when), []).append(msg_id)
             self.store.clear_receipt(session.key, msg_id)
         receipts = [p.Receipt(recipient, when, tuple(ids)) for (recipient, when), ids in by_recipient.items()]
         return mail, receipts
+
+    def _mailbox_for(self, session: Session) -> list[p.Message]:
+        """Everything in the user's mailbox, to hand over (again): mail, and messages handed
+        live that it has not confirmed, each with its id, sender and time."""
+        mail = []
+        kept = self.store.mailbox(session.key)
+        for m in kept:
+            mail.append(p.Message(m.msg_id, m.sender, m.target, m.time_ms, m.body))
+            self._handed.add((session.key, p.name_key(m.sender), m.msg_id), from_mailbox=True)
+        self._kept[session.key] = Mailbox.of(kept)  # read anyway: counted from now on
+        return mail
 
     def _over_limits(self, peer: bytes, msg_id: bytes, client_key: str) -> bool:
         s = self.settings
@@ -770,7 +853,7 @@ class BrokerCore:
             if from_mailbox is None:
                 continue
             if from_mailbox:
-                self.store.delivered(session.key, sender_key, msg_id)
+                self._take(session.key, sender_key, msg_id)
                 if self.relay is not None:  # and from the copies of the other brokers
                     self.relay.relay(Taken(session.key, sender_key, msg_id))
             confirmed.append(msg_id)
@@ -778,6 +861,8 @@ class BrokerCore:
         self._ack(peer, session.key, command.msg_id, time_ms)
         if not confirmed:
             return
+        if self.unconfirmed:
+            self.unconfirmed.pop(peer, None)  # it confirms again
         sender = self._names.holder(sender_key)
         if sender is not None:
             self._reply(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
@@ -800,19 +885,23 @@ class BrokerCore:
     # --- what became of deliveries, time, the end ------------------------------
 
     def _delivered(self, event: Delivered) -> None:
-        """A private message reached its recipient's connection: a resend is a duplicate now,
-        the message is kept for /search, and its sender is answered."""
+        """A private message reached its recipient's connection (not yet the recipient: it
+        is lost with the connection, or the broker): it is kept in the recipient's mailbox,
+        as handed, until the recipient confirms it; a resend is a duplicate now, and its
+        sender is answered once it is kept (PROTOCOL.md 5.2, 13.4)."""
         peer, message, sender, sender_key = event.delivery
         msg_id, name, target, time_ms, body = message
         if self.stuck:
             self.stuck.pop(peer, None)  # it reads again
-        store = self.store
-        store.remember(sender_key, msg_id, "accepted", time_ms)
+        self.store.remember(sender_key, msg_id, "accepted", time_ms)
         key = target.lower()
-        store.add_private(key, StoredMessage("", 0, msg_id, name, target, time_ms, body))
-        self._handed.add((key, sender_key, msg_id), False)
-        # Handed to its recipient: delivered, so this ACK stands even if the store then
-        # fails (only the copy kept for search would be lost, see SqliteStore._fail).
+        kept = StoredMessage("", 0, msg_id, name, target, time_ms, body)
+        if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
+            self.relay.relay(KeptLive(key, kept), Waiting(sender, sender_key, msg_id, time_ms))
+            return
+        self._enqueue(key, kept)
+        self._handed.add((key, sender_key, msg_id), True)
+        # Acknowledged after the commit that keeps it: should that fail, the ACK becomes 508.
         self._ack(sender, sender_key, msg_id, time_ms)
 
     def _undelivered(self, event: Undelivered) -> None:
@@ -860,6 +949,13 @@ class BrokerCore:
                 del self.stuck[peer]
             elif since < deadline:
                 self._drop_stuck(stuck, now)
+        for peer, since in list(self.unconfirmed.items()):
+            full = self.by_peer.get(peer)
+            if full is None:
+                del self.unconfirmed[peer]
+            elif since < deadline:
+                log.warning("%s dropped: it confirmed nothing of its full mailbox", full.name)
+                self._drop(full, now, "stuck")
 
     def _watched(self, event: Watched) -> None:
         self.timed.pop(event.peer, None)
@@ -900,6 +996,7 @@ class BrokerCore:
             self._names.release(session)  # only the revision it wrote: a name moved on stays
             self.counters["left.fenced"] += 1
         self.stuck.clear()
+        self.unconfirmed.clear()
         self.online_names = None
         self._flush()
 
@@ -913,8 +1010,13 @@ class BrokerCore:
             self._room_event(*entry)
         elif isinstance(entry, Mail):
             self._mail(*entry)
+        elif isinstance(entry, KeptLive):
+            self._kept_live(*entry)
         elif isinstance(entry, Taken):
-            self.store.delivered(*entry)
+            if not self._taken(*entry):
+                self._early_taken[(entry.recipient, entry.sender, entry.msg_id)] = None
+                if len(self._early_taken) > EARLY_TAKEN:
+                    self._early_taken.popitem(last=False)
         else:
             self.store.add_user(entry.user)
 
@@ -938,9 +1040,20 @@ class BrokerCore:
             self.store.set_subject(room, published.text, published.setter, published.time_ms)
         self._to_publish.append(p.Published(p.topic_of(room), seq, published))
 
+    def _kept_live(self, recipient: str, m: StoredMessage) -> None:
+        """Handed to its online recipient: kept in its mailbox until confirmed, unless the
+        confirmation came first (its Taken is earlier in the log)."""
+        sender_key = p.name_key(m.sender)
+        self.store.remember(sender_key, m.msg_id, "accepted", m.time_ms)  # a resend here is a duplicate
+        handed = (recipient, sender_key, m.msg_id)
+        if handed in self._early_taken:
+            del self._early_taken[handed]
+            return
+        self._enqueue(recipient, m)
+
     def _mail(self, recipient: str, m: StoredMessage) -> None:
         """Into the recipient's mailbox; handed over at once if it signed in here meanwhile."""
-        self.store.enqueue(recipient, m)
+        self._enqueue(recipient, m)
         self.store.remember(p.name_key(m.sender), m.msg_id, "stored", m.time_ms)
         session = self._names.holder(recipient)
         if session is not None and session.peer in self.by_peer:
@@ -1002,9 +1115,11 @@ class BrokerCore:
             wrote = self.store.commit()
         except StoreFailed as e:
             self.failures.store_failed(e)
+            self._kept.clear()  # what was rolled back is counted: read again
             return e.refused
         except Exception as e:
             self.failures.failed("storing", e)
+            self._kept.clear()
             return None
         if wrote:
             # Only commits that wrote messages: the empty ones each wake-up would drown them.
@@ -1076,9 +1191,11 @@ class BrokerCore:
         del self.by_peer[session.peer]
         self.timed.pop(session.peer, None)
         self.stuck.pop(session.peer, None)
+        self.unconfirmed.pop(session.peer, None)
         # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
         held = self._names.holder(session.key) is session
         self._names.release(session)
+        self._kept.pop(session.key, None)  # counted while online: read again for mail
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
         online = self._names.count()

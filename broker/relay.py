@@ -37,8 +37,17 @@ class Mail(NamedTuple):
     message: StoredMessage
 
 
+class KeptLive(NamedTuple):
+    """A private message handed to its online recipient: kept in its mailbox on every
+    broker, as handed (not handed again now), until the recipient confirms it (Taken)."""
+
+    recipient: str  # name key
+    message: StoredMessage
+
+
 class Taken(NamedTuple):
-    """The recipient confirmed a message from its mailbox: it leaves every broker's copy."""
+    """The recipient confirmed a message from its mailbox (mail, or one kept live): it leaves
+    every broker's copy."""
 
     recipient: str
     sender: str  # name key
@@ -51,7 +60,7 @@ class Known(NamedTuple):
     user: str  # name key
 
 
-Entry = RoomEvent | Mail | Taken | Known
+Entry = RoomEvent | Mail | KeptLive | Taken | Known
 
 
 class Waiting(NamedTuple):

@@ -74,9 +74,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         """CREATE TABLE subjects (room TEXT PRIMARY KEY, text TEXT NOT NULL, setter TEXT NOT NULL,
             time_ms INTEGER NOT NULL) WITHOUT ROWID""",
     ),
+    # 5: a confirmation finds its message in the mailbox at once: live private messages wait
+    # there too now, and messages_mailbox would read every row waiting for the recipient.
+    ("CREATE INDEX messages_taken ON messages (target_key, sender_key, msg_id) WHERE pending",),
 )
 #: Messages indexed per catch_up() call while idle, so that a backlog never stalls the broker.
 INDEX_BATCH = 5000
+#: A message out of its recipient's mailbox (delivered, take): the oldest of that id.
+_TAKE = """UPDATE messages SET pending = 0 WHERE id = (SELECT id FROM messages
+    WHERE target_key = ? AND pending AND sender_key = ? AND msg_id = ? ORDER BY id LIMIT 1)"""
 #: Batches a search may index first: a backlog after long busy hours must not stall the broker
 #: past its clients' heartbeat timeout (what is left is indexed a batch a second meanwhile).
 SEARCH_INDEX_BATCHES = 4
@@ -113,6 +119,7 @@ class SqliteStore:
         self._new_messages: list[tuple[object, ...]] = []
         self._new_seen: dict[tuple[str, bytes], tuple[str, int]] = {}
         self._new_seqs: dict[str, int] = {}
+        self._new_taken: list[tuple[str, str, bytes]] = []  # take(): made after the inserts
         # What the open transaction holds, for a failure to know what it loses (_fail):
         # (sender key, msg id) of the messages promised to be kept (room messages, mail),
         self._kept: set[tuple[str, bytes]] = set()
@@ -208,6 +215,12 @@ class SqliteStore:
                 [(sender, msg_id, status, t) for (sender, msg_id), (status, t) in self._new_seen.items()],
             )
             self._new_seen.clear()
+        if self._new_taken:
+            self._begin()
+            self._db.executemany(_TAKE, self._new_taken)
+            # Made again after a rollback, as every write but the messages' own (_fail).
+            self._replay.extend((_TAKE, taken) for taken in self._new_taken)
+            self._new_taken.clear()
 
     def _query(self, sql: str, params: tuple[object, ...] = ()) -> sqlite3.Cursor:
         self._flush()  # reads see every write before them
@@ -356,12 +369,10 @@ class SqliteStore:
 
     def delivered(self, recipient: str, sender: str, msg_id: bytes) -> bool:
         # Delivered mail only leaves the mailbox: it stays searchable until expiry.
-        cursor = self._write(
-            """UPDATE messages SET pending = 0 WHERE id = (SELECT id FROM messages
-            WHERE target_key = ? AND pending AND sender_key = ? AND msg_id = ? ORDER BY id LIMIT 1)""",
-            (recipient, sender, msg_id),
-        )
-        return cursor.rowcount == 1
+        return self._write(_TAKE, (recipient, sender, msg_id)).rowcount == 1
+
+    def take(self, recipient: str, sender: str, msg_id: bytes) -> None:
+        self._new_taken.append((recipient, sender, msg_id))
 
     # --- delivery receipts owed to senders -----------------------------------
     def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None:

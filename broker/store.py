@@ -112,8 +112,11 @@ class Store(Protocol):
         """The room's subject, who set it and when; None when it has none."""
         ...
 
-    # --- private messages for offline users ----------------------------------
-    def enqueue(self, recipient: str, message: StoredMessage) -> None: ...
+    # --- mailboxes: private messages until their recipient confirms them --------
+    def enqueue(self, recipient: str, message: StoredMessage) -> None:
+        """Into the recipient's mailbox (mail for a user offline, or a message handed to
+        it live): kept until delivered() takes it out, and searchable."""
+        ...
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
         """A private message handed to its online recipient: kept for search only."""
@@ -129,6 +132,11 @@ class Store(Protocol):
 
     def delivered(self, recipient: str, sender: str, msg_id: bytes) -> bool:
         """Remove a message from the mailbox; False if it was not there."""
+        ...
+
+    def take(self, recipient: str, sender: str, msg_id: bytes) -> None:
+        """delivered() without its answer: the store may put it off to the commit, as it
+        does with new messages (one confirmation per private message)."""
         ...
 
     # --- delivery receipts owed to senders -----------------------------------
@@ -275,7 +283,7 @@ class MemoryStore:
 
     def enqueue(self, recipient: str, message: StoredMessage) -> None:
         self.mail[recipient].append(message)
-        self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
+        self.add_private(recipient, message)  # searchable, and trimmed as the others
 
     def add_private(self, recipient: str, message: StoredMessage) -> None:
         self.private.append(KeptPrivate(next(self.counter), message.sender.lower(), recipient, message))
@@ -296,6 +304,9 @@ class MemoryStore:
                 del waiting[i]
                 return True
         return False
+
+    def take(self, recipient: str, sender: str, msg_id: bytes) -> None:
+        self.delivered(recipient, sender, msg_id)
 
     def add_receipt(self, sender: str, msg_id: bytes, recipient: str, time_ms: int) -> None:
         self.owed[sender][msg_id] = (recipient, time_ms)

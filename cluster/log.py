@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import msgpack
 
-from zchat.broker.relay import Entry, Known, Mail, RoomEvent, Taken, Waiting
+from zchat.broker.relay import Entry, KeptLive, Known, Mail, RoomEvent, Taken, Waiting
 from zchat.broker.store import StoredMessage
 from zchat.cluster.link import Link
-from zchat.cluster.subjects import KNOWN_SUBJECT, MAIL_SUBJECT, TAKEN_SUBJECT, log_subject
+from zchat.cluster.subjects import KEPT_SUBJECT, KNOWN_SUBJECT, MAIL_SUBJECT, TAKEN_SUBJECT, log_subject
 from zchat.common import protocol as p
 
 
@@ -40,10 +40,10 @@ def write(entry: Entry) -> tuple[str, bytes]:
         room, event = entry
         (packed,) = p.encode_published(p.Published(p.topic_of(room), 0, event))
         return log_subject(room), packed
-    if type(entry) is Mail:
+    if type(entry) is Mail or type(entry) is KeptLive:
         recipient, m = entry
         packed = msgpack.packb([recipient, m.msg_id, m.sender, m.target, m.time_ms, m.body])
-        return MAIL_SUBJECT, packed
+        return MAIL_SUBJECT if type(entry) is Mail else KEPT_SUBJECT, packed
     if type(entry) is Taken:
         packed = msgpack.packb(list(entry))
         return TAKEN_SUBJECT, packed
@@ -54,9 +54,10 @@ def write(entry: Entry) -> tuple[str, bytes]:
 
 def read(subject: str, payload: bytes) -> Entry:
     """An entry of the log, from its subject and payload."""
-    if subject == MAIL_SUBJECT:
+    if subject in (MAIL_SUBJECT, KEPT_SUBJECT):
         recipient, msg_id, sender, target, time_ms, body = msgpack.unpackb(payload)
-        return Mail(recipient, StoredMessage("", 0, msg_id, sender, target, time_ms, body))
+        kept = StoredMessage("", 0, msg_id, sender, target, time_ms, body)
+        return Mail(recipient, kept) if subject == MAIL_SUBJECT else KeptLive(recipient, kept)
     if subject == TAKEN_SUBJECT:
         return Taken(*msgpack.unpackb(payload))
     if subject == KNOWN_SUBJECT:

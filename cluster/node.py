@@ -185,8 +185,9 @@ class ClusterNode:
             session = self.names.local.get(key)
             if session is not None:
                 outcome = self.send_local(session.peer, frames)
-                if outcome == "delivered":  # its receipt is confirmed here, where the recipient is
-                    self.handed.add((key, p.name_key(message.sender), message.msg_id), False)
+                if outcome == "delivered":  # its receipt is confirmed here, where the recipient is,
+                    # and it leaves the mailbox (the sender's broker puts it there, KeptLive)
+                    self.handed.add((key, p.name_key(message.sender), message.msg_id), True)
         self.link.send("delivered", 0, asked, outcome)
 
     def _reply_here(self, key: str, frames: list[bytes]) -> None:

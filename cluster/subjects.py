@@ -24,6 +24,7 @@ LOG_SUBJECTS = "zchat.log.>"
 
 #: The log's subjects of mailboxes and users (rooms' are "lobby" and "#...": never these).
 MAIL_SUBJECT = "zchat.log._mail"
+KEPT_SUBJECT = "zchat.log._kept"
 TAKEN_SUBJECT = "zchat.log._taken"
 KNOWN_SUBJECT = "zchat.log._known"
 

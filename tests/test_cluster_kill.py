@@ -6,6 +6,8 @@ killed with SIGKILL and restarted on its ports 10 s later. Joining what was
 acknowledged to the senders with what the recipients were shown, by sender
 and message id: every acknowledged message reached each recipient exactly
 once, and the clients of the killed broker were back elsewhere within 10 s.
+And a private message acknowledged while its recipient's connection had it:
+handed over again where the recipient resumes once its broker is killed.
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ from tests.cluster_support import cluster
 from tests.support import start_broker, wait_for
 from tests.test_cluster_fencing import WhoPoller, twice
 from tests.test_cluster_messages import DEADLINE, ack, online
+from tests.test_server import Raw
 from zchat.client import events as ev
 from zchat.client.request import Request
+from zchat.common import protocol as p
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
 FAST = ("--heartbeat-interval", "0.5", "--heartbeat-timeout", "2")
@@ -133,3 +137,36 @@ def test_a_broker_killed_under_load_loses_nothing_acknowledged_and_its_clients_a
             back = [t for t, e in r.events if isinstance(e, ev.Status) and e.state is ev.State.ONLINE
                     and t > killed_at]  # fmt: skip
             assert back and back[0] - killed_at < 10, (name, back[:1], killed_at)
+
+
+def test_a_live_message_acknowledged_comes_again_where_its_recipient_resumes_after_its_broker_died(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    with cluster(tmp_path, 3, *FAST) as (_, brokers):
+        bob = Raw(zmq_context, brokers[1].endpoint)  # reads nothing after its WELCOME
+        bob.send(b"HELLO", b"h", "bob", "", p.VERSION)
+        welcome = bob.next()
+        assert isinstance(welcome, p.Welcome)
+        alice = Raw(zmq_context, brokers[0].endpoint)
+        alice.hello("alice")
+
+        def bob_online() -> bool:
+            alice.send(b"WHO", b"w")
+            (users,) = alice.until(b"w")
+            return isinstance(users, p.Users) and "bob" in users.names
+
+        wait_for(bob_online, DEADLINE, interval=0.05, what="bob online on alice's broker")
+        alice.send(b"SEND", b"m1", "bob", "before the crash")
+        (acked,) = alice.until(b"m1")
+        assert isinstance(acked, p.Ack) and acked.status == "accepted"
+        brokers[1].stop(signal.SIGKILL)  # bob's connection had it at most, not bob
+        back = Raw(zmq_context, brokers[2].endpoint)
+        back.send(b"HELLO", b"h2", "bob", welcome.token, p.VERSION)  # the session taken over
+        assert isinstance(back.next(), p.Welcome)
+        back.send(b"PING", b"p")
+        handed = [e for e in back.until(b"p") if isinstance(e, p.Message)]
+        assert handed == [p.Message(b"m1", "alice", "bob", acked.time_ms, b"before the crash")]
+        back.dealer.send_multipart(p.encode(p.Received(b"r", "alice", (b"m1",))))
+        back.until(b"r")
+        receipt = alice.next()
+        assert isinstance(receipt, p.Receipt) and receipt.msg_ids == (b"m1",)

@@ -463,6 +463,50 @@ def test_a_full_mailbox_refuses_with_its_code() -> None:
     assert answer(b"m4", b"1").code == Code.RECIPIENT_BUSY  # type: ignore[union-attr]  # count
 
 
+def test_a_live_message_not_confirmed_is_handed_again_on_resuming_and_signing_in(core: BrokerCore) -> None:
+    register(core, b"A", "alice")
+    say(core, b"B", p.Hello(b"h", "bob", ""), 0.0)  # token1: alice has token0
+    handed = deliver(say(core, b"A", p.Send(b"m1", "bob", b"hi"), 1.0))
+    assert replies(feed(core, Delivered(handed), 1.0), b"A") == [p.Ack(b"m1", 1000, "accepted")]
+    again = p.Message(b"m1", "alice", "bob", 1000, b"hi")  # its own id, sender and time
+    # bob's connection had it, bob did not: resumed on a new connection, it comes again
+    resumed = say(core, b"B2", p.Hello(b"h2", "bob", "token1"), 2.0)
+    assert replies(resumed, b"B2")[1:] == [again]
+    say(core, b"B2", p.Bye(b"bye"), 2.5)
+    assert replies(say(core, b"B3", p.Hello(b"h3", "bob", ""), 3.0), b"B3")[1:] == [again]
+    confirmed = say(core, b"B3", p.Received(b"r", "alice", (b"m1",)), 4.0)
+    assert replies(confirmed, b"A") == [p.Receipt("bob", 4000, (b"m1",))]
+    say(core, b"B3", p.Bye(b"bye"), 4.5)
+    assert replies(say(core, b"B4", p.Hello(b"h4", "bob", ""), 5.0), b"B4")[1:] == []  # confirmed: gone
+
+
+def test_a_live_recipient_with_its_mailbox_full_of_unconfirmed_messages_is_refused_507() -> None:
+    core = make_core(mailbox_messages=2)
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    for msg_id in (b"m1", b"m2"):
+        feed(core, Delivered(deliver(say(core, b"A", p.Send(msg_id, "bob", b"hi"), 1.0))), 1.0)
+    full = say(core, b"A", p.Send(b"m3", "bob", b"hi"), 1.0)
+    assert [e for e in full if isinstance(e, Deliver)] == []  # not handed over: nothing to lose
+    assert error_code(full, b"A") == Code.RECIPIENT_BUSY
+    say(core, b"B", p.Received(b"r", "alice", (b"m1",)), 2.0)  # confirmed: room again
+    deliver(say(core, b"A", p.Send(b"m4", "bob", b"hi"), 2.0))
+
+
+def test_a_failed_commit_refuses_the_live_message_it_did_not_keep(tmp_path: Path) -> None:
+    store = FillingStore.open(tmp_path / "zchat.db")
+    core = make_core(store)
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    handed = deliver(say(core, b"A", p.Send(b"m1", "bob", b"hi"), 1.0))
+    store.commit_fails = True
+    assert error_code(feed(core, Delivered(handed), 1.0), b"A") == Code.STORE_FAILED  # not kept: resend
+    store.commit_fails = False
+    handed = deliver(say(core, b"A", p.Send(b"m1", "bob", b"hi"), 2.0))  # a resend is new
+    assert replies(feed(core, Delivered(handed), 2.0), b"A") == [p.Ack(b"m1", 2000, "accepted")]
+    assert [m.msg_id for m in store.mailbox("bob")] == [b"m1"]  # once
+
+
 def test_a_recipient_whose_queue_stays_full_is_dropped_and_announced(core: BrokerCore) -> None:
     register(core, b"A", "alice")
     register(core, b"B", "bob")
@@ -478,6 +522,27 @@ def test_a_recipient_whose_queue_stays_full_is_dropped_and_announced(core: Broke
     dropped = busy_at(6.5)
     assert error_code([e for e in dropped if isinstance(e, Reply)], b"A") == Code.RECIPIENT_BUSY
     assert events(dropped) == [p.Leave("bob", 6500, "stuck")]
+
+
+def test_a_recipient_that_confirms_nothing_of_its_full_mailbox_is_dropped_as_stuck() -> None:
+    # Its queue has room (its PONGs get through), but it confirms nothing: stuck all the same.
+    core = make_core(mailbox_messages=2, heartbeat_ms=1000, timeout_ms=3000)
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    feed(core, Watched(b"A"))  # alive by ZMTP heartbeats: no timeout
+    feed(core, Watched(b"B"))
+    for msg_id in (b"m1", b"m2"):
+        feed(core, Delivered(deliver(say(core, b"A", p.Send(msg_id, "bob", b"hi"), 1.0))), 1.0)
+    assert error_code(say(core, b"A", p.Send(b"m3", "bob", b"hi"), 1.0), b"A") == Code.RECIPIENT_BUSY
+    say(core, b"B", p.Ping(b"p"), 3.5)
+    assert events(feed(core, Tick(3.9))) == []  # full since 1.0: not yet a timeout
+    say(core, b"B", p.Received(b"r", "alice", (b"m1",)), 4.0)  # it confirms: the clock stops
+    assert events(feed(core, Tick(4.1))) == []
+    feed(core, Delivered(deliver(say(core, b"A", p.Send(b"m4", "bob", b"hi"), 5.0))), 5.0)
+    assert error_code(say(core, b"A", p.Send(b"m5", "bob", b"hi"), 5.0), b"A") == Code.RECIPIENT_BUSY
+    assert events(feed(core, Tick(7.9))) == []
+    say(core, b"B", p.Ping(b"p2"), 8.0)  # alive, but confirming nothing
+    assert events(feed(core, Tick(8.1))) == [p.Leave("bob", 8100, "stuck")]
 
 
 def test_registration_limits_refuse_with_their_code() -> None:

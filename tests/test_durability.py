@@ -17,6 +17,7 @@ import zmq
 
 from tests.chat import chat
 from tests.support import ZCHAT, start_broker, wait_for
+from tests.test_server import Raw, answers
 from zchat.client import events as ev
 from zchat.common import protocol as p
 from zchat.common.protocol import Code
@@ -170,3 +171,63 @@ def test_an_unwritable_store_refuses_what_it_cannot_keep_and_the_broker_stays_up
         context.destroy(linger=0)
         broker.stop()
     assert "Fatal Python error" not in broker.log()
+
+
+def signed_in(
+    context: zmq.Context[zmq.Socket[bytes]], endpoint: str, name: str
+) -> tuple[Raw, list[p.Message]]:
+    """`name` signed in on a bare spec client, and the private messages handed over to it."""
+    raw = Raw(context, endpoint)
+    raw.hello(name)
+    raw.send(b"PING", b"p")
+    return raw, [e for e in raw.until(b"p") if isinstance(e, p.Message)]
+
+
+def test_a_live_private_message_comes_again_at_each_sign_in_until_its_recipient_confirms_it(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    store = str(tmp_path / "zchat.db")
+    broker = start_broker(tmp_path, "--store", store, *FAST)
+    try:
+        bob, _ = signed_in(zmq_context, broker.endpoint, "bob")
+        alice, _ = signed_in(zmq_context, broker.endpoint, "alice")
+        alice.send(b"SEND", b"m1", "bob", "are you there?")
+        assert answers(alice.until(b"m1")) == [("ACK", b"m1", "accepted")]
+        handed = bob.next()  # bob's connection has it; bob quits before confirming it
+        assert isinstance(handed, p.Message) and handed.msg_id == b"m1"
+        bob.send(b"BYE", b"b")
+        bob.until(b"b")
+        bob, again = signed_in(zmq_context, broker.endpoint, "bob")
+        assert again == [handed]  # its id, sender and time as first handed
+        bob.dealer.send_multipart(p.encode(p.Received(b"r", "alice", (b"m1",))))
+        assert answers(bob.until(b"r")) == [("ACK", b"r", "accepted")]
+        receipt = alice.next()
+        assert isinstance(receipt, p.Receipt) and receipt.msg_ids == (b"m1",)
+        port, pub_port = broker.port, broker.pub_port
+        broker.stop(signal.SIGKILL)  # the confirmation was acknowledged: it is kept too
+        broker = start_broker(tmp_path, "--store", store, *FAST, port=port, pub_port=pub_port)
+        _, after = signed_in(zmq_context, broker.endpoint, "bob")
+        assert after == []
+    finally:
+        broker.stop()
+
+
+def test_a_live_private_message_acknowledged_just_before_a_crash_is_handed_over_after_the_restart(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    store = str(tmp_path / "zchat.db")
+    broker = start_broker(tmp_path, "--store", store, *FAST)
+    try:
+        bob, _ = signed_in(zmq_context, broker.endpoint, "bob")  # online, and reads nothing more
+        alice, _ = signed_in(zmq_context, broker.endpoint, "alice")
+        alice.send(b"SEND", b"m1", "bob", "hello bob")
+        (ack,) = alice.until(b"m1")
+        assert isinstance(ack, p.Ack)
+        port, pub_port = broker.port, broker.pub_port
+        broker.stop(signal.SIGKILL)  # at once: bob's connection had it at most, not bob
+        broker = start_broker(tmp_path, "--store", store, *FAST, port=port, pub_port=pub_port)
+        _, handed = signed_in(zmq_context, broker.endpoint, "bob")
+        assert handed == [p.Message(b"m1", "alice", "bob", ack.time_ms, b"hello bob")]
+        bob.dealer.close()  # open until now: the first broker had a live connection to hand it to
+    finally:
+        broker.stop()

@@ -1915,7 +1915,7 @@ def test_a_receipt_waits_for_its_sender_to_come_back(
     assert back.next()[:2] == ["MESSAGE", marker]
 
 
-def test_a_takeover_is_not_a_registration_mail_is_not_sent_again(
+def test_a_takeover_sends_unconfirmed_mail_again_a_second_hello_does_not(
     online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
 ) -> None:
     alice = online("alice")
@@ -1932,14 +1932,59 @@ def test_a_takeover_is_not_a_registration_mail_is_not_sent_again(
     alice.ack(hint)
     assert first.next()[:2] == ["MESSAGE", hint]
     second = connect()
-    second.hello("bob", token)  # a takeover (4.1): the mailbox is not sent again
+    second.hello("bob", token)  # a takeover (4.1): what is unconfirmed is sent again, in order
+    assert [second.next()[:2] for _ in range(2)] == [["MESSAGE", kept], ["MESSAGE", hint]]
     marker = alice.send("SEND", "bob", "marker")
     alice.ack(marker)
     assert second.next()[:2] == ["MESSAGE", marker]
     second.ack(second.send("BYE"))
     third = connect()
     third.hello("bob")
-    assert third.next()[:2] == ["MESSAGE", kept]
+    assert [third.next()[:2] for _ in range(3)] == [["MESSAGE", i] for i in (kept, hint, marker)]
+
+
+def test_a_live_private_message_is_sent_again_at_each_registration_until_confirmed(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    # Section 13.4: a private message to a user online stays in its mailbox until RECEIVED.
+    alice = online("alice")
+    bob = connect()
+    bob.hello("bob")
+    said = alice.send("SEND", "bob", "are you there?")
+    said_at = alice.ack(said)  # kept (4.2, 5.2)
+    live = bob.delivery("MESSAGE")
+    assert live == ["MESSAGE", said, "alice", "bob", said_at, "are you there?"], live
+    bob.ack(bob.send("BYE"))  # bob leaves without confirming it
+    back = connect()
+    back.hello("bob")
+    assert back.next() == live  # right after WELCOME: its original id, sender and time
+    back.ack(back.send("RECEIVED", "alice", [said]))
+    receipt = alice.delivery("RECEIPT")
+    assert receipt[1] == "bob" and receipt[3] == [said], receipt
+    back.ack(back.send("BYE"))
+    again = connect()
+    again.hello("bob")  # confirmed: not sent again
+    marker = alice.send("SEND", "bob", "marker")
+    alice.ack(marker)
+    assert again.next()[:2] == ["MESSAGE", marker]
+
+
+def test_a_live_recipient_that_confirms_nothing_is_refused_507_once_its_mailbox_is_full(
+    online: Callable[..., SpecClient], connect: Callable[[], SpecClient]
+) -> None:
+    # Section 13.4: live messages not yet confirmed count against the mailbox's 1,000.
+    alice = online("alice")
+    bob = connect()
+    bob.hello("bob")
+    many = [alice.send("SEND", "bob", f"m{i}") for i in range(1000)]
+    for msg_id in many:
+        alice.ack(msg_id)
+    refused = alice.send("SEND", "bob", "one too many")
+    assert alice.error_code(refused) == 507
+    got = [bob.delivery("MESSAGE")[1] for _ in many]
+    assert got == many  # each once; the refused one never handed over
+    bob.ack(bob.send("RECEIVED", "alice", many[:500]))
+    alice.ack(alice.send("SEND", "bob", "room again"))
 
 
 def test_search_words_follow_the_rules_of_section_13_6(online: Callable[..., SpecClient]) -> None:

@@ -145,6 +145,20 @@ def test_mailbox_keeps_order_until_delivered(store: Store) -> None:
     assert [m.target for m in store.mailbox("dave")] == ["Dave"]
 
 
+def test_take_leaves_the_mailbox_by_the_next_read_or_commit(store: Store) -> None:
+    first, second = private_msg("Alice", "Bob", 1, "one"), private_msg("Alice", "Bob", 2, "two")
+    store.enqueue("bob", first)
+    store.enqueue("bob", second)
+    store.take("bob", "alice", b"p1")  # in the same transaction as its enqueue
+    assert store.mailbox("bob") == [second]
+    store.commit()
+    store.take("bob", "alice", b"p2")
+    store.take("bob", "carol", b"p2")  # another sender's id: nothing
+    store.commit()
+    assert store.mailbox("bob") == []
+    assert store.mailbox_usage("bob") == (0, 0)
+
+
 def test_delivered_needs_the_right_sender_and_recipient(store: Store) -> None:
     store.enqueue("bob", private_msg("Alice", "Bob", 1))
     assert not store.delivered("bob", "carol", b"p1")
@@ -633,6 +647,7 @@ def test_a_room_subject_survives_reopening_and_a_version_3_file_gains_the_table(
     reopened.close()
     db = sqlite3.connect(tmp_path / "z.db")  # as zchat before subjects left it
     db.execute("DROP TABLE subjects")
+    db.execute("DROP INDEX messages_taken")  # schema 5's
     db.execute("PRAGMA user_version = 3")
     db.commit()
     db.close()
