@@ -47,8 +47,11 @@ VERSION = 1
 #: The largest request or answer, encoded: above it the sender refuses to ask, and the chat's
 #: socket (MAXMSGSIZE, a little above) drops a peer that sends more, without reading it.
 MAX_BYTES = 4 * 1024 * 1024
-#: Seconds a sender waits for an open chat to answer its ping before going on without it.
-PING_TIMEOUT = 1.0
+#: Seconds a sender waits for an open chat to answer its ping before going on without it. A
+#: chat answers in a millisecond or so, from its own thread; only one that is stopped or hung
+#: makes a sender wait this long (one killed is found at once), and a loaded machine can take
+#: a second or more to schedule it.
+PING_TIMEOUT = 3.0
 #: Seconds beyond the client's answer timeout that a sender waits for the outcome of a send.
 ANSWER_MARGIN = 5.0
 
