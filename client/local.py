@@ -435,7 +435,10 @@ def send_through_chat(broker: str, name: str, to: str, text: str, answer_timeout
     dealer = context.socket(zmq.DEALER)
     dealer.setsockopt(zmq.LINGER, 0)
     try:
-        dealer.connect(f"ipc://{path}")
+        try:
+            dealer.connect(f"ipc://{path}")
+        except zmq.ZMQError:  # a path too long for a socket: no chat could have bound it
+            return None
         # A chat that is listening answers at once; one that does not (stopped, or hung) is not
         # given the message, and nothing of its is removed.
         if not isinstance(_ask(dealer, encode(Ping(name, broker)), ping_timeout), Here):

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import shutil
 import socket
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,6 +32,8 @@ from tests.support import ZCHAT, Broker, wait_for
 from tests.test_cli import ENV, read_until
 from zchat.client import events as ev
 from zchat.client import local
+from zchat.client.request import Request
+from zchat.client.session import UserRequests
 
 
 @pytest.fixture
@@ -318,3 +322,44 @@ def test_an_oversized_request_is_dropped_not_read(broker: Broker, runtime: Path)
         finally:
             context.term()
             endpoint.close()
+
+
+class HeldRequests(UserRequests):
+    """A client whose sends wait until the test answers them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.taken: queue.SimpleQueue[Request] = queue.SimpleQueue()
+
+    def _submit(self, request: Request) -> Request:
+        self.taken.put(request)
+        return request
+
+
+def test_a_ping_is_answered_while_a_send_waits_for_its_outcome(runtime: Path) -> None:
+    held = HeldRequests()
+    endpoint = local.LocalEndpoint(held, "alice", "tcp://127.0.0.1:1", answer_timeout=30)
+    outcome: queue.SimpleQueue[local.Sent | local.Refused | None] = queue.SimpleQueue()
+    sender = threading.Thread(
+        target=lambda: outcome.put(local.send_through_chat("tcp://127.0.0.1:1", "alice", "bob", "hi", 30))
+    )
+    try:
+        sender.start()
+        request = held.taken.get(timeout=10)
+        assert (request.target, request.text) == ("bob", "hi")
+        # Another sender's ping, while the first one's send has no outcome yet.
+        context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(f"ipc://{endpoint.path}")
+        dealer.send(local.encode(local.Ping("alice", "tcp://127.0.0.1:1")))
+        assert dealer.poll(10_000), "the ping waited behind the send"
+        assert local.decode(dealer.recv()) == local.Here("alice")
+        dealer.close()
+        context.term()
+        assert outcome.empty()
+        request.resolve(request.refusal(ev.CLOSED, "the client is closed"))  # as the chat's close does
+        assert outcome.get(timeout=10) == local.Refused(ev.CLOSED, "the client is closed")
+    finally:
+        sender.join(10)
+        endpoint.close()
