@@ -11,13 +11,13 @@ from dataclasses import replace
 import click
 
 from zchat.client import events as ev
-from zchat.client import oneshot
+from zchat.client import local, oneshot
 from zchat.client.render import visible
 from zchat.client.script import LineWriter, run_lines
 from zchat.client.session import Client, ConnectError
 from zchat.client.settings import ENVIRONMENT, Settings
 from zchat.common import keys
-from zchat.common.protocol import valid_name
+from zchat.common.protocol import EVERYONE, valid_name
 
 ENDPOINT = re.compile(r"(tcp|ipc)://\S+")
 
@@ -123,14 +123,20 @@ def connect(name: str, broker: str, connect_timeout: float, server_key: str | No
         sys.stdout, name, json_mode, colour=colour and not json_mode and wants_colour(sys.stdout)
     )
     client = Client.from_settings(settings, on_event=writer)
+    endpoint = None
     try:
         start(client)
+        endpoint = local.listen(
+            client, settings, writer.sent_for_another, lambda text: click.echo(text, err=True)
+        )
         # Every request is answered within the answer timeout: waiting longer would be for nothing.
         code = run_lines(client, sys.stdin, writer, drain_timeout=settings.answer_timeout)
     except KeyboardInterrupt:  # Ctrl-C: leave properly, then exit as interrupted
         code = 130
     finally:
         client.close()
+        if endpoint is not None:
+            endpoint.close()
     if client.running():
         # Ctrl-C inside a wait can leave the poller thread stuck on a lock the wait held;
         # then its ZeroMQ context would hold the interpreter's exit for ever.
@@ -149,14 +155,25 @@ def connect(name: str, broker: str, connect_timeout: float, server_key: str | No
 @click.argument("text", nargs=-1, required=True)
 def send(name: str, broker: str, connect_timeout: float, server_key: str | None, to: str | None,
          everyone: bool, text: tuple[str, ...]) -> None:  # fmt: skip
-    """Send one message; exit 0 only when the broker accepted it."""
+    """Send one message, through NAME's open chat if there is one; exit 0 only when the broker
+    accepted it."""
     if bool(to) == everyone:
         raise click.UsageError("give exactly one of --to NAME and --all")
+    message = " ".join(text)
+    try:
+        # As if typed in the user's open chat: a session beside it would be refused (409).
+        through = local.send_through_chat(broker, name, to or EVERYONE, message, Settings.answer_timeout)
+    except TimeoutError as e:
+        raise click.ClickException(f"perhaps not sent: {e}") from None
+    if isinstance(through, local.Refused):
+        raise click.ClickException(visible(f"not sent: {through.text} ({through.code})"))
+    if through is not None:
+        click.echo(visible(f"sent to {to or 'everyone'} (id {through.msg_id})"))
+        return
     # Unannounced: others see the message, not a join and a leave around it.
     settings = replace(settings_of(name, broker, connect_timeout, server_key), announce=False)
     client = start(Client.from_settings(settings, on_event=lambda event: None))
     try:
-        message = " ".join(text)
         request = client.send(to, message) if to else client.broadcast(message)
         # The client answers every request within its answer timeout; this is a backstop.
         outcome = request.wait(timeout=settings.connect_timeout + settings.answer_timeout + 5)

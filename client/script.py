@@ -13,6 +13,7 @@ from typing import Protocol, TextIO
 from zchat.client import commands as cmd
 from zchat.client import events as ev
 from zchat.client.render import Renderer, to_json
+from zchat.client.request import Request
 from zchat.client.session import Client, UserRequests
 from zchat.common.protocol import valid_room
 
@@ -25,16 +26,29 @@ class LineWriter:
         self.json_mode = json_mode
         self.renderer = Renderer(me, colour)
         self.lock = threading.Lock()
-        self.refused = 0
+        self.refused = 0  # lines not understood, answers given up on
+        self._refusals: list[str] = []  # the ids of messages refused
+        self._others: set[str] = set()  # the ids of messages sent through this chat by `zchat send`
         self.room = "*"  # where plain text goes
 
     def __call__(self, event: ev.Event) -> None:
         if isinstance(event, ev.Refusal) and event.code != ev.USAGE:
-            self.refused += 1
+            self._refusals.append(event.msg_id)
         for one in ev.each(event):  # a run of joins and leaves: a line each
             line = to_json(one) if self.json_mode else self.renderer.line(one)
             if line is not None:
                 self.write(line)
+
+    def sent_for_another(self, request: Request) -> None:
+        """`request` is a `zchat send` through this chat (local.py): shown, but its refusal is
+        that command's failure, not this script's. Told after it was sent, perhaps after its
+        refusal was shown: failures() counts at the end."""
+        self._others.add(request.msg_id)
+
+    def failures(self) -> int:
+        """What makes the script fail: lines not understood, answers given up on, and its own
+        messages refused."""
+        return self.refused + sum(msg_id not in self._others for msg_id in self._refusals)
 
     def show_help(self, word: str = "") -> None:
         text = (cmd.help_of(word) if word else None) or cmd.HELP
@@ -65,7 +79,7 @@ def run_lines(client: Client, lines: Iterable[str], writer: LineWriter, drain_ti
         writer(ev.Status(client.state, f"gave up waiting for answers after {drain_timeout:g}s"))
         writer.refused += 1
     client.close()
-    return 1 if writer.refused else 0
+    return 1 if writer.failures() else 0
 
 
 class Output(Protocol):

@@ -32,6 +32,7 @@ from prompt_toolkit.styles import Style
 
 from zchat.client import commands as cmd
 from zchat.client import events as ev
+from zchat.client.local import listen
 from zchat.client.readstate import Unread, ViewedReadState, history_file, mentions, state_file
 from zchat.client.render import Renderer, colour_of, visible
 from zchat.client.script import execute
@@ -536,12 +537,15 @@ def run_tui(settings: Settings, colour: bool) -> int:
     except KeyboardInterrupt:
         client.close()
         return 130
+    endpoint = listen(client, settings, None, lambda text: screen(ev.Status(client.state, text)))
     try:
         return _chat(client, screen, colour)
     finally:
         screen.quiet = True
         unsent = client.unanswered_sends()  # held back by the rate limit, or no connection
         client.close()
+        if endpoint is not None:
+            endpoint.close()
         if unsent:  # the closing refusals are not shown: say so once
             print(f"zchat: {unsent} message(s) not sent: the client closed before the broker took them",
                   file=sys.stderr)  # fmt: skip

@@ -12,6 +12,7 @@ import secrets
 import shlex
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
@@ -849,3 +850,34 @@ def test_topic_as_another_user_sees_it(terminal: Terminal, bobs_terminal: Termin
     terminal.wait_screen("bob cleared the topic of #dev")
     bobs_terminal.wait_screen("bob cleared the topic of #dev")
     assert "mine now" not in terminal.screen()
+
+
+def test_zchat_send_as_alice_goes_through_her_open_terminal(
+    terminal: Terminal, broker: Broker, bob: Peer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = Path(tempfile.mkdtemp(prefix="zr"))  # short: a socket's path has at most 107 bytes
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(runtime))  # the terminal's too: its tmux starts here
+    try:
+        start_alice(terminal, broker)
+        for where, text in ((["--to", "bob"], "from the shell"), (["--all"], "to all from the shell")):
+            sent = subprocess.run(
+                [ZCHAT, "send", "--name", "alice", "--broker", broker.endpoint, *where, text],
+                capture_output=True, text=True, timeout=60, env={**os.environ, "ZCHAT_CONFIG": os.devnull},
+            )  # fmt: skip
+            assert sent.returncode == 0, sent.stderr  # her chat sent it: not 409
+            assert bob.message(text).sender == "alice"
+        terminal.wait_screen("<alice> to all from the shell")
+        screen = terminal.screen()
+        assert screen.count("[private] you -> bob: from the shell") == 1, screen  # once, as her own
+        assert screen.count("<alice> to all from the shell") == 1, screen
+        assert len(list((runtime / "zchat").iterdir())) == 1
+        terminal.type("/quit")
+        terminal.keys("Enter")
+        assert terminal.wait_exit() == 0
+        assert list((runtime / "zchat").iterdir()) == []  # gone with the chat
+        # The lobby's events come in order: a send's session would have joined and left before.
+        bob.expect("alice to quit", ev.Presence, name="alice", event="leave")
+        presences = [e.event for e in bob.seen if isinstance(e, ev.Presence) and e.name == "alice"]
+        assert presences == ["join", "leave"]
+    finally:
+        shutil.rmtree(runtime, ignore_errors=True)
