@@ -581,6 +581,7 @@ class BrokerCore:
 
     def _away(self, peer: bytes, session: Session, command: p.Away, now: float, key: str) -> None:
         session.away = command.text
+        self._names.changed_away(session)  # in a cluster, for WHO on the other brokers
         self.online_names = None  # WHO shows who is away
         self._ack(peer, session.key, command.msg_id, int(now * 1000))
 

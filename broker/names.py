@@ -75,6 +75,10 @@ class NameRegistry(Protocol):
         """Trust on first use: from now on only `client_key` may use the name."""
         ...
 
+    def changed_away(self, session: Session) -> None:
+        """`session`'s away text changed: whoever lists sessions (WHO on every broker) sees it."""
+        ...
+
 
 class LocalNames:
     """One broker's names: sessions in a dict, owners from the allowlist or the store."""
@@ -113,3 +117,6 @@ class LocalNames:
     def bind(self, key: str, client_key: str) -> None:
         if self.authorized is None:
             self.store.bind(key, client_key)
+
+    def changed_away(self, session: Session) -> None:
+        pass  # the session is the one WHO lists

@@ -21,7 +21,7 @@ from typing import Any
 import msgpack
 
 from zchat.broker.names import UNLISTED, Session
-from zchat.cluster.link import Link
+from zchat.cluster.link import CallFailed, Link
 from zchat.cluster.subjects import LEASE, LEASES, NAMES, OWNERS
 
 log = logging.getLogger("zchat.cluster")
@@ -139,6 +139,22 @@ class ClusterNames:
             self.owners[key] = client_key
         # Else another key won it: its watch update is on the way, and claim() checks it.
 
+    def changed_away(self, session: Session) -> None:
+        """Into the name's entry, by an update on its revision: the other brokers' watches
+        give it to their WHO. Lost (logged) if the entry moved meanwhile: it is not ours then."""
+        key = session.key
+        if self.local.get(key) is not session:
+            return
+        try:
+            revision = self.link.call("update", NAMES, kv_key(key), self._value(session), self.revision[key])
+        except CallFailed as e:  # set here all the same; the next change tries again
+            log.warning("%s: the away text did not reach the cluster: %s", session.name, e)
+            return
+        if revision:
+            self.revision[key] = revision
+        else:
+            log.warning("%s: the away text did not reach the cluster (its entry moved on)", session.name)
+
     # --- what the bucket's watch says ----------------------------------------
 
     def seen(self, bucket: str, kv: str, value: bytes | None, revision: int) -> None:
@@ -178,6 +194,7 @@ class ClusterNames:
             key,
             entry["client_key"],
             announced=True,
+            away=entry.get("away", ""),  # written by brokers since AWAY was shared
         )
         self.changed = True
 
@@ -203,6 +220,7 @@ class ClusterNames:
             "name": session.name,
             "token": session.token,
             "client_key": session.client_key,
+            "away": session.away,
         }
         packed: bytes = msgpack.packb(entry)
         return packed

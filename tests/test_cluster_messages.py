@@ -147,3 +147,42 @@ def test_joins_and_leaves_on_one_broker_are_seen_on_the_others(three: list[Broke
         olga.expect(lambda e: isinstance(e, ev.Presence) and e.name == "pete" and e.event == "leave",
                     DEADLINE, "pete's LEAVE")  # fmt: skip
         gone(olga, "pete")
+
+
+def test_away_set_on_one_broker_is_seen_on_the_others(three: list[Broker]) -> None:
+    with chat("rita", three[0].endpoint) as rita, chat("sam", three[1].endpoint) as sam:
+        online(sam, "rita")
+        assert isinstance(rita.client.away("at lunch").wait(DEADLINE), ev.Ack)
+
+        def listed_away() -> bool:
+            users = sam.client.who().wait(DEADLINE)
+            return isinstance(users, ev.Users) and ("rita", "at lunch") in users.away
+
+        wait_for(listed_away, DEADLINE, interval=0.05, what="rita away in sam's WHO")
+        # A private message from the other broker is answered with her away text, and delivered.
+        sent = sam.client.send("rita", "back soon?")
+        notice = sam.expect(lambda e: isinstance(e, ev.Away), DEADLINE, "the away notice")
+        assert isinstance(notice, ev.Away) and (notice.name, notice.text) == ("rita", "at lunch")
+        assert ack(sent.wait(DEADLINE)).status == "accepted"
+        rita.message("back soon?")
+        assert isinstance(rita.client.away("").wait(DEADLINE), ev.Ack)  # back: no longer listed
+        wait_for(lambda: not listed_away(), DEADLINE, interval=0.05, what="rita back in sam's WHO")
+
+
+def test_a_topic_set_on_one_broker_is_the_topic_on_the_others(three: list[Broker]) -> None:
+    with chat("tess", three[0].endpoint) as tess, chat("ugo", three[2].endpoint) as ugo:
+        assert isinstance(tess.client.enter("#plans").wait(DEADLINE), ev.Ack)
+        assert isinstance(tess.client.set_topic("#plans", "ship friday").wait(DEADLINE), ev.Ack)
+
+        def topic_there() -> bool:
+            topic = ugo.client.topic("#plans").wait(DEADLINE)
+            return isinstance(topic, ev.Topic) and topic.text == "ship friday"
+
+        wait_for(topic_there, DEADLINE, interval=0.05, what="the topic on another broker")
+        topic = ugo.client.topic("#plans").wait(DEADLINE)
+        assert isinstance(topic, ev.Topic) and topic.setter == "tess"
+        # A member on the other broker sees a change as it happens.
+        assert isinstance(ugo.client.enter("#plans").wait(DEADLINE), ev.Ack)
+        assert isinstance(tess.client.set_topic("#plans", "ship monday").wait(DEADLINE), ev.Ack)
+        changed = ugo.expect(lambda e: isinstance(e, ev.Topic) and e.changed, DEADLINE, "the change")
+        assert isinstance(changed, ev.Topic) and changed.text == "ship monday"
