@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import faulthandler
+import sys
 from pathlib import Path
 
 import click
@@ -313,3 +314,4 @@ def broker(
         raise click.ClickException(f"cannot serve metrics on {metrics}: {e}") from None
     server.install_signal_handlers()
     server.run()
+    sys.exit(server.exit_status)

@@ -296,6 +296,8 @@ class BrokerServer:
         )  # fmt: skip
         self.core.failures.store_name = self._store_name()
         self._stopping = False
+        #: What the process exits with once run() returns: 1 when it stopped on a failure.
+        self.exit_status = 0
         #: The routing id frame of the message being handled: a Hangup cuts its connection.
         self._current: zmq.Frame | None = None
         #: Connections of flooders, to cut once their last ERROR is out: (when, connection).
@@ -426,9 +428,16 @@ class BrokerServer:
             self.close()
 
     def _lease(self, cluster: ClusterNode | None) -> None:
-        """In a cluster: fenced once the lease could not be renewed in time (docs/CLUSTER.md)."""
-        if cluster is not None and (fence := cluster.lease(time.monotonic())) is not None:
+        """In a cluster: fenced once the lease could not be renewed in time (docs/CLUSTER.md);
+        stopped, exit status 1, once the NATS thread is gone (a supervisor starts it again)."""
+        if cluster is None:
+            return
+        if (fence := cluster.lease(time.monotonic())) is not None:
             self._guarded("fencing", None, self._feed, fence)
+        if not self._stopping and (failure := cluster.gone()) is not None:
+            log.error("the cluster link failed (%s): stopping; its clients go to the other brokers", failure)
+            self.exit_status = 1
+            self._stopping = True
 
     def _from_cluster(self, cluster: ClusterNode) -> None:
         inputs = cluster.take()

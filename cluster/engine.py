@@ -76,7 +76,10 @@ class Engine(threading.Thread):
         self.figures = ClusterFigures(position)
 
     def run(self) -> None:
-        asyncio.run(self._main())
+        try:
+            asyncio.run(self._main())
+        except BaseException:  # the broker sees the thread gone (node.py) and stops
+            log.exception("the NATS thread ended")
 
     async def _main(self) -> None:
         self.socket = zmq.asyncio.Context.shadow(self.context).socket(zmq.PAIR)

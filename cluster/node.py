@@ -65,6 +65,8 @@ class ClusterNode:
         #: Since when this broker is fenced (time.monotonic), None while it holds its lease.
         self.fenced_at: float | None = None
         self._lapses = 0
+        #: Why the NATS thread failed once the broker was serving, if it did.
+        self.failure: str | None = None
 
     @property
     def socket(self) -> zmq.Socket[bytes]:
@@ -118,6 +120,14 @@ class ClusterNode:
         log.warning("node %s holds its lease again", self.node)
         return Fence(False, time.time())
 
+    def gone(self) -> str | None:
+        """Why the NATS thread is no more (it said it failed, or it ended), None while it
+        serves: asked at every wake-up. A broker without it cannot serve its part of the
+        cluster, nor get its lease back: it stops, and its clients go to the others."""
+        if self.failure is None and not self.engine.is_alive():
+            self.failure = "the NATS thread ended"
+        return self.failure
+
     @property
     def changed(self) -> bool:
         """Whether the sessions of other brokers changed since last asked (WHO is made anew)."""
@@ -140,7 +150,7 @@ class ClusterNode:
             elif kind == "reply":
                 self._reply_here(parts[1], parts[2])
             elif kind == "failed":
-                log.error("the cluster link failed: %s", parts[1])
+                self.failure = parts[1]
         # Others are judged dead only while this broker's own view is fresh: woken from a
         # stop, every lease it knows looks old, its own too (it is fenced first, server.py).
         now = time.monotonic()

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import queue
 import signal
+import threading
 from pathlib import Path
 
 import pytest
 import zmq
 
 from tests.chat import chat
-from tests.cluster_support import cluster
+from tests.cluster_support import cluster, start_cluster_broker, start_nats
 from tests.test_cluster_messages import DEADLINE, ack, online
 from tests.test_cluster_names import answer, assert_everywhere, hello
+from zchat.broker.server import BrokerServer
+from zchat.broker.settings import BrokerSettings
 from zchat.client import events as ev
 from zchat.common import protocol as p
 
@@ -121,3 +125,52 @@ def test_a_broker_restarted_on_its_sqlite_store_reads_the_log_on_from_where_it_s
                         "before 0", "before 1", "before 2", "while it was down", "after"]  # fmt: skip
         finally:
             disk.stop()
+
+
+def test_a_broker_whose_nats_thread_dies_stops_with_status_1_and_its_client_goes_on_elsewhere(
+    tmp_path: Path,
+) -> None:
+    # The NATS thread dies with the broker serving (a bug in it, say): the broker cannot serve
+    # its part of the cluster nor renew its lease, so it stops, status 1, and says why; its
+    # client, given two brokers, goes on at the other.
+    nats = start_nats(tmp_path)
+    other = start_cluster_broker(tmp_path, nats, "b1")
+    made: queue.Queue[BrokerServer] = queue.Queue()
+    statuses: list[int] = []
+
+    def run() -> None:
+        settings = BrokerSettings(
+            port=0, pub_port=0, rate=0, store=":memory:", cluster=(nats.url,), node="b0"
+        )
+        server = BrokerServer(settings)
+        made.put(server)
+        server.run()
+        statuses.append(server.exit_status)
+
+    thread = threading.Thread(target=run, name="broker-b0", daemon=True)
+    thread.start()
+    server: BrokerServer | None = None
+    try:
+        server = made.get(timeout=DEADLINE)
+        assert server.cluster is not None
+        with (
+            chat("vic", f"{server.router_endpoint},{other.endpoint}") as vic,
+            chat("wes", other.endpoint) as wes,
+        ):
+            online(wes, "vic")
+            engine = server.cluster.engine
+            loop = engine.watching[0].get_loop()  # the thread's own event loop
+            loop.call_soon_threadsafe(loop.stop)  # asyncio.run() raises: the thread ends
+            thread.join(DEADLINE)
+            assert not thread.is_alive() and not engine.is_alive(), "the broker did not stop"
+            assert statuses == [1]
+            vic.expect(lambda e: isinstance(e, ev.Status) and e.state is ev.State.ONLINE
+                       and other.endpoint in e.detail, DEADLINE, "vic online at the other broker")  # fmt: skip
+            ack(wes.client.send("vic", "still here?").wait(DEADLINE))
+            vic.message("still here?")
+    finally:
+        if thread.is_alive() and server is not None:  # it did not stop by itself: stopped here
+            server.stop()
+            thread.join(DEADLINE)
+        other.stop()
+        nats.stop()
