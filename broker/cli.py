@@ -215,6 +215,15 @@ from zchat.common import jsonlog, keys
     help="This broker's name in the cluster [default: the host and port it listens on].",
 )
 @click.option(
+    "--replicas",
+    default=default("replicas"),
+    show_default=True,
+    envvar="ZCHAT_REPLICAS",
+    type=click.IntRange(1, 5),
+    help="Copies NATS JetStream keeps of what the cluster shares (3 with three NATS servers: "
+    "any one may fail); given when the first broker creates them (docs/CLUSTER.md).",
+)
+@click.option(
     "--log-level",
     default="info",
     show_default=True,
@@ -246,6 +255,7 @@ def broker(
     log_format: str,
     cluster: str | None,
     node: str,
+    replicas: int,
     log_level: str,
 ) -> None:
     """Run the zchat broker until SIGINT or SIGTERM."""
@@ -299,6 +309,7 @@ def broker(
         metrics=metrics,
         cluster=tuple(url.strip() for url in cluster.split(",") if url.strip()) if cluster else (),
         node=node,
+        replicas=replicas,
     )
     if store:  # else the setting's own default, in the user data folder
         settings = dataclasses.replace(settings, store=store)

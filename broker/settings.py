@@ -69,6 +69,9 @@ class BrokerSettings:
     cluster: tuple[str, ...] = ()
     #: This broker's name in the cluster; "": the host and port it listens on.
     node: str = ""
+    #: Copies JetStream keeps of the cluster's stream and buckets, made with that many when
+    #: the first broker creates them (docs/CLUSTER.md, "R1 and R3"): at most the NATS servers.
+    replicas: int = 1
 
     @property
     def timeout(self) -> float:

@@ -31,6 +31,10 @@ from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS
 
 log = logging.getLogger("zchat.cluster")
 
+#: Seconds between the log consumer's idle heartbeats (the default, 5, left a broker deaf to
+#: the log for 10-20 s after the nats-server serving it died).
+LOG_HEARTBEAT = 1.0
+
 #: Seconds a message may wait for its PubAck before its sender is refused.
 RELAY_TIMEOUT = 5.0
 
@@ -53,6 +57,7 @@ class Engine(threading.Thread):
         servers: list[str],
         node: str,
         position: int,
+        replicas: int = 1,
     ) -> None:
         super().__init__(name="zchat-cluster", daemon=True)
         self.context = context
@@ -61,6 +66,8 @@ class Engine(threading.Thread):
         self.node = node
         #: The last event of LOG the broker has: it reads on from the next.
         self.position = position
+        #: Copies of the stream and buckets, when this broker is the one to create them.
+        self.replicas = replicas
         self.buckets: dict[str, KeyValue] = {}
         self.watching: list[asyncio.Task[None]] = []
         #: Private messages from other brokers, waiting for the broker to say what became of them.
@@ -121,21 +128,26 @@ class Engine(threading.Thread):
             raise Unreachable(f"no NATS server answered within {FIRST_CONNECT:g} s") from None
         self.figures.connected = 1
         self.js = self.nc.jetstream()
+        r = self.replicas
         for bucket in (NAMES, OWNERS):
-            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1)
-        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE)
+            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1, replicas=r)
+        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE, replicas=r)
         started = time.monotonic()
         await self.buckets[LEASES].put(self.node.encode().hex(), b"")
         self.renewed_at = started
         await self._watch(LEASES)
         self.watching.append(asyncio.create_task(self._renew()))
-        await self.js.add_stream(name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE)
+        await self.js.add_stream(
+            name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE, num_replicas=r
+        )
         for bucket in (NAMES, OWNERS):
             await self._watch(bucket)
         await self.nc.subscribe(node_subject(self.node, "deliver"), cb=self._asked_to_deliver)
         await self.nc.subscribe(node_subject(self.node, "reply"), cb=self._told_to_reply)
+        # Its heartbeats every second: nats-py makes the consumer anew after two missed (the
+        # server holding it died, with replicas), and tries again as long as none come.
         await self.js.subscribe(
-            LOG_SUBJECTS, stream=LOG, cb=self._logged, ordered_consumer=True,
+            LOG_SUBJECTS, stream=LOG, cb=self._logged, ordered_consumer=True, idle_heartbeat=LOG_HEARTBEAT,
             config=api.ConsumerConfig(deliver_policy=api.DeliverPolicy.BY_START_SEQUENCE,
                                       opt_start_seq=self.position + 1),
         )  # fmt: skip

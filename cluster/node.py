@@ -58,7 +58,12 @@ class ClusterNode:
         #: Private messages for sessions on other brokers, waiting to hear what became of them.
         self.delivering: dict[int, Deliver] = {}
         self.engine = Engine(
-            context, self.link.endpoint, list(settings.cluster), node, store.last_seq(LOG_POSITION)
+            context,
+            self.link.endpoint,
+            list(settings.cluster),
+            node,
+            store.last_seq(LOG_POSITION),
+            settings.replicas,
         )
         self.engine.start()
         self._wait_ready(settings)

@@ -43,6 +43,10 @@ class Nats:
     log_path: Path
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    #: In a cluster of nats-servers: its name, and the port and routes of its cluster links.
+    name: str = ""
+    cluster_port: int = 0
+    routes: tuple[int, ...] = ()
 
     @property
     def url(self) -> str:
@@ -52,10 +56,21 @@ class Nats:
         """Start it (again, on the same port and store) and wait until it is ready."""
         with open(self.log_path, "ab") as log_file:
             offset = log_file.tell()
-            self.process = subprocess.Popen(
-                [nats_server_binary(), "-js", "-a", "127.0.0.1", "-p", str(self.port), "-sd", str(self.store)],
-                stdout=log_file, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            command = [
+                nats_server_binary(),
+                "-js",
+                "-a",
+                "127.0.0.1",
+                "-p",
+                str(self.port),
+                "-sd",
+                str(self.store),
+            ]
+            if self.cluster_port:
+                command += ["-n", self.name, "--cluster_name", "zchat-test",
+                            "--cluster", f"nats://127.0.0.1:{self.cluster_port}",
+                            "--routes", ",".join(f"nats://127.0.0.1:{port}" for port in self.routes)]  # fmt: skip
+            self.process = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
         process = self.process
 
         def ready() -> bool:
@@ -78,6 +93,32 @@ def start_nats(tmp_path: Path) -> Nats:
     nats = Nats(tmp_path / "nats-store", tmp_path / "nats.log")
     nats.start()
     return nats
+
+
+def start_nats_cluster(tmp_path: Path, size: int = 3) -> list[Nats]:
+    """`size` nats-servers routed to each other as one JetStream cluster, ready once a
+    JetStream leader is elected (a stream or bucket with replicas needs one)."""
+    cluster_ports = [free_port() for _ in range(size)]
+    servers = [
+        Nats(
+            tmp_path / f"nats-{i}",
+            tmp_path / f"nats-{i}.log",
+            name=f"n{i}",
+            cluster_port=port,
+            routes=tuple(p for p in cluster_ports if p != port),
+        )
+        for i, port in enumerate(cluster_ports)
+    ]
+    try:
+        for server in servers:
+            server.start()
+        wait_for(lambda: any("JetStream cluster new metadata leader" in s.log() for s in servers), 30,
+                 what="a JetStream meta leader")  # fmt: skip
+    except BaseException:
+        for server in servers:
+            server.stop()
+        raise
+    return servers
 
 
 def start_cluster_broker(tmp_path: Path, nats: Nats, node: str, *args: str) -> Broker:

@@ -1,0 +1,99 @@
+"""The cluster on three nats-servers with `--replicas 3`: the stream and buckets have three
+copies, and the chat goes on when the server leading the log is killed (docs/CLUSTER.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import signal
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.chat import Watcher, chat
+from tests.cluster_support import Nats, start_nats_cluster
+from tests.support import start_broker, wait_for
+from tests.test_cluster_messages import DEADLINE, ack, online
+from zchat.client import events as ev
+from zchat.client.request import Request
+from zchat.cluster.subjects import LOG, NAMES
+
+nats = pytest.importorskip("nats")
+
+pytestmark = [pytest.mark.timeout(180), pytest.mark.slow]
+
+
+def replicas_and_leader(server: Nats, stream: str) -> tuple[int, str, int]:
+    """The stream's replicas as configured, its leader's name, and how many copies follow it."""
+
+    async def ask() -> tuple[int, str, int]:
+        nc = await nats.connect(server.url, connect_timeout=5)
+        try:
+            info = await nc.jetstream().stream_info(stream)
+            assert info.cluster is not None, info
+            return info.config.num_replicas or 1, info.cluster.leader or "", len(info.cluster.replicas or [])
+        finally:
+            await nc.close()
+
+    return asyncio.run(asyncio.wait_for(ask(), DEADLINE))
+
+
+def who(watcher: Watcher) -> tuple[str, ...]:
+    users = watcher.client.who().wait(DEADLINE)
+    return users.names if isinstance(users, ev.Users) else ()
+
+
+def sent_once_it_can(send: Callable[[str], Request], text: str) -> str:
+    """Send `text` (numbered: "after #2") until it is acknowledged; refusals may only be 508."""
+    deadline = time.monotonic() + 30
+    for attempt in itertools.count(1):
+        numbered = f"{text} #{attempt}"
+        outcome = send(numbered).wait(30)
+        if isinstance(outcome, ev.Ack):
+            return numbered
+        assert isinstance(outcome, ev.Refusal) and outcome.code == 508, outcome
+        assert time.monotonic() < deadline, f"still refused after {attempt} attempts"
+        threading.Event().wait(0.2)  # a pause between tries, not a synchronisation
+    raise AssertionError("unreachable")
+
+
+def test_with_replicas_3_the_chat_goes_on_when_the_nats_server_leading_the_log_dies(tmp_path: Path) -> None:
+    servers = start_nats_cluster(tmp_path, 3)
+    urls = ",".join(s.url for s in servers)
+    brokers = []
+    try:
+        for node in ("b0", "b1"):
+            brokers.append(
+                start_broker(tmp_path / node, "--cluster", urls, "--node", node, "--replicas", "3")
+            )
+        with chat("ann", brokers[0].endpoint) as ann, chat("bo", brokers[1].endpoint) as bo:
+            online(ann, "bo")
+            ack(ann.client.broadcast("before").wait(DEADLINE))
+            bo.message("before")
+            for stream in (LOG, f"KV_{NAMES}"):
+                configured, leader, followers = replicas_and_leader(servers[1], stream)
+                assert (configured, followers) == (3, 2), (stream, configured, followers)
+            _, leader, _ = replicas_and_leader(servers[1], LOG)
+            (doomed,) = [s for s in servers if s.name == leader]
+            doomed.stop(signal.SIGKILL)
+            # The others elect a new leader of the log; the brokers' links reconnect to them.
+            alive = [s for s in servers if s is not doomed]
+            # While they elect it, a message may be refused 508 (not kept: send it again), never
+            # acknowledged and lost; then every message is acknowledged and delivered again.
+            text = sent_once_it_can(lambda text: ann.client.broadcast(text), "after")
+            bo.message(text, timeout=30)
+            text = sent_once_it_can(lambda text: bo.client.send("ann", text), "still one chat")
+            ann.message(text, timeout=30)
+            with chat("cy", brokers[1].endpoint):  # a new name is claimed in the bucket
+                # The other broker's watch of the bucket may need up to 20 s to come back
+                # (nats-py's KV watch misses two 5 s heartbeats first: docs/CLUSTER.md).
+                wait_for(lambda: "cy" in who(ann), 30, interval=0.1, what="cy online at the other broker")
+            assert replicas_and_leader(alive[0], LOG)[1] in {s.name for s in alive}
+    finally:
+        for broker in brokers:
+            broker.stop()
+        for server in servers:
+            server.stop()
