@@ -51,8 +51,10 @@ class Terminal:
     def tmux(self, *args: str) -> str:
         result = subprocess.run(
             ["tmux", "-L", self.socket, "-f", str(self.config), *args],
-            capture_output=True, text=True, timeout=DEADLINE, check=True,
+            capture_output=True, text=True, timeout=DEADLINE,
         )  # fmt: skip
+        if result.returncode:  # with what tmux said: CalledProcessError's message leaves it out
+            raise RuntimeError(f"tmux {shlex.join(args)}: exit {result.returncode}: {result.stderr.strip()}")
         return result.stdout
 
     def start(self, *argv: str, colour: bool = False, columns: int = 120) -> None:
@@ -572,7 +574,9 @@ def bell_rang(terminal: Terminal) -> bool:
 
 def look_away(terminal: Terminal) -> None:
     terminal.target = "t:0"
-    terminal.tmux("new-window", "-t", "t")  # the shown window now: the chat's bell is flagged
+    # The shown window now: the chat's bell is flagged. "t:" is session t's next free index;
+    # a bare "t" may be taken for a window of that name or prefix (tmux tries windows first).
+    terminal.tmux("new-window", "-t", "t:")
 
 
 def test_a_mention_or_a_private_message_rings_the_bell(terminal: Terminal, broker: Broker, bob: Peer) -> None:
