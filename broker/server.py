@@ -422,6 +422,8 @@ class BrokerServer:
                     put_off = self._guarded("indexing for search", False, core.store.catch_up) or put_off
                     self._feed(Flush(now))
                     next_sweep = now + sweep_every
+                if cluster is not None and cluster.outgoing:  # this wake-up's, a request per broker
+                    cluster.send_deliveries()
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:

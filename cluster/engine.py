@@ -27,7 +27,17 @@ from nats.js.kv import KeyValue
 from zchat.cluster import subjects
 from zchat.cluster.figures import ClusterFigures
 from zchat.cluster.link import PAIR_HWM, pack, unpack
-from zchat.cluster.subjects import LEASE, LEASE_RENEW, LEASES, LOG, LOG_SUBJECTS, NAMES, OWNERS, node_subject
+from zchat.cluster.subjects import (
+    DELIVER,
+    LEASE,
+    LEASE_RENEW,
+    LEASES,
+    LOG,
+    LOG_SUBJECTS,
+    NAMES,
+    OWNERS,
+    node_subject,
+)
 
 log = logging.getLogger("zchat.cluster")
 
@@ -142,7 +152,7 @@ class Engine(threading.Thread):
         )
         for bucket in (NAMES, OWNERS):
             await self._watch(bucket)
-        await self.nc.subscribe(node_subject(self.node, "deliver"), cb=self._asked_to_deliver)
+        await self.nc.subscribe(node_subject(self.node, DELIVER), cb=self._asked_to_deliver)
         await self.nc.subscribe(node_subject(self.node, "reply"), cb=self._told_to_reply)
         # Its heartbeats every second: nats-py makes the consumer anew after two missed (the
         # server holding it died, with replicas), and tries again as long as none come.
@@ -270,23 +280,24 @@ class Engine(threading.Thread):
                 continue
             figures.stream_last_seq, figures.lag_messages, figures.lag_seconds = last, behind, waited
 
-    async def _deliver(self, node: str, frames: list[bytes]) -> str:
-        """A private message for a user on `node`: what became of it there (delivered, busy, gone)."""
+    async def _deliver(self, node: str, batch: list[list[bytes]]) -> list[str]:
+        """Private messages for users on `node`, one request for all: what became of each there
+        (delivered, busy, gone)."""
         try:
-            answer = await self.nc.request(node_subject(node, "deliver"), pack(*frames), timeout=2)
+            answer = await self.nc.request(node_subject(node, DELIVER), pack(*batch), timeout=2)
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            return "gone"
-        return answer.data.decode()
+            return ["gone"] * len(batch)
+        return unpack(answer.data)
 
     async def _asked_to_deliver(self, msg: Msg) -> None:
         self._asked += 1
         self.asking[self._asked] = msg
         self._tell("deliver", self._asked, unpack(msg.data))
 
-    async def _delivered(self, asked: int, outcome: str) -> None:
+    async def _delivered(self, asked: int, outcomes: list[str]) -> None:
         msg = self.asking.pop(asked, None)
         if msg is not None:
-            await msg.respond(outcome.encode())
+            await msg.respond(pack(*outcomes))
 
     async def _reply(self, node: str, key: str, frames: list[bytes]) -> None:
         await self.nc.publish(node_subject(node, "reply"), pack(key, *frames))

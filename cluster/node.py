@@ -34,6 +34,11 @@ log = logging.getLogger("zchat.cluster")
 #: How long a broker waits at start for NATS and its buckets.
 START_TIMEOUT = 15.0
 EXTRA = "pip install 'zchat[cluster]'"
+#: A batch of private messages for another broker goes once it holds this many, or bytes:
+#: far below NATS's largest message (1 MiB by default), with one body of the largest size on top.
+BATCH_MESSAGES = 500
+BATCH_BYTES = 256 * 1024
+
 #: What the shell's send to one of its connections gives: "delivered", "busy" or "gone".
 SendLocal = Callable[[bytes, list[bytes]], str]
 
@@ -55,8 +60,12 @@ class ClusterNode:
         self.names = ClusterNames(self.link, node, settings.authorized)
         self.log = ClusterLog(self.link)
         self.handed = LocalHandedOver()
-        #: Private messages for sessions on other brokers, waiting to hear what became of them.
-        self.delivering: dict[int, Deliver] = {}
+        #: Private messages for sessions on other brokers, waiting to hear what became of them:
+        #: a batch per request, in the order of the answer's outcomes.
+        self.delivering: dict[int, list[Deliver]] = {}
+        #: Private messages for sessions on other brokers not yet sent, by node, with the
+        #: bytes of their frames: sent by `send_deliveries`, once a wake-up.
+        self.outgoing: dict[str, tuple[list[Deliver], list[list[bytes]], list[int]]] = {}
         self.engine = Engine(
             context,
             self.link.endpoint,
@@ -171,20 +180,42 @@ class ClusterNode:
                 log.warning("a message could not be stored in the log: %s", value)
             inputs.append(RelayStored(waiting, ok))
             return
-        delivery = self.delivering.pop(number, None)
-        if delivery is not None:
-            if ok and value == "delivered":
-                inputs.append(Delivered(delivery))
-            else:  # gone, or NATS could not ask: the mailbox keeps it
-                inputs.append(Undelivered(delivery, ok and value == "busy", time.time()))
+        batch = self.delivering.pop(number, None)
+        if batch is not None:
+            outcomes = value if ok and isinstance(value, list) and len(value) == len(batch) else None
+            now = time.time()
+            for i, delivery in enumerate(batch):
+                outcome = outcomes[i] if outcomes is not None else "gone"
+                if outcome == "delivered":
+                    inputs.append(Delivered(delivery))
+                else:  # gone, or NATS could not ask: the mailbox keeps it
+                    inputs.append(Undelivered(delivery, outcome == "busy", now))
 
     # --- private messages and replies for sessions on other brokers ---------------
 
     def deliver(self, delivery: Deliver) -> None:
-        """A private message for a session on another broker: its outcome comes back from `take`."""
+        """A private message for a session on another broker: sent with the others of the
+        wake-up for that broker (`send_deliveries`); its outcome comes back from `take`."""
         where = node_of(delivery.peer)
         assert where is not None
-        self.delivering[self.link.request("deliver", where[0], p.encode(delivery.message))] = delivery
+        frames = p.encode(delivery.message)
+        batch = self.outgoing.get(where[0])
+        if batch is None:
+            batch = self.outgoing[where[0]] = ([], [], [0])
+        batch[0].append(delivery)
+        batch[1].append(frames)
+        batch[2][0] += sum(len(f) for f in frames)
+        if batch[2][0] >= BATCH_BYTES or len(batch[0]) >= BATCH_MESSAGES:
+            self._send_batch(where[0])
+
+    def send_deliveries(self) -> None:
+        """Send what `deliver` gathered: one request per broker, answered with an outcome each."""
+        for node in list(self.outgoing):
+            self._send_batch(node)
+
+    def _send_batch(self, node: str) -> None:
+        deliveries, frames, _ = self.outgoing.pop(node)
+        self.delivering[self.link.request("deliver", node, frames)] = deliveries
 
     def reply(self, peer: bytes, event: p.ServerEvent) -> None:
         """Anything else for a session on another broker (a RECEIPT, REPLACED): sent, not followed."""
@@ -192,18 +223,25 @@ class ClusterNode:
         assert where is not None
         self.link.send("reply", 0, where[0], where[1], p.encode(event))
 
-    def _deliver_here(self, asked: int, frames: list[bytes]) -> None:
-        message = p.decode_event(frames)
-        outcome = "gone"
-        if isinstance(message, p.Message):
-            key = p.name_key(message.target)
-            session = self.names.local.get(key)
-            if session is not None:
-                outcome = self.send_local(session.peer, frames)
-                if outcome == "delivered":  # its receipt is confirmed here, where the recipient is,
-                    # and it leaves the mailbox (the sender's broker puts it there, KeptLive)
-                    self.handed.add((key, p.name_key(message.sender), message.msg_id), True)
-        self.link.send("delivered", 0, asked, outcome)
+    def _deliver_here(self, asked: int, batch: list[list[bytes]]) -> None:
+        """Private messages from another broker for sessions here: an outcome each, in order."""
+        outcomes = []
+        for frames in batch:
+            outcome = "gone"
+            try:
+                message = p.decode_event(frames)
+            except p.ProtocolError:
+                message = None
+            if isinstance(message, p.Message):
+                key = p.name_key(message.target)
+                session = self.names.local.get(key)
+                if session is not None:
+                    outcome = self.send_local(session.peer, frames)
+                    if outcome == "delivered":  # its receipt is confirmed here, where the recipient
+                        # is, and it leaves the mailbox (the sender's broker puts it there, KeptLive)
+                        self.handed.add((key, p.name_key(message.sender), message.msg_id), True)
+            outcomes.append(outcome)
+        self.link.send("delivered", 0, asked, outcomes)
 
     def _reply_here(self, key: str, frames: list[bytes]) -> None:
         # A REPLACED may come after the watch said the session moved to that broker.

@@ -34,6 +34,11 @@ def log_subject(room: str) -> str:
     return "zchat.log." + ("lobby" if room == "*" else room.replace(".", "="))
 
 
+#: A node's subject for private messages to its users, several in one request, an outcome
+#: each in the reply (a broker of before the batches listened on "deliver", one each).
+DELIVER = "deliveries"
+
+
 def node_subject(node: str, what: str) -> str:
-    """Where a broker hears what others send its users (`what`: deliver, reply); core NATS."""
+    """Where a broker hears what others send its users (`what`: DELIVER, reply); core NATS."""
     return f"zchat.node.{node.encode().hex()}.{what}"

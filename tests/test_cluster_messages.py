@@ -186,3 +186,22 @@ def test_a_topic_set_on_one_broker_is_the_topic_on_the_others(three: list[Broker
         assert isinstance(tess.client.set_topic("#plans", "ship monday").wait(DEADLINE), ev.Ack)
         changed = ugo.expect(lambda e: isinstance(e, ev.Topic) and e.changed, DEADLINE, "the change")
         assert isinstance(changed, ev.Topic) and changed.text == "ship monday"
+
+
+def test_a_burst_of_private_messages_to_two_users_on_other_brokers_arrives_once_each_in_order(
+    three: list[Broker],
+) -> None:
+    # Sent in one go, they cross in batches (one request per broker and wake-up).
+    with (
+        chat("vi", three[0].endpoint) as vi,
+        chat("wu", three[1].endpoint) as wu,
+        chat("xi", three[2].endpoint) as xi,
+    ):
+        online(vi, "wu", "xi")
+        sent = [vi.client.send(to, f"{to} {i}") for i in range(200) for to in ("wu", "xi")]
+        assert all(isinstance(request.wait(DEADLINE), ev.Ack) for request in sent)
+        for watcher in (wu, xi):
+            name = watcher.client.name
+            watcher.message(f"{name} 199")
+            texts = [m.text for m in watcher.messages() if m.sender == "vi"]
+            assert texts == [f"{name} {i}" for i in range(200)], texts[:5]
