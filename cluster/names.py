@@ -75,6 +75,12 @@ class ClusterNames:
         self.moved: dict[str, Session] = {}
         #: Set when the sessions of other brokers changed: the core's WHO must be made again.
         self.changed = False
+        #: Names this broker released whose delete NATS has not confirmed, with the revision
+        #: to delete: tried again (`retry_releases`) and before a claim of the same name here,
+        #: so that an entry left by a delete lost while NATS was away does not hold the name.
+        self.unreleased: dict[str, int] = {}
+        #: Deletes on their way, by request number: the name and revision each is of.
+        self.releasing: dict[int, tuple[str, int]] = {}
 
     # --- NameRegistry ----------------------------------------------------------
 
@@ -85,6 +91,8 @@ class ClusterNames:
         key = session.key
         if key in self.local or key in self.remote:
             return False
+        if key in self.unreleased and not self._delete_left(key):
+            return False  # NATS still away: the create would fail too
         if session.client_key and self.authorized is None:
             owner = self.owners.get(key)
             if owner is not None and owner != session.client_key:
@@ -117,7 +125,8 @@ class ClusterNames:
         key = session.key
         if self.local.get(key) is session:
             del self.local[key]
-            self.link.send("delete", 0, NAMES, kv_key(key), self.revision.pop(key))
+            self.unreleased[key] = self.revision.pop(key)
+            self._send_delete(key)
         elif self.moved.get(key) is session:
             del self.moved[key]  # held elsewhere now: nothing to delete
 
@@ -154,6 +163,42 @@ class ClusterNames:
             self.revision[key] = revision
         else:
             log.warning("%s: the away text did not reach the cluster (its entry moved on)", session.name)
+
+    # --- releases NATS did not confirm ------------------------------------------
+
+    def _send_delete(self, key: str) -> None:
+        revision = self.unreleased[key]
+        number = self.link.request("delete", NAMES, kv_key(key), revision)
+        self.releasing[number] = (key, revision)
+
+    def released(self, number: int, ok: bool) -> bool:
+        """The answer to a release's delete (True: it was one); a failed one is tried again."""
+        released = self.releasing.pop(number, None)
+        if released is None:
+            return False
+        key, revision = released
+        # Deleted, or changed meanwhile (taken over): not ours to delete either way. (A later
+        # release of the name, with a revision of its own, waits for its own answer.)
+        if ok and self.unreleased.get(key) == revision:
+            del self.unreleased[key]
+        return True
+
+    def retry_releases(self) -> None:
+        """Send again the deletes that failed (none on its way for that name)."""
+        on_their_way = {key for key, _ in self.releasing.values()}
+        for key in self.unreleased:
+            if key not in on_their_way:
+                self._send_delete(key)
+
+    def _delete_left(self, key: str) -> bool:
+        """Delete the entry a release left, before claiming the name again; whether it is gone."""
+        try:
+            self.link.call("delete", NAMES, kv_key(key), self.unreleased[key])
+        except CallFailed as e:
+            log.warning("%s: its old entry could not be deleted: %s", key, e)
+            return False
+        del self.unreleased[key]
+        return True
 
     # --- what the bucket's watch says ----------------------------------------
 

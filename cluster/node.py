@@ -37,6 +37,8 @@ EXTRA = "pip install 'zchat[cluster]'"
 #: A batch of private messages for another broker goes once it holds this many, or bytes:
 #: far below NATS's largest message (1 MiB by default), with one body of the largest size on top.
 BATCH_MESSAGES = 500
+#: Seconds between tries of the releases NATS did not confirm (names.py).
+RETRY_RELEASES = 1.0
 BATCH_BYTES = 256 * 1024
 
 #: What the shell's send to one of its connections gives: "delivered", "busy" or "gone".
@@ -81,6 +83,7 @@ class ClusterNode:
         self._lapses = 0
         #: Why the NATS thread failed once the broker was serving, if it did.
         self.failure: str | None = None
+        self._retried = 0.0  # when failed releases were last sent again
 
     @property
     def socket(self) -> zmq.Socket[bytes]:
@@ -171,9 +174,16 @@ class ClusterNode:
         own = self.names.lease_seen.get(self.node)
         if self.fenced_at is None and own is not None and now - own < FENCE:
             self.names.bury(now)
+        if self.names.unreleased and now - self._retried > RETRY_RELEASES:
+            self._retried = now
+            self.names.retry_releases()
         return inputs
 
     def _answer(self, number: int, ok: bool, value: Any, inputs: list[Input]) -> None:
+        if self.names.releasing and self.names.released(number, ok):
+            if not ok:
+                log.warning("a released name stays in the cluster for now: %s", value)
+            return
         waiting = self.log.waiting.pop(number, None)
         if waiting is not None:
             if not ok:

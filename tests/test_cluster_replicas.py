@@ -46,7 +46,7 @@ def who(watcher: Watcher) -> tuple[str, ...]:
     return users.names if isinstance(users, ev.Users) else ()
 
 
-def sent_once_it_can(send: Callable[[str], Request], text: str) -> str:
+def sent_once_it_can(send: Callable[[str], Request], text: str, sender: Watcher) -> str:
     """Send `text` (numbered: "after #2") until it is acknowledged; refusals may only be 508."""
     deadline = time.monotonic() + 30
     for attempt in itertools.count(1):
@@ -54,7 +54,8 @@ def sent_once_it_can(send: Callable[[str], Request], text: str) -> str:
         outcome = send(numbered).wait(30)
         if isinstance(outcome, ev.Ack):
             return numbered
-        assert isinstance(outcome, ev.Refusal) and outcome.code == 508, outcome
+        statuses = [e for e in sender.seen if isinstance(e, ev.Status)]
+        assert isinstance(outcome, ev.Refusal) and outcome.code == 508, (outcome, statuses)
         assert time.monotonic() < deadline, f"still refused after {attempt} attempts"
         threading.Event().wait(0.2)  # a pause between tries, not a synchronisation
     raise AssertionError("unreachable")
@@ -83,9 +84,9 @@ def test_with_replicas_3_the_chat_goes_on_when_the_nats_server_leading_the_log_d
             alive = [s for s in servers if s is not doomed]
             # While they elect it, a message may be refused 508 (not kept: send it again), never
             # acknowledged and lost; then every message is acknowledged and delivered again.
-            text = sent_once_it_can(lambda text: ann.client.broadcast(text), "after")
+            text = sent_once_it_can(lambda text: ann.client.broadcast(text), "after", ann)
             bo.message(text, timeout=30)
-            text = sent_once_it_can(lambda text: bo.client.send("ann", text), "still one chat")
+            text = sent_once_it_can(lambda text: bo.client.send("ann", text), "still one chat", bo)
             ann.message(text, timeout=30)
             with chat("cy", brokers[1].endpoint):  # a new name is claimed in the bucket
                 # The other broker's watch of the bucket may need up to 20 s to come back
