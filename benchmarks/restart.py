@@ -1,6 +1,6 @@
 """A broker SIGKILLed on its SQLite store: nothing acknowledged lost, every client back.
 
-    python -m benchmarks.restart [--quick] [--kills 5] [--clients 2000] [--restarts 3]
+    python -m benchmarks.restart [--quick] [--kills 5] [--clients 2000] [--restarts 3] [--loop]
                                  [--out benchmarks/restart.json]
 
 1. Durability: sender processes stream broadcasts and private messages to
@@ -9,9 +9,11 @@
    store; every message that got an ACK must be in the lobby's history or in
    its recipient's mailbox (read by signing in as the recipient).
 2. Reconnect: clients of the real client library (`Client`, a thread and
-   sockets each) in several processes; the broker is SIGKILLed and restarted
-   on the same ports and store, and each client's Status events say when it
-   is online again (ONLINE after RECONNECTING, whatever it does meanwhile).
+   sockets each; with --loop `LoopClient`s, all of a process on one asyncio
+   loop and one ZeroMQ context) in several processes; the broker is
+   SIGKILLed and restarted on the same ports and store, and each client's
+   Status events say when it is online again (ONLINE after RECONNECTING,
+   whatever it does meanwhile).
 
 JSON to --out, Markdown tables on stdout, progress on stderr; exit status 1
 if an acknowledged message was lost or a client did not come back in time.
@@ -22,6 +24,7 @@ Everything runs on 127.0.0.1, and only processes started here are stopped
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
@@ -65,7 +68,9 @@ from benchmarks.workers import Crew, expect, sleep_until, split
 from benchmarks.workloads import SETUP_TIMEOUT, START_LEAD_NS
 from zchat.broker.settings import default
 from zchat.client import events as ev
+from zchat.client.loop import LoopClient
 from zchat.client.session import Client, ConnectError
+from zchat.client.settings import Settings
 from zchat.common import protocol as p
 
 
@@ -90,6 +95,8 @@ class Plan:
     #: Broker flood control in the reconnect part: the broker's defaults, as people run it.
     rate: float = 20.0
     burst: int = 100
+    #: The clients as `LoopClient`s on one asyncio loop per process, not a `Client` (thread) each.
+    loop: bool = False
 
 
 FULL = Plan(kills=5, sender_procs=4, senders_per_proc=4, boxes_per_sender=4, window=100, kill_after=(1.0, 3.0),
@@ -516,14 +523,15 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
             kind, payload = conn.recv()
             if kind == "stop":
                 break
-            if kind == "count":  # online, and stopped for good
-                gone = (ev.State.OFFLINE, ev.State.CLOSED)
-                states = [c.state for c in clients]
-                conn.send(("count", (states.count(ev.State.ONLINE), sum(s in gone for s in states))))
+            if kind == "count":
+                conn.send(("count", _count([c.state for c in clients])))
                 continue
             assert kind == "watch", kind
             kill_ns, deadline_ns = payload
-            conn.send(("back", _watch(spec.names, logs, kill_ns, deadline_ns)))
+            watch = Watch(spec.names, logs, kill_ns, deadline_ns)
+            while not watch.done():
+                time.sleep(WATCH_EVERY_S)
+            conn.send(("back", watch.rows()))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     else:
@@ -534,21 +542,112 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     os._exit(0)
 
 
-def _watch(names: list[str], logs: list[StatusLog], kill_ns: int, deadline_ns: int) -> list[dict[str, Any]]:
-    """Wait until every client online at the kill is online again, or the deadline."""
+#: Sockets of a LoopClient at most: DEALER, SUB, and the DEALER's monitor while it registers.
+LOOP_SOCKETS_PER_CLIENT = 3
+
+
+def loop_clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
+    """The clients of `spec` as LoopClients on this process's one asyncio loop and zmq context."""
+    raise_fd_limit(16 * len(spec.names) + 1024)  # two connections, a monitor, their mailboxes...
+    try:
+        asyncio.run(_loop_clients(spec, conn))
+    except BaseException:
+        conn.send(("error", traceback.format_exc()))
+    else:
+        conn.send(("result", None))
+    conn.close()
+    os._exit(0)  # as clients_worker: no broker to say BYE to
+
+
+async def _loop_clients(spec: ClientsSpec, conn: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    # 1,023 sockets by default: 250 clients of 3 would be near it (web/sessions.py does the same).
+    ctx.set(zmq.MAX_SOCKETS, min(LOOP_SOCKETS_PER_CLIENT * len(spec.names) + 64, ctx.get(zmq.SOCKET_LIMIT)))
+    logs = [StatusLog() for _ in spec.names]
+    clients: list[LoopClient] = []
+    todo = iter(range(len(spec.names)))
+
+    async def sign_in_in_turn() -> None:
+        for i in todo:  # shared by the signers: each takes the next name
+            left = (spec.setup_deadline_ns - time.monotonic_ns()) / 1e9
+            if left <= 0:
+                return
+            settings = Settings(spec.names[i], spec.endpoint, connect_timeout=max(3.0, left))  # as Client's
+            client = LoopClient(settings, ctx, logs[i])
+            clients.append(client)
+            with contextlib.suppress(ConnectError):  # counted below: not online
+                await client.connect()
+
+    await asyncio.gather(*(sign_in_in_turn() for _ in range(spec.connect_threads)))  # as many at once
+    conn.send(("ready", sum(c.state is ev.State.ONLINE for c in clients)))
+    # The coordinator's words come on the loop, as the sockets' do: it never blocks on the pipe.
+    words: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+
+    def hear() -> None:
+        try:
+            words.put_nowait(conn.recv())  # one whole message: a readable pipe holds its start
+        except EOFError:
+            loop.remove_reader(conn.fileno())
+            words.put_nowait(("gone", None))
+
+    loop.add_reader(conn.fileno(), hear)
     while True:
-        rows = [log.since(kill_ns) for log in logs]
-        if (
-            all(r["online_ns"] or r["absent"] or r["gave_up"] for r in rows)
-            or time.monotonic_ns() > deadline_ns
-        ):
+        try:
+            kind, payload = await asyncio.wait_for(words.get(), spec.budget)
+        except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
+            raise TimeoutError(f"no word from the coordinator within {spec.budget}s") from None
+        if kind == "stop":
             break
-        time.sleep(0.02)
-    for name, log, row in zip(names, logs, rows, strict=True):
-        row["name"] = name
-        if not row["online_ns"] and not row["absent"]:  # what it said last, to tell why
-            row["last"] = [(state.value, detail) for state, _, detail in log.seen[-4:]]
-    return rows
+        if kind == "count":
+            conn.send(("count", _count([c.state for c in clients])))
+            continue
+        assert kind == "watch", kind
+        kill_ns, deadline_ns = payload
+        watch = Watch(spec.names, logs, kill_ns, deadline_ns)
+        while not watch.done():
+            await asyncio.sleep(WATCH_EVERY_S)
+        conn.send(("back", watch.rows()))
+    loop.remove_reader(conn.fileno())
+
+
+def _count(states: list[ev.State]) -> tuple[int, int]:
+    """Online, and stopped for good."""
+    gone = (ev.State.OFFLINE, ev.State.CLOSED)
+    return states.count(ev.State.ONLINE), sum(s in gone for s in states)
+
+
+#: How often a watch looks at the clients' Status events.
+WATCH_EVERY_S = 0.02
+
+
+class Watch:
+    """Until every client online at the kill is online again (or gave up), or the deadline."""
+
+    def __init__(self, names: list[str], logs: list[StatusLog], kill_ns: int, deadline_ns: int) -> None:
+        self.names = names
+        self.logs = logs
+        self.kill_ns = kill_ns
+        self.deadline_ns = deadline_ns
+        self.waiting = list(range(len(logs)))
+
+    def done(self) -> bool:
+        # A client once back, gone or given up stays so: only the others are looked at again,
+        # so that the watch costs the clients' processes little while they reconnect.
+        self.waiting = [i for i in self.waiting if not _settled(self.logs[i].since(self.kill_ns))]
+        return not self.waiting or time.monotonic_ns() > self.deadline_ns
+
+    def rows(self) -> list[dict[str, Any]]:
+        rows = [log.since(self.kill_ns) for log in self.logs]
+        for name, log, row in zip(self.names, self.logs, rows, strict=True):
+            row["name"] = name
+            if not row["online_ns"] and not row["absent"]:  # what it said last, to tell why
+                row["last"] = [(state.value, detail) for state, _, detail in log.seen[-4:]]
+        return rows
+
+
+def _settled(row: dict[str, Any]) -> bool:
+    return bool(row["online_ns"] or row["absent"] or row["gave_up"])
 
 
 def settle(pid: int, say: Callable[[str], None]) -> float:
@@ -578,13 +677,15 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
     groups = [[names[i] for i in group] for group in split(range(plan.clients), plan.client_procs)]
     budget = plan.setup + plan.restarts * (plan.bound + SETTLE_MAX_S + 30)
     server = start_server("zchat", log_dir, *args)
-    result: dict[str, Any] = {"clients": plan.clients, "procs": plan.client_procs, "restarts": []}
+    result: dict[str, Any] = {
+        "clients": plan.clients, "procs": plan.client_procs, "mode": "loop" if plan.loop else "thread",
+        "restarts": [],
+    }  # fmt: skip
     try:
         began = time.monotonic()
         setup_deadline = time.monotonic_ns() + int(plan.setup * 1e9)
-        jobs = [
-            (clients_worker, ClientsSpec(server.endpoint, group, setup_deadline, budget)) for group in groups
-        ]
+        worker = loop_clients_worker if plan.loop else clients_worker
+        jobs = [(worker, ClientsSpec(server.endpoint, group, setup_deadline, budget)) for group in groups]
         with Crew(jobs) as crew:
             online = sum(crew.gather("ready", plan.setup + 30, server.check))
             result.update(setup_s=round(time.monotonic() - began, 1), setup_online=online)
@@ -703,8 +804,9 @@ def markdown(results: dict[str, Any]) -> str:
           _n(r["acked_per_s"]), f"{r['restart_s']:.2f}"] for r in kills],
     ))  # fmt: skip
     rec = results["reconnect"]
-    parts += ["", f"## Reconnect: {rec['clients']:,} clients ({rec['procs']} processes), broker SIGKILLed and "
-              f"restarted on the same ports and store", ""]  # fmt: skip
+    how = "LoopClients, one asyncio loop a process" if rec.get("mode") == "loop" else "Clients, a thread each"
+    parts += ["", f"## Reconnect: {rec['clients']:,} clients ({how}, {rec['procs']} processes), broker "
+              f"SIGKILLed and restarted on the same ports and store", ""]  # fmt: skip
     if rec["setup_online"] < rec["clients"]:
         parts += [f"**Not measured**: only {rec['setup_online']:,} of {rec['clients']:,} clients were online "
                   f"{rec['setup_s']} s after the first signed in (the broker timed out "
@@ -741,13 +843,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--setup", type=float, metavar="S", help="longest the clients may take to sign in (120)"
     )
+    parser.add_argument("--loop", action="store_true",
+                        help="the reconnecting clients as LoopClients on one asyncio loop per process")  # fmt: skip
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the brokers' logs and stores in DIR")
     parser.add_argument("--quiet-below", type=float, default=30.0, metavar="PCT",
                         help="before each part, wait for other processes to use less CPU than this")  # fmt: skip
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     chosen = {"kills": args.kills, "clients": args.clients, "client_procs": args.client_procs,
-              "restarts": args.restarts, "setup": args.setup}  # fmt: skip
+              "restarts": args.restarts, "setup": args.setup, "loop": args.loop or None}  # fmt: skip
     plan = Plan(**{**asdict(plan), **{k: v for k, v in chosen.items() if v is not None}})
     say = Progress(args.quiet_below, 0.0 if args.quick else 8.0)
     results: dict[str, Any] = {
