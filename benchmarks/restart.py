@@ -542,13 +542,14 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     os._exit(0)
 
 
-#: Sockets of a LoopClient at most: DEALER, SUB, and the DEALER's monitor while it registers.
-LOOP_SOCKETS_PER_CLIENT = 3
+#: A LoopClient's sockets in its context: DEALER, SUB, and the DEALER's monitor, which is two
+#: PAIRs (libzmq's end counts too). Twice that: after a restart, the closed ones until reaped.
+LOOP_SOCKETS_PER_CLIENT = 2 * 4
 
 
 def loop_clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     """The clients of `spec` as LoopClients on this process's one asyncio loop and zmq context."""
-    raise_fd_limit(16 * len(spec.names) + 1024)  # two connections, a monitor, their mailboxes...
+    raise_fd_limit(32 * len(spec.names) + 1024)  # a mailbox a socket, two connections... per client
     try:
         asyncio.run(_loop_clients(spec, conn))
     except BaseException:
@@ -562,7 +563,7 @@ def loop_clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> Non
 async def _loop_clients(spec: ClientsSpec, conn: Connection) -> None:
     loop = asyncio.get_running_loop()
     ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
-    # 1,023 sockets by default: 250 clients of 3 would be near it (web/sessions.py does the same).
+    # 1,023 sockets by default: 250 clients of 4 sockets would be past it.
     ctx.set(zmq.MAX_SOCKETS, min(LOOP_SOCKETS_PER_CLIENT * len(spec.names) + 64, ctx.get(zmq.SOCKET_LIMIT)))
     logs = [StatusLog() for _ in spec.names]
     clients: list[LoopClient] = []
