@@ -435,13 +435,23 @@ def durability_run(plan: Plan, run: int, seed: int, log_dir: Path) -> dict[str, 
 
 
 class StatusLog:
-    """A client's Status events and when they came (monotonic ns): its on_event callback."""
+    """A client's Status events and when they came (monotonic ns): its on_event callback.
+
+    Also how many presence runs (and joins and leaves in them) it read, by second.
+    """
 
     def __init__(self) -> None:
         self.seen: list[tuple[ev.State, int, str]] = []
+        self.runs: Counter[int] = Counter()
+        self.changes: Counter[int] = Counter()
 
     def __call__(self, event: ev.Event) -> None:
-        if isinstance(event, ev.Status):  # on the client's thread: nothing more
+        # On the client's thread (or loop): nothing more.
+        if type(event) is ev.Presences or type(event) is ev.Presence:  # a run, or one alone
+            second = time.monotonic_ns() // 1_000_000_000
+            self.runs[second] += 1
+            self.changes[second] += len(event.changes) if type(event) is ev.Presences else 1
+        elif isinstance(event, ev.Status):
             self.seen.append((event.state, time.monotonic_ns(), event.detail))
 
     def since(self, kill_ns: int) -> dict[str, Any]:
@@ -484,6 +494,27 @@ class StatusLog:
             "absent_why": why if absent else "",
             "online_at_kill": at_kill is ev.State.ONLINE,
         }
+
+    def more(self, kill_ns: int, online_ns: int | None) -> dict[str, Any]:
+        """Why it tried again until back (connection lost, no answer within 3 s...), and
+        what presence it read from the second of the kill on: to tell where the time went."""
+        until = online_ns or time.monotonic_ns()
+        retried = Counter(
+            _reason(detail)
+            for state, when, detail in list(self.seen)
+            if state is ev.State.RECONNECTING and kill_ns <= when < until
+        )
+        first = kill_ns // 1_000_000_000
+        return {
+            "retried": dict(retried),
+            "presence_runs": sum(n for second, n in list(self.runs.items()) if second >= first),
+            "presence_changes": sum(n for second, n in list(self.changes.items()) if second >= first),
+        }
+
+
+def _reason(detail: str) -> str:
+    """A RECONNECTING's detail without its delay and attempt number."""
+    return detail.split("; reconnecting in")[0]
 
 
 @dataclass(frozen=True)
@@ -642,7 +673,7 @@ class Watch:
     def rows(self) -> list[dict[str, Any]]:
         rows = [log.since(self.kill_ns) for log in self.logs]
         for name, log, row in zip(self.names, self.logs, rows, strict=True):
-            row["name"] = name
+            row.update(log.more(self.kill_ns, row["online_ns"]), name=name)
             if not row["online_ns"] and not row["absent"]:  # what it said last, to tell why
                 row["last"] = [(state.value, detail) for state, _, detail in log.seen[-4:]]
         return rows
@@ -755,6 +786,9 @@ def _reconnect_row(
     missing = [b for b in present if not b["online_ns"]]
     # The reasons clients gave for giving up, names left out.
     reasons = Counter(re.sub(r"user\d+", "NAME", b["gave_up"]) for b in missing if b["gave_up"])
+    retried: Counter[str] = Counter()
+    for b in present:
+        retried.update(b["retried"])
     gone = Counter(re.sub(r"user\d+", "NAME", b["absent_why"]) for b in backs if b["absent"])
     return {
         "restart": number + 1,
@@ -779,6 +813,15 @@ def _reconnect_row(
         #: Clients back within each many seconds of the restart (4.4: issue 12's claim).
         "back_within": {f"{s:g}": sum(t <= s for t in times) for s in BACK_WITHIN_S},
         "reconnectings_mean": round(statistics.mean(b["reconnectings"] for b in present), 2)
+        if present
+        else None,
+        #: The RECONNECTINGs after the kill (until back), by reason: the first is the kill itself.
+        "retried": dict(retried.most_common()),
+        #: Presence runs (PRESENCE messages, or a lone JOIN or LEAVE) a client read, from the kill on.
+        "presence_runs_mean": round(statistics.mean(b["presence_runs"] for b in present), 1)
+        if present
+        else None,
+        "presence_changes_mean": round(statistics.mean(b["presence_changes"] for b in present), 1)
         if present
         else None,
         "window_s": round(meter.wall, 2),
