@@ -97,6 +97,8 @@ class Plan:
     burst: int = 100
     #: The clients as `LoopClient`s on one asyncio loop per process, not a `Client` (thread) each.
     loop: bool = False
+    #: The client processes' nice value (0: as the broker).
+    client_nice: int = 0
 
 
 FULL = Plan(kills=5, sender_procs=4, senders_per_proc=4, boxes_per_sender=4, window=100, kill_after=(1.0, 3.0),
@@ -529,10 +531,14 @@ class ClientsSpec:
     budget: float
     #: Sign-ins at once per process: more only slows each (every JOIN goes to every client).
     connect_threads: int = 2
+    #: Added to the processes' nice value: clients standing for clients on other machines
+    #: (the broker then has the CPU it wants before them).
+    nice: int = 0
 
 
 def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     raise_fd_limit(32 * len(spec.names) + 1024)  # a context, two connections, a pipe... per client
+    os.nice(spec.nice)
     logs = [StatusLog() for _ in spec.names]
     clients: list[Client] = []
 
@@ -584,6 +590,7 @@ LOOP_SOCKETS_PER_CLIENT = 2 * 4
 def loop_clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     """The clients of `spec` as LoopClients on this process's one asyncio loop and zmq context."""
     raise_fd_limit(32 * len(spec.names) + 1024)  # a mailbox a socket, two connections... per client
+    os.nice(spec.nice)
     try:
         asyncio.run(_loop_clients(spec, conn))
     except BaseException:
@@ -720,7 +727,10 @@ def reconnect(plan: Plan, log_dir: Path, say: Callable[[str], None]) -> dict[str
         began = time.monotonic()
         setup_deadline = time.monotonic_ns() + int(plan.setup * 1e9)
         worker = loop_clients_worker if plan.loop else clients_worker
-        jobs = [(worker, ClientsSpec(server.endpoint, group, setup_deadline, budget)) for group in groups]
+        jobs = [
+            (worker, ClientsSpec(server.endpoint, group, setup_deadline, budget, nice=plan.client_nice))
+            for group in groups
+        ]
         with Crew(jobs) as crew:
             online = sum(crew.gather("ready", plan.setup + 30, server.check))
             result.update(setup_s=round(time.monotonic() - began, 1), setup_online=online)
@@ -899,13 +909,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--loop", action="store_true",
                         help="the reconnecting clients as LoopClients on one asyncio loop per process")  # fmt: skip
+    parser.add_argument("--client-nice", type=int, metavar="N",
+                        help="run the reconnecting clients at nice N (19: as if on machines of their own)")  # fmt: skip
     parser.add_argument("--keep", type=Path, metavar="DIR", help="keep the brokers' logs and stores in DIR")
     parser.add_argument("--quiet-below", type=float, default=30.0, metavar="PCT",
                         help="before each part, wait for other processes to use less CPU than this")  # fmt: skip
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
     chosen = {"kills": args.kills, "clients": args.clients, "client_procs": args.client_procs,
-              "restarts": args.restarts, "setup": args.setup, "loop": args.loop or None}  # fmt: skip
+              "restarts": args.restarts, "setup": args.setup, "loop": args.loop or None,
+              "client_nice": args.client_nice}  # fmt: skip
     plan = Plan(**{**asdict(plan), **{k: v for k, v in chosen.items() if v is not None}})
     say = Progress(args.quiet_below, 0.0 if args.quick else 8.0)
     results: dict[str, Any] = {
