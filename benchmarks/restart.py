@@ -68,7 +68,7 @@ from benchmarks.workers import Crew, expect, sleep_until, split
 from benchmarks.workloads import SETUP_TIMEOUT, START_LEAD_NS
 from zchat.broker.settings import default
 from zchat.client import events as ev
-from zchat.client.loop import LoopClient
+from zchat.client.loop import SOCKETS_PER_CLIENT, LoopClient
 from zchat.client.session import Client, ConnectError
 from zchat.client.settings import Settings
 from zchat.common import protocol as p
@@ -582,9 +582,8 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
     os._exit(0)
 
 
-#: A LoopClient's sockets in its context: DEALER, SUB, and the DEALER's monitor, which is two
-#: PAIRs (libzmq's end counts too). Twice that: after a restart, the closed ones until reaped.
-LOOP_SOCKETS_PER_CLIENT = 2 * 4
+#: Twice a LoopClient's sockets: after a restart, the closed ones count until reaped.
+LOOP_SOCKETS_PER_CLIENT = 2 * SOCKETS_PER_CLIENT
 
 
 def loop_clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:

@@ -25,9 +25,14 @@ from zchat.client.settings import Settings
 from zchat.client.shell import Shell
 from zchat.common.keys import KeyPair
 
-__all__ = ["ConnectError", "LoopClient"]
+__all__ = ["SOCKETS_PER_CLIENT", "ConnectError", "LoopClient"]
 
 log = logging.getLogger("zchat.client")
+
+#: The sockets a LoopClient holds in its context: DEALER, SUB and the DEALER's monitor, which is
+#: two PAIRs (libzmq's end counts too). Size a shared context by it (zmq.MAX_SOCKETS, 1,023 by
+#: default), with room for the sockets of clients closed and not yet reaped.
+SOCKETS_PER_CLIENT = 4
 
 #: A timer fires this much after the engine's deadline: asyncio may run a timer a little
 #: early, and a tick before the deadline would find nothing due and ask again at once.
