@@ -34,7 +34,9 @@ log = logging.getLogger("zchat.client")
 
 SYNC_RETRY = 0.2  # seconds between SYNC attempts (PROTOCOL.md 4.5)
 MAX_BACKOFF = 5.0
-RECONNECT_WAIT = 3.0  # a reconnect's registration may take this long at most (the first: connect_timeout)
+#: A reconnect waits at least this long for each answer of its registration (see _step_wait);
+#: the first registration has connect_timeout for all of it.
+RECONNECT_WAIT = 3.0
 BYE_WAIT = 1.0  # how long a closing client waits for the broker's ACK to BYE
 SEEN_IDS = 4096  # (sender, id) pairs remembered to drop resent duplicates
 SENT_TEXTS = 4096  # private messages remembered to show their text with a receipt
@@ -511,8 +513,7 @@ class Connection:
         else:
             self._effects.append(OpenDealer(self.endpoint, welcome.heartbeat_ms, welcome.timeout_ms))
         self.step_id = self.new_id().encode()
-        wait = self.s.connect_timeout if not self.was_online else min(self.s.connect_timeout, RECONNECT_WAIT)
-        self.deadline = now + wait
+        self.deadline = now + (self._step_wait() if self.was_online else self.s.connect_timeout)
         self._send(p.Hello(self.step_id, self.s.name, self.token, p.VERSION, self.s.client), now)
 
     def _welcomed(self, welcome: p.Welcome, now: float) -> None:
@@ -520,6 +521,8 @@ class Connection:
             return
         self._go(Trigger.WELCOMED)
         self.welcome = welcome
+        if self.was_online:  # the broker answers: the next step has its own wait
+            self.deadline = now + self._step_wait()
         self._mirror_flood_control(welcome, now)
         self.token = welcome.token
         self._effects.append(OpenSub(pub_endpoint_for(welcome.pub_endpoint, self.endpoint)))
@@ -535,6 +538,20 @@ class Connection:
         self.own.clear()
         self._sync(now)
 
+    def _step_wait(self) -> float:
+        """How long a reconnect waits for the answer to a step of its registration.
+
+        A HELLO on a connection that stays up has reached the broker, which answers every
+        HELLO: a late answer means a busy broker (everyone signing in again after a restart),
+        and giving up on it only adds to the load: new connections, and the session that HELLO
+        registered ended (announced to everyone as a LEAVE) and registered again (a JOIN).
+        So a step may take as long as the broker waits for a silent client (its timeout), at
+        least RECONNECT_WAIT and at most connect_timeout; each answer starts the wait again. A
+        broker that died meanwhile closes the connection, which ends the wait at once.
+        """
+        timeout = self.welcome.timeout_ms / 1000 if self.welcome is not None else 0.0
+        return min(self.s.connect_timeout, max(RECONNECT_WAIT, timeout))
+
     def _sync(self, now: float) -> None:
         self.step_id = self.new_id().encode()
         self.next_sync_at = now + SYNC_RETRY
@@ -543,6 +560,8 @@ class Connection:
     def _ready(self, now: float) -> None:
         """We hear the lobby: READY makes the broker announce us, and its ACK makes us online."""
         self._go(Trigger.SYNCED)
+        if self.was_online:
+            self.deadline = now + self._step_wait()
         self.rooms[p.EVERYONE].synced()  # subscribed before the own topic, so live too
         self.catching_up.append(CatchUp("history", p.EVERYONE))
         if not self.s.announce:  # a session nobody is told of: online without READY (PROTOCOL.md 4.6)

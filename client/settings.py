@@ -30,7 +30,8 @@ class Settings:
     name: str
     #: One ROUTER endpoint, or several comma-separated (a cluster's brokers, docs/CLUSTER.md).
     broker: str = DEFAULT_BROKER
-    #: Seconds the first connection may take to register; a reconnect waits at most 3 s a try.
+    #: Seconds the first connection may take to register; a reconnect waits at most this long
+    #: (and at most the broker's heartbeat timeout, at least 3 s) for each answer of its registration.
     connect_timeout: float = 5.0
     #: Seconds a request may wait for its answer, counted from when it was first sent.
     answer_timeout: float = 30.0

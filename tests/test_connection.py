@@ -373,10 +373,49 @@ def test_back_off_grows_to_a_cap(h: Harness) -> None:
         while h.dealers == dealers:
             h.advance(0.01)
         gaps.append(h.now - lost_at)
-        h.advance(3.01)  # no WELCOME: that connection is given up
+        h.advance(5.01)  # no WELCOME within connect_timeout (5 s, less than the broker's 6): given up
     assert gaps[0] < 0.2
     assert all(b >= a * 0.6 for a, b in itertools.pairwise(gaps))
     assert max(gaps) <= 5.0 * 1.2 + 0.02
+
+
+def test_a_reconnects_hello_waits_as_long_as_the_broker_waits_for_a_silent_client() -> None:
+    h = Harness(connect_timeout=30.0)  # the broker's timeout (6 s) is the shorter
+    h.sign_in()
+    h.lose_connection()
+    h.run_for(5.9)
+    assert h.phase() is Phase.HELLO and h.dealers == 2  # a busy broker: its answer will come
+    h.run_for(0.2)
+    assert h.phase() is Phase.DISCONNECTED
+    assert "no answer" in h.statuses(State.RECONNECTING)[-1].detail
+
+
+def test_each_answer_of_a_reconnects_registration_starts_its_wait_again() -> None:
+    h = Harness(connect_timeout=30.0)
+    h.sign_in()
+    h.take(p.Sync)
+    h.lose_connection()
+    h.run_for(4.0)
+    h.welcome()
+    h.run_for(4.0)  # 8 s since the HELLO, 4 since the WELCOME: still signing in
+    assert h.phase() is Phase.SYNC and h.dealers == 2
+    h.synced()
+    h.run_for(4.0)
+    assert h.phase() is Phase.READY and h.dealers == 2
+    h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
+    assert h.state() is State.ONLINE and h.dealers == 2
+    h.run_for(6.1)
+    assert h.state() is State.ONLINE  # online, no registration deadline is left
+
+
+def test_a_reconnect_waits_at_most_connect_timeout_for_an_answer() -> None:
+    h = Harness(connect_timeout=4.0)
+    h.sign_in()
+    h.lose_connection()
+    h.run_for(3.9)
+    assert h.phase() is Phase.HELLO
+    h.run_for(0.2)
+    assert h.phase() is Phase.DISCONNECTED
 
 
 def test_resume_after_a_lost_connection_sends_again_what_was_unanswered(h: Harness) -> None:

@@ -24,7 +24,7 @@ import zmq
 from zchat.client import commands as cmd
 from zchat.client import events as ev
 from zchat.client import settings as client_settings
-from zchat.client.loop import ConnectError, LoopClient
+from zchat.client.loop import SOCKETS_PER_CLIENT, ConnectError, LoopClient
 from zchat.client.render import to_data
 from zchat.client.script import execute
 from zchat.common.keys import KeyPair
@@ -142,7 +142,9 @@ def encoded(event: ev.Event) -> str:
     return encode(to_data(event))
 
 
-SOCKETS_PER_SESSION = 3
+#: Twice a client's: after a broker restart every session reconnects on new sockets, and the
+#: closed ones count until libzmq has reaped them.
+SOCKETS_PER_SESSION = 2 * SOCKETS_PER_CLIENT
 
 
 class Sessions:
@@ -151,8 +153,8 @@ class Sessions:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()  # every session's sockets
-        # A context holds 1,023 sockets by default, and a session has up to three (DEALER, SUB,
-        # and the DEALER's handshake monitor while it registers): past them, sign-ins fail.
+        # A context holds 1,023 sockets by default, and a session has four (loop.py): past
+        # them, sign-ins fail (EMFILE).
         self.context.set(zmq.MAX_SOCKETS, min(SOCKETS_PER_SESSION * settings.max_sessions + 64,
                                               self.context.get(zmq.SOCKET_LIMIT)))  # fmt: skip
         self.by_token: dict[str, Session] = {}
