@@ -443,7 +443,7 @@ class Connection:
         if self.phase not in REGISTERING:
             return
         if not self.was_online:
-            self._give_up(f"{reason} ({self.s.broker})")
+            self._first_failed(f"{reason} ({self.endpoint})", now)
         else:
             self._lost(reason, now)
 
@@ -621,6 +621,18 @@ class Connection:
         if first:
             self._effects.append(FirstOutcome(ev.Status(State.OFFLINE, detail)))
 
+    def _first_failed(self, detail: str, now: float) -> None:
+        """The first registration failed at this endpoint: the next of the list (a cluster's
+        brokers) has its own connect_timeout; given up once each was tried."""
+        if self.connections >= len(self.endpoints):
+            self._give_up(detail)
+            return
+        self._effects.append(CloseSockets())
+        self._go(Trigger.LOST)
+        following = self.endpoints[self.connections % len(self.endpoints)]
+        self._notify(ev.Status(State.CONNECTING, f"{detail}; trying {following}"))
+        self._connect(now)
+
     def _begin_close(self, now: float) -> None:
         if self.phase is Phase.CLOSING or self.finished:
             return
@@ -635,8 +647,8 @@ class Connection:
     def _registering(self, now: float) -> None:
         if now > self.deadline:
             if not self.was_online:
-                self._give_up(f"no answer from the broker at {self.s.broker} "
-                              f"within {self.s.connect_timeout:g}s")  # fmt: skip
+                self._first_failed(f"no answer from the broker at {self.endpoint} "
+                                   f"within {self.s.connect_timeout:g}s", now)  # fmt: skip
             else:
                 self._lost("no answer from the broker", now)
         elif self.phase is Phase.SYNC and now >= self.next_sync_at:

@@ -29,10 +29,10 @@ ME = p.private_topic("alice")
 class Harness:
     """Drives a Connection as the poller thread does: an input, then a tick, then the effects."""
 
-    def __init__(self, **settings: object) -> None:
+    def __init__(self, broker: str = "tcp://127.0.0.1:5555", **settings: object) -> None:
         ids = itertools.count(1)
         self.conn = Connection(
-            Settings("alice", "tcp://127.0.0.1:5555", **settings),  # type: ignore[arg-type]
+            Settings("alice", broker, **settings),  # type: ignore[arg-type]
             lambda: f"c-{next(ids)}",
             rng=random.Random(7),
         )
@@ -43,6 +43,7 @@ class Harness:
         self.topics: list[bytes] = []  # subscribed now, in order
         self.sub_open = False
         self.dealers = 0  # DEALERs opened so far
+        self.opened: list[str] = []  # their endpoints
         self.timing: list[tuple[int, int]] = []  # each DEALER's heartbeat interval and timeout (ms)
         self.first: list[ev.Status | None] = []
         self.heartbeat_ms = 2000
@@ -69,7 +70,8 @@ class Harness:
                 case c.Unsubscribe(topic):
                     self.topics.remove(topic)
                 case c.OpenDealer(endpoint, heartbeat_ms, timeout_ms):
-                    assert endpoint == "tcp://127.0.0.1:5555"
+                    assert endpoint in self.conn.endpoints
+                    self.opened.append(endpoint)
                     self.dealers += 1
                     self.timing.append((heartbeat_ms, timeout_ms))
                     self.sub_open, self.topics = False, []
@@ -280,6 +282,30 @@ def test_no_welcome_in_time_gives_up_on_the_first_connection(h: Harness) -> None
     assert h.state() is State.OFFLINE and h.conn.finished
     assert len(h.first) == 1 and h.first[0] is not None and h.first[0].state is State.OFFLINE
     assert h.conn.wakeup() is None
+
+
+def test_a_first_connection_tries_each_broker_of_the_list_before_it_gives_up() -> None:
+    both = "tcp://127.0.0.1:5555,tcp://127.0.0.1:5557"
+    h = Harness(broker=both, connect_timeout=2.0)
+    h.start()
+    h.advance(2.1)  # the first broker does not answer: the second, with a wait of its own
+    assert h.opened == ["tcp://127.0.0.1:5555", "tcp://127.0.0.1:5557"] and h.first == []
+    (trying,) = h.statuses(State.CONNECTING)
+    assert "5555 within 2s" in trying.detail and "trying tcp://127.0.0.1:5557" in trying.detail
+    first, second = h.take(p.Hello)  # the first broker's is never answered
+    assert first.name == second.name == "alice"
+    h.welcome(second)
+    h.synced()
+    h.deliver(p.Ack(h.one(p.Ready).msg_id, 2, "accepted"))
+    assert h.state() is State.ONLINE and h.first == [None]
+    assert "at tcp://127.0.0.1:5557" in h.statuses(State.ONLINE)[-1].detail
+
+    h = Harness(broker=both, connect_timeout=2.0)
+    h.start()
+    h.advance(2.1)
+    h.advance(2.1)  # neither answers: given up, naming the last
+    assert h.state() is State.OFFLINE and len(h.opened) == 2
+    assert h.first[0] is not None and "5557" in h.first[0].detail
 
 
 @pytest.mark.parametrize("code", [p.Code.NAME_TAKEN, p.Code.INVALID_NAME, p.Code.NAME_OWNED])

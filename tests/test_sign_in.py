@@ -8,6 +8,7 @@ message that costs the session every time it is sent.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import threading
 import time
@@ -226,3 +227,17 @@ def test_zchat_send_over_the_limit_exits_1_with_the_reason(small_broker: str) ->
     )  # fmt: skip
     assert done.returncode == 1
     assert "1000" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_a_first_connection_goes_on_to_the_next_broker_of_the_list_when_the_first_is_silent(
+    small_broker: str,
+) -> None:
+    with socket.socket() as probe:  # a loopback port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        silent = f"tcp://127.0.0.1:{probe.getsockname()[1]}"
+    events: list[ev.Event] = []
+    with Client("dora", f"{silent},{small_broker}", connect_timeout=1, on_event=events.append) as client:
+        assert client.state is ev.State.ONLINE
+        statuses = [e.detail for e in events if isinstance(e, ev.Status)]
+        assert any(f"{silent} within 1s; trying {small_broker}" in s for s in statuses), statuses
+        assert isinstance(client.broadcast("made it").wait(10), ev.Ack)
