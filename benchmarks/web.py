@@ -2,9 +2,11 @@
 
     python -m benchmarks.web [--sessions 1000] [--rate 1000] [--seconds 20] [--out FILE] [--quick]
 
-1. Sessions: `--sessions` WebSocket users sign in through one `zchat web` at once (50 at a
+1. Sessions: `--sessions` WebSocket users sign in through one `zchat web` at once (10 at a
    time): the time until all are in, the gateway's memory (RSS) and CPU while they come in
-   and once they idle, its threads and open files.
+   and once they idle, its threads and open files. They are held by a process of their own
+   (the crowd), so that their WebSockets do not share a loop, a GIL and a collector with the
+   timed messages (`--crowd same-process`: the way it was, for comparison).
 2. Latency, with those sessions still signed in: pairs of users send each other private
    messages at `--rate` messages a second in all, first as plain library clients straight
    to the broker, then as WebSocket users through the gateway, then both again (the order
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import re
@@ -41,7 +44,21 @@ IN_FLIGHT = 10  # sign-ins under way at once
 MIB = 1024 * 1024
 
 
-class Gateway:
+class GatewayProcess:
+    """A running `zchat web`, as the sessions phase measures it: its pid and WebSocket URL."""
+
+    def __init__(self, pid: int, url: str) -> None:
+        self.pid, self.url = pid, url
+
+    def threads(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
+
+    def files(self) -> int:
+        return len(os.listdir(f"/proc/{self.pid}/fd"))
+
+
+class Gateway(GatewayProcess):
     def __init__(self, broker: Server, log_dir: Path) -> None:
         log_dir.mkdir(parents=True, exist_ok=True)
         self.log_path = log_dir / f"web-{time.monotonic_ns()}.log"
@@ -57,7 +74,7 @@ class Gateway:
             if self.process.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"zchat web did not start:\n{self.log_path.read_text()}")
             time.sleep(0.05)
-        self.url = f"ws://127.0.0.1:{port}/ws"
+        super().__init__(self.process.pid, f"ws://127.0.0.1:{port}/ws")
 
     def _port(self) -> int:
         inodes = set()
@@ -75,17 +92,6 @@ class Gateway:
                 if fields[3] == "0A" and fields[9] in inodes:  # LISTEN
                     return int(fields[1].split(":")[1], 16)
         return 0
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def threads(self) -> int:
-        with open(f"/proc/{self.pid}/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("Threads:"))
-
-    def files(self) -> int:
-        return len(os.listdir(f"/proc/{self.pid}/fd"))
 
     def stop(self) -> None:
         self.process.terminate()
@@ -147,7 +153,7 @@ def summary(h: LogHistogram) -> dict[str, float]:
 
 
 async def sessions_phase(
-    gateway: Gateway, count: int, deadline: float
+    gateway: GatewayProcess, count: int, deadline: float
 ) -> tuple[list[WebUser], dict[str, Any]]:
     rss_before, cpu_before, threads_before = (
         rss_bytes(gateway.pid),
@@ -201,6 +207,47 @@ async def sessions_phase(
     return users, result
 
 
+class Crowd:
+    """The signed-in sessions, held by a process of their own until `close`."""
+
+    def __init__(self, gateway: Gateway, count: int, deadline: float) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.web", "--crowd-of", f"{gateway.pid} {gateway.url}",
+             "--sessions", str(count), "--sign-in-deadline", str(deadline)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            cwd=Path(__file__).resolve().parent.parent,
+        )  # fmt: skip
+
+    async def signed_in(self) -> dict[str, Any]:
+        """The sessions phase's figures, once the crowd is in and idle."""
+        assert self.process.stdout is not None
+        line = await asyncio.get_running_loop().run_in_executor(None, self.process.stdout.readline)
+        if not line:
+            raise RuntimeError(f"the crowd exited with {self.process.wait()} before signing in")
+        result: dict[str, Any] = json.loads(line)
+        return result
+
+    def close(self) -> None:
+        """Its sessions sign out (it reads to the end of its stdin, then closes them)."""
+        if self.process.stdin is not None:
+            self.process.stdin.close()
+        try:
+            self.process.wait(120)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait(5)
+
+
+async def crowd_main(of: str, count: int, deadline: float) -> None:
+    """`--crowd-of "PID URL"`: sign the sessions in, print the figures, hold them until stdin ends."""
+    raise_fd_limit(1 << 20)
+    pid, url = of.split()
+    users, result = await sessions_phase(GatewayProcess(int(pid), url), count, deadline)
+    print(json.dumps(result), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+    await asyncio.gather(*(u.close() for u in users))
+
+
 async def web_latency(
     gateway: Gateway, rate: int, seconds: float, round_no: int, settle: float
 ) -> LogHistogram:
@@ -216,6 +263,7 @@ async def web_latency(
 
     for r in receivers:
         r.on_message = got
+    quiet_collector()
     await paced(rate, seconds, lambda k: senders[k % PAIRS].send(receivers[k % PAIRS].name,
                                                                   f"t:{time.perf_counter_ns()}"))  # fmt: skip
     await asyncio.sleep(2)  # the last ones arrive
@@ -247,10 +295,19 @@ async def plain_latency(
     async def send(k: int) -> None:
         senders[k % PAIRS].send(receivers[k % PAIRS].name, f"t:{time.perf_counter_ns()}")
 
+    quiet_collector()
     await paced(rate, seconds, send)
     await asyncio.sleep(2)
     await asyncio.gather(*(loop.run_in_executor(None, c.close) for c in senders + receivers))
     return h
+
+
+def quiet_collector() -> None:
+    """Before timing: this process's objects so far are collected once and frozen, so that its
+    collector does not pause the timed messages (with the sessions in this process, a full pass
+    took 64 ms). The gateway's collector is not touched: that one is measured."""
+    gc.collect()
+    gc.freeze()
 
 
 async def paced(rate: int, seconds: float, send: Any) -> None:
@@ -296,8 +353,14 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
     raise_fd_limit(1 << 20)
     broker = start_server("zchat", log_dir, "--max-clients", str(args.sessions + 1000))
     gateway = Gateway(broker, log_dir)
+    crowd: Crowd | None = None
+    users: list[WebUser] = []
     try:
-        users, sessions = await sessions_phase(gateway, args.sessions, args.sign_in_deadline)
+        if args.crowd == "own-process":
+            crowd = Crowd(gateway, args.sessions, args.sign_in_deadline)
+            sessions = await crowd.signed_in()
+        else:
+            users, sessions = await sessions_phase(gateway, args.sessions, args.sign_in_deadline)
         print(f"sessions: {json.dumps(sessions)}", file=sys.stderr)
         plain, web = LogHistogram(), LogHistogram()
         for round_no in range(2):
@@ -312,8 +375,11 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
         latency = {"rate_per_s": args.rate, "seconds_each": args.seconds, "pairs": PAIRS, "settle_s": args.settle,
                    "plain": summary(plain), "web": summary(web)}  # fmt: skip
         latency["p99_ratio"] = round(latency["web"]["p99_ms"] / max(latency["plain"]["p99_ms"], 1e-9), 2)
+        latency["crowd"] = args.crowd
         await asyncio.gather(*(u.close() for u in users))
     finally:
+        if crowd is not None:
+            crowd.close()
         gateway.stop()
         broker.stop()
     # Sessions the broker dropped for silence: their poller thread did not get to PING in time.
@@ -345,7 +411,8 @@ def report(result: dict[str, Any]) -> str:
         f"{s['sign_in_unfinished_at_deadline']} unfinished at the deadline, "
         f"{s['broker_heartbeat_timeouts']} sessions dropped by the broker for silence",
         "",
-        f"## Latency at {lat['rate_per_s']} msg/s, {lat['pairs']} pairs, {lat['seconds_each']} s each",
+        f"## Latency at {lat['rate_per_s']} msg/s, {lat['pairs']} pairs, {lat['seconds_each']} s each "
+        f"(the signed-in sessions in {'a process of their own' if lat['crowd'] == 'own-process' else 'this one'})",
         "| path | messages | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         *(row(kind, lat[kind]) for kind in ("plain", "web")),
@@ -373,10 +440,17 @@ def main() -> None:
     parser.add_argument("--settle", type=float, default=0.0,
                         help="seconds between a round's sign-ins and its first message: without "
                              "them, the round's 20 joins reach every session while it is timed")  # fmt: skip
+    parser.add_argument("--crowd", choices=("own-process", "same-process"), default="own-process",
+                        help="where the signed-in sessions live while latency is timed: a process of "
+                             "their own, or this one (sharing its loop, GIL and collector)")  # fmt: skip
+    parser.add_argument("--crowd-of", default=None, help=argparse.SUPPRESS)  # the crowd process itself
     parser.add_argument("--quick", action="store_true", help="20 sessions, 100 msg/s, 2 s: a smoke test")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--logs", type=Path, default=Path("/tmp/zchat-bench-web"))
     args = parser.parse_args()
+    if args.crowd_of is not None:
+        asyncio.run(crowd_main(args.crowd_of, args.sessions, args.sign_in_deadline))
+        return
     if args.quick:
         args.sessions, args.rate, args.seconds = 20, 100, 2.0
     result = asyncio.run(run(args, args.logs))

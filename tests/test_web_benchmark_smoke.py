@@ -27,5 +27,6 @@ def test_quick_web_benchmark_signs_everyone_in_and_measures_both_paths(tmp_path:
     assert sessions["sessions"] == sessions["sign_in"]["count"] == 20 and sessions["sign_in_failed"] == 0
     latency = result["latency"]
     assert latency["plain"]["count"] == latency["web"]["count"] == 200  # none lost on either path
+    assert latency["crowd"] == "own-process"  # the signed-in sessions were held by another process
     assert result["zmq_asyncio_sockets_only"]["rss_per_session_kib"] > 0
     assert "## Latency" in proc.stdout

@@ -230,7 +230,8 @@ class Gateway:
         await self.send(ws, {"type": "refused", "code": code, "text": text})
 
     async def pump(self, ws: ServerConnection, session: Session) -> None:
-        """Send the session's events to this browser, in order, each within SEND_TIMEOUT."""
+        """Send the session's events to this browser, in order, each batch within SEND_TIMEOUT."""
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 session.changed.clear()
@@ -241,12 +242,22 @@ class Gateway:
                 if not pending:
                     await session.changed.wait()
                     continue
-                await asyncio.wait_for(self.send_all(ws, session, pending), SEND_TIMEOUT)
-        except (TimeoutError, asyncio.TimeoutError):  # the same from 3.11 on
-            log.warning("%s: the browser took over %gs to take an event: dropped", session.name, SEND_TIMEOUT)
-            ws.transport.abort()
+                # A timer, not wait_for: on Python 3.11 and before wait_for runs the sends in a
+                # task of its own, a task and a turn of the loop more for each batch, and at
+                # 1,000 msg/s most batches are one message (docs/WEB.md, "Latency").
+                deadline = loop.call_later(SEND_TIMEOUT, self.drop_slow, ws, session)
+                try:
+                    await self.send_all(ws, session, pending)
+                finally:
+                    deadline.cancel()
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    def drop_slow(ws: ServerConnection, session: Session) -> None:
+        """A batch of events took over SEND_TIMEOUT: the send waiting on it ends in ConnectionClosed."""
+        log.warning("%s: the browser took over %gs to take an event: dropped", session.name, SEND_TIMEOUT)
+        ws.transport.abort()
 
     @staticmethod
     async def send_all(ws: ServerConnection, session: Session, pending: list[tuple[int, str]]) -> None:

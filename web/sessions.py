@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import secrets
 import time
@@ -84,7 +85,10 @@ class Session:
             return []
         if eid < 0 or not self.log or self.log[0][0] > eid + 1:
             return None
-        return [entry for entry in self.log if entry[0] > eid]
+        # The log's eids are consecutive and end at last_eid: the ones after `eid` are its last
+        # last_eid - eid entries, taken from the end (a pump asks at every wake-up, mostly for
+        # one or two of up to log_events entries).
+        return list(itertools.islice(reversed(self.log), self.next_eid - 1 - eid))[::-1]
 
     @property
     def last_eid(self) -> int:
