@@ -563,15 +563,11 @@ def clients_worker(spec: ClientsSpec, conn: Connection, shared: Any) -> None:
             kind, payload = conn.recv()
             if kind == "stop":
                 break
-            if kind == "count":
-                conn.send(("count", _count([c.state for c in clients])))
-                continue
-            assert kind == "watch", kind
-            kill_ns, deadline_ns = payload
-            watch = Watch(spec.names, logs, kill_ns, deadline_ns)
-            while not watch.done():
+            watch = _heard(kind, payload, spec, logs, [c.state for c in clients], conn)
+            while watch is not None and not watch.done():
                 time.sleep(WATCH_EVERY_S)
-            conn.send(("back", watch.rows()))
+            if watch is not None:
+                conn.send(("back", watch.rows()))
     except BaseException:
         conn.send(("error", traceback.format_exc()))
     else:
@@ -640,16 +636,24 @@ async def _loop_clients(spec: ClientsSpec, conn: Connection) -> None:
             raise TimeoutError(f"no word from the coordinator within {spec.budget}s") from None
         if kind == "stop":
             break
-        if kind == "count":
-            conn.send(("count", _count([c.state for c in clients])))
-            continue
-        assert kind == "watch", kind
-        kill_ns, deadline_ns = payload
-        watch = Watch(spec.names, logs, kill_ns, deadline_ns)
-        while not watch.done():
+        watch = _heard(kind, payload, spec, logs, [c.state for c in clients], conn)
+        while watch is not None and not watch.done():
             await asyncio.sleep(WATCH_EVERY_S)
-        conn.send(("back", watch.rows()))
+        if watch is not None:
+            conn.send(("back", watch.rows()))
     loop.remove_reader(conn.fileno())
+
+
+def _heard(kind: str, payload: Any, spec: ClientsSpec, logs: list[StatusLog], states: list[ev.State],
+           conn: Connection) -> Watch | None:  # fmt: skip
+    """A word from the coordinator to a clients process: a count is answered at once; a watch
+    is returned, for the caller to wait on as its clients run (a thread's sleep, the loop's)."""
+    if kind == "count":
+        conn.send(("count", _count(states)))
+        return None
+    assert kind == "watch", kind
+    kill_ns, deadline_ns = payload
+    return Watch(spec.names, logs, kill_ns, deadline_ns)
 
 
 def _count(states: list[ev.State]) -> tuple[int, int]:
