@@ -70,10 +70,13 @@ class Forwarder:
                             selector.register(end, selectors.EVENT_READ)
                         self.accepted += 1
                         continue
-                    data = sock.recv(65536)
-                    if data:
-                        other[sock].sendall(data)
-                        continue
+                    try:
+                        data = sock.recv(65536)
+                        if data:
+                            other[sock].sendall(data)
+                            continue
+                    except (ConnectionResetError, BrokenPipeError):  # reset (a linger-0 close): closed
+                        pass
                     for end in (sock, other.pop(sock)):  # one end closed: close the pair
                         other.pop(end, None)
                         selector.unregister(end)
