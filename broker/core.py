@@ -176,6 +176,14 @@ class RelayStored(NamedTuple):
     stored: bool
 
 
+class Released(NamedTuple):
+    """In a cluster: whether the release of `session`'s name freed it (`freed`), or found
+    it taken over on another broker meanwhile (its client failed over there: no LEAVE)."""
+
+    session: Session
+    freed: bool
+
+
 class Fence(NamedTuple):
     """In a cluster: this broker lost its lease (`fenced`), or holds it again.
 
@@ -205,6 +213,7 @@ Input = (
     | Shutdown
     | Relayed
     | RelayStored
+    | Released
     | Fence
 )
 
@@ -349,6 +358,9 @@ class BrokerCore:
         #: In a cluster: Taken entries the log gave before the KeptLive they take (the
         #: recipient confirmed on its broker before the sender's broker logged it).
         self._early_taken: OrderedDict[tuple[str, str, bytes], None] = OrderedDict()
+        #: In a cluster: the LEAVE of each session gone whose name's release is not yet
+        #: known to have freed it, by name key (published on its Released, or dropped).
+        self._leaving: dict[str, tuple[Session, p.Leave]] = {}
 
     # --- input ---------------------------------------------------------------
 
@@ -659,6 +671,9 @@ class BrokerCore:
         if not self._names.claim(session):  # taken meanwhile elsewhere (a cluster's brokers share names)
             self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {hello.name} is taken")
             return
+        leaving = self._leaving.pop(key, None)
+        if leaving is not None:  # the claim, a create, found the name free: the old session left
+            self._publish(p.EVERYONE, leaving[1])
         try:
             if self.relay is not None and not self.store.is_known(key):
                 self.relay.relay(Known(key))  # mail for it is kept on every broker from now on
@@ -695,7 +710,9 @@ class BrokerCore:
         holder.client = hello.client
         self.by_peer[peer] = self.timed[peer] = holder  # timed until the shell watches the new one
         if holder.bucket is None and self.settings.rate > 0:  # a session from another broker
-            holder.bucket = TokenBucket.new_session(self.settings.rate, self.settings.burst, now)
+            # Its bucket there is not known here: it starts empty (not with a new session's
+            # second's worth), so that going from broker to broker earns no tokens.
+            holder.bucket = TokenBucket.moved(self.settings.rate, self.settings.burst, now)
         self.counters["resumed"] += 1
         log.info(
             "%s resumed its session on a new connection",
@@ -998,6 +1015,7 @@ class BrokerCore:
             self.counters["left.fenced"] += 1
         self.stuck.clear()
         self.unconfirmed.clear()
+        self._leaving.clear()  # fenced: no LEAVE, as for the sessions above
         self.online_names = None
         self._flush()
 
@@ -1195,7 +1213,7 @@ class BrokerCore:
         self.unconfirmed.pop(session.peer, None)
         # In a cluster the name may have moved on to another broker meanwhile: no LEAVE then.
         held = self._names.holder(session.key) is session
-        self._names.release(session)
+        known = self._names.release(session)
         self._kept.pop(session.key, None)  # counted while online: read again for mail
         self.online_names = None
         self.counters[f"left.{reason}"] += 1
@@ -1203,7 +1221,23 @@ class BrokerCore:
         log.info("%s left (%s; %d online)", session.name, reason, online,
                  extra=fields("left", name=session.name, reason=reason, online=online))  # fmt: skip
         if session.announced and held:  # else nobody was told it joined, or it is still online
-            self._publish(p.EVERYONE, p.Leave(session.name, int(now * 1000), reason))
+            leave = p.Leave(session.name, int(now * 1000), reason)
+            if known:
+                self._publish(p.EVERYONE, leave)
+            else:  # moved on to another broker meanwhile, perhaps: the Released says
+                self._leaving[session.key] = (session, leave)
+
+    def _released(self, event: Released) -> None:
+        session, freed = event
+        leaving = self._leaving.get(session.key)
+        if leaving is None or leaving[0] is not session:
+            return  # not announced, or its LEAVE went out with a new claim of the name here
+        del self._leaving[session.key]
+        if freed:
+            self._publish(p.EVERYONE, leaving[1])
+        else:
+            self.counters["left.moved"] += 1
+            log.info("%s is online on another broker: no LEAVE", session.name)
 
     def _users(self, msg_id: bytes) -> p.Users:
         """WHO's answer: everyone online, sorted, and who is away; kept until someone joins,
@@ -1280,5 +1314,6 @@ _INPUTS: dict[type, Callable[[BrokerCore, Any], None]] = {
     Shutdown: BrokerCore._shutdown,
     Relayed: BrokerCore._relayed,
     RelayStored: BrokerCore._relay_stored,
+    Released: BrokerCore._released,
     Fence: BrokerCore._fence,
 }

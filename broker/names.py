@@ -56,8 +56,11 @@ class NameRegistry(Protocol):
         """`session` goes on on another connection (its `peer` changed): not a new claim."""
         ...
 
-    def release(self, session: Session) -> None:
-        """The session is gone: its name is free again, if that session still held it."""
+    def release(self, session: Session) -> bool:
+        """The session is gone: its name is free again, if that session still held it.
+        Whether that is known now; False: not yet (a cluster's delete on its way, which
+        finds the name freed or taken over on another broker), and a `Released` input
+        says which later, so that a user online elsewhere is not announced as gone."""
         ...
 
     def sessions(self) -> Iterable[Session]:
@@ -99,9 +102,10 @@ class LocalNames:
     def take_over(self, session: Session) -> None:
         pass  # the session object is the one held: nothing else to move here
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Session) -> bool:
         if self.by_key.get(session.key) is session:  # else the name went on to another session
             del self.by_key[session.key]
+        return True
 
     def sessions(self) -> Iterable[Session]:
         return self.by_key.values()

@@ -445,6 +445,11 @@ class BrokerServer:
         inputs = cluster.take()
         if cluster.changed:
             self.core.online_names = None  # someone came or went on another broker: WHO anew
+        for address, until in cluster.banned():  # a flooder turned away by another broker
+            if self.gate.ban(address, until):
+                self.core.counters["banned.elsewhere"] += 1
+                log.info("%s is turned away until %s: a flooder on another broker", address,
+                         time.strftime("%H:%M:%S", time.localtime(until)))  # fmt: skip
         for event in inputs:
             self._guarded("an event of the cluster", None, self._feed, event)
         self._feed(Flush(time.time()))
@@ -581,6 +586,8 @@ class BrokerServer:
         banned = hangup.until > now and self.gate.ban(address, hangup.until)
         if banned:
             self.core.counters["banned"] += 1
+            if self.cluster is not None:
+                self.cluster.ban(address, hangup.until)
         # The cut needs the connection known for certain; what it sends is ignored anyway.
         held = take_hold(frame, origin) if origin is not None else None
         if held is not None:

@@ -28,6 +28,8 @@ from zchat.cluster import subjects
 from zchat.cluster.figures import ClusterFigures
 from zchat.cluster.link import PAIR_HWM, pack, unpack
 from zchat.cluster.subjects import (
+    BAN_TTL,
+    BANS,
     DELIVER,
     LEASE,
     LEASE_RENEW,
@@ -142,6 +144,7 @@ class Engine(threading.Thread):
         for bucket in (NAMES, OWNERS):
             self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1, replicas=r)
         self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE, replicas=r)
+        self.buckets[BANS] = await self.js.create_key_value(bucket=BANS, history=1, ttl=BAN_TTL, replicas=r)
         started = time.monotonic()
         await self.buckets[LEASES].put(self.node.encode().hex(), b"")
         self.renewed_at = started
@@ -150,7 +153,7 @@ class Engine(threading.Thread):
         await self.js.add_stream(
             name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE, num_replicas=r
         )
-        for bucket in (NAMES, OWNERS):
+        for bucket in (NAMES, OWNERS, BANS):
             await self._watch(bucket)
         await self.nc.subscribe(node_subject(self.node, DELIVER), cb=self._asked_to_deliver)
         await self.nc.subscribe(node_subject(self.node, "reply"), cb=self._told_to_reply)
@@ -228,6 +231,10 @@ class Engine(threading.Thread):
             return await self.buckets[bucket].update(key, value, last=last)
         except nats.js.errors.KeyWrongLastSequenceError:
             return 0
+
+    async def _ban(self, key: str, value: bytes) -> None:
+        """A flooder's address, turned away by every broker (node.py)."""
+        await self.buckets[BANS].put(key, value)
 
     async def _kv_delete(self, bucket: str, key: str, last: int) -> bool:
         """A release, only of the revision this broker holds (a takeover elsewhere stays)."""
@@ -338,6 +345,7 @@ REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
     "create": Engine._create,
     "update": Engine._update,
     "delete": Engine._kv_delete,  # not _delete: threading.Thread has its own
+    "ban": Engine._ban,
     "relay": Engine._relay,
     "deliver": Engine._deliver,
     "delivered": Engine._delivered,

@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from zchat.broker.core import Released
 from zchat.broker.names import UNLISTED, Session
 from zchat.cluster.link import CallFailed, Link
 from zchat.cluster.subjects import LEASE, LEASES, NAMES, OWNERS
@@ -81,6 +82,11 @@ class ClusterNames:
         self.unreleased: dict[str, int] = {}
         #: Deletes on their way, by request number: the name and revision each is of.
         self.releasing: dict[int, tuple[str, int]] = {}
+        #: The session each unreleased name was released for: its LEAVE waits for the delete,
+        #: which tells whether the name was freed or taken over elsewhere meanwhile.
+        self.leaving: dict[str, Session] = {}
+        #: Each release whose delete got its answer, for the core (`verdicts`).
+        self._verdicts: list[Released] = []
 
     # --- NameRegistry ----------------------------------------------------------
 
@@ -121,14 +127,20 @@ class ClusterNames:
         self.revision[key] = revision
         self.changed = True
 
-    def release(self, session: Session) -> None:
+    def release(self, session: Session) -> bool:
+        """A delete of the revision this broker wrote, sent without waiting: whether it
+        freed the name (the session left) or found it taken over by another broker (its
+        client failed over there before its watch here showed it) comes with its answer."""
         key = session.key
         if self.local.get(key) is session:
             del self.local[key]
             self.unreleased[key] = self.revision.pop(key)
+            self.leaving[key] = session
             self._send_delete(key)
-        elif self.moved.get(key) is session:
+            return False
+        if self.moved.get(key) is session:
             del self.moved[key]  # held elsewhere now: nothing to delete
+        return True
 
     def sessions(self) -> Iterable[Session]:
         return _chain(self.local.values(), self.remote.values())
@@ -171,8 +183,10 @@ class ClusterNames:
         number = self.link.request("delete", NAMES, kv_key(key), revision)
         self.releasing[number] = (key, revision)
 
-    def released(self, number: int, ok: bool) -> bool:
-        """The answer to a release's delete (True: it was one); a failed one is tried again."""
+    def released(self, number: int, ok: bool, deleted: object = True) -> bool:
+        """The answer to a release's delete (True: it was one); a failed one is tried again.
+        `deleted`, the delete's value: True if it freed the name, False if the entry had
+        changed meanwhile (taken over elsewhere)."""
         released = self.releasing.pop(number, None)
         if released is None:
             return False
@@ -181,7 +195,15 @@ class ClusterNames:
         # release of the name, with a revision of its own, waits for its own answer.)
         if ok and self.unreleased.get(key) == revision:
             del self.unreleased[key]
+            session = self.leaving.pop(key, None)
+            if session is not None:
+                self._verdicts.append(Released(session, deleted is True))
         return True
+
+    def verdicts(self) -> list[Released]:
+        """What the answered deletes found, in order, once: the core's inputs."""
+        verdicts, self._verdicts = self._verdicts, []
+        return verdicts
 
     def retry_releases(self) -> None:
         """Send again the deletes that failed (none on its way for that name)."""
@@ -198,6 +220,9 @@ class ClusterNames:
             log.warning("%s: its old entry could not be deleted: %s", key, e)
             return False
         del self.unreleased[key]
+        # The core announces the old session's LEAVE when this claim succeeds (a create: the
+        # name was free), so no verdict is due for it.
+        self.leaving.pop(key, None)
         return True
 
     # --- what the bucket's watch says ----------------------------------------

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import msgpack
 import zmq
 
 from zchat.broker.core import Deliver, Delivered, Fence, Input, Relayed, RelayStored, Undelivered
@@ -26,7 +27,7 @@ from zchat.broker.store import Store
 from zchat.cluster.link import Link, unpack
 from zchat.cluster.log import ClusterLog, read
 from zchat.cluster.names import ClusterNames, node_of
-from zchat.cluster.subjects import FENCE
+from zchat.cluster.subjects import BANS, FENCE, WATCHED
 from zchat.common import protocol as p
 
 log = logging.getLogger("zchat.cluster")
@@ -84,6 +85,8 @@ class ClusterNode:
         #: Why the NATS thread failed once the broker was serving, if it did.
         self.failure: str | None = None
         self._retried = 0.0  # when failed releases were last sent again
+        #: Addresses other brokers turned away for flooding, with until when: the shell's gate's.
+        self._banned: list[tuple[str, float]] = []
 
     @property
     def socket(self) -> zmq.Socket[bytes]:
@@ -93,7 +96,7 @@ class ClusterNode:
         synced: set[str] = set()
         deadline = time.monotonic() + START_TIMEOUT
         ready = False
-        while not (ready and len(synced) == 3):
+        while not (ready and synced >= set(WATCHED)):
             if time.monotonic() > deadline:
                 self.close()
                 raise ClusterUnavailable(f"NATS at {','.join(settings.cluster)} did not answer within "
@@ -160,6 +163,8 @@ class ClusterNode:
                 inputs.append(Relayed(read(parts[2], parts[3]), parts[1]))
             elif kind == "answer":
                 self._answer(parts[1], parts[2], parts[3], inputs)
+            elif kind == "kv" and parts[1] == BANS:
+                self._ban_seen(parts[2], parts[3])
             elif kind == "kv":
                 self.names.seen(*parts[1:])
             elif kind == "deliver":
@@ -179,8 +184,34 @@ class ClusterNode:
             self.names.retry_releases()
         return inputs
 
+    # --- flood control across brokers --------------------------------------------------
+
+    def ban(self, address: str, until: float) -> None:
+        """This broker turned a flooder's address away until `until` (wall clock): so do the
+        others, so that the flooder cannot go on through another broker (PROTOCOL.md 8)."""
+        entry = msgpack.packb({"node": self.node, "until": until})
+        self.link.send("ban", 0, address.encode().hex(), entry)
+
+    def banned(self) -> list[tuple[str, float]]:
+        """The addresses other brokers turned away since last asked, with until when."""
+        banned, self._banned = self._banned, []
+        return banned
+
+    def _ban_seen(self, key: str, value: bytes | None) -> None:
+        if value is None:
+            return  # expired (the bucket's TTL): the gate forgets it by its own end
+        try:
+            entry = msgpack.unpackb(value)
+            node, until, address = entry["node"], float(entry["until"]), bytes.fromhex(key).decode()
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException) as e:
+            log.warning("an unreadable ban in %s: %s", BANS, e)
+            return
+        if node != self.node and until > time.time():
+            self._banned.append((address, until))
+
     def _answer(self, number: int, ok: bool, value: Any, inputs: list[Input]) -> None:
-        if self.names.releasing and self.names.released(number, ok):
+        if self.names.releasing and self.names.released(number, ok, value):
+            inputs.extend(self.names.verdicts())
             if not ok:
                 log.warning("a released name stays in the cluster for now: %s", value)
             return

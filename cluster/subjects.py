@@ -17,6 +17,13 @@ LEASE_RENEW = 2.0
 #: A broker whose last renewal that worked began longer ago than this fences itself
 #: (node.py): before any other broker can count it dead, with a second to spare.
 FENCE = LEASE - LEASE_RENEW / 2
+#: Addresses turned away for flooding (PROTOCOL.md 8), on every broker: address hex -> the
+#: node that banned it and until when (wall clock). Kept an hour at most: a longer cool-off
+#: holds on the broker that gave it, and on the others for an hour.
+BANS = "zchat_bans"
+BAN_TTL = 3600.0
+#: The buckets every broker watches, each read whole before it serves (node.py).
+WATCHED = (LEASES, NAMES, OWNERS, BANS)
 #: Every event on a room's topic, the lobby's too, in the one order all brokers read.
 LOG = "zchat_log"
 LOG_SUBJECTS = "zchat.log.>"

@@ -30,6 +30,12 @@ class TokenBucket:
     def new_session(cls, rate: float, burst: float, now: float) -> TokenBucket:
         return cls(rate, burst, min(burst, max(1.0, rate)), now)
 
+    @classmethod
+    def moved(cls, rate: float, burst: float, now: float) -> TokenBucket:
+        """The bucket of a session resumed from another broker of a cluster, whose own
+        bucket stayed there: empty, the first token due in 1 / `rate` seconds."""
+        return cls(rate, burst, 0.0, now)
+
     def take(self, now: float) -> float:
         """Spend a token: 0.0 if there was one, else the seconds until there is."""
         elapsed = now - self.stamp

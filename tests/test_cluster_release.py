@@ -1,14 +1,21 @@
 """cluster/names.py: a release whose delete NATS did not confirm is tried again, and a claim
-of the same name on this broker deletes the entry left first (no 409 for one's own name)."""
+of the same name on this broker deletes the entry left first (no 409 for one's own name).
+A session's LEAVE waits for its name's delete: a user whose client failed over to another
+broker before this one's watch showed it is not announced as gone."""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
+from tests.test_core import PUB, events, feed, register
+from zchat.broker.core import BrokerCore, Tick
 from zchat.broker.names import Session
+from zchat.broker.settings import BrokerSettings
+from zchat.broker.store import MemoryStore
 from zchat.cluster.link import CallFailed
 from zchat.cluster.names import ClusterNames
+from zchat.common import protocol as p
 
 
 class FakeLink:
@@ -77,3 +84,54 @@ def test_a_confirmed_release_is_forgotten() -> None:
     assert names.unreleased == {} and names.releasing == {}
     names.retry_releases()
     assert len(link.requests) == 1
+
+
+def cluster_core() -> tuple[BrokerCore, ClusterNames, FakeLink]:
+    """A core on ClusterNames, NATS's answers made up by the test."""
+    link = FakeLink()
+    names = ClusterNames(link, "b0")  # type: ignore[arg-type]
+    settings = BrokerSettings(rate=0.0, heartbeat_ms=1000, timeout_ms=3000)
+    return BrokerCore(settings, PUB, store=MemoryStore(), names=names), names, link
+
+
+def answer(core: BrokerCore, names: ClusterNames, number: int, ok: bool, value: Any, now: float) -> list[Any]:
+    """What node.py does with an answer of the NATS thread to a delete: the events published."""
+    assert names.released(number, ok, value)
+    return [event for verdict in names.verdicts() for event in events(feed(core, verdict, now))]
+
+
+def test_a_session_taken_over_elsewhere_before_its_timeout_here_is_not_announced_as_gone() -> None:
+    core, names, link = cluster_core()
+    register(core, b"A", "ann", now=0.0)
+    assert events(feed(core, Tick(3.1))) == []  # timed out here: its LEAVE waits for the delete
+    assert core.holder("ann") is None
+    ((number, kind, args),) = link.requests
+    assert kind == "delete" and args[-1] == 10
+    # The entry had changed: its client failed over and another broker took the session over.
+    assert answer(core, names, number, True, False, 3.2) == []
+    assert core.counters["left.moved"] == 1
+
+
+def test_a_session_whose_name_the_delete_freed_is_announced_as_gone_then() -> None:
+    core, names, link = cluster_core()
+    register(core, b"A", "ann", now=0.0)
+    assert events(feed(core, Tick(3.1))) == []
+    ((number, _, _),) = link.requests
+    assert answer(core, names, number, False, "NATS away", 3.2) == []  # not known yet: tried again
+    names.retry_releases()
+    (again, _, _) = link.requests[-1]
+    assert answer(core, names, again, True, True, 4.0) == [p.Leave("ann", 3100, "timeout")]
+
+
+def test_a_name_claimed_again_here_first_announces_the_old_sessions_leave() -> None:
+    core, names, link = cluster_core()
+    register(core, b"A", "ann", now=0.0)
+    assert events(feed(core, Tick(3.1))) == []
+    ((number, _, _),) = link.requests
+    # Back on this broker before the delete's answer: the claim (a create) finds the name free.
+    assert events(register(core, b"B", "ann", now=3.2)) == [
+        p.Leave("ann", 3100, "timeout"),
+        p.Join("ann", 3200),
+    ]
+    assert answer(core, names, number, True, False, 3.3) == []  # the late answer adds nothing
+    assert core.holder("ann") is not None
