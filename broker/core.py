@@ -42,7 +42,19 @@ from zchat.broker.handed import HandedOver, LocalHandedOver
 from zchat.broker.measures import Histogram
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
 from zchat.broker.quietlog import QuietLog
-from zchat.broker.relay import LOG_POSITION, Entry, KeptLive, Known, Mail, Relay, RoomEvent, Taken, Waiting
+from zchat.broker.relay import (
+    LOG_POSITION,
+    Entry,
+    KeptLive,
+    Known,
+    Mail,
+    Receipted,
+    ReceiptsTaken,
+    Relay,
+    RoomEvent,
+    Taken,
+    Waiting,
+)
 from zchat.broker.sequences import Sequencer, StoreSequencer
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore, Store, StoredMessage, StoreFailed
@@ -733,6 +745,8 @@ class BrokerCore:
             by_recipient.setdefault((recipient, when), []).append(msg_id)
             self.store.clear_receipt(session.key, msg_id)
         receipts = [p.Receipt(recipient, when, tuple(ids)) for (recipient, when), ids in by_recipient.items()]
+        if receipts and self.relay is not None:  # and out of the other brokers' copies
+            self.relay.relay(ReceiptsTaken(session.key, tuple(i for r in receipts for i in r.msg_ids)))
         return mail, receipts
 
     def _mailbox_for(self, session: Session) -> list[p.Message]:
@@ -884,6 +898,8 @@ class BrokerCore:
         sender = self._names.holder(sender_key)
         if sender is not None:
             self._reply(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
+        elif self.relay is not None:  # kept on every broker: the sender may come back on any
+            self.relay.relay(Receipted(sender_key, session.name, time_ms, tuple(confirmed)))
         elif self.store.is_known(sender_key):  # kept only for someone who can come back for it
             for msg_id in confirmed:
                 self.store.add_receipt(sender_key, msg_id, session.name, time_ms)
@@ -1036,8 +1052,25 @@ class BrokerCore:
                 self._early_taken[(entry.recipient, entry.sender, entry.msg_id)] = None
                 if len(self._early_taken) > EARLY_TAKEN:
                     self._early_taken.popitem(last=False)
+        elif isinstance(entry, Receipted):
+            self._receipted(*entry)
+        elif isinstance(entry, ReceiptsTaken):
+            for msg_id in entry.msg_ids:
+                self.store.clear_receipt(entry.sender, msg_id)
         else:
             self.store.add_user(entry.user)
+
+    def _receipted(self, sender: str, recipient: str, time_ms: int, msg_ids: tuple[bytes, ...]) -> None:
+        """A receipt for a sender who was offline: to it, if it signed in here meanwhile (and
+        out of the others' copies), else kept until it signs in, here or on another broker."""
+        session = self._names.holder(sender)
+        if session is not None and session.peer in self.by_peer:
+            self._reply(session.peer, p.Receipt(recipient, time_ms, msg_ids))
+            assert self.relay is not None
+            self.relay.relay(ReceiptsTaken(sender, msg_ids))
+        elif self.store.is_known(sender):
+            for msg_id in msg_ids:
+                self.store.add_receipt(sender, msg_id, recipient, time_ms)
 
     def _room_event(self, room: str, published: p.PublishedEvent) -> None:
         """Numbered, kept and published. Membership follows the room's JOIN and LEAVE,
@@ -1067,6 +1100,7 @@ class BrokerCore:
         handed = (recipient, sender_key, m.msg_id)
         if handed in self._early_taken:
             del self._early_taken[handed]
+            self.store.add_private(recipient, m)  # confirmed already: kept for search alone
             return
         self._enqueue(recipient, m)
 

@@ -54,13 +54,31 @@ class Taken(NamedTuple):
     msg_id: bytes
 
 
+class Receipted(NamedTuple):
+    """The recipient confirmed messages of a sender who is offline: the receipt is kept on
+    every broker, for whichever the sender signs in on next."""
+
+    sender: str  # name key
+    recipient: str  # its name, as registered
+    time_ms: int
+    msg_ids: tuple[bytes, ...]
+
+
+class ReceiptsTaken(NamedTuple):
+    """The sender got these receipts (at its sign-in, or signed in when they came): they
+    leave every broker's copy."""
+
+    sender: str
+    msg_ids: tuple[bytes, ...]
+
+
 class Known(NamedTuple):
     """A user signed in for the first time: mail for it is kept from now on, on every broker."""
 
     user: str  # name key
 
 
-Entry = RoomEvent | Mail | KeptLive | Taken | Known
+Entry = RoomEvent | Mail | KeptLive | Taken | Receipted | ReceiptsTaken | Known
 
 
 class Waiting(NamedTuple):

@@ -12,10 +12,28 @@ from __future__ import annotations
 
 import msgpack
 
-from zchat.broker.relay import Entry, KeptLive, Known, Mail, RoomEvent, Taken, Waiting
+from zchat.broker.relay import (
+    Entry,
+    KeptLive,
+    Known,
+    Mail,
+    Receipted,
+    ReceiptsTaken,
+    RoomEvent,
+    Taken,
+    Waiting,
+)
 from zchat.broker.store import StoredMessage
 from zchat.cluster.link import Link
-from zchat.cluster.subjects import KEPT_SUBJECT, KNOWN_SUBJECT, MAIL_SUBJECT, TAKEN_SUBJECT, log_subject
+from zchat.cluster.subjects import (
+    KEPT_SUBJECT,
+    KNOWN_SUBJECT,
+    MAIL_SUBJECT,
+    RECEIPT_SUBJECT,
+    RECEIPT_TAKEN_SUBJECT,
+    TAKEN_SUBJECT,
+    log_subject,
+)
 from zchat.common import protocol as p
 
 
@@ -47,6 +65,12 @@ def write(entry: Entry) -> tuple[str, bytes]:
     if type(entry) is Taken:
         packed = msgpack.packb(list(entry))
         return TAKEN_SUBJECT, packed
+    if type(entry) is Receipted:
+        packed = msgpack.packb(list(entry))
+        return RECEIPT_SUBJECT, packed
+    if type(entry) is ReceiptsTaken:
+        packed = msgpack.packb(list(entry))
+        return RECEIPT_TAKEN_SUBJECT, packed
     assert type(entry) is Known
     packed = msgpack.packb(list(entry))
     return KNOWN_SUBJECT, packed
@@ -60,6 +84,12 @@ def read(subject: str, payload: bytes) -> Entry:
         return Mail(recipient, kept) if subject == MAIL_SUBJECT else KeptLive(recipient, kept)
     if subject == TAKEN_SUBJECT:
         return Taken(*msgpack.unpackb(payload))
+    if subject == RECEIPT_SUBJECT:
+        sender, recipient, time_ms, msg_ids = msgpack.unpackb(payload)
+        return Receipted(sender, recipient, time_ms, tuple(msg_ids))
+    if subject == RECEIPT_TAKEN_SUBJECT:
+        sender, msg_ids = msgpack.unpackb(payload)
+        return ReceiptsTaken(sender, tuple(msg_ids))
     if subject == KNOWN_SUBJECT:
         return Known(*msgpack.unpackb(payload))
     published = p.decode_published([payload])

@@ -34,6 +34,8 @@ MAIL_SUBJECT = "zchat.log._mail"
 KEPT_SUBJECT = "zchat.log._kept"
 TAKEN_SUBJECT = "zchat.log._taken"
 KNOWN_SUBJECT = "zchat.log._known"
+RECEIPT_SUBJECT = "zchat.log._receipt"
+RECEIPT_TAKEN_SUBJECT = "zchat.log._receipt_taken"
 
 
 def log_subject(room: str) -> str:

@@ -139,6 +139,54 @@ def test_mail_for_an_offline_user_is_delivered_by_another_broker_once(three: lis
             gone(ivy, "hal")
 
 
+def test_a_receipt_for_an_offline_sender_reaches_it_on_another_broker_once(three: list[Broker]) -> None:
+    with chat("obs", three[0].endpoint) as obs:
+        with chat("lee", three[1].endpoint):
+            online(obs, "lee")  # lee is known to the cluster from now on
+        gone(obs, "lee")
+        with chat("kim", three[0].endpoint) as kim:
+            sent = kim.client.send("lee", "for when you are back")
+            assert ack(sent.wait(DEADLINE)).status == "stored"
+        gone(obs, "kim")
+        # lee confirms on b1 while kim is offline: the receipt is kept on every broker.
+        with chat("lee", three[1].endpoint) as lee:
+            assert lee.message("for when you are back").sender == "kim"
+            ack(lee.client.send("*", "lee has read it").wait(DEADLINE))  # after its RECEIVED
+        obs.message("lee has read it")
+        with chat("kim", three[2].endpoint) as kim:
+            receipt = kim.expect(lambda e: isinstance(e, ev.Receipt), DEADLINE, "the receipt kept for kim")
+            assert isinstance(receipt, ev.Receipt) and receipt.msg_id == sent.msg_id
+            assert receipt.recipient == "lee"
+            ack(kim.client.send("*", "kim has the receipt").wait(DEADLINE))
+        obs.message("kim has the receipt")  # b0 has read on past the receipt's taking
+        gone(obs, "kim")
+        with chat("kim", three[0].endpoint) as kim:  # handed over once: not again on b0
+            assert isinstance(kim.client.who().wait(DEADLINE), ev.Users)  # after what follows WELCOME
+            came = []
+            while (event := kim.client.next_event(0)) is not None:
+                came.append(event)
+            assert not [e for e in came if isinstance(e, ev.Receipt)], came
+
+
+def test_search_answers_the_same_on_every_broker(three: list[Broker]) -> None:
+    with chat("ora", three[0].endpoint) as ora, chat("pia", three[1].endpoint) as pia:
+        online(ora, "pia")
+        ack(ora.client.enter("#quartz").wait(DEADLINE))
+        ack(pia.client.enter("#quartz").wait(DEADLINE))
+        ack(ora.client.send("#quartz", "quartz in the room").wait(DEADLINE))
+        ack(ora.client.send("pia", "quartz in private").wait(DEADLINE))
+        ack(pia.client.send("*", "quartz in the lobby").wait(DEADLINE))
+        pia.message("quartz in private")
+        ora.message("quartz in the lobby")
+    expected = ["quartz in the lobby", "quartz in private", "quartz in the room"]  # newest first
+    for name in ("ora", "pia"):
+        for broker in three:
+            with chat(name, broker.endpoint) as user:
+                found = user.client.search("quartz").wait(DEADLINE)
+                assert isinstance(found, ev.Found), found
+                assert [m.text for m in found.messages] == expected, (name, broker.port)
+
+
 def test_joins_and_leaves_on_one_broker_are_seen_on_the_others(three: list[Broker]) -> None:
     with chat("olga", three[0].endpoint) as olga:
         with chat("pete", three[1].endpoint):
