@@ -40,7 +40,7 @@ from zchat.broker.expiring import Expiring
 from zchat.broker.failures import Failures
 from zchat.broker.handed import HandedOver, LocalHandedOver
 from zchat.broker.measures import Histogram
-from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session
+from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session, Unreachable
 from zchat.broker.quietlog import QuietLog
 from zchat.broker.relay import (
     LOG_POSITION,
@@ -72,6 +72,7 @@ ADOPTED_TOKEN_MIN = 16
 FENCED = "this broker lost its lease in the cluster: connect to another broker"
 NOT_STORED = "the broker cannot write its store now: not kept, not delivered; send it again later"
 NOT_DONE = "the broker cannot write its store now: not done; try again later"
+NOT_SHARED = "the broker cannot reach its cluster now: not done; try again later"
 FAILED = "the broker failed on this command: it may not have been carried out; send it again"
 #: Taken entries met before what they take (remembered so that it is not kept then):
 #: the newest this many.
@@ -447,6 +448,9 @@ class BrokerCore:
         if isinstance(e, StoreFailed):  # a write the command needs cannot be made
             self.failures.store_failed(e)
             code, text = Code.STORE_FAILED, NOT_DONE
+        elif isinstance(e, Unreachable):  # the cluster's shared state, for a moment
+            log.warning("not done, the cluster cannot be reached: %s", e)
+            code, text = Code.STORE_FAILED, NOT_SHARED
         else:
             self.failures.failed("a command", e)
             code, text = Code.INTERNAL, FAILED

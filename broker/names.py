@@ -38,6 +38,11 @@ class Session:
     away: str = ""
 
 
+class Unreachable(Exception):
+    """What the broker shares with others cannot be reached now (a cluster's NATS away, or
+    electing a leader): the command is not carried out, and may be sent again (ERROR 508)."""
+
+
 #: What `NameRegistry.owner` says of a name an allowlist does not list: nobody may use it.
 UNLISTED = "\0unlisted"
 

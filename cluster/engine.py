@@ -47,6 +47,17 @@ log = logging.getLogger("zchat.cluster")
 #: the log for 10-20 s after the nats-server serving it died).
 LOG_HEARTBEAT = 1.0
 
+#: The headers of a KV entry that say it was deleted (nats-py's KV reads them so too).
+KV_OPERATION = "KV-Operation"
+MARKER_REASON = "Nats-Marker-Reason"
+
+#: JetStream's answers while a NATS cluster forms: no suitable peers for the replicas (10005),
+#: JetStream not available yet (10008).
+NOT_READY = {10005, 10008}
+
+#: Seconds until a renewal of the lease that failed is tried again (LEASE_RENEW after one that worked).
+LEASE_RETRY = 0.25
+
 #: Seconds a message may wait for its PubAck before its sender is refused.
 RELAY_TIMEOUT = 5.0
 
@@ -140,19 +151,23 @@ class Engine(threading.Thread):
             raise Unreachable(f"no NATS server answered within {FIRST_CONNECT:g} s") from None
         self.figures.connected = 1
         self.js = self.nc.jetstream()
-        r = self.replicas
-        for bucket in (NAMES, OWNERS):
-            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1, replicas=r)
-        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE, replicas=r)
-        self.buckets[BANS] = await self.js.create_key_value(bucket=BANS, history=1, ttl=BAN_TTL, replicas=r)
+        deadline = time.monotonic() + FIRST_CONNECT
+        while True:
+            try:
+                await self._make_buckets()
+                break
+            except nats.js.errors.APIError as e:
+                # A NATS cluster starting with this broker: its servers may not all be known to
+                # its JetStream leader yet (no peers to place the replicas on), or it has none.
+                if e.err_code not in NOT_READY or time.monotonic() > deadline:
+                    raise
+                log.info("JetStream is not ready yet (%s); trying again", e.description)
+                await asyncio.sleep(0.25)
         started = time.monotonic()
         await self.buckets[LEASES].put(self.node.encode().hex(), b"")
         self.renewed_at = started
         await self._watch(LEASES)
         self.watching.append(asyncio.create_task(self._renew()))
-        await self.js.add_stream(
-            name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE, num_replicas=r
-        )
         for bucket in (NAMES, OWNERS, BANS):
             await self._watch(bucket)
         await self.nc.subscribe(node_subject(self.node, DELIVER), cb=self._asked_to_deliver)
@@ -178,32 +193,57 @@ class Engine(threading.Thread):
             await asyncio.wait(tasks, timeout=2)
         await self.nc.drain()
 
+    async def _make_buckets(self) -> None:
+        """The buckets and the log, made or found as they are (the same configuration: no change)."""
+        r = self.replicas
+        for bucket in (NAMES, OWNERS):
+            self.buckets[bucket] = await self.js.create_key_value(bucket=bucket, history=1, replicas=r)
+        self.buckets[LEASES] = await self.js.create_key_value(bucket=LEASES, history=1, ttl=LEASE, replicas=r)
+        self.buckets[BANS] = await self.js.create_key_value(bucket=BANS, history=1, ttl=BAN_TTL, replicas=r)
+        await self.js.add_stream(
+            name=LOG, subjects=[LOG_SUBJECTS], storage=api.StorageType.FILE, num_replicas=r
+        )
+
     async def _error(self, error: Exception) -> None:
         """nats-py's errors (a server away, refused, a bad URL): one line each, no traceback."""
         log.warning("NATS: %s", error or type(error).__name__)
 
     async def _watch(self, bucket: str) -> None:
         """Forward every change of the bucket: ["kv", bucket, key, value or None, revision],
-        and ["synced", bucket] once what was there at the start has come."""
-        watcher = await self.buckets[bucket].watchall()
+        and ["synced", bucket] once what was there at the start has come.
 
-        async def forward() -> None:
-            async for entry in watcher:
-                if entry is None:
-                    self._tell("synced", bucket)
-                    continue
-                gone = entry.operation in ("DEL", "PURGE")
-                self._tell("kv", bucket, entry.key, None if gone else entry.value, entry.revision)
+        The watch of nats-py's KeyValue with heartbeats every second (LOG_HEARTBEAT), as the
+        log's consumer has: nats-py's own keeps the default 5 s, and so came back 10-20 s
+        after the nats-server serving it died, past the 10 s in which every broker's WHO
+        must agree. It is the same ordered consumer of the bucket's stream, each key's last
+        value first, read the way nats-py reads its entries."""
+        prefix = f"$KV.{bucket}."
+        synced = False
 
-        # The first update (or None) comes before the loop serves anything: a broker knows
-        # who is online elsewhere before it takes its first HELLO.
-        first = await watcher.updates(timeout=5)  # type: ignore[no-untyped-call]
-        if first is None:
-            self._tell("synced", bucket)
-        else:
-            gone = first.operation in ("DEL", "PURGE")
-            self._tell("kv", bucket, first.key, None if gone else first.value, first.revision)
-        self.watching.append(asyncio.create_task(forward()))
+        def sync() -> None:
+            nonlocal synced
+            if not synced:
+                synced = True
+                self._tell("synced", bucket)
+
+        async def updated(msg: Msg) -> None:
+            meta = msg.metadata
+            operation = (msg.headers or {}).get(KV_OPERATION)
+            reason = (msg.headers or {}).get(MARKER_REASON)  # nats-server 2.11+: an expiry's marker
+            gone = operation in ("DEL", "PURGE") or reason in ("MaxAge", "Purge", "Remove")
+            self._tell(
+                "kv", bucket, msg.subject[len(prefix) :], None if gone else msg.data, meta.sequence.stream
+            )
+            if meta.num_pending == 0:
+                sync()
+
+        subscription = await self.js.subscribe(
+            prefix + ">", stream=f"KV_{bucket}", cb=updated, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT, idle_heartbeat=LOG_HEARTBEAT,
+        )  # fmt: skip
+        # An empty bucket sends nothing: its consumer says there was nothing to read.
+        if (await subscription.consumer_info()).num_pending == 0 and subscription.delivered == 0:
+            sync()
 
     async def _request(self, parts: list[Any]) -> None:
         kind, number, *args = parts
@@ -316,8 +356,9 @@ class Engine(threading.Thread):
     async def _renew(self) -> None:
         """This broker's lease, put again and again: the others count it alive while it is."""
         key = self.node.encode().hex()
+        wait = LEASE_RENEW
         while True:
-            await asyncio.sleep(LEASE_RENEW)
+            await asyncio.sleep(wait)
             started = time.monotonic()
             if started - self.renewed_at > subjects.FENCE:
                 # Counted before the renewal: the broker thread may look only after it
@@ -328,8 +369,12 @@ class Engine(threading.Thread):
             except Exception as e:  # NATS away: the lease runs out, and the others count this node dead
                 self.figures.lease_renewals_failed += 1
                 log.warning("could not renew the lease: %s", e)
+                # Soon again: the bucket may be electing a leader (its nats-server died),
+                # which takes some seconds, and the lease must be renewed before the fence.
+                wait = LEASE_RETRY
                 continue
             self.renewed_at = started
+            wait = LEASE_RENEW
 
     async def _disconnected(self) -> None:
         self.figures.connected = 0

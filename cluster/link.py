@@ -16,6 +16,8 @@ from typing import Any
 import msgpack
 import zmq
 
+from zchat.broker.names import Unreachable
+
 #: How long a call may wait for the NATS thread before it fails (raises CallFailed).
 CALL_TIMEOUT = 5.0
 
@@ -25,7 +27,7 @@ PAIR_HWM = 100_000
 _ids = itertools.count(1)
 
 
-class CallFailed(Exception):
+class CallFailed(Unreachable):
     """The NATS thread did not answer in time, or answered with an error."""
 
 

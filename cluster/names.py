@@ -97,8 +97,8 @@ class ClusterNames:
         key = session.key
         if key in self.local or key in self.remote:
             return False
-        if key in self.unreleased and not self._delete_left(key):
-            return False  # NATS still away: the create would fail too
+        if key in self.unreleased:
+            self._delete_left(key)  # NATS still away: CallFailed, as the create would
         if session.client_key and self.authorized is None:
             owner = self.owners.get(key)
             if owner is not None and owner != session.client_key:
@@ -212,18 +212,14 @@ class ClusterNames:
             if key not in on_their_way:
                 self._send_delete(key)
 
-    def _delete_left(self, key: str) -> bool:
-        """Delete the entry a release left, before claiming the name again; whether it is gone."""
-        try:
-            self.link.call("delete", NAMES, kv_key(key), self.unreleased[key])
-        except CallFailed as e:
-            log.warning("%s: its old entry could not be deleted: %s", key, e)
-            return False
+    def _delete_left(self, key: str) -> None:
+        """Delete the entry a release left, before claiming the name again (CallFailed: it
+        could not be, and the claim is not made: the HELLO is refused 508, to try again)."""
+        self.link.call("delete", NAMES, kv_key(key), self.unreleased[key])
         del self.unreleased[key]
         # The core announces the old session's LEAVE when this claim succeeds (a create: the
         # name was free), so no verdict is due for it.
         self.leaving.pop(key, None)
-        return True
 
     # --- what the bucket's watch says ----------------------------------------
 

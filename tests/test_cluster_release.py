@@ -8,6 +8,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import pytest
+
 from tests.test_core import PUB, events, feed, register
 from zchat.broker.core import BrokerCore, Tick
 from zchat.broker.names import Session
@@ -64,7 +66,9 @@ def test_a_release_nats_lost_is_tried_again_and_a_claim_here_deletes_the_entry_f
 
     # Back on this broker before a retry got through: the old entry goes, then the claim.
     link.nats_away = True
-    assert not names.claim(session(b"B"))  # NATS still away: refused, the entry remembered
+    with pytest.raises(CallFailed):  # NATS still away: not claimed (508), the entry remembered
+        names.claim(session(b"B"))
+    assert names.unreleased == {"ann": 10}
     link.nats_away = False
     again = session(b"C")
     assert names.claim(again)
