@@ -278,6 +278,7 @@ def test_cluster_demo_bots_converse_across_brokers_and_one_broker_stopping_does_
         wait_for(goes_on, timeout=60, interval=1, what="alice to fail over and the bots to talk on")
         moves = re.findall(r"online as alice at (\S+)", logs("alice")[len(before_alice) :])
         assert moves == [f"tcp://127.0.0.1:{ports['ZCHAT_PORT2']}"]  # one move, to the next broker given
+        assert "-- alice left" not in logs("bob")  # she resumed her session: bob never saw her leave
         with chat("me", f"tcp://127.0.0.1:{ports['ZCHAT_PORT3']}") as me:
             me.client.send("alice", "hello again from broker3").wait(10)
             assert me.message("echo: hello again from broker3", timeout=20).sender == "alice"
