@@ -273,6 +273,7 @@ def test_cluster_demo_bots_converse_across_brokers_and_one_broker_stopping_does_
                 f"online as alice at tcp://127.0.0.1:{ports['ZCHAT_PORT2']}" in alice[len(before_alice) :]
                 and max(numbers(alice, to_alice)) > last_private + 1
                 and max(numbers(bob, alice_says)) > last_public + 1
+                and "-- ✓ delivered to bob" in alice[len(before_alice) :]  # receipts too, now on one broker
             )
 
         wait_for(goes_on, timeout=60, interval=1, what="alice to fail over and the bots to talk on")
