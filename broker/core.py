@@ -934,11 +934,13 @@ class BrokerCore:
         self.store.remember(sender_key, msg_id, "accepted", time_ms)
         key = target.lower()
         kept = StoredMessage("", 0, msg_id, name, target, time_ms, body)
+        # Remembered here, where the recipient is, so that its RECEIVED is confirmed here; in a
+        # cluster too, as a message from another broker is (cluster/node.py).
+        self._handed.add((key, sender_key, msg_id), True)
         if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
             self.relay.relay(KeptLive(key, kept), Waiting(sender, sender_key, msg_id, time_ms))
             return
         self._enqueue(key, kept)
-        self._handed.add((key, sender_key, msg_id), True)
         # Acknowledged after the commit that keeps it: should that fail, the ACK becomes 508.
         self._ack(sender, sender_key, msg_id, time_ms)
 

@@ -54,6 +54,25 @@ def test_a_private_message_reaches_a_user_on_another_broker_and_its_receipt_come
         assert receipt.msg_id == sent.msg_id
 
 
+def test_a_private_message_between_users_on_the_same_broker_gets_its_receipt_and_leaves_the_mailbox(
+    three: list[Broker],
+) -> None:
+    """As between brokers: also the case after a failover brings a user to the other's broker."""
+    with chat("rae", three[2].endpoint) as rae:
+        with chat("sid", three[2].endpoint) as sid:
+            sent = rae.client.send("sid", "on one broker")
+            assert ack(sent.wait(DEADLINE)).status == "accepted"
+            assert sid.message("on one broker").sender == "rae"
+            receipt = rae.expect(lambda e: isinstance(e, ev.Receipt), DEADLINE, "a receipt")
+            assert isinstance(receipt, ev.Receipt) and receipt.recipient == "sid"
+            assert receipt.msg_id == sent.msg_id
+        with chat("sid", three[0].endpoint) as sid:  # confirmed: no broker's mailbox hands it again
+            online(rae, "sid")
+            rae.client.send("sid", "after the sign-in").wait(DEADLINE)
+            sid.message("after the sign-in")  # what the mailbox had came before, at the sign-in
+            assert [m.text for m in sid.messages()] == ["after the sign-in"]
+
+
 def test_a_broadcast_reaches_everyone_on_every_broker_once_in_one_order(three: list[Broker]) -> None:
     with (
         chat("bea", three[0].endpoint) as bea,

