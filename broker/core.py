@@ -670,8 +670,9 @@ class BrokerCore:
             if same_owner or (hello.token and secrets.compare_digest(hello.token, holder.token)):
                 self._take_over(peer, holder, hello, now)
                 return
-            self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")
-            return
+            if self._names.still_held(key) is not None:
+                self._refuse(peer, hello.msg_id, Code.NAME_TAKEN, f"the name {holder.name} is taken")
+                return
         if self._over_limits(peer, hello.msg_id, client_key):
             return
         if client_key and self._names.owner(key) is None:

@@ -52,6 +52,11 @@ class NameRegistry(Protocol):
         """The session holding the name now, if any (409, takeovers, private messages)."""
         ...
 
+    def still_held(self, key: str) -> Session | None:
+        """The holder, asked again before a HELLO is refused 409 for it: in a cluster `holder`
+        is a mirror, and a name just released on another broker may still show there."""
+        ...
+
     def claim(self, session: Session) -> bool:
         """`session` holds its name from now on; False if another holds it (the core
         checked `holder` first, but brokers of a cluster claim names concurrently)."""
@@ -99,6 +104,9 @@ class LocalNames:
         self.holder = self.by_key.get  # type: ignore[method-assign, assignment]
 
     def holder(self, key: str) -> Session | None:
+        return self.by_key.get(key)
+
+    def still_held(self, key: str) -> Session | None:
         return self.by_key.get(key)
 
     def claim(self, session: Session) -> bool:

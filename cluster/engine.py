@@ -258,6 +258,14 @@ class Engine(threading.Thread):
         if number:
             self._tell("answer", number, True, value)
 
+    async def _get(self, bucket: str, key: str) -> int:
+        """The key's revision, 0 if it is not there (never put, deleted, or expired)."""
+        try:
+            entry = await self.buckets[bucket].get(key)
+        except nats.js.errors.NotFoundError:  # KeyNotFoundError, KeyDeletedError
+            return 0
+        return entry.revision or 0
+
     async def _create(self, bucket: str, key: str, value: bytes) -> int:
         """A claim: the key's revision, 0 if someone holds it already."""
         try:
@@ -387,6 +395,7 @@ class Engine(threading.Thread):
 
 # Requests served by the NATS thread: ["kind", call number (0: no answer), args...].
 REQUESTS: dict[str, Callable[..., Awaitable[Any]]] = {
+    "get": Engine._get,
     "create": Engine._create,
     "update": Engine._update,
     "delete": Engine._kv_delete,  # not _delete: threading.Thread has its own

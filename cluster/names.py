@@ -93,6 +93,24 @@ class ClusterNames:
     def holder(self, key: str) -> Session | None:
         return self.local.get(key) or self.remote.get(key)
 
+    def still_held(self, key: str) -> Session | None:
+        """Held on another broker, as the watch says: asked of the bucket itself, since the
+        user may have just left there (a sign-in elsewhere right after a quit must not meet
+        409 for the moment the delete takes to reach this broker's watch)."""
+        session = self.holder(key)
+        if session is None or key in self.local:
+            return session
+        try:
+            revision = self.link.call("get", NAMES, kv_key(key))
+        except CallFailed:
+            return session  # NATS away: as the mirror says
+        if revision:
+            return session
+        del self.remote[key]  # gone: the watch's delete is on its way
+        self.remote_revision.pop(key, None)
+        self.changed = True
+        return None
+
     def claim(self, session: Session) -> bool:
         key = session.key
         if key in self.local or key in self.remote:

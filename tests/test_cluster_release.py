@@ -8,16 +8,19 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+import msgpack
 import pytest
 
-from tests.test_core import PUB, events, feed, register
+from tests.test_core import PUB, events, feed, register, replies, say
 from zchat.broker.core import BrokerCore, Tick
 from zchat.broker.names import Session
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import MemoryStore
 from zchat.cluster.link import CallFailed
 from zchat.cluster.names import ClusterNames
+from zchat.cluster.subjects import NAMES
 from zchat.common import protocol as p
+from zchat.common.protocol import Code
 
 
 class FakeLink:
@@ -27,6 +30,8 @@ class FakeLink:
         self.requests: list[tuple[int, str, tuple[Any, ...]]] = []
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
         self.nats_away = False
+        #: Keys deleted in the bucket, which a broker's watch may not have shown yet.
+        self.deleted: set[str] = set()
         self._numbers = itertools.count(1)
         self._revisions = itertools.count(10)
 
@@ -42,6 +47,8 @@ class FakeLink:
         self.calls.append((kind, args))
         if self.nats_away:
             raise CallFailed(f"{kind}: NATS did not answer within 5 s")
+        if kind == "get":  # the bucket's own answer: the revision, 0 once deleted
+            return 0 if args[1] in self.deleted else 3
         return next(self._revisions) if kind == "create" else True
 
 
@@ -139,3 +146,15 @@ def test_a_name_claimed_again_here_first_announces_the_old_sessions_leave() -> N
     ]
     assert answer(core, names, number, True, False, 3.3) == []  # the late answer adds nothing
     assert core.holder("ann") is not None
+
+
+def test_a_name_just_released_on_another_broker_is_free_here_before_the_watch_says_so() -> None:
+    core, names, link = cluster_core()
+    entry = {"node": "b1", "name": "Ann", "token": "t" * 32, "client_key": "", "away": ""}
+    names.seen(NAMES, "ann", msgpack.packb(entry), 3)  # ann is online on b1, as the watch says
+    (refused,) = replies(say(core, b"A", p.Hello(b"h1", "ann", ""), 1.0), b"A")
+    assert isinstance(refused, p.Error) and refused.code == Code.NAME_TAKEN  # the bucket says so too
+    link.deleted.add("ann")  # ann quit on b1; its delete has not reached this broker's watch
+    (welcome,) = replies(say(core, b"B", p.Hello(b"h2", "ann", ""), 1.1), b"B")
+    assert isinstance(welcome, p.Welcome) and welcome.name == "ann"
+    assert [kind for kind, _ in link.calls] == ["get", "get", "create"]
