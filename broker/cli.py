@@ -174,6 +174,15 @@ from zchat.common import jsonlog, keys
     help="Seconds a client's address is turned away after it is disconnected for flooding.",
 )
 @click.option(
+    "--presence-hold",
+    default=int(default("presence_hold") * 1000),
+    show_default=True,
+    envvar="ZCHAT_PRESENCE_HOLD",
+    type=click.IntRange(0, 1000),
+    help="Milliseconds the lobby is held during a storm of joins and leaves (everyone signing in "
+    "again after a restart), so that they go out together; 0: never.",
+)
+@click.option(
     "--ban-exempt",
     multiple=True,
     default=default("ban_exempt"),
@@ -243,6 +252,7 @@ def broker(
     rate: float,
     burst: int,
     cool_off: float,
+    presence_hold: int,
     ban_exempt: tuple[str, ...],
     curve_secret: str | None,
     trust: str,
@@ -299,6 +309,7 @@ def broker(
         rate=rate,
         burst=burst,
         cool_off=cool_off,
+        presence_hold=presence_hold / 1000,
         ban_exempt=exempt,
         curve=curve,
         authorized=authorized,

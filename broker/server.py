@@ -48,6 +48,7 @@ from zchat.broker.gate import UNNAMED_REFUSAL, Gate
 from zchat.broker.hangup import address_of, cut, take_hold
 from zchat.broker.liveness import ConnectionWatch
 from zchat.broker.measures import Histogram
+from zchat.broker.presence import LobbyHold, packed
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store, StoreFailed, open_store
 from zchat.cluster.names import REMOTE
@@ -137,44 +138,6 @@ def publish(sock: zmq.Socket[bytes], frames: list[bytes]) -> None:
     for frame in frames[:-1]:
         _send(sock, frame, MORE_NOBLOCK)
     _send(sock, frames[-1], NOBLOCK)
-
-
-def packed(effects: list[Effect]) -> list[Effect]:
-    """The effects with each run of JOINs and LEAVEs published one after the other on
-    one topic, with consecutive numbers, as PRESENCE messages (PROTOCOL.md 6.4).
-
-    Presence comes in storms (everyone signs in again after a restart), and every
-    event goes to every subscriber: a run in one message costs each of them one read.
-    Nothing is reordered: a run ends at any other effect.
-    """
-    out: list[Effect] = []
-    run: list[tuple[p.Published, p.Join | p.Leave]] = []
-
-    def end_run() -> None:
-        if len(run) == 1:
-            out.append(run[0][0])
-        elif run:
-            first, event = run[0]
-            changes = tuple(
-                p.Change(e.name, e.time_ms, e.reason if type(e) is p.Leave else "") for _, e in run
-            )
-            out.append(p.Published(first.topic, first.seq, p.Presence(event.room, changes)))
-        run.clear()
-
-    for effect in effects:
-        event = effect.event if type(effect) is Publish else None
-        if type(event) is p.Join or type(event) is p.Leave:
-            assert isinstance(effect, p.Published) and isinstance(event, p.Join | p.Leave)
-            if run:
-                last = run[-1][0]
-                if effect.topic != last.topic or effect.seq != last.seq + 1 or len(run) == p.MAX_PRESENCE:
-                    end_run()
-            run.append((effect, event))
-            continue
-        end_run()
-        out.append(effect)
-    end_run()
-    return out
 
 
 def endpoint(host: str, port: int) -> str:
@@ -304,6 +267,8 @@ class BrokerServer:
         self._hangups: list[tuple[float, socket.socket]] = []
         #: From a wake-up to each flush of what it read (metrics.py reads it).
         self.handoff = Histogram()
+        #: The lobby's messages during a presence storm (presence.py), held a moment.
+        self.hold = LobbyHold(settings.presence_hold)
         self.metrics: MetricsServer | None = None
         if settings.metrics is not None:
             from zchat.broker.metrics import MetricsServer
@@ -376,7 +341,7 @@ class BrokerServer:
         poller.register(closed, zmq.POLLIN)
         try:
             while not self._stopping:
-                ready = dict(poller.poll(0 if put_off else POLL_MS))
+                ready = dict(poller.poll(0 if put_off else self.hold.wait_ms(time.monotonic(), POLL_MS)))
                 self._lease(cluster)  # before anything it woke for
                 if self.zap in ready:
                     self._answer_zap()
@@ -424,6 +389,9 @@ class BrokerServer:
                     next_sweep = now + sweep_every
                 if cluster is not None and cluster.outgoing:  # this wake-up's, a request per broker
                     cluster.send_deliveries()
+                if self.hold.held:
+                    self._carry_out(self.hold.due(time.monotonic()))
+            self._carry_out(self.hold.release())  # before the lobby's SHUTDOWN
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
         finally:
@@ -549,7 +517,13 @@ class BrokerServer:
         return f"store {self._store_name()}: history, mailboxes and names are kept there"
 
     def apply(self, effects: list[Effect]) -> None:
-        """Carry out the core's effects in order, encoded here and only here."""
+        """Carry out the core's effects in order, encoded here and only here (the lobby's
+        during a presence storm a moment later, in their order: presence.py)."""
+        if self.hold.wanted(effects):
+            effects = self.hold.filter(effects, time.monotonic())
+        self._carry_out(effects)
+
+    def _carry_out(self, effects: list[Effect]) -> None:
         for effect in packed(effects) if len(effects) > 1 else effects:
             kind = type(effect)
             if kind is Reply:

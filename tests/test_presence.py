@@ -7,6 +7,7 @@ unpacks it into the JOINs and LEAVEs it stands for, each with its number.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import zmq
 from tests.support import Broker, start_broker, wait_for
 from tests.test_connection import Harness, record
 from zchat.broker.core import Reply
-from zchat.broker.server import packed
+from zchat.broker.presence import LobbyHold, packed
 from zchat.client import events as ev
 from zchat.client.session import Client
 from zchat.common import protocol as p
@@ -185,3 +186,90 @@ def test_a_storm_of_joins_and_leaves_reaches_a_client_whole_and_in_order(
         assert isinstance(users, ev.Users) and users.names == ("watcher",)
     finally:
         watcher.close()
+
+
+# --- a storm's lobby, held a moment (broker/presence.py) ----------------------------------
+
+
+def test_a_lone_join_and_what_follows_it_go_at_once() -> None:
+    hold = LobbyHold(0.1)
+    assert hold.filter([join(1, "ann")], 10.0) == [join(1, "ann")]
+    assert hold.filter([said(2)], 10.01) == [said(2)]
+    assert hold.filter([join(3, "bob")], 10.2) == [join(3, "bob")]  # a window after the last
+    assert not hold.held and hold.wait_ms(10.2, 100) == 100
+
+
+def test_a_storm_holds_the_lobby_a_window_at_a_time_in_order() -> None:
+    hold = LobbyHold(0.1)
+    room = join(7, "ann", DEV)
+    assert hold.filter([join(1, "ann")], 10.0) == [join(1, "ann")]
+    assert hold.filter([join(2, "bob"), room], 10.05) == [room]  # a second change: held; rooms never
+    assert hold.filter([said(3), join(4, "cy")], 10.08) == []  # a broadcast waits behind it
+    assert hold.due(10.1) == [] and hold.wait_ms(10.1, 100) == 51
+    assert hold.due(10.15) == [join(2, "bob"), said(3), join(4, "cy")]  # not one run: a message between
+    assert hold.filter([join(5, "dee"), join(6, "eve")], 10.2) == []  # the storm goes on
+    (run,) = hold.due(10.25)
+    assert run.event == p.Presence("*", (p.Change("dee", 1005, ""), p.Change("eve", 1006, "")))  # type: ignore[union-attr]
+    assert hold.filter([said(7)], 10.3) == []  # the window after a change still holds
+    assert hold.due(10.35) == [said(7)]  # no change in it: the storm is over
+    assert hold.filter([said(8)], 10.36) == [said(8)]
+
+
+def test_without_a_window_nothing_is_held_and_at_the_end_everything_goes() -> None:
+    never = LobbyHold(0.0)
+    for seq in range(1, 5):
+        assert never.filter([join(seq, f"u{seq}")], 10.0) == [join(seq, f"u{seq}")]
+    hold = LobbyHold(0.1)
+    hold.filter([join(1, "ann"), join(2, "bob")], 10.0)
+    assert hold.release() == [join(2, "bob")] and not hold.held
+
+
+def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
+    storm_broker: Broker, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
+    """150 sign-ins in groups of 10 every 10 ms (a restart's storm, shaped): the lobby is held
+    100 ms at a time, so they reach a subscriber in a few PRESENCE messages, not one a group."""
+    count, group = 150, 10
+    sub = zmq_context.socket(zmq.SUB)
+    sub.setsockopt(zmq.LINGER, 0)
+    sub.setsockopt(zmq.SUBSCRIBE, LOBBY)
+    sub.connect(storm_broker.pub_endpoint)
+    dealers = [zmq_context.socket(zmq.DEALER) for _ in range(count)]
+    prober = Client("prober", storm_broker.endpoint).connect()
+
+    def heard() -> bool:  # a broadcast reaches the SUB: it is connected
+        prober.broadcast("probe")
+        return bool(sub.poll(100)) and bool(sub.recv_multipart())
+
+    try:
+        wait_for(heard, 10, what="the SUB to hear the lobby")
+    finally:
+        prober.close()
+    while sub.poll(200):  # the probes and the prober's own presence
+        sub.recv_multipart()
+    for i, dealer in enumerate(dealers):
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(storm_broker.endpoint)
+        dealer.send(msgpack.packb(["HELLO", f"h{i}", f"gust{i}", "", p.VERSION]))
+    for dealer in dealers:
+        assert dealer.poll(10_000), "no WELCOME"
+    for start in range(0, count, group):
+        for i in range(start, start + group):
+            dealers[i].send(msgpack.packb(["READY", f"r{i}"]))
+        threading.Event().wait(0.01)  # the storm's shape (a pace), not a synchronisation
+    numbers: list[int] = []
+    messages = 0
+    deadline = time.monotonic() + 20
+    while len(numbers) < count and time.monotonic() < deadline:
+        if not sub.poll(100):
+            continue
+        published = p.decode_published(sub.recv_multipart())
+        changes = published.event.changes if isinstance(published.event, p.Presence) else ()
+        gusts = [c for c in changes if c.name.startswith("gust")]
+        if isinstance(published.event, p.Join) and published.event.name.startswith("gust"):
+            gusts = [published.event]  # type: ignore[list-item]
+        if gusts:
+            messages += 1
+            numbers.extend(range(published.seq, published.seq + (len(changes) if changes else 1)))
+    assert len(numbers) == count and numbers == list(range(numbers[0], numbers[0] + count))
+    assert messages <= 6, f"{messages} messages for {count // group} groups over ~{count // group * 10} ms"
