@@ -76,7 +76,11 @@ class LobbyHold:
         """Whether `filter` has anything to do with these (the common case: no)."""
         if self.held:
             return True
-        return any(type(e) is Publish and e.topic == p.LOBBY_TOPIC for e in effects)
+        # A loop, not any() over a generator: this runs for every command's effects.
+        for e in effects:  # noqa: SIM110
+            if type(e) is Publish and e.topic == p.LOBBY_TOPIC:
+                return True
+        return False
 
     def filter(self, effects: list[Effect], now: float) -> list[Effect]:
         """The effects to carry out now; the lobby's, during a storm, kept for `due`."""
