@@ -19,6 +19,8 @@ import os
 import queue
 import secrets
 import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from types import TracebackType
@@ -43,6 +45,10 @@ from zchat.common.protocol import (
 __all__ = ["DEFAULT_BROKER", "Client", "ConnectError", "Settings"]
 
 log = logging.getLogger("zchat.client")
+#: Our room and lobby messages whose coming back `flush` can wait for: the newest this many,
+#: each at most ECHO_WAIT seconds after the last answer came.
+ECHOES = 1000
+ECHO_WAIT = 2.0
 
 
 class ConnectError(Exception):
@@ -256,6 +262,10 @@ class Client(UserRequests):
         self._failure: ev.Status | None = None
         self._pending: list[Request] = []  # answered ones are pruned as it grows
         self._pending_lock = threading.Lock()
+        #: Ids of our room and lobby messages not yet heard back from the broker (the newest
+        #: ECHOES), so that `flush` can wait for them: what a user sees of what it sent.
+        self._unheard: OrderedDict[str, None] = OrderedDict()
+        self._heard = threading.Condition()
         self._poller = Poller(self._settings, self._requests, self._wake_r, self._emit, self._new_id)
         self._thread = threading.Thread(target=self._run, name=f"zchat-client-{name}", daemon=True)
         self._closed = False
@@ -317,14 +327,27 @@ class Client(UserRequests):
         return set(self._poller.engine.rooms)
 
     def flush(self, timeout: float) -> bool:
-        """Wait until every request so far has its answer; False on timeout."""
+        """Wait until every request so far has its answer; False on timeout. Then, within
+        the same time, for each room or lobby message accepted to come back on the broadcasts
+        (it is shown when it does): a script's last line is seen, not only acknowledged."""
+        deadline = time.monotonic() + timeout
         with self._pending_lock:
             pending = list(self._pending)
         for request in pending:
             try:
-                request.wait(timeout)
+                request.wait(max(0.0, deadline - time.monotonic()))
             except TimeoutError:
                 return False
+        rooms = self.joined() | {EVERYONE}  # what was sent to a room left since does not come back
+        accepted = {
+            r.msg_id
+            for r in pending
+            if r.kind == "send" and r.target.lower() in rooms and isinstance(r.wait(0), ev.Ack)
+        }
+        # Best effort, and not long: a message lost on the way is no failure of its send.
+        wait = min(ECHO_WAIT, deadline - time.monotonic())
+        with self._heard:
+            self._heard.wait_for(lambda: not accepted.intersection(self._unheard), wait)
         return True
 
     def unanswered_sends(self) -> int:
@@ -362,6 +385,11 @@ class Client(UserRequests):
                 if len(self._pending) > 256:
                     self._pending = [r for r in self._pending if not r.done()]
                 self._pending.append(request)
+            if request.kind == "send" and ev.is_room(request.target):
+                with self._heard:
+                    self._unheard[request.msg_id] = None
+                    if len(self._unheard) > ECHOES:
+                        self._unheard.popitem(last=False)
         self._requests.put(request)
         try:
             os.write(self._wake_w, b"!")
@@ -372,6 +400,10 @@ class Client(UserRequests):
         return request
 
     def _emit(self, event: ev.Event) -> None:
+        if type(event) is ev.Message and self._unheard and event.msg_id in self._unheard:
+            with self._heard:
+                self._unheard.pop(event.msg_id, None)
+                self._heard.notify_all()
         if self.read_state is not None:
             self._read(event, self.read_state)
             if isinstance(event, ev.Receipt) and not event.text:  # sent before a restart

@@ -273,3 +273,24 @@ def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
             numbers.extend(range(published.seq, published.seq + (len(changes) if changes else 1)))
     assert len(numbers) == count and numbers == list(range(numbers[0], numbers[0] + count))
     assert messages <= 6, f"{messages} messages for {count // group} groups over ~{count // group * 10} ms"
+
+
+def test_flush_waits_for_our_own_broadcast_held_in_a_storm(tmp_path: Path) -> None:
+    """A script's last line shows before it exits: flush() waits for the lobby to give our
+    message back, though a storm holds the lobby (here 500 ms) after its ACK."""
+    broker = start_broker(tmp_path, "--presence-hold", "500")
+    try:
+        with (
+            Client("ann", broker.endpoint) as ann,
+            Client("bob", broker.endpoint),
+            Client("cy", broker.endpoint),
+        ):
+            sent = ann.broadcast("the last line")  # two joins within 500 ms: a storm holds it
+            assert ann.flush(10)
+            assert isinstance(sent.wait(0), ev.Ack)
+            shown = []
+            while (event := ann.next_event(0)) is not None:
+                shown.append(event)
+            assert "the last line" in [e.text for e in shown if isinstance(e, ev.Message)], shown
+    finally:
+        broker.stop()
