@@ -391,6 +391,8 @@ class BrokerServer:
                     cluster.send_deliveries()
                 if self.hold.held:
                     self._carry_out(self.hold.due(time.monotonic()))
+                if cluster is not None:  # what this wake-up put in the log, in one batch
+                    cluster.log.flush()
             self._carry_out(self.hold.release())  # before the lobby's SHUTDOWN
             log.info("shutting down: telling %d clients", len(core.by_peer))
             self._guarded("the shutdown notice", None, self._feed, Shutdown(time.time()))
