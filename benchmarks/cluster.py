@@ -184,7 +184,7 @@ def wait_subscribed(
 
 
 def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[bytes]],
-                  messages: int) -> dict[str, float]:  # fmt: skip
+                  messages: int) -> dict[str, Any]:  # fmt: skip
     """Each sender broadcasts `messages`, WINDOW in flight; every listener hears each: throughput
     of the sends, latency from a SEND to each listener's copy."""
     poller = zmq.Poller()
@@ -196,6 +196,7 @@ def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[b
     acked = heard = 0
     total = messages * len(senders)
     latency = LogHistogram()
+    each = {sock: LogHistogram() for sock in listeners}  # a listener's broker may be slower
     index = {s: i for i, s in enumerate(senders)}
     listener_set = set(listeners)
 
@@ -222,7 +223,9 @@ def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[b
                     event = p.decode_published(frames).event
                     if isinstance(event, p.Message) and event.msg_id in sent_at:
                         heard += 1
-                        latency.record(int((time.perf_counter() - sent_at[event.msg_id]) * 1e6))
+                        waited = int((time.perf_counter() - sent_at[event.msg_id]) * 1e6)
+                        latency.record(waited)
+                        each[sock].record(waited)
                     continue
                 reply = p.decode_event(frames)
                 i = index[sock]
@@ -237,7 +240,8 @@ def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[b
     if acked < total or heard < total * len(listeners):
         raise RuntimeError(f"stalled: {acked} acked, {heard} heard of {total} x {len(listeners)}")
     return {"messages": total, "listeners": len(listeners), "seconds": elapsed, "msg_per_s": total / elapsed,
-            "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000}  # fmt: skip
+            "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000,
+            "p99_ms_by_listener": [h.percentile(99) / 1000 for h in each.values()]}  # fmt: skip
 
 
 def measured(pids: dict[str, int], run: dict[str, Any], before: dict[str, float]) -> dict[str, Any]:
