@@ -4,6 +4,7 @@ the log twice (broker/core.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -11,6 +12,7 @@ import pytest
 from tests.test_core import deliver, events, feed, make_core, register, replies, say
 from zchat.broker.core import BrokerCore, Delivered, Relayed, RelayStored
 from zchat.broker.relay import (
+    DUPLICATE_WINDOW_MS,
     Entry,
     KeptLive,
     Known,
@@ -21,7 +23,8 @@ from zchat.broker.relay import (
     Taken,
     Waiting,
 )
-from zchat.broker.store import StoredMessage
+from zchat.broker.sqlite_store import SqliteStore
+from zchat.broker.store import MemoryStore, Store, StoredMessage
 from zchat.cluster.log import BATCH_ENTRIES, ClusterLog, read, read_all, write
 from zchat.cluster.subjects import BATCH_SUBJECT
 from zchat.common import protocol as p
@@ -72,9 +75,9 @@ class Relays:
         return taken
 
 
-def cluster_core() -> tuple[BrokerCore, Relays]:
+def cluster_core(store: Store | None = None) -> tuple[BrokerCore, Relays]:
     relays = Relays()
-    core = make_core(heartbeat_ms=1000, timeout_ms=3000, max_body=100)
+    core = make_core(store, heartbeat_ms=1000, timeout_ms=3000, max_body=100)
     core.relay = relays
     return core, relays
 
@@ -141,6 +144,19 @@ def test_a_room_message_in_the_log_twice_is_numbered_and_published_once() -> Non
     assert [e.seq for e in after if isinstance(e, p.Published)] == [2]  # no number was used
     assert [m.seq for m in core.store.room_history("*", 10**9, 10)] == [1, 2]
     assert core.counters["duplicate.logged"] == 1
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_a_resend_past_the_duplicate_window_is_read_as_new_by_every_store(kind: str, tmp_path: Path) -> None:
+    """As JetStream's window did: the decision depends on the log alone, not on how long a
+    broker's store remembers ids (SQLite for days, memory the newest 100,000)."""
+    core, _ = cluster_core(SqliteStore.open(tmp_path / "z.db") if kind == "sqlite" else MemoryStore())
+    first = p.Message(b"m1", "alice", "*", 1_000, b"hi")
+    within = first._replace(time_ms=1_000 + DUPLICATE_WINDOW_MS)
+    past = first._replace(time_ms=2_000 + 2 * DUPLICATE_WINDOW_MS)
+    assert events(logged(core, RoomEvent("*", first), 1)) == [first]
+    assert events(logged(core, RoomEvent("*", within), 2)) == []
+    assert events(logged(core, RoomEvent("*", past), 3)) == [past]
 
 
 def test_mail_in_the_log_twice_is_kept_once() -> None:
