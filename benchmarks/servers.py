@@ -22,7 +22,7 @@ from types import TracebackType
 ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT_ENV = "ZCHAT_BENCH_BROKER_DIR"
 #: The packages a broker snapshot holds, as zchat.<name>.
-PACKAGES = ("broker", "common", "client")
+PACKAGES = ("broker", "common", "client", "cluster")
 ZCHAT = str(Path(sys.executable).parent / "zchat")
 LISTENING = re.compile(r"commands on (\S+), broadcasts on (\S+);")
 KINDS = ("ceiling", "zchat")

@@ -43,6 +43,7 @@ from zchat.broker.measures import Histogram
 from zchat.broker.names import UNLISTED, LocalNames, NameRegistry, Session, Unreachable
 from zchat.broker.quietlog import QuietLog
 from zchat.broker.relay import (
+    DUPLICATE_WINDOW_MS,
     LOG_POSITION,
     Entry,
     KeptLive,
@@ -374,6 +375,11 @@ class BrokerCore:
         #: In a cluster: the LEAVE of each session gone whose name's release is not yet
         #: known to have freed it, by name key (published on its Released, or dropped).
         self._leaving: dict[str, tuple[Session, p.Leave]] = {}
+        #: In a cluster: private messages handed over from here, (sender key, id), whose KeptLive
+        #: the log has not given back yet: a resend meanwhile is a duplicate. Their ids are
+        #: remembered when the log gives them back, as on every broker, so that a second
+        #: copy in the log is known for one (_kept_live).
+        self._handing: set[tuple[str, bytes]] = set()
 
     # --- input ---------------------------------------------------------------
 
@@ -467,6 +473,8 @@ class BrokerCore:
             return
         time_ms = int(now * 1000)
         status = self.store.seen(session.key, msg_id)
+        if status is None and self._handing and (session.key, msg_id) in self._handing:
+            status = "accepted"  # in a cluster: handed over, its KeptLive not read back yet
         if status is not None:  # a resend of what was accepted: answer again, deliver nothing
             self.counters["duplicate"] += 1
             self._ack(peer, session.key, msg_id, time_ms, status)
@@ -932,15 +940,16 @@ class BrokerCore:
         msg_id, name, target, time_ms, body = message
         if self.stuck:
             self.stuck.pop(peer, None)  # it reads again
-        self.store.remember(sender_key, msg_id, "accepted", time_ms)
         key = target.lower()
         kept = StoredMessage("", 0, msg_id, name, target, time_ms, body)
         # Remembered here, where the recipient is, so that its RECEIVED is confirmed here; in a
         # cluster too, as a message from another broker is (cluster/node.py).
         self._handed.add((key, sender_key, msg_id), True)
         if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
+            self._handing.add((sender_key, msg_id))
             self.relay.relay(KeptLive(key, kept), Waiting(sender, sender_key, msg_id, time_ms))
             return
+        self.store.remember(sender_key, msg_id, "accepted", time_ms)
         self._enqueue(key, kept)
         # Acknowledged after the commit that keeps it: should that fail, the ACK becomes 508.
         self._ack(sender, sender_key, msg_id, time_ms)
@@ -1045,7 +1054,12 @@ class BrokerCore:
     # --- a cluster's shared order (relay.py) -----------------------------------
 
     def _relayed(self, event: Relayed) -> None:
-        """The next entry of the cluster's log, carried out here as on every broker."""
+        """The next entry of the cluster's log, carried out here as on every broker.
+
+        A message (in a room, mail, kept live) whose sender and id were read before is a
+        resend that reached the log twice (through this broker or another, or after a
+        PubAck that came too late): every broker drops it alike, as its store remembers
+        the ids it read (log.py)."""
         entry, position = event
         self.store.used_seq(LOG_POSITION, position)
         if isinstance(entry, RoomEvent):
@@ -1083,6 +1097,10 @@ class BrokerCore:
         """Numbered, kept and published. Membership follows the room's JOIN and LEAVE,
         wherever they came from."""
         kind = type(published)
+        if kind is p.Message:
+            assert isinstance(published, p.Message)
+            if self._logged_before(p.name_key(published.sender), published.msg_id, published.time_ms):
+                return  # not numbered: every broker drops it alike
         seq = self._sequencer.next(room)
         if kind is p.Message:
             assert isinstance(published, p.Message)
@@ -1099,10 +1117,24 @@ class BrokerCore:
             self.store.set_subject(room, published.text, published.setter, published.time_ms)
         self._to_publish.append(p.Published(p.topic_of(room), seq, published))
 
+    def _logged_before(self, sender_key: str, msg_id: bytes, time_ms: int) -> bool:
+        """Whether a message read from the log was read before, within the duplicate window of
+        its time: a resend that reached the log twice. Decided alike on every broker, each
+        remembering what it read (in memory, the newest 100,000 ids: enough for the window
+        below about 800 messages a second)."""
+        at = self.store.seen_at(sender_key, msg_id)
+        if at is None or abs(time_ms - at) > DUPLICATE_WINDOW_MS:
+            return False
+        self.counters["duplicate.logged"] += 1
+        return True
+
     def _kept_live(self, recipient: str, m: StoredMessage) -> None:
         """Handed to its online recipient: kept in its mailbox until confirmed, unless the
         confirmation came first (its Taken is earlier in the log)."""
         sender_key = p.name_key(m.sender)
+        self._handing.discard((sender_key, m.msg_id))
+        if self._logged_before(sender_key, m.msg_id, m.time_ms):
+            return
         self.store.remember(sender_key, m.msg_id, "accepted", m.time_ms)  # a resend here is a duplicate
         handed = (recipient, sender_key, m.msg_id)
         if handed in self._early_taken:
@@ -1113,6 +1145,8 @@ class BrokerCore:
 
     def _mail(self, recipient: str, m: StoredMessage) -> None:
         """Into the recipient's mailbox; handed over at once if it signed in here meanwhile."""
+        if self._logged_before(p.name_key(m.sender), m.msg_id, m.time_ms):
+            return
         self._enqueue(recipient, m)
         self.store.remember(p.name_key(m.sender), m.msg_id, "stored", m.time_ms)
         session = self._names.holder(recipient)
@@ -1136,7 +1170,9 @@ class BrokerCore:
         (peer, key, msg_id, time_ms, status), stored = event
         if stored:
             self._ack(peer, key, msg_id, time_ms, status)
-        else:
+        else:  # a resend goes the whole way again: should this one be stored after all, the
+            # log gives both, and the second is dropped (_relayed)
+            self._handing.discard((key, msg_id))
             self._refuse(peer, msg_id, Code.STORE_FAILED, NOT_STORED)
 
     # --- held until the commit -----------------------------------------------

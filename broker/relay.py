@@ -21,6 +21,10 @@ from zchat.common import protocol as p
 #: Where a broker keeps its position in the log: a pseudo-room of the Store's counters
 #: (Store.used_seq), written in the same commit as what the entries read changed.
 LOG_POSITION = "\0log"
+#: A message read from the log whose sender and id were read before, within this of its
+#: time, is a resend that reached the log twice: every broker drops it alike (as JetStream's
+#: duplicate window did, two minutes, when each message had a Nats-Msg-Id of its own).
+DUPLICATE_WINDOW_MS = 120_000
 
 
 class RoomEvent(NamedTuple):

@@ -402,6 +402,15 @@ class SqliteStore:
         ).fetchone()
         return str(row[0]) if row else None
 
+    def seen_at(self, sender: str, msg_id: bytes) -> int | None:
+        waiting = self._new_seen.get((sender, msg_id))
+        if waiting is not None:
+            return waiting[1]
+        row = self._read(
+            "SELECT time_ms FROM seen WHERE sender = ? AND msg_id = ?", (sender, msg_id)
+        ).fetchone()
+        return int(row[0]) if row else None
+
     def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
         self._new_seen[(sender, msg_id)] = (status, time_ms)
 

@@ -153,6 +153,10 @@ class Store(Protocol):
         """The ACK status given to this (sender, id) before, or None if it is new."""
         ...
 
+    def seen_at(self, sender: str, msg_id: bytes) -> int | None:
+        """The time (ms) remembered with this (sender, id), or None if it is new."""
+        ...
+
     def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None: ...
 
     # --- search and retention --------------------------------------------------
@@ -320,6 +324,10 @@ class MemoryStore:
     def seen(self, sender: str, msg_id: bytes) -> str | None:
         known = self.seen_ids.get((sender, msg_id))
         return known[0] if known else None
+
+    def seen_at(self, sender: str, msg_id: bytes) -> int | None:
+        known = self.seen_ids.get((sender, msg_id))
+        return known[1] if known else None
 
     def remember(self, sender: str, msg_id: bytes, status: str, time_ms: int) -> None:
         self.seen_ids[(sender, msg_id)] = (status, time_ms)

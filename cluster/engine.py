@@ -294,14 +294,14 @@ class Engine(threading.Thread):
             raise
         return True
 
-    async def _relay(self, subject: str, payload: bytes, msg_id: str) -> bool:
-        """Into the log, pipelined: answered when its PubAck comes, never awaited in line."""
-        headers = {api.Header.MSG_ID: msg_id} if msg_id else None
+    async def _relay(self, subject: str, payload: bytes) -> bool:
+        """Into the log (a batch of entries, log.py), pipelined: answered when its PubAck comes,
+        never awaited in line."""
         started = time.perf_counter()
         try:
-            ack = await self.js.publish_async(subject, payload, headers=headers)
-            # Unanswered past this, the sender is refused (508) and may resend with the same id:
-            # should the message be stored after all, the log's duplicate window drops the resend.
+            ack = await self.js.publish_async(subject, payload)
+            # Unanswered past this, the senders are refused (508) and may resend with the same ids:
+            # should the batch be stored after all, each broker drops the resends as it reads them.
             await asyncio.wait_for(ack, RELAY_TIMEOUT)
         except Exception:
             self.figures.publish_failed += 1

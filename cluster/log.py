@@ -1,11 +1,15 @@
 """The cluster's shared log: the core's Relay (broker/relay.py) over the stream LOG.
 
-A room's event goes in on its room's subject, encoded as the PUB message it
-will be (with sequence 0: each broker numbers it as it reads it); mailbox
-entries and users known go in on subjects of their own, as MessagePack. A
-message carries its sender and id as the stream's Nats-Msg-Id, so that a
-resend within JetStream's duplicate window (two minutes), even through
-another broker, is stored once.
+A room's event is encoded as the PUB message it will be (with sequence 0:
+each broker numbers it as it reads it); mailbox entries and users known as
+MessagePack, each with the subject it had when each entry was a message of
+its own (a stream written so is still read). The entries of one wake-up go
+in as one message of the stream, a batch (BATCH_SUBJECT): one publish and
+one PubAck for them all, and the senders waiting on any are acknowledged
+once it is stored. A resend of a message (same sender and id) may so be in
+the log twice, through this broker or another: each broker's core drops
+the copies after the first as it reads them (it remembers every id it read,
+as a broker alone does), rather than JetStream by a Nats-Msg-Id per message.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from zchat.broker.relay import (
 from zchat.broker.store import StoredMessage
 from zchat.cluster.link import Link
 from zchat.cluster.subjects import (
+    BATCH_SUBJECT,
     KEPT_SUBJECT,
     KNOWN_SUBJECT,
     MAIL_SUBJECT,
@@ -36,19 +41,39 @@ from zchat.cluster.subjects import (
 )
 from zchat.common import protocol as p
 
+#: A batch goes once it holds this many entries, or bytes: far below NATS's largest message
+#: (1 MiB by default), with one body of the largest size (64 KiB) on top.
+BATCH_ENTRIES = 500
+BATCH_BYTES = 256 * 1024
+
 
 class ClusterLog:
     def __init__(self, link: Link) -> None:
         self.link = link
-        #: Senders waiting for the PubAck of their message, by request number.
-        self.waiting: dict[int, Waiting] = {}
+        #: Senders waiting for the PubAck of a batch, by request number.
+        self.waiting: dict[int, list[Waiting]] = {}
+        #: This wake-up's entries, written, and the senders waiting on them: sent by `flush`.
+        self.batch: list[tuple[str, bytes]] = []
+        self.batch_waiting: list[Waiting] = []
+        self._batch_bytes = 0
 
     def relay(self, entry: Entry, waiting: Waiting | None = None) -> None:
         subject, payload = write(entry)
-        msg_id = f"{waiting.key}:{waiting.msg_id.hex()}" if waiting is not None else ""
-        number = self.link.request("relay", subject, payload, msg_id)
+        self.batch.append((subject, payload))
+        self._batch_bytes += len(payload)
         if waiting is not None:
-            self.waiting[number] = waiting
+            self.batch_waiting.append(waiting)
+        if len(self.batch) >= BATCH_ENTRIES or self._batch_bytes >= BATCH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Send what `relay` gathered, in its order: one message of the log, one PubAck."""
+        if not self.batch:
+            return
+        number = self.link.request("relay", BATCH_SUBJECT, write_batch(self.batch))
+        if self.batch_waiting:
+            self.waiting[number] = self.batch_waiting
+        self.batch, self.batch_waiting, self._batch_bytes = [], [], 0
 
 
 def write(entry: Entry) -> tuple[str, bytes]:
@@ -74,6 +99,19 @@ def write(entry: Entry) -> tuple[str, bytes]:
     assert type(entry) is Known
     packed = msgpack.packb(list(entry))
     return KNOWN_SUBJECT, packed
+
+
+def write_batch(written: list[tuple[str, bytes]]) -> bytes:
+    """Entries as written (subject, payload), as one message of the log."""
+    packed: bytes = msgpack.packb([[subject, payload] for subject, payload in written], use_bin_type=True)
+    return packed
+
+
+def read_all(subject: str, payload: bytes) -> list[Entry]:
+    """The entries of one message of the log: a batch, or one entry (as brokers wrote them before)."""
+    if subject == BATCH_SUBJECT:
+        return [read(s, data) for s, data in msgpack.unpackb(payload, raw=False)]
+    return [read(subject, payload)]
 
 
 def read(subject: str, payload: bytes) -> Entry:

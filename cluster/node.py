@@ -25,7 +25,7 @@ from zchat.broker.relay import LOG_POSITION
 from zchat.broker.settings import BrokerSettings
 from zchat.broker.store import Store
 from zchat.cluster.link import Link, unpack
-from zchat.cluster.log import ClusterLog, read
+from zchat.cluster.log import ClusterLog, read_all
 from zchat.cluster.names import ClusterNames, node_of
 from zchat.cluster.subjects import BANS, FENCE, WATCHED
 from zchat.common import protocol as p
@@ -159,8 +159,8 @@ class ClusterNode:
         inputs: list[Input] = []
         for parts in self.link.drain():
             kind = parts[0]
-            if kind == "log":
-                inputs.append(Relayed(read(parts[2], parts[3]), parts[1]))
+            if kind == "log":  # a batch's entries are read in one wake-up, and so kept in one commit
+                inputs.extend(Relayed(entry, parts[1]) for entry in read_all(parts[2], parts[3]))
             elif kind == "answer":
                 self._answer(parts[1], parts[2], parts[3], inputs)
             elif kind == "kv" and parts[1] == BANS:
@@ -218,8 +218,8 @@ class ClusterNode:
         waiting = self.log.waiting.pop(number, None)
         if waiting is not None:
             if not ok:
-                log.warning("a message could not be stored in the log: %s", value)
-            inputs.append(RelayStored(waiting, ok))
+                log.warning("%d messages could not be stored in the log: %s", len(waiting), value)
+            inputs.extend(RelayStored(w, ok) for w in waiting)
             return
         batch = self.delivering.pop(number, None)
         if batch is not None:
@@ -292,6 +292,7 @@ class ClusterNode:
 
     def close(self) -> None:
         if self.engine.is_alive():
+            self.log.flush()  # what the last wake-up relayed, if anything
             self.link.stop()  # its end may be closed already: then it is ending anyway
             self.engine.join(5)
         self.link.close()

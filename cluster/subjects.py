@@ -36,6 +36,8 @@ TAKEN_SUBJECT = "zchat.log._taken"
 KNOWN_SUBJECT = "zchat.log._known"
 RECEIPT_SUBJECT = "zchat.log._receipt"
 RECEIPT_TAKEN_SUBJECT = "zchat.log._receipt_taken"
+#: Several entries, each with its subject above (or its room's), in one message (log.py).
+BATCH_SUBJECT = "zchat.log._batch"
 
 
 def log_subject(room: str) -> str:
