@@ -5,22 +5,26 @@ After a broker restarts, every client signs in again within seconds, and every J
 to every subscriber of the lobby: 2,000 clients read 2,000 joins each. The broker puts
 the runs its batching lays side by side in one PRESENCE each (`packed`); but a broker
 that shares two cores with its clients wakes for a few READYs at a time, and its runs
-were 4-5 changes long (docs/BENCHMARKS.md). So once a second JOIN or LEAVE comes within
-`window` of the one before, the lobby's messages are held for `window` and go out
-together, their runs packed; a lone JOIN, and everything outside a storm, goes at once.
-Everything on the lobby topic is held alike, so nothing is reordered: a broadcast waits
-behind the JOIN before it, at most `window`.
+were 4-5 changes long (docs/BENCHMARKS.md). So once `storm` JOINs and LEAVEs come within
+one `window`, the lobby's messages are held for `window` and go out together, their runs
+packed; the lobby's everyday coming and going (fewer than `storm` a window: 20 a second
+by default), and everything outside a storm, goes at once. Everything on the lobby topic
+is held alike, so nothing is reordered: a broadcast waits behind the JOIN before it, at
+most `window`.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 
 from zchat.broker.core import Effect, Publish
 from zchat.common import protocol as p
 
-#: Seconds a storm's lobby is held (the broker's --presence-hold, in ms).
-WINDOW = 0.1
+#: Seconds a storm's lobby is held (the broker's --presence-hold, in ms), and how many
+#: changes within one window make a storm.
+WINDOW = 0.25
+STORM = 5
 CHANGES = (p.Join, p.Leave)
 
 
@@ -65,14 +69,15 @@ def packed(effects: Sequence[Effect]) -> list[Effect]:
 class LobbyHold:
     """What the lobby publishes during a presence storm, held for one window at a time."""
 
-    def __init__(self, window: float = WINDOW) -> None:
+    def __init__(self, window: float = WINDOW, storm: int = STORM) -> None:
         self.window = window
         self.held: list[p.Published] = []
         #: Lobby messages are held while the clock is before this.
         self.until = 0.0
-        self._last_change = float("-inf")
+        #: When the last `storm` changes came (outside a storm's windows).
+        self._changes: deque[float] = deque(maxlen=storm)
 
-    def wanted(self, effects: list[Effect]) -> bool:
+    def wanted(self, effects: Sequence[Effect]) -> bool:
         """Whether `filter` has anything to do with these (the common case: no)."""
         if self.held:
             return True
@@ -82,23 +87,22 @@ class LobbyHold:
                 return True
         return False
 
-    def filter(self, effects: list[Effect], now: float) -> list[Effect]:
+    def filter(self, effects: Sequence[Effect], now: float) -> list[Effect]:
         """The effects to carry out now; the lobby's, during a storm, kept for `due`."""
         out: list[Effect] = []
         for effect in effects:
             if type(effect) is not Publish or effect.topic != p.LOBBY_TOPIC:
                 out.append(effect)
                 continue
-            change = isinstance(effect.event, CHANGES)
             if not self.held and now >= self.until:
-                if not change or now - self._last_change >= self.window:
-                    if change:
-                        self._last_change = now
+                changes = self._changes
+                if isinstance(effect.event, CHANGES):
+                    changes.append(now)
+                if len(changes) < (changes.maxlen or 1) or now - changes[0] >= self.window:
                     out.append(effect)
                     continue
-                self.until = now + self.window  # a second change within the window: a storm
-            if change:
-                self._last_change = now
+                self.until = now + self.window  # `storm` changes within a window: a storm
+                changes.clear()
             self.held.append(effect)
         return out
 

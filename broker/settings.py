@@ -50,7 +50,7 @@ class BrokerSettings:
     cool_off: float = 60.0
     #: Seconds the lobby is held during a presence storm, so that its joins go out in long
     #: PRESENCE runs (broker/presence.py); 0: never held.
-    presence_hold: float = 0.1
+    presence_hold: float = 0.25
     #: Addresses or networks a flooder's address ban never applies to (gate.py).
     ban_exempt: tuple[str, ...] = DEFAULT_EXEMPT
     #: The broker's CURVE key pair: with it both sockets encrypt (PROTOCOL.md 14).

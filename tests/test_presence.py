@@ -192,15 +192,29 @@ def test_a_storm_of_joins_and_leaves_reaches_a_client_whole_and_in_order(
 
 
 def test_a_lone_join_and_what_follows_it_go_at_once() -> None:
-    hold = LobbyHold(0.1)
+    hold = LobbyHold(0.1, storm=2)
     assert hold.filter([join(1, "ann")], 10.0) == [join(1, "ann")]
     assert hold.filter([said(2)], 10.01) == [said(2)]
     assert hold.filter([join(3, "bob")], 10.2) == [join(3, "bob")]  # a window after the last
     assert not hold.held and hold.wait_ms(10.2, 100) == 100
 
 
+def test_the_lobbys_everyday_coming_and_going_is_not_a_storm() -> None:
+    hold = LobbyHold()  # the broker's: five changes within 250 ms make a storm
+    for seq in range(1, 5):  # four within 40 ms, and a broadcast among them: at once
+        assert hold.filter([join(seq, f"u{seq}"), said(seq + 10)], 10.0 + seq / 100) == [
+            join(seq, f"u{seq}"),
+            said(seq + 10),
+        ]
+    assert hold.filter([join(5, "u5")], 10.3) == [join(5, "u5")]  # the first one is 290 ms old
+    three = [join(6, "u6"), join(7, "u7"), join(8, "u8")]
+    assert hold.filter(three, 10.31) == three  # the first four are out of the window by now
+    assert hold.filter([join(9, "u9")], 10.32) == []  # the fifth within 250 ms: a storm
+    assert hold.held == [join(9, "u9")]
+
+
 def test_a_storm_holds_the_lobby_a_window_at_a_time_in_order() -> None:
-    hold = LobbyHold(0.1)
+    hold = LobbyHold(0.1, storm=2)
     room = join(7, "ann", DEV)
     assert hold.filter([join(1, "ann")], 10.0) == [join(1, "ann")]
     assert hold.filter([join(2, "bob"), room], 10.05) == [room]  # a second change: held; rooms never
@@ -216,10 +230,10 @@ def test_a_storm_holds_the_lobby_a_window_at_a_time_in_order() -> None:
 
 
 def test_without_a_window_nothing_is_held_and_at_the_end_everything_goes() -> None:
-    never = LobbyHold(0.0)
+    never = LobbyHold(0.0, storm=2)
     for seq in range(1, 5):
         assert never.filter([join(seq, f"u{seq}")], 10.0) == [join(seq, f"u{seq}")]
-    hold = LobbyHold(0.1)
+    hold = LobbyHold(0.1, storm=2)
     hold.filter([join(1, "ann"), join(2, "bob")], 10.0)
     assert hold.release() == [join(2, "bob")] and not hold.held
 
@@ -275,17 +289,25 @@ def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
     assert messages <= 6, f"{messages} messages for {count // group} groups over ~{count // group * 10} ms"
 
 
-def test_flush_waits_for_our_own_broadcast_held_in_a_storm(tmp_path: Path) -> None:
+def test_flush_waits_for_our_own_broadcast_held_in_a_storm(
+    tmp_path: Path, zmq_context: zmq.Context[zmq.Socket[bytes]]
+) -> None:
     """A script's last line shows before it exits: flush() waits for the lobby to give our
     message back, though a storm holds the lobby (here 500 ms) after its ACK."""
     broker = start_broker(tmp_path, "--presence-hold", "500")
     try:
-        with (
-            Client("ann", broker.endpoint) as ann,
-            Client("bob", broker.endpoint),
-            Client("cy", broker.endpoint),
-        ):
-            sent = ann.broadcast("the last line")  # two joins within 500 ms: a storm holds it
+        with Client("ann", broker.endpoint) as ann:
+            dealers = [zmq_context.socket(zmq.DEALER) for _ in range(8)]
+            for i, dealer in enumerate(dealers):
+                dealer.setsockopt(zmq.LINGER, 0)
+                dealer.connect(broker.endpoint)
+                dealer.send(msgpack.packb(["HELLO", f"h{i}", f"gale{i}", "", p.VERSION]))
+            for dealer in dealers:
+                assert dealer.poll(10_000), "no WELCOME"
+            for i, dealer in enumerate(dealers):  # 8 joins at once: a storm
+                dealer.send(msgpack.packb(["READY", f"r{i}"]))
+            wait_for(lambda: all(d.poll(0) for d in dealers), 10, what="the READYs' ACKs")
+            sent = ann.broadcast("the last line")  # held behind the storm's joins
             assert ann.flush(10)
             assert isinstance(sent.wait(0), ev.Ack)
             shown = []
