@@ -6,6 +6,7 @@ import threading
 
 import zmq
 
+from tests.support import wait_for
 from zchat.cluster.link import Link, unpack
 
 
@@ -31,7 +32,10 @@ def test_stop_does_not_wait_for_a_nats_thread_that_closed_its_end(
     peer = zmq_context.socket(zmq.PAIR)
     peer.setsockopt(zmq.LINGER, 0)
     peer.connect(link.endpoint)
+    wait_for(lambda: link.socket.poll(0, zmq.POLLOUT), 5, what="the peer connected")
     peer.close()
+    # Gone as the link sees it (libzmq's I/O thread takes a moment): nothing to send to.
+    wait_for(lambda: not link.socket.poll(0, zmq.POLLOUT), 5, what="the peer gone")
     outcome: list[bool] = []
     stopping = threading.Thread(target=lambda: outcome.append(link.stop()), daemon=True)
     stopping.start()
