@@ -250,7 +250,8 @@ async def crowd_main(of: str, count: int, deadline: float) -> None:
 
 async def web_latency(
     gateway: Gateway, rate: int, seconds: float, round_no: int, settle: float
-) -> LogHistogram:
+) -> tuple[LogHistogram, float]:
+    """The round's latencies, and the gateway's CPU seconds while its messages were sent."""
     senders = [WebUser(f"ws{round_no}s{i}") for i in range(PAIRS)]
     receivers = [WebUser(f"ws{round_no}r{i}") for i in range(PAIRS)]
     await asyncio.gather(*(u.sign_in(gateway.url) for u in senders + receivers))
@@ -264,11 +265,13 @@ async def web_latency(
     for r in receivers:
         r.on_message = got
     quiet_collector()
+    cpu_from = cpu_seconds(gateway.pid)
     await paced(rate, seconds, lambda k: senders[k % PAIRS].send(receivers[k % PAIRS].name,
                                                                   f"t:{time.perf_counter_ns()}"))  # fmt: skip
+    cpu = cpu_seconds(gateway.pid) - cpu_from
     await asyncio.sleep(2)  # the last ones arrive
     await asyncio.gather(*(u.close() for u in senders + receivers))
-    return h
+    return h, cpu
 
 
 async def plain_latency(
@@ -363,6 +366,7 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             users, sessions = await sessions_phase(gateway, args.sessions, args.sign_in_deadline)
         print(f"sessions: {json.dumps(sessions)}", file=sys.stderr)
         plain, web = LogHistogram(), LogHistogram()
+        web_cpu = 0.0
         for round_no in range(2):
             order = ("plain", "web") if round_no == 0 else ("web", "plain")
             for kind in order:
@@ -371,11 +375,17 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                         await plain_latency(broker, args.rate, args.seconds / 2, round_no, args.settle)
                     )
                 else:
-                    web.merge(await web_latency(gateway, args.rate, args.seconds / 2, round_no, args.settle))
+                    h, cpu = await web_latency(gateway, args.rate, args.seconds / 2, round_no, args.settle)
+                    web.merge(h)
+                    web_cpu += cpu
         latency = {"rate_per_s": args.rate, "seconds_each": args.seconds, "pairs": PAIRS, "settle_s": args.settle,
                    "plain": summary(plain), "web": summary(web)}  # fmt: skip
         latency["p99_ratio"] = round(latency["web"]["p99_ms"] / max(latency["plain"]["p99_ms"], 1e-9), 2)
         latency["crowd"] = args.crowd
+        # The gateway's CPU while the timed messages went through it (the 1,000 idle sessions'
+        # share too): less sensitive to others' load on the machine than the tail is.
+        latency["gateway_cpu_pct"] = round(100 * web_cpu / args.seconds, 1)
+        latency["gateway_cpu_ms_per_message"] = round(1000 * web_cpu / max(web.count, 1), 3)
         await asyncio.gather(*(u.close() for u in users))
     finally:
         if crowd is not None:
@@ -416,7 +426,8 @@ def report(result: dict[str, Any]) -> str:
         "| path | messages | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         *(row(kind, lat[kind]) for kind in ("plain", "web")),
-        f"p99 through the gateway / plain: {lat['p99_ratio']}x",
+        f"p99 through the gateway / plain: {lat['p99_ratio']}x; the gateway's CPU meanwhile "
+        f"{lat['gateway_cpu_pct']} % of a core, {lat['gateway_cpu_ms_per_message']} ms a message",
         "",
         "## The zmq.asyncio alternative, sockets only",
         f"{alt.get('rss_per_session_kib', alt)} KiB a session (DEALER+SUB on one context, no engine)",
