@@ -40,6 +40,10 @@ SOCKETS_PER_CLIENT = 4
 #: early, and a tick before the deadline would find nothing due and ask again at once.
 TIMER_SLACK = 0.001
 
+# Plain ints: pyzmq's constants are enums, and `events & zmq.POLLIN` makes a Flag (0.6 us
+# more a check, asked after every operation on every socket of every client).
+EVENTS, POLLIN, NOBLOCK = int(zmq.EVENTS), int(zmq.POLLIN), int(zmq.NOBLOCK)
+
 
 class LoopShell(Shell):
     """A connection engine driven by callbacks of the loop: sockets ready, a deadline, a request."""
@@ -91,11 +95,11 @@ class LoopShell(Shell):
         last operation anyway (the edge, above)."""
         events = sock.getsockopt
         for _ in range(DRAIN_BATCH):
-            if not cast(int, events(zmq.EVENTS)) & zmq.POLLIN:
+            if not cast(int, events(EVENTS)) & POLLIN:
                 self.touched.discard(sock)
                 return
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(NOBLOCK)
             except zmq.Again:  # not after EVENTS said POLLIN (one socket, one thread), but never stuck
                 return
             feed(frames, now)
@@ -203,7 +207,7 @@ def _readable(sock: zmq.Socket[bytes] | None) -> bool:
     getsockopt, not the `EVENTS` attribute (2.2 us against 1.3): asked three times after
     every wake-up of every client, the attribute's lookup took 8 % of a process of 250
     LoopClients reconnecting after a restart (py-spy, benchmarks/restart.py --loop)."""
-    return sock is not None and bool(cast(int, sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN)
+    return sock is not None and bool(cast(int, sock.getsockopt(EVENTS)) & POLLIN)
 
 
 class LoopClient(UserRequests):
