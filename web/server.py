@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import signal
@@ -22,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from zchat.common.protocol import valid_name
 from zchat.web import schema
@@ -232,6 +234,7 @@ class Gateway:
     async def pump(self, ws: ServerConnection, session: Session) -> None:
         """Send the session's events to this browser, in order, each batch within SEND_TIMEOUT."""
         loop = asyncio.get_running_loop()
+        writer = functools.partial(self.write_now, ws, session)
         try:
             while True:
                 session.changed.clear()
@@ -240,7 +243,12 @@ class Gateway:
                     await ws.close(4002, "fell behind")
                     return
                 if not pending:
-                    await session.changed.wait()
+                    session.write_now = writer  # while it waits, the next events go at once
+                    try:
+                        await session.changed.wait()
+                    finally:
+                        if session.write_now is writer:
+                            session.write_now = None
                     continue
                 # A timer, not wait_for: on Python 3.11 and before wait_for runs the sends in a
                 # task of its own, a task and a turn of the loop more for each batch, and at
@@ -252,6 +260,27 @@ class Gateway:
                     deadline.cancel()
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    def write_now(ws: ServerConnection, session: Session, eid: int, text: str) -> bool:
+        """The session's next event, written to its idle page by the callback that logged it.
+
+        A wake of the pump costs a turn of the loop, behind whatever else is ready (at 1,000
+        msg/s, three a message: its ack and receipt to the sender, the message to the
+        receiver; docs/WEB.md, "Latency"). False leaves the event to the pump: not this
+        page's, not the next one, the WebSocket not open, or the browser behind (WRITE_LIMIT
+        buffered: the pump's send waits for it, within SEND_TIMEOUT)."""
+        if session.attached is not ws or session.cursor != eid - 1 or ws.state is not State.OPEN:
+            return False
+        transport = ws.transport
+        if transport.is_closing() or transport.get_write_buffer_size() >= WRITE_LIMIT:
+            return False
+        protocol = ws.protocol  # what ws.send does, without its coroutine and context manager
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():
+            transport.write(data)
+        session.cursor = eid
+        return True
 
     @staticmethod
     def drop_slow(ws: ServerConnection, session: Session) -> None:
