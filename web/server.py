@@ -246,7 +246,8 @@ class Gateway:
                     await ws.close(4002, "fell behind")
                     return
                 if not pending:
-                    session.write_now = writer  # while it waits, the next events go at once
+                    if session.attached is ws:  # not the pump of a page resumed elsewhere since
+                        session.write_now = writer  # while it waits, the next events go at once
                     try:
                         await session.changed.wait()
                     finally:
