@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.histogram import LogHistogram
-from benchmarks.procstat import cpu_seconds, raise_fd_limit, rss_bytes
+from benchmarks.procstat import cpu_seconds, machine_busy_seconds, raise_fd_limit, rss_bytes
 from benchmarks.servers import ZCHAT, Server, start_server
 from zchat.client import events as ev
 from zchat.client.session import Client
@@ -250,7 +250,9 @@ async def crowd_main(of: str, count: int, deadline: float) -> None:
 
 async def web_latency(
     gateway: Gateway, rate: int, seconds: float, round_no: int, settle: float
-) -> LogHistogram:
+) -> tuple[LogHistogram, tuple[float, ...]]:
+    """The round's latencies, and CPU seconds while its messages were sent: the gateway's, its
+    loop thread's (the rest is libzmq's I/O thread) and the whole machine's."""
     senders = [WebUser(f"ws{round_no}s{i}") for i in range(PAIRS)]
     receivers = [WebUser(f"ws{round_no}r{i}") for i in range(PAIRS)]
     await asyncio.gather(*(u.sign_in(gateway.url) for u in senders + receivers))
@@ -264,11 +266,14 @@ async def web_latency(
     for r in receivers:
         r.on_message = got
     quiet_collector()
+    cpu_from = (cpu_seconds(gateway.pid), cpu_seconds(gateway.pid, gateway.pid), machine_busy_seconds())
     await paced(rate, seconds, lambda k: senders[k % PAIRS].send(receivers[k % PAIRS].name,
                                                                   f"t:{time.perf_counter_ns()}"))  # fmt: skip
+    cpu_to = (cpu_seconds(gateway.pid), cpu_seconds(gateway.pid, gateway.pid), machine_busy_seconds())
+    cpu = tuple(b - a for a, b in zip(cpu_from, cpu_to, strict=True))
     await asyncio.sleep(2)  # the last ones arrive
     await asyncio.gather(*(u.close() for u in senders + receivers))
-    return h
+    return h, cpu
 
 
 async def plain_latency(
@@ -363,6 +368,7 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
             users, sessions = await sessions_phase(gateway, args.sessions, args.sign_in_deadline)
         print(f"sessions: {json.dumps(sessions)}", file=sys.stderr)
         plain, web = LogHistogram(), LogHistogram()
+        web_cpu = [0.0, 0.0, 0.0]  # the gateway, its loop thread, the machine
         for round_no in range(2):
             order = ("plain", "web") if round_no == 0 else ("web", "plain")
             for kind in order:
@@ -371,11 +377,19 @@ async def run(args: argparse.Namespace, log_dir: Path) -> dict[str, Any]:
                         await plain_latency(broker, args.rate, args.seconds / 2, round_no, args.settle)
                     )
                 else:
-                    web.merge(await web_latency(gateway, args.rate, args.seconds / 2, round_no, args.settle))
+                    h, cpu = await web_latency(gateway, args.rate, args.seconds / 2, round_no, args.settle)
+                    web.merge(h)
+                    web_cpu = [a + b for a, b in zip(web_cpu, cpu, strict=True)]
         latency = {"rate_per_s": args.rate, "seconds_each": args.seconds, "pairs": PAIRS, "settle_s": args.settle,
                    "plain": summary(plain), "web": summary(web)}  # fmt: skip
         latency["p99_ratio"] = round(latency["web"]["p99_ms"] / max(latency["plain"]["p99_ms"], 1e-9), 2)
         latency["crowd"] = args.crowd
+        # The gateway's CPU while the timed messages went through it (the 1,000 idle sessions'
+        # share too): less sensitive to others' load on the machine than the tail is.
+        latency["gateway_cpu_pct"] = round(100 * web_cpu[0] / args.seconds, 1)
+        latency["gateway_loop_thread_cpu_pct"] = round(100 * web_cpu[1] / args.seconds, 1)
+        latency["gateway_cpu_ms_per_message"] = round(1000 * web_cpu[0] / max(web.count, 1), 3)
+        latency["machine_busy_pct"] = round(100 * web_cpu[2] / args.seconds, 1)  # of 100 x cores
         await asyncio.gather(*(u.close() for u in users))
     finally:
         if crowd is not None:
@@ -416,7 +430,10 @@ def report(result: dict[str, Any]) -> str:
         "| path | messages | p50 ms | p99 ms | max ms |",
         "|---|---|---|---|---|",
         *(row(kind, lat[kind]) for kind in ("plain", "web")),
-        f"p99 through the gateway / plain: {lat['p99_ratio']}x",
+        f"p99 through the gateway / plain: {lat['p99_ratio']}x; the gateway's CPU meanwhile "
+        f"{lat['gateway_cpu_pct']} % of a core ({lat['gateway_loop_thread_cpu_pct']} % its loop), "
+        f"{lat['gateway_cpu_ms_per_message']} ms a message; the machine {lat['machine_busy_pct']} % busy "
+        f"of {100 * (os.cpu_count() or 1)}",
         "",
         "## The zmq.asyncio alternative, sockets only",
         f"{alt.get('rss_per_session_kib', alt)} KiB a session (DEALER+SUB on one context, no engine)",

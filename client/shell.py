@@ -153,8 +153,8 @@ _EFFECTS: dict[type, Callable[[Shell, Any], None]] = {
     c.ToBroker: lambda shell, effect: shell._send(effect.frames),
     c.Notify: lambda shell, effect: shell.emit(effect.event),
     c.Answer: Shell._answer,
-    c.Subscribe: Shell._subscribe,
-    c.Unsubscribe: Shell._unsubscribe,
+    c.Subscribe: lambda shell, effect: shell._subscribe(effect),  # a driver may add to them (loop.py)
+    c.Unsubscribe: lambda shell, effect: shell._unsubscribe(effect),
     c.OpenDealer: Shell._open_dealer,
     c.OpenSub: lambda shell, effect: shell._open_sub(effect.endpoint),
     c.CloseSockets: lambda shell, effect: shell._close_sockets(),

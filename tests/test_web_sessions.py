@@ -4,6 +4,8 @@ and a browser that stops taking events."""
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 from typing import Any
 
 import pytest
@@ -12,6 +14,8 @@ pytest.importorskip("websockets", reason="the web gateway needs websockets: pip 
 
 from hypothesis import given
 from hypothesis import strategies as st
+from websockets.asyncio.client import connect
+from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosedError
 
 from zchat.web import server
@@ -80,3 +84,49 @@ def test_a_browser_that_takes_no_event_within_the_send_timeout_is_dropped(
     browser, session = asyncio.run(run())
     assert browser.aborted.is_set()
     assert len(browser.sent) == 1 and session.cursor == 1  # what it took stays taken
+
+
+def test_events_written_at_once_and_sent_by_the_pump_reach_the_page_in_order_once() -> None:
+    # An idle pump lets each new event be written at once (Gateway.write_now); once the
+    # browser is behind (WRITE_LIMIT buffered) the pump sends the rest. 4 KiB events, more
+    # than the kernel's socket buffers hold, so both ways are taken.
+    count = 4000
+    body = "x" * 4096
+
+    async def run() -> tuple[list[int], list[bool]]:
+        gateway = Gateway(Settings("tcp://127.0.0.1:1"))
+        session = Session("ann", count)
+        ways: list[bool] = []  # each write_now's answer: True written at once, False left to the pump
+
+        def write_now(ws: ServerConnection, session: Session, eid: int, text: str) -> bool:
+            ways.append(Gateway.write_now(ws, session, eid, text))
+            return ways[-1]
+
+        gateway.write_now = write_now  # type: ignore[method-assign]
+
+        async def handler(ws: ServerConnection) -> None:  # as Gateway.connection, without commands
+            session.attached = ws
+            pump = asyncio.create_task(gateway.pump(ws, session))
+            await ws.wait_closed()
+            pump.cancel()
+
+        try:
+            async with serve(
+                handler, "127.0.0.1", 0, write_limit=server.WRITE_LIMIT, compression=None
+            ) as ours:
+                port = ours.sockets[0].getsockname()[1]
+                async with connect(f"ws://127.0.0.1:{port}", max_size=None, compression=None) as page:
+                    deadline = time.monotonic() + 5
+                    while session.write_now is None:  # the pump is waiting for events
+                        assert time.monotonic() < deadline, "the pump never waited"
+                        await asyncio.sleep(0.01)
+                    for n in range(count):
+                        session.add({"type": "status", "n": n, "text": body})
+                    eids = [json.loads(await asyncio.wait_for(page.recv(), 10))["eid"] for _ in range(count)]
+        finally:
+            gateway.sessions.close()
+        return eids, ways
+
+    eids, ways = asyncio.run(run())
+    assert eids == list(range(1, count + 1))
+    assert True in ways and False in ways

@@ -3,8 +3,8 @@
 A full collection walks every object the collector tracks: with 1,000 sessions signed in
 (some 280 MiB) one such pass held the loop 60-220 ms, several times a minute, and at 1,000
 msg/s every message in flight waited for it (it was the p99 of benchmarks/web.py, docs/WEB.md).
-So once a second the gateway collects what is young, the objects of the last second only, and
-freezes the survivors (`gc.freeze`): later passes skip them. Frozen objects are still freed by
+So every 0.2 s (server.HEAP_EVERY) the gateway collects what is young, the objects since the
+last pass only, and freezes the survivors (`gc.freeze`): later passes skip them. Frozen objects are still freed by
 reference counting; only cycles among them wait, until enough sessions have ended for their
 cycles to be worth one full pass.
 """
@@ -30,7 +30,7 @@ class Heap:
         self.ended += 1
 
     def tend(self, alive: int) -> None:
-        """Once a second (on the loop): a young pass, or a full one when it is due."""
+        """Every HEAP_EVERY seconds (on the loop): a young pass, or a full one when it is due."""
         if self.ended >= max(ENDED_MIN, alive * ENDED_SHARE):
             gc.unfreeze()
             self.ended = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import http
 import logging
 import signal
@@ -22,6 +23,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
+from websockets.protocol import State
 
 from zchat.common.protocol import valid_name
 from zchat.web import schema
@@ -47,6 +49,9 @@ TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=u
 SEND_TIMEOUT = 10.0  # seconds a batch of events may take to reach the browser before it is dropped
 HELLO_TIMEOUT = 60.0  # seconds a new WebSocket may take to sign in or resume
 EXPIRE_EVERY = 1.0
+#: Seconds between the young passes of web/heap.py: a pass walks what survived since the last
+#: one, and holds the loop meanwhile (3-6 ms once a second at 1,000 msg/s; docs/WEB.md).
+HEAP_EVERY = 0.2
 MAX_FRAME = 256 * 1024  # a command: a message of the broker's largest and its JSON escapes
 WRITE_LIMIT = 64 * 1024  # bytes buffered for one browser before a send waits
 # No permessage-deflate: chat events are small, and deflate costs CPU per message and a
@@ -232,6 +237,7 @@ class Gateway:
     async def pump(self, ws: ServerConnection, session: Session) -> None:
         """Send the session's events to this browser, in order, each batch within SEND_TIMEOUT."""
         loop = asyncio.get_running_loop()
+        writer = functools.partial(self.write_now, ws, session)
         try:
             while True:
                 session.changed.clear()
@@ -240,7 +246,13 @@ class Gateway:
                     await ws.close(4002, "fell behind")
                     return
                 if not pending:
-                    await session.changed.wait()
+                    if session.attached is ws:  # not the pump of a page resumed elsewhere since
+                        session.write_now = writer  # while it waits, the next events go at once
+                    try:
+                        await session.changed.wait()
+                    finally:
+                        if session.write_now is writer:
+                            session.write_now = None
                     continue
                 # A timer, not wait_for: on Python 3.11 and before wait_for runs the sends in a
                 # task of its own, a task and a turn of the loop more for each batch, and at
@@ -252,6 +264,27 @@ class Gateway:
                     deadline.cancel()
         except ConnectionClosed:
             pass
+
+    @staticmethod
+    def write_now(ws: ServerConnection, session: Session, eid: int, text: str) -> bool:
+        """The session's next event, written to its idle page by the callback that logged it.
+
+        A wake of the pump costs a turn of the loop, behind whatever else is ready (at 1,000
+        msg/s, three a message: its ack and receipt to the sender, the message to the
+        receiver; docs/WEB.md, "Latency"). False leaves the event to the pump: not this
+        page's, not the next one, the WebSocket not open, or the browser behind (WRITE_LIMIT
+        buffered: the pump's send waits for it, within SEND_TIMEOUT)."""
+        if session.attached is not ws or session.cursor != eid - 1 or ws.state is not State.OPEN:
+            return False
+        transport = ws.transport
+        if transport.is_closing() or transport.get_write_buffer_size() >= WRITE_LIMIT:
+            return False
+        protocol = ws.protocol  # what ws.send does, without its coroutine and context manager
+        protocol.send_text(text.encode())
+        for data in protocol.data_to_send():
+            transport.write(data)
+        session.cursor = eid
+        return True
 
     @staticmethod
     def drop_slow(ws: ServerConnection, session: Session) -> None:
@@ -275,6 +308,10 @@ class Gateway:
         while True:
             await asyncio.sleep(EXPIRE_EVERY)
             await self.sessions.expire()
+
+    async def tend_heap(self) -> None:
+        while True:
+            await asyncio.sleep(HEAP_EVERY)
             self.sessions.heap.tend(len(self.sessions))
 
     async def serve(self, host: str, port: int, started: asyncio.Future[Server] | None = None,
@@ -303,11 +340,12 @@ class Gateway:
         log.info("WebSocket origins allowed: %s", " ".join(sorted(self.origins)))
         if started is not None:
             started.set_result(server)
-        expiry = asyncio.create_task(self.expire())
+        expiry, heap = asyncio.create_task(self.expire()), asyncio.create_task(self.tend_heap())
         try:
             await stop.wait()
         finally:
             expiry.cancel()
+            heap.cancel()
             self.stopping = True  # no new sign-ins while the others sign out
             try:
                 await asyncio.wait_for(self.sessions.end_all("the gateway stops"), STOP_TIMEOUT)

@@ -55,7 +55,10 @@ class Session:
         self.log: deque[tuple[int, str]] = deque(maxlen=log_events)
         self.next_eid = 1
         self.last_cid = 0  # the highest command id run: the page's repeats after a resume are dropped
-        self.changed = asyncio.Event()
+        self.changed = asyncio.Event()  # an event was logged that the pump is to send
+        #: Set by the attached page's pump while it waits with nothing to send: writes the
+        #: next event to the page at once, or says False and the pump is woken to send it.
+        self.write_now: Callable[[int, str], bool] | None = None
         self.attached: object | None = None  # the WebSocket connection showing it, if any
         self.detached_at: float | None = time.monotonic()
         self.ended = False
@@ -76,7 +79,12 @@ class Session:
         """`body`: a JSON object, to which the next eid is added (first, for readers' eyes)."""
         eid = self.next_eid
         self.next_eid += 1
-        self.log.append((eid, f'{{"eid": {eid}, {body[1:]}' if body != "{}" else f'{{"eid": {eid}}}'))
+        text = f'{{"eid": {eid}, {body[1:]}' if body != "{}" else f'{{"eid": {eid}}}'
+        self.log.append((eid, text))
+        write_now = self.write_now
+        if write_now is not None and write_now(eid, text):
+            return
+        self.write_now = None  # the pump sends this one, and all that follow until it waits again
         self.changed.set()
 
     def since(self, eid: int) -> list[tuple[int, str]] | None:
