@@ -137,6 +137,21 @@ def test_a_run_kept_during_a_join_is_shown_once_after_the_history_and_counted_wh
 # --- a real broker, a storm of sign-ins --------------------------------------------------
 
 
+def registered(
+    context: zmq.Context[zmq.Socket[bytes]], endpoint: str, prefix: str, count: int
+) -> list[zmq.Socket[bytes]]:
+    """`count` raw clients, `prefix`0, `prefix`1, ..., each WELCOMEd and not yet READY."""
+    dealers = [context.socket(zmq.DEALER) for _ in range(count)]
+    for i, dealer in enumerate(dealers):
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        dealer.send(msgpack.packb(["HELLO", f"h{i}", f"{prefix}{i}", "", p.VERSION]))
+    for dealer in dealers:
+        assert dealer.poll(10_000), "no WELCOME"
+        assert msgpack.unpackb(dealer.recv())[0] == "WELCOME"
+    return dealers
+
+
 @pytest.fixture
 def storm_broker(tmp_path: Path) -> Iterator[Broker]:
     running = start_broker(tmp_path)
@@ -162,14 +177,8 @@ def test_a_storm_of_joins_and_leaves_reaches_a_client_whole_and_in_order(
 
     watcher = Client("watcher", storm_broker.endpoint, on_event=on_event).connect()
     try:
-        dealers = [zmq_context.socket(zmq.DEALER) for _ in range(count)]
-        for i, dealer in enumerate(dealers):
-            dealer.setsockopt(zmq.LINGER, 0)
-            dealer.connect(storm_broker.endpoint)
-            dealer.send(msgpack.packb(["HELLO", f"h{i}", f"storm{i}", "", p.VERSION]))
-        for dealer in dealers:  # every WELCOME first, then every READY at once: one storm
-            assert dealer.poll(10_000), "no WELCOME"
-            assert msgpack.unpackb(dealer.recv())[0] == "WELCOME"
+        # every WELCOME first, then every READY at once: one storm
+        dealers = registered(zmq_context, storm_broker.endpoint, "storm", count)
         for i, dealer in enumerate(dealers):
             dealer.send(msgpack.packb(["READY", f"r{i}"]))
         wait_for(lambda: len(seen) >= count, 20, what=f"{count} joins")
@@ -248,7 +257,6 @@ def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, LOBBY)
     sub.connect(storm_broker.pub_endpoint)
-    dealers = [zmq_context.socket(zmq.DEALER) for _ in range(count)]
     prober = Client("prober", storm_broker.endpoint).connect()
 
     def heard() -> bool:  # a broadcast reaches the SUB: it is connected
@@ -261,12 +269,7 @@ def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
         prober.close()
     while sub.poll(200):  # the probes and the prober's own presence
         sub.recv_multipart()
-    for i, dealer in enumerate(dealers):
-        dealer.setsockopt(zmq.LINGER, 0)
-        dealer.connect(storm_broker.endpoint)
-        dealer.send(msgpack.packb(["HELLO", f"h{i}", f"gust{i}", "", p.VERSION]))
-    for dealer in dealers:
-        assert dealer.poll(10_000), "no WELCOME"
+    dealers = registered(zmq_context, storm_broker.endpoint, "gust", count)
     for start in range(0, count, group):
         for i in range(start, start + group):
             dealers[i].send(msgpack.packb(["READY", f"r{i}"]))
@@ -297,13 +300,7 @@ def test_flush_waits_for_our_own_broadcast_held_in_a_storm(
     broker = start_broker(tmp_path, "--presence-hold", "500")
     try:
         with Client("ann", broker.endpoint) as ann:
-            dealers = [zmq_context.socket(zmq.DEALER) for _ in range(8)]
-            for i, dealer in enumerate(dealers):
-                dealer.setsockopt(zmq.LINGER, 0)
-                dealer.connect(broker.endpoint)
-                dealer.send(msgpack.packb(["HELLO", f"h{i}", f"gale{i}", "", p.VERSION]))
-            for dealer in dealers:
-                assert dealer.poll(10_000), "no WELCOME"
+            dealers = registered(zmq_context, broker.endpoint, "gale", 8)
             for i, dealer in enumerate(dealers):  # 8 joins at once: a storm
                 dealer.send(msgpack.packb(["READY", f"r{i}"]))
             wait_for(lambda: all(d.poll(0) for d in dealers), 10, what="the READYs' ACKs")
