@@ -179,7 +179,7 @@ from zchat.common import jsonlog, keys
     show_default=True,
     envvar="ZCHAT_PRESENCE_HOLD",
     type=click.IntRange(0, 1000),
-    help="Milliseconds the lobby is held during a storm of joins and leaves (five or more in that "
+    help="Milliseconds the lobby is held during a storm of joins and leaves (fifty or more in that "
     "time: everyone signing in again after a restart), so that they go out together; 0: never.",
 )
 @click.option(

@@ -7,8 +7,10 @@ the runs its batching lays side by side in one PRESENCE each (`packed`); but a b
 that shares two cores with its clients wakes for a few READYs at a time, and its runs
 were 4-5 changes long (docs/BENCHMARKS.md). So once `storm` JOINs and LEAVEs come within
 one `window`, the lobby's messages are held for `window` and go out together, their runs
-packed; the lobby's everyday coming and going (fewer than `storm` a window: 20 a second
-by default), and everything outside a storm, goes at once. Everything on the lobby topic
+packed; the lobby's everyday coming and going, even a crowd of sign-ins (fewer than
+`storm` a window: 200 a second by default), and everything outside a storm, goes at once:
+a held storm's changes reach every subscriber at once, and a web gateway with a thousand
+pages writes them all in one go (docs/WEB.md), which is no price for a handful of joins. Everything on the lobby topic
 is held alike, so nothing is reordered: a broadcast waits behind the JOIN before it, at
 most `window`.
 """
@@ -24,7 +26,7 @@ from zchat.common import protocol as p
 #: Seconds a storm's lobby is held (the broker's --presence-hold, in ms), and how many
 #: changes within one window make a storm.
 WINDOW = 0.25
-STORM = 5
+STORM = 50
 CHANGES = (p.Join, p.Leave)
 
 
