@@ -63,6 +63,17 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     return result.stdout
 
 
+def bots_hear_each_other(compose: list[str], env: dict[str, str]) -> None:
+    """Wait until each bot's log shows the other's broadcast."""
+
+    def heard(bot: str, other: str) -> bool:
+        logs = run(*compose, "logs", "--no-color", bot, env=env, timeout=60)
+        return f"<{other}> {other} here, public message" in logs
+
+    wait_for(lambda: heard("alice", "bob") and heard("bob", "alice"), timeout=120, interval=1,
+             what="the bots to hear each other's broadcasts")  # fmt: skip
+
+
 @pytest.mark.skipif(COMPOSE is None, reason="docker-compose is not installed (.ci/run installs it)")
 def test_user_facing_compose_file_is_valid() -> None:
     run(str(COMPOSE), "config", "-q")  # what `docker-compose up` reads: the file and its override
@@ -196,15 +207,9 @@ def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str
            "ZCHAT_WEB_PORT": str(web_port)}  # fmt: skip
     compose = [str(COMPOSE), "-p", f"zchat{uuid.uuid4().hex[:8]}"]  # the files `docker-compose up` reads
 
-    def heard(bot: str, other: str) -> bool:
-        return f"<{other}> {other} here, public message" in run(
-            *compose, "logs", "--no-color", bot, env=env, timeout=60
-        )
-
     try:
         run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
-        wait_for(lambda: heard("alice", "bob") and heard("bob", "alice"), timeout=120, interval=1,
-                 what="the bots to hear each other's broadcasts")  # fmt: skip
+        bots_hear_each_other(compose, env)
         with chat("me", f"tcp://127.0.0.1:{port}") as me:  # online: SYNCED came on the published PUB
             me.expect(lambda e: isinstance(e, ev.Message) and not e.private and e.sender in ("alice", "bob"),
                       timeout=30, what="a bot's broadcast")  # fmt: skip
@@ -303,15 +308,9 @@ def test_cluster_demo_as_readme_runs_it_with_its_ports_file(docker_env: dict[str
     env, ports = cluster_env(docker_env)
     compose = [str(COMPOSE), "-p", f"zchatcl{uuid.uuid4().hex[:8]}", *CLUSTER_PORTS]
 
-    def heard(bot: str, other: str) -> bool:
-        return f"<{other}> {other} here, public message" in run(
-            *compose, "logs", "--no-color", bot, env=env, timeout=60
-        )
-
     try:
         run(*compose, "up", "-d", "--no-build", env=env, timeout=300)
-        wait_for(lambda: heard("alice", "bob") and heard("bob", "alice"), timeout=120, interval=1,
-                 what="the bots to hear each other's broadcasts")  # fmt: skip
+        bots_hear_each_other(compose, env)
         brokers = ",".join(f"tcp://127.0.0.1:{ports[f'ZCHAT_PORT{n}']}" for n in (3, 1, 2))
         with chat("me", brokers) as me:  # on broker3, told by WELCOME where its PUB is published
             me.expect(lambda e: isinstance(e, ev.Message) and not e.private and e.sender in ("alice", "bob"),
