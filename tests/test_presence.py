@@ -18,7 +18,7 @@ import zmq
 from tests.support import Broker, start_broker, wait_for
 from tests.test_connection import Harness, record
 from zchat.broker.core import Reply
-from zchat.broker.presence import LobbyHold, packed
+from zchat.broker.presence import STORM, LobbyHold, packed
 from zchat.client import events as ev
 from zchat.client.session import Client
 from zchat.common import protocol as p
@@ -250,9 +250,10 @@ def test_without_a_window_nothing_is_held_and_at_the_end_everything_goes() -> No
 def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
     storm_broker: Broker, zmq_context: zmq.Context[zmq.Socket[bytes]]
 ) -> None:
-    """150 sign-ins in groups of 10 every 10 ms (a restart's storm, shaped): the lobby is held
-    100 ms at a time, so they reach a subscriber in a few PRESENCE messages, not one a group."""
-    count, group = 150, 10
+    """200 sign-ins in groups of 10 every 10 ms (a restart's storm, shaped): from its fiftieth
+    change on, the lobby is held 250 ms at a time, so the rest reach a subscriber in a few
+    PRESENCE messages, not one a group; every change numbered, in order."""
+    count, group = 200, 10
     sub = zmq_context.socket(zmq.SUB)
     sub.setsockopt(zmq.LINGER, 0)
     sub.setsockopt(zmq.SUBSCRIBE, LOBBY)
@@ -275,21 +276,27 @@ def test_a_storm_goes_out_in_a_few_long_runs_every_join_numbered_in_order(
             dealers[i].send(msgpack.packb(["READY", f"r{i}"]))
         threading.Event().wait(0.01)  # the storm's shape (a pace), not a synchronisation
     numbers: list[int] = []
-    messages = 0
+    ranges: list[tuple[int, int]] = []  # each message's first and last number
     deadline = time.monotonic() + 20
     while len(numbers) < count and time.monotonic() < deadline:
         if not sub.poll(100):
             continue
         published = p.decode_published(sub.recv_multipart())
-        changes = published.event.changes if isinstance(published.event, p.Presence) else ()
-        gusts = [c for c in changes if c.name.startswith("gust")]
-        if isinstance(published.event, p.Join) and published.event.name.startswith("gust"):
-            gusts = [published.event]  # type: ignore[list-item]
-        if gusts:
-            messages += 1
-            numbers.extend(range(published.seq, published.seq + (len(changes) if changes else 1)))
+        event = published.event
+        if isinstance(event, p.Presence) and any(c.name.startswith("gust") for c in event.changes):
+            taken = len(event.changes)
+        elif isinstance(event, p.Join) and event.name.startswith("gust"):
+            taken = 1
+        else:
+            continue
+        ranges.append((published.seq, published.seq + taken - 1))
+        numbers.extend(range(published.seq, published.seq + taken))
     assert len(numbers) == count and numbers == list(range(numbers[0], numbers[0] + count))
-    assert messages <= 6, f"{messages} messages for {count // group} groups over ~{count // group * 10} ms"
+    storm = numbers[0] + STORM - 1  # the change that starts the hold
+    held = [r for r in ranges if r[1] >= storm]
+    assert len(held) <= 6, (
+        f"{len(held)} messages for the {count - STORM + 1} changes from the {STORM}th: {ranges}"
+    )
 
 
 def test_flush_waits_for_our_own_broadcast_held_in_a_storm(
