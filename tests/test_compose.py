@@ -63,6 +63,17 @@ def run(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> 
     return result.stdout
 
 
+def skip_without_bridge(docker_env: dict[str, str]) -> None:
+    """Skip the test when the engine cannot make a bridge network (no published ports then)."""
+    probe = f"zchat-probe-{uuid.uuid4().hex[:8]}"
+    if subprocess.run(["/usr/bin/docker", "network", "create", probe], capture_output=True,
+                      env=docker_env, timeout=60).returncode:  # fmt: skip
+        pytest.skip("this engine cannot make a bridge network, so it cannot publish ports")
+    subprocess.run(
+        ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
+    )
+
+
 def bots_hear_each_other(compose: list[str], env: dict[str, str]) -> None:
     """Wait until each bot's log shows the other's broadcast."""
 
@@ -195,13 +206,7 @@ def test_compose_demo_as_readme_runs_it_on_other_host_ports(docker_env: dict[str
     """docker-compose.yml with its override, on host ports that are not 5555/5556 (another
     broker may have those): a host client reaches the ROUTER on one and is sent by WELCOME
     to the PUB on the other, and the bots in the compose network still get broadcasts."""
-    probe = f"zchat-probe-{uuid.uuid4().hex[:8]}"
-    if subprocess.run(["/usr/bin/docker", "network", "create", probe], capture_output=True,
-                      env=docker_env, timeout=60).returncode:  # fmt: skip
-        pytest.skip("this engine cannot make a bridge network, so it cannot publish ports")
-    subprocess.run(
-        ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
-    )
+    skip_without_bridge(docker_env)
     port, pub_port, web_port = free_port(), free_port(), free_port()
     env = {**docker_env, "ZCHAT_PORT": str(port), "ZCHAT_PUB_PORT": str(pub_port),
            "ZCHAT_WEB_PORT": str(web_port)}  # fmt: skip
@@ -298,13 +303,7 @@ def test_cluster_demo_as_readme_runs_it_with_its_ports_file(docker_env: dict[str
     """docker-compose.cluster.yml and its ports file on a bridge network, on host ports that
     are not the defaults: the bots hear each other across brokers, and a host client given
     the published brokers gets an echo from a bot."""
-    probe = f"zchat-probe-{uuid.uuid4().hex[:8]}"
-    if subprocess.run(["/usr/bin/docker", "network", "create", probe], capture_output=True,
-                      env=docker_env, timeout=60).returncode:  # fmt: skip
-        pytest.skip("this engine cannot make a bridge network, so it cannot publish ports")
-    subprocess.run(
-        ["/usr/bin/docker", "network", "rm", probe], capture_output=True, env=docker_env, timeout=60
-    )
+    skip_without_bridge(docker_env)
     env, ports = cluster_env(docker_env)
     compose = [str(COMPOSE), "-p", f"zchatcl{uuid.uuid4().hex[:8]}", *CLUSTER_PORTS]
 
