@@ -82,6 +82,11 @@ DRAIN_BATCH = 1000
 FLUSH_EVERY = 100
 #: How long sockets may keep flushing at exit.
 LINGER_MS = 500
+#: Connections the kernel queues for each listening socket until libzmq accepts them (the
+#: kernel caps it at net.core.somaxconn). At libzmq's 100, the 4,000 connections of 2,000
+#: clients back after a restart overflowed the queue; a dropped handshake is retried by the
+#: client's kernel after 1 s, then 2 s more: most of a restart's tail (docs/BENCHMARKS.md).
+LISTEN_BACKLOG = 4096
 #: Longest wait in poll, so that signals and the sweep (stuck clients, retention) are never late.
 POLL_MS = 100
 #: Container allocations between two young collections of Python's cyclic GC (its default,
@@ -230,6 +235,7 @@ class BrokerServer:
             sock.setsockopt(zmq.LINGER, LINGER_MS)
             sock.setsockopt(zmq.SNDHWM, settings.hwm)
             sock.setsockopt(zmq.RCVHWM, settings.hwm)
+            sock.setsockopt(zmq.BACKLOG, LISTEN_BACKLOG)
             if ":" in settings.host:
                 sock.setsockopt(zmq.IPV6, 1)
         # Plain connections ask ZAP only with a domain, each keeping a pipe to the

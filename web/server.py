@@ -54,6 +54,9 @@ EXPIRE_EVERY = 1.0
 HEAP_EVERY = 0.2
 MAX_FRAME = 256 * 1024  # a command: a message of the broker's largest and its JSON escapes
 WRITE_LIMIT = 64 * 1024  # bytes buffered for one browser before a send waits
+#: Connections queued until the loop accepts them: the pages back after a restart, at once
+#: (asyncio's 100 dropped the rest, tried again a second later; as the broker's, server.py).
+LISTEN_BACKLOG = 4096
 # No permessage-deflate: chat events are small, and deflate costs CPU per message and a
 # compressor's memory per connection (and mixes secrets with attacker text: CRIME/BREACH).
 STOP_TIMEOUT = 15.0  # seconds for each step of stopping: sessions signing out, WebSockets closing
@@ -330,7 +333,7 @@ class Gateway:
                 signal.signal(sig, stop_soon)
         server = await serve(self.connection, host, port, process_request=self.process_request,
                              max_size=MAX_FRAME, write_limit=WRITE_LIMIT, server_header=None,
-                             compression=None)  # fmt: skip
+                             compression=None, backlog=LISTEN_BACKLOG)  # fmt: skip
         bound = server.sockets[0].getsockname()[1]
         if not self.origins:
             self.origins = default_origins(host, bound)
