@@ -936,6 +936,34 @@ def test_malformed_messages_are_ignored(h: Harness) -> None:
     assert h.state() is State.ONLINE
 
 
+def test_the_sessions_of_a_process_decode_a_published_frame_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    decoded: list[list[bytes]] = []
+    decode = p.decode_published
+
+    def counting(frames: list[bytes]) -> p.Published:
+        decoded.append(frames)
+        return decode(frames)
+
+    monkeypatch.setattr(p, "decode_published", counting)
+    c._decode_published.cache_clear()
+    pages = [Harness(), Harness()]
+    for page in pages:
+        page.sign_in(last_seq=3)
+    run = p.Presence("*", tuple(p.Change(f"u{i}", 1000 + i, "") for i in range(500)))
+    frames = p.encode_published(p.Published(p.LOBBY_TOPIC, 4, run))
+    before = len(decoded)
+    for page in pages:
+        page.conn.from_sub(list(frames), page.now)  # the same bytes, received by each
+        page.pump()
+        assert [e.changes for e in page.events if isinstance(e, ev.Presences)] == [run.changes]
+    assert len(decoded) == before + 1
+    for page in pages:  # a malformed frame is not remembered: each ignores it, and stays online
+        page.conn.from_sub([b"*\x00nope"], page.now)
+        page.pump()
+        assert page.state() is State.ONLINE
+    assert len(decoded) == before + 3
+
+
 # --- the state table -----------------------------------------------------------------------
 
 
