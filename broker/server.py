@@ -58,6 +58,8 @@ from zchat.common import protocol as p
 from zchat.common.heartbeat import set_heartbeats
 from zchat.common.jsonlog import fields
 from zchat.common.keys import KeyPair
+from zchat.common.limits import SPARE as SPARE_FILES
+from zchat.common.limits import raise_open_files
 
 if TYPE_CHECKING:
     from zchat.broker.metrics import MetricsServer
@@ -87,6 +89,8 @@ LINGER_MS = 500
 #: clients back after a restart overflowed the queue; a dropped handshake is retried by the
 #: client's kernel after 1 s, then 2 s more: most of a restart's tail (docs/BENCHMARKS.md).
 LISTEN_BACKLOG = 4096
+#: Descriptors a client costs: its two TCP connections, commands and broadcasts.
+FILES_PER_CLIENT = 2
 #: Longest wait in poll, so that signals and the sweep (stuck clients, retention) are never late.
 POLL_MS = 100
 #: Container allocations between two young collections of Python's cyclic GC (its default,
@@ -214,6 +218,8 @@ class BrokerServer:
             advertisable(settings.advertise_pub)  # fails before the store is opened or a port taken
         if store is None:
             store = open_store(settings.store)  # first: a bad store fails before any port is taken
+        #: The open-file limit now, and what --max-clients wants (said at start when short).
+        self.open_files = raise_open_files(FILES_PER_CLIENT * settings.max_clients)
         self.context = zmq.Context()
         # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
         self.gate = Gate(settings.ban_exempt)
@@ -339,6 +345,14 @@ class BrokerServer:
         log.info("%s", self._flood_control_line(),
                  extra=fields("flood_control", rate=s.rate, burst=s.burst, cool_off=s.cool_off))  # fmt: skip
         log.info("%s", self._store_line(), extra=fields("store", path=self._store_name()))
+        files, wanted = self.open_files
+        if files < wanted:
+            log.warning(
+                "open files are limited to %d: about %d clients, not the %d of --max-clients; "
+                "raise the hard limit (ulimit -Hn, or LimitNOFILE= for a systemd service)",
+                files, max(0, (files - SPARE_FILES) // FILES_PER_CLIENT), s.max_clients,
+                extra=fields("open_files", limit=files, wanted=wanted),
+            )  # fmt: skip
         # Twice per the shorter of the interval and the PONG's margin: stuck sessions and
         # unwatched ones are found within their bounds (PROTOCOL.md 7.1, 8).
         s = self.settings

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -84,8 +85,11 @@ def start_broker(
     pub_port: int = 0,
     timeout: float = 10.0,
     cwd: Path | None = None,
+    open_files: tuple[int, int] | None = None,
 ) -> Broker:
-    """Start `zchat broker` on 127.0.0.1; ports 0 let the broker pick free ones."""
+    """Start `zchat broker` on 127.0.0.1; ports 0 let the broker pick free ones.
+
+    `open_files`: its soft and hard limits on open files (a login shell's, say)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"broker-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log_file:
@@ -95,6 +99,7 @@ def start_broker(
              *([] if "--store" in args else ["--store", ":memory:"]),
              *([] if "--rate" in args else ["--rate", "0"]), *args],
             stdout=log_file, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"}, cwd=cwd,
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
         )  # fmt: skip
 
     def listening() -> re.Match[str] | None:

@@ -240,7 +240,11 @@ def test_a_full_disk_refuses_what_it_cannot_store_and_keeps_running(
         assert [type(e) for e in carol.until(b"p2")] == [p.Pong]  # m3 once, nothing else
         sub.close()
     # Said once, not per message: that it cannot store (an error), and that it stores again.
-    levels = Counter(r.levelname for r in caplog.records if r.name == "zchat.broker")
+    # (The machine's open-file limit may be short of --max-clients: said too, not counted.)
+    store_lines = [
+        r for r in caplog.records if r.name == "zchat.broker" and "open files" not in r.getMessage()
+    ]
+    levels = Counter(r.levelname for r in store_lines)
     assert (levels["ERROR"], levels["WARNING"]) == (1, 1), caplog.text
 
 

@@ -6,6 +6,7 @@ import contextlib
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import time
@@ -40,7 +41,9 @@ class WebGateway:
 
 
 def start_gateway(log_dir: Path, broker: Broker, *args: str, port: int = 0, timeout: float = 10.0,
-                  env: dict[str, str] | None = None) -> WebGateway:  # fmt: skip
+                  env: dict[str, str] | None = None, open_files: tuple[int, int] | None = None,
+                  ) -> WebGateway:  # fmt: skip
+    """`open_files`: its soft and hard limits on open files (a login shell's, say)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / f"web-{time.monotonic_ns()}.log"
     with open(log_path, "wb") as log_file:
@@ -49,6 +52,7 @@ def start_gateway(log_dir: Path, broker: Broker, *args: str, port: int = 0, time
              *args],
             stdout=log_file, stderr=subprocess.STDOUT,
             env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            preexec_fn=None if open_files is None else lambda: resource.setrlimit(resource.RLIMIT_NOFILE, open_files),
         )  # fmt: skip
 
     def serving() -> re.Match[str] | None:

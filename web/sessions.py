@@ -29,6 +29,7 @@ from zchat.client.loop import SOCKETS_PER_CLIENT, ConnectError, LoopClient
 from zchat.client.render import to_data
 from zchat.client.script import execute
 from zchat.common.keys import KeyPair
+from zchat.common.limits import raise_open_files
 from zchat.web.heap import Heap
 from zchat.web.schema import Command, encode
 
@@ -157,6 +158,9 @@ def encoded(event: ev.Event) -> str:
 #: Twice a client's: after a broker restart every session reconnects on new sockets, and the
 #: closed ones count until libzmq has reaped them.
 SOCKETS_PER_SESSION = 2 * SOCKETS_PER_CLIENT
+#: Descriptors a session costs: the page's WebSocket, the DEALER's and SUB's TCP connections,
+#: and a libzmq mailbox for each of its sockets (the closing ones too).
+FILES_PER_SESSION = 1 + 2 + SOCKETS_PER_SESSION
 
 
 class Sessions:
@@ -169,6 +173,8 @@ class Sessions:
         # them, sign-ins fail (EMFILE).
         self.context.set(zmq.MAX_SOCKETS, min(SOCKETS_PER_SESSION * settings.max_sessions + 64,
                                               self.context.get(zmq.SOCKET_LIMIT)))  # fmt: skip
+        #: The open-file limit now, and what max_sessions wants (said at start when short).
+        self.open_files = raise_open_files(FILES_PER_SESSION * settings.max_sessions)
         self.by_token: dict[str, Session] = {}
         self.heap = Heap()
 
