@@ -7,12 +7,12 @@ the runs its batching lays side by side in one PRESENCE each (`packed`); but a b
 that shares two cores with its clients wakes for a few READYs at a time, and its runs
 were 4-5 changes long (docs/BENCHMARKS.md). So once `storm` JOINs and LEAVEs come within
 one `window`, the lobby's messages are held for `window` and go out together, their runs
-packed; the lobby's everyday coming and going, even a crowd of sign-ins (fewer than
+packed. The lobby's everyday coming and going, even a crowd of sign-ins (fewer than
 `storm` a window: 200 a second by default), and everything outside a storm, goes at once:
-a held storm's changes reach every subscriber at once, and a web gateway with a thousand
-pages writes them all in one go (docs/WEB.md), which is no price for a handful of joins. Everything on the lobby topic
-is held alike, so nothing is reordered: a broadcast waits behind the JOIN before it, at
-most `window`.
+a held storm's changes reach every subscriber together, and a web gateway with a thousand
+pages writes them all in one go (docs/WEB.md), no price to pay for a handful of joins.
+Everything on the lobby topic is held alike, so nothing is reordered: a broadcast waits
+behind the JOIN before it, at most `window`.
 """
 
 from __future__ import annotations
@@ -73,6 +73,7 @@ class LobbyHold:
 
     def __init__(self, window: float = WINDOW, storm: int = STORM) -> None:
         self.window = window
+        self.storm = storm
         self.held: list[p.Published] = []
         #: Lobby messages are held while the clock is before this.
         self.until = 0.0
@@ -100,7 +101,7 @@ class LobbyHold:
                 changes = self._changes
                 if isinstance(effect.event, CHANGES):
                     changes.append(now)
-                if len(changes) < (changes.maxlen or 1) or now - changes[0] >= self.window:
+                if len(changes) < self.storm or now - changes[0] >= self.window:
                     out.append(effect)
                     continue
                 self.until = now + self.window  # `storm` changes within a window: a storm

@@ -58,8 +58,7 @@ from zchat.common import protocol as p
 from zchat.common.heartbeat import set_heartbeats
 from zchat.common.jsonlog import fields
 from zchat.common.keys import KeyPair
-from zchat.common.limits import SPARE as SPARE_FILES
-from zchat.common.limits import raise_open_files
+from zchat.common.limits import raise_open_files, shortfall
 
 if TYPE_CHECKING:
     from zchat.broker.metrics import MetricsServer
@@ -347,12 +346,8 @@ class BrokerServer:
         log.info("%s", self._store_line(), extra=fields("store", path=self._store_name()))
         files, wanted = self.open_files
         if files < wanted:
-            log.warning(
-                "open files are limited to %d: about %d clients, not the %d of --max-clients; "
-                "raise the hard limit (ulimit -Hn, or LimitNOFILE= for a systemd service)",
-                files, max(0, (files - SPARE_FILES) // FILES_PER_CLIENT), s.max_clients,
-                extra=fields("open_files", limit=files, wanted=wanted),
-            )  # fmt: skip
+            log.warning("%s", shortfall(files, FILES_PER_CLIENT, s.max_clients, "clients", "--max-clients"),
+                        extra=fields("open_files", limit=files, wanted=wanted))  # fmt: skip
         # Twice per the shorter of the interval and the PONG's margin: stuck sessions and
         # unwatched ones are found within their bounds (PROTOCOL.md 7.1, 8).
         s = self.settings

@@ -29,3 +29,13 @@ def raise_open_files(connections: int) -> tuple[int, int]:
         resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
         soft = target
     return soft, want
+
+
+def shortfall(limit: int, per: int, wanted: int, what: str, option: str) -> str:
+    """What a process whose open-file `limit` holds fewer than the `wanted` of `option`
+    (each `what` costing `per` descriptors) says at start."""
+    return (
+        f"open files are limited to {limit}: about {max(0, (limit - SPARE) // per)} {what}, "
+        f"not the {wanted} of {option}; raise the hard limit (ulimit -Hn, or LimitNOFILE= for a "
+        "systemd service)"
+    )

@@ -25,7 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import State
 
-from zchat.common.limits import SPARE as SPARE_FILES
+from zchat.common.limits import shortfall
 from zchat.common.protocol import valid_name
 from zchat.web import schema
 from zchat.web.invites import Invites
@@ -344,10 +344,8 @@ class Gateway:
         log.info("WebSocket origins allowed: %s", " ".join(sorted(self.origins)))
         files, wanted = self.sessions.open_files
         if files < wanted:
-            log.warning("open files are limited to %d: about %d pages, not the %d of --max-sessions; "
-                        "raise the hard limit (ulimit -Hn, or LimitNOFILE= for a systemd service)",
-                        files, max(0, (files - SPARE_FILES) // FILES_PER_SESSION),
-                        self.settings.max_sessions)  # fmt: skip
+            log.warning("%s", shortfall(files, FILES_PER_SESSION, self.settings.max_sessions, "pages",
+                                        "--max-sessions"))  # fmt: skip
         if started is not None:
             started.set_result(server)
         expiry, heap = asyncio.create_task(self.expire()), asyncio.create_task(self.tend_heap())
