@@ -27,7 +27,6 @@ from benchmarks.wire import (
     ACK,
     ERROR,
     MARKER,
-    acked,
     body,
     make_wire,
     parse_body,
@@ -127,7 +126,7 @@ def _publish(spec: PublisherSpec, kind: str, sock: zmq.Socket[bytes], shared: An
                 return
             what, payload = classify(frames)
             if what == ACK:
-                acks += acked(frames)
+                acks += len(payload)
             elif what == ERROR:
                 errors[payload.decode()] += 1
 

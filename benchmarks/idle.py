@@ -27,7 +27,7 @@ from typing import Any
 
 import zmq
 
-from benchmarks.wire import ACK, ERROR, PONG, Wire, ack_ids, make_wire, recv_frames, send_frames
+from benchmarks.wire import ACK, ERROR, PONG, Wire, make_wire, recv_frames, send_frames
 from benchmarks.workers import expect
 
 #: HELLOs outstanding at once per worker.
@@ -153,7 +153,7 @@ def _run(spec: IdleSpec, wire: Wire, ctx: zmq.Context[zmq.Socket[bytes]], conn: 
                 else:
                     what, payload = wire.classify(frames)
                     if what == ACK:
-                        for msg_id in ack_ids(frames):
+                        for msg_id in payload:
                             awaiting.answered(sock)
                             n_ready += msg_id.startswith(b"r")
                     elif what == PONG:

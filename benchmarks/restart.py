@@ -54,7 +54,6 @@ from benchmarks.servers import Server, start_server
 from benchmarks.wire import (
     ACK,
     ERROR,
-    ack_ids,
     ack_status,
     answered_id,
     body,
@@ -217,7 +216,7 @@ def _stream(
                 what, payload = wire.classify(frames)
                 if what == ACK:
                     status = ack_status(frames)
-                    for msg_id in ack_ids(frames):
+                    for msg_id in payload:
                         if outstanding[i].pop(msg_id, None) is None:
                             other += 1  # an answer to nothing we sent: counted, never lost
                             continue

@@ -13,15 +13,19 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Any
 
 import zmq
 
+from zchat.client.connection import decode_published_frame
 from zchat.common import protocol as p
 from zchat.common.heartbeat import set_client_heartbeats
 from zchat.common.protocol import LOBBY_TOPIC
 
 #: What a received message is.
 ACK, ERROR, DELIVERY, PONG, OTHER = range(5)
+#: What a received message is, and what it carries (Wire.classify).
+Classified = tuple[int, Any]
 #: Size of a message body, as a short chat line.
 BODY_SIZE = 64
 #: The body of a marker broadcast (not counted; see fanout.py).
@@ -142,10 +146,10 @@ class Wire:
         """What a recipient sends to confirm private messages (zchat: RECEIVED), or None."""
         return None
 
-    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
-        """(ACK, first id), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"").
+    def classify(self, frames: list[bytes]) -> Classified:
+        """(ACK, the ids it answers), (ERROR, code), (DELIVERY, body), (PONG, id) or (OTHER, b"").
 
-        An ACK may answer several commands: see `acked` and `ack_ids`.
+        Decoded once: an ACK answers several commands at a time (PROTOCOL.md 5.2).
         """
         raise NotImplementedError
 
@@ -181,11 +185,11 @@ class ZchatWire(Wire):
     def received(self, msg_id: bytes, sender: bytes, ids: list[bytes]) -> list[bytes] | None:
         return p.encode(p.Received(msg_id, sender.decode(), tuple(ids)))
 
-    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
+    def classify(self, frames: list[bytes]) -> Classified:
         event = p.decode_event(frames)
         kind = type(event)
         if kind is p.Ack:
-            return ACK, event.msg_id  # type: ignore[union-attr]
+            return ACK, event.ids()  # type: ignore[union-attr]
         if kind is p.Message:
             return DELIVERY, event.body  # type: ignore[union-attr]
         if kind is p.Error:
@@ -195,7 +199,9 @@ class ZchatWire(Wire):
         return OTHER, b""
 
     def published(self, frames: list[bytes]) -> bytes | None:
-        event = p.decode_published(frames).event
+        # Once a process, as the library's clients decode them: every SUB of a load process
+        # gets the same bytes (client/connection.py).
+        event = (decode_published_frame(frames[0]) if len(frames) == 1 else p.decode_published(frames)).event
         if isinstance(event, p.Message):
             return event.body
         return None  # JOIN, LEAVE, SHUTDOWN...
@@ -227,7 +233,7 @@ class CeilingWire(Wire):
     def ping(self, name: bytes, msg_id: bytes) -> list[bytes]:
         return [name, _PING + msg_id]  # to itself: the forwarder echoes it
 
-    def classify(self, frames: list[bytes]) -> tuple[int, bytes]:
+    def classify(self, frames: list[bytes]) -> Classified:
         if len(frames) == 2:
             data = frames[1]
             if data[:5] == _PING:
@@ -237,17 +243,6 @@ class CeilingWire(Wire):
 
     def published(self, frames: list[bytes]) -> bytes | None:
         return frames[2] if len(frames) == 3 else None
-
-
-def acked(frames: list[bytes]) -> int:
-    """How many commands an ACK answers: its id, and every further id (PROTOCOL.md 5.2)."""
-    return len(ack_ids(frames))
-
-
-def ack_ids(frames: list[bytes]) -> list[bytes]:
-    ack = p.decode_event(frames)
-    assert isinstance(ack, p.Ack), ack
-    return list(ack.ids())
 
 
 def answered_id(frames: list[bytes]) -> bytes:
