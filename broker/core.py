@@ -360,8 +360,9 @@ class BrokerCore:
         #: never waits for a commit to show only what is kept.
         self._store_can_fail = not isinstance(self.store, MemoryStore)
         self._out: list[Effect] = []
-        #: ACKs held until the store has committed, per connection, combined where they can be.
-        self._acks: dict[bytes, list[HeldAck]] = {}
+        #: ACKs held until the store has committed, per connection, combined where they can be;
+        #: a receipt for a connection with ACKs held waits behind them (_notify).
+        self._acks: dict[bytes, list[HeldAck | p.Receipt]] = {}
         #: Published events wait for the store too: a number on a topic is never seen
         #: by a subscriber before what it numbers is kept (PROTOCOL.md 6.2).
         self._to_publish: list[p.Published] = []
@@ -910,7 +911,7 @@ class BrokerCore:
             self.unconfirmed.pop(peer, None)  # it confirms again
         sender = self._names.holder(sender_key)
         if sender is not None:
-            self._reply(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
+            self._notify(sender.peer, p.Receipt(session.name, time_ms, tuple(confirmed)))
         elif self.relay is not None:  # kept on every broker: the sender may come back on any
             self.relay.relay(Receipted(sender_key, session.name, time_ms, tuple(confirmed)))
         elif self.store.is_known(sender_key):  # kept only for someone who can come back for it
@@ -1086,7 +1087,7 @@ class BrokerCore:
         out of the others' copies), else kept until it signs in, here or on another broker."""
         session = self._names.holder(sender)
         if session is not None and session.peer in self.by_peer:
-            self._reply(session.peer, p.Receipt(recipient, time_ms, msg_ids))
+            self._notify(session.peer, p.Receipt(recipient, time_ms, msg_ids))
             assert self.relay is not None
             self.relay.relay(ReceiptsTaken(sender, msg_ids))
         elif self.store.is_known(sender):
@@ -1195,12 +1196,18 @@ class BrokerCore:
         if stored:
             for peer, held in self._acks.items():
                 for h in held:
-                    ids = h.ids
-                    out.append(Reply(peer, p.Ack(ids[0], h.time_ms, h.status, tuple(ids[1:]))))
+                    if isinstance(h, HeldAck):
+                        ids = h.ids
+                        out.append(Reply(peer, p.Ack(ids[0], h.time_ms, h.status, tuple(ids[1:]))))
+                    else:
+                        out.append(Reply(peer, h))
         else:
             for peer, held in self._acks.items():
                 for h in held:
-                    self._answer_unstored(peer, h, refused)
+                    if isinstance(h, HeldAck):
+                        self._answer_unstored(peer, h, refused)
+                    else:
+                        out.append(Reply(peer, h))
         self._acks = {}
 
     def _commit(self) -> frozenset[tuple[str, bytes]] | None:
@@ -1255,10 +1262,19 @@ class BrokerCore:
             self._acks[peer] = [HeldAck(key, time_ms, status, [msg_id])]
             return
         last = held[-1]
-        if last.time_ms == time_ms and last.status == status and last.key == key:
+        if type(last) is HeldAck and last.time_ms == time_ms and last.status == status and last.key == key:
             last.ids.append(msg_id)
         else:
             held.append(HeldAck(key, time_ms, status, [msg_id]))
+
+    def _notify(self, peer: bytes, receipt: p.Receipt) -> None:
+        """A receipt: behind the connection's held ACKs, if it has any, so that it never
+        overtakes the ACK of what it receipts, and costs no early commit (one a RECEIVED)."""
+        held = self._acks.get(peer)
+        if held is None:
+            self._out.append(Reply(peer, receipt))
+        else:
+            held.append(receipt)
 
     def _reply(self, peer: bytes, event: p.ServerEvent) -> None:
         """Any other reply: the connection's held ACKs go first, so replies keep their order.

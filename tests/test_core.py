@@ -615,6 +615,30 @@ def test_a_message_not_handed_over_gets_no_receipt(core: BrokerCore) -> None:
     assert replies(say(core, b"B", p.Received(b"r", "alice", (b"m1",)), 2.0), b"A") == []
 
 
+def test_a_receipt_waits_behind_its_senders_held_ack_without_an_early_commit() -> None:
+    class CountingStore(MemoryStore):
+        commits = 0
+
+        def commit(self) -> bool:
+            self.commits += 1
+            return super().commit()
+
+    store = CountingStore()
+    core = make_core(store)
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    commits = store.commits
+    # One wake-up: alice's message handed to bob, and bob confirming it, before the flush.
+    delivery = deliver(core.handle(Command(b"A", p.Send(b"m1", "bob", b"hi"), 1.0, "")))
+    core.handle(Delivered(delivery))
+    confirmed = core.handle(Command(b"B", p.Received(b"r1", "alice", (b"m1",)), 1.0, ""))
+    assert replies(confirmed, b"A") == [] and store.commits == commits  # nothing out before the commit
+    flushed = core.handle(Flush(1.0))
+    assert store.commits == commits + 1
+    assert replies(flushed, b"A") == [p.Ack(b"m1", 1000, "accepted"), p.Receipt("bob", 1000, (b"m1",))]
+    assert replies(flushed, b"B") == [p.Ack(b"r1", 1000, "accepted")]
+
+
 def test_rooms_are_bounded_per_user_and_in_all() -> None:
     core = make_core(max_rooms_per_user=2, max_rooms=3)
     register(core, b"A", "alice")
