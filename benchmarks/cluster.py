@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -86,26 +87,28 @@ def wait_listed(sock: zmq.Socket[bytes], names: list[str], timeout: float = 10.0
     raise RuntimeError("the recipients never showed in WHO")
 
 
-def private_run(senders: list[zmq.Socket[bytes]], recipients: list[zmq.Socket[bytes]], names: list[str],
-                messages: int) -> dict[str, float]:  # fmt: skip
-    """Each sender sends `messages` to its recipient, WINDOW in flight: throughput and latency."""
+def send_windowed(senders: list[zmq.Socket[bytes]], prefix: str, to: list[str], messages: int,
+                  receivers: list[zmq.Socket[bytes]], decode: Callable[[list[bytes]], object],
+                  copies: int) -> tuple[float, LogHistogram, dict[zmq.Socket[bytes], LogHistogram]]:  # fmt: skip
+    """Sender i sends `messages` to `to[i]` (ids PREFIX+i-n), WINDOW unacknowledged at a time, until
+    every SEND is acknowledged and the receivers, their frames read by `decode`, have heard `copies`
+    of each: the seconds that took, and the latencies from a SEND to a copy, in all and by receiver."""
     poller = zmq.Poller()
-    for sock in (*senders, *recipients):
+    for sock in (*senders, *receivers):
         poller.register(sock, zmq.POLLIN)
     sent_at: dict[bytes, float] = {}
     next_i = [0] * len(senders)
     in_flight = [0] * len(senders)
-    acked = received = 0
+    acked = heard = 0
     total = messages * len(senders)
-    latency = LogHistogram()
+    each = {sock: LogHistogram() for sock in receivers}  # a receiver's broker may be slower
     index = {s: i for i, s in enumerate(senders)}
-    recipient_set = set(recipients)
 
     def top_up(i: int) -> None:
         while in_flight[i] < WINDOW and next_i[i] < messages:
-            msg_id = f"{i}-{next_i[i]}".encode()
+            msg_id = f"{prefix}{i}-{next_i[i]}".encode()
             sent_at[msg_id] = time.perf_counter()
-            senders[i].send_multipart(p.encode_send(msg_id, names[i], "x" * 100))
+            senders[i].send_multipart(p.encode_send(msg_id, to[i], "x" * 100))
             next_i[i] += 1
             in_flight[i] += 1
 
@@ -113,30 +116,42 @@ def private_run(senders: list[zmq.Socket[bytes]], recipients: list[zmq.Socket[by
     for i in range(len(senders)):
         top_up(i)
     deadline = time.monotonic() + 300
-    while (acked < total or received < total) and time.monotonic() < deadline:
+    while (acked < total or heard < total * copies) and time.monotonic() < deadline:
         for sock, _ in poller.poll(1000):
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                event = p.decode_event(frames)
-                if sock in recipient_set:
-                    if isinstance(event, p.Message):
-                        received += 1
-                        latency.record(int((time.perf_counter() - sent_at[event.msg_id]) * 1e6))
+                if sock in each:
+                    event = decode(frames)
+                    if isinstance(event, p.Message) and event.msg_id in sent_at:  # not a warm-up's
+                        heard += 1
+                        each[sock].record(int((time.perf_counter() - sent_at[event.msg_id]) * 1e6))
                     continue
+                reply = p.decode_event(frames)
                 i = index[sock]
-                if isinstance(event, p.Ack):
-                    done = len(event.ids())
+                if isinstance(reply, p.Ack):
+                    done = len(reply.ids())
                     acked += done
                     in_flight[i] -= done
-                elif isinstance(event, p.Error):
-                    raise RuntimeError(f"refused: {event}")
+                elif isinstance(reply, p.Error):
+                    raise RuntimeError(f"refused: {reply}")
                 top_up(i)
     elapsed = time.perf_counter() - start
-    if acked < total or received < total:
-        raise RuntimeError(f"stalled: {acked} acked, {received} received of {total}")
+    if acked < total or heard < total * copies:
+        raise RuntimeError(f"stalled: {acked} acked, {heard} heard of {total} x {copies}")
+    latency = LogHistogram()
+    for histogram in each.values():
+        latency.merge(histogram)
+    return elapsed, latency, each
+
+
+def private_run(senders: list[zmq.Socket[bytes]], recipients: list[zmq.Socket[bytes]], names: list[str],
+                messages: int) -> dict[str, float]:  # fmt: skip
+    """Each sender sends `messages` to its recipient, WINDOW in flight: throughput and latency."""
+    total = messages * len(senders)
+    elapsed, latency, _ = send_windowed(senders, "", names, messages, recipients, p.decode_event, copies=1)
     return {"messages": total, "seconds": elapsed, "msg_per_s": total / elapsed,
             "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000}  # fmt: skip
 
@@ -187,58 +202,11 @@ def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[b
                   messages: int) -> dict[str, Any]:  # fmt: skip
     """Each sender broadcasts `messages`, WINDOW in flight; every listener hears each: throughput
     of the sends, latency from a SEND to each listener's copy."""
-    poller = zmq.Poller()
-    for sock in (*senders, *listeners):
-        poller.register(sock, zmq.POLLIN)
-    sent_at: dict[bytes, float] = {}
-    next_i = [0] * len(senders)
-    in_flight = [0] * len(senders)
-    acked = heard = 0
     total = messages * len(senders)
-    latency = LogHistogram()
-    each = {sock: LogHistogram() for sock in listeners}  # a listener's broker may be slower
-    index = {s: i for i, s in enumerate(senders)}
-    listener_set = set(listeners)
-
-    def top_up(i: int) -> None:
-        while in_flight[i] < WINDOW and next_i[i] < messages:
-            msg_id = f"b{i}-{next_i[i]}".encode()
-            sent_at[msg_id] = time.perf_counter()
-            senders[i].send_multipart(p.encode_send(msg_id, p.EVERYONE, "x" * 100))
-            next_i[i] += 1
-            in_flight[i] += 1
-
-    start = time.perf_counter()
-    for i in range(len(senders)):
-        top_up(i)
-    deadline = time.monotonic() + 300
-    while (acked < total or heard < total * len(listeners)) and time.monotonic() < deadline:
-        for sock, _ in poller.poll(1000):
-            while True:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if sock in listener_set:
-                    event = p.decode_published(frames).event
-                    if isinstance(event, p.Message) and event.msg_id in sent_at:
-                        heard += 1
-                        waited = int((time.perf_counter() - sent_at[event.msg_id]) * 1e6)
-                        latency.record(waited)
-                        each[sock].record(waited)
-                    continue
-                reply = p.decode_event(frames)
-                i = index[sock]
-                if isinstance(reply, p.Ack):
-                    done = len(reply.ids())
-                    acked += done
-                    in_flight[i] -= done
-                elif isinstance(reply, p.Error):
-                    raise RuntimeError(f"refused: {reply}")
-                top_up(i)
-    elapsed = time.perf_counter() - start
-    if acked < total or heard < total * len(listeners):
-        raise RuntimeError(f"stalled: {acked} acked, {heard} heard of {total} x {len(listeners)}")
+    elapsed, latency, each = send_windowed(
+        senders, "b", [p.EVERYONE] * len(senders), messages, listeners,
+        lambda frames: p.decode_published(frames).event, copies=len(listeners),
+    )  # fmt: skip
     return {"messages": total, "listeners": len(listeners), "seconds": elapsed, "msg_per_s": total / elapsed,
             "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000,
             "p99_ms_by_listener": [h.percentile(99) / 1000 for h in each.values()]}  # fmt: skip
