@@ -10,7 +10,11 @@ listeners' SUBs on one broker) against `broadcast_cross` (the senders on the
 first broker of the cluster, a listener's SUB on each). Each sender keeps
 WINDOW messages in flight. Latency is the time from a SEND to its MESSAGE at
 the recipient or listener (one clock, one process); CPU is the brokers' own
-(and nats-server's), per message sent, in all and by process.
+(and nats-server's), per message sent, in all and by process. `heard`
+counts the copies distinct by receiver and id (each message once, a
+broadcast once per listener), `duplicated` the repeats; a run that loses
+one stops as stalled (exit 1) after STALL_SECONDS, with --quick after
+QUICK_STALL_SECONDS.
 Raw DEALERs and SUBs with the project's codec: no client library in the way.
 `--broker-ref` runs the brokers from a snapshot of a commit (servers.py), so
 that one run of this file measures two commits alike; `--profile` samples
@@ -29,6 +33,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +47,10 @@ from benchmarks.servers import SNAPSHOT_ENV, Server, snapshot, start_server
 from zchat.common import protocol as p
 
 WINDOW = 50
+#: A run that has not heard every copy by then has lost some: it stops, as stalled.
+STALL_SECONDS = 300
+#: The same, with --quick: a smoke test learns of a loss in seconds, not minutes.
+QUICK_STALL_SECONDS = 20
 #: Samples a second of each broker, with --profile.
 PROFILE_RATE = 100
 
@@ -86,59 +96,93 @@ def wait_listed(sock: zmq.Socket[bytes], names: list[str], timeout: float = 10.0
     raise RuntimeError("the recipients never showed in WHO")
 
 
-def private_run(senders: list[zmq.Socket[bytes]], recipients: list[zmq.Socket[bytes]], names: list[str],
-                messages: int) -> dict[str, float]:  # fmt: skip
-    """Each sender sends `messages` to its recipient, WINDOW in flight: throughput and latency."""
+@dataclass(frozen=True)
+class Windowed:
+    """What a run of send_windowed measured."""
+
+    seconds: float
+    #: From a SEND to a receiver's first copy, in all and by receiver (in the receivers' order).
+    latency: LogHistogram
+    by_receiver: list[LogHistogram]
+    #: Copies distinct by receiver and message id: every one expected, once a run ends.
+    heard: int
+    #: Copies a receiver had heard before (not in `heard`, nor in the latencies).
+    duplicated: int
+
+
+def send_windowed(senders: list[zmq.Socket[bytes]], prefix: str, to: list[str], messages: int,
+                  receivers: list[zmq.Socket[bytes]], decode: Callable[[list[bytes]], object],
+                  copies: int, stall: float) -> Windowed:  # fmt: skip
+    """Sender i sends `messages` to `to[i]` (ids PREFIX+i-n), WINDOW unacknowledged at a time, until
+    every SEND is acknowledged and the receivers, their frames read by `decode`, have heard `copies`
+    of each, or raises after `stall` seconds."""
     poller = zmq.Poller()
-    for sock in (*senders, *recipients):
+    for sock in (*senders, *receivers):
         poller.register(sock, zmq.POLLIN)
     sent_at: dict[bytes, float] = {}
     next_i = [0] * len(senders)
     in_flight = [0] * len(senders)
-    acked = received = 0
+    acked = heard = duplicated = 0
     total = messages * len(senders)
-    latency = LogHistogram()
+    each = {sock: LogHistogram() for sock in receivers}  # a receiver's broker may be slower
+    seen: dict[zmq.Socket[bytes], set[bytes]] = {sock: set() for sock in receivers}
     index = {s: i for i, s in enumerate(senders)}
-    recipient_set = set(recipients)
 
     def top_up(i: int) -> None:
         while in_flight[i] < WINDOW and next_i[i] < messages:
-            msg_id = f"{i}-{next_i[i]}".encode()
+            msg_id = f"{prefix}{i}-{next_i[i]}".encode()
             sent_at[msg_id] = time.perf_counter()
-            senders[i].send_multipart(p.encode_send(msg_id, names[i], "x" * 100))
+            senders[i].send_multipart(p.encode_send(msg_id, to[i], "x" * 100))
             next_i[i] += 1
             in_flight[i] += 1
 
     start = time.perf_counter()
     for i in range(len(senders)):
         top_up(i)
-    deadline = time.monotonic() + 300
-    while (acked < total or received < total) and time.monotonic() < deadline:
+    deadline = time.monotonic() + stall
+    while (acked < total or heard < total * copies) and time.monotonic() < deadline:
         for sock, _ in poller.poll(1000):
             while True:
                 try:
                     frames = sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                event = p.decode_event(frames)
-                if sock in recipient_set:
-                    if isinstance(event, p.Message):
-                        received += 1
-                        latency.record(int((time.perf_counter() - sent_at[event.msg_id]) * 1e6))
+                if sock in each:
+                    event = decode(frames)
+                    if isinstance(event, p.Message) and event.msg_id in sent_at:  # not a warm-up's
+                        if event.msg_id in seen[sock]:
+                            duplicated += 1
+                            continue
+                        seen[sock].add(event.msg_id)
+                        heard += 1
+                        each[sock].record(int((time.perf_counter() - sent_at[event.msg_id]) * 1e6))
                     continue
+                reply = p.decode_event(frames)
                 i = index[sock]
-                if isinstance(event, p.Ack):
-                    done = len(event.ids())
+                if isinstance(reply, p.Ack):
+                    done = len(reply.ids())
                     acked += done
                     in_flight[i] -= done
-                elif isinstance(event, p.Error):
-                    raise RuntimeError(f"refused: {event}")
+                elif isinstance(reply, p.Error):
+                    raise RuntimeError(f"refused: {reply}")
                 top_up(i)
     elapsed = time.perf_counter() - start
-    if acked < total or received < total:
-        raise RuntimeError(f"stalled: {acked} acked, {received} received of {total}")
-    return {"messages": total, "seconds": elapsed, "msg_per_s": total / elapsed,
-            "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000}  # fmt: skip
+    if acked < total or heard < total * copies:
+        raise RuntimeError(f"stalled: {acked} acked, {heard} heard of {total} x {copies}")
+    latency = LogHistogram()
+    for histogram in each.values():
+        latency.merge(histogram)
+    return Windowed(elapsed, latency, list(each.values()), heard, duplicated)
+
+
+def private_run(senders: list[zmq.Socket[bytes]], recipients: list[zmq.Socket[bytes]], names: list[str],
+                messages: int, stall: float) -> dict[str, float]:  # fmt: skip
+    """Each sender sends `messages` to its recipient, WINDOW in flight: throughput and latency."""
+    total = messages * len(senders)
+    run = send_windowed(senders, "", names, messages, recipients, p.decode_event, copies=1, stall=stall)
+    return {"messages": total, "heard": run.heard, "duplicated": run.duplicated, "seconds": run.seconds,
+            "msg_per_s": total / run.seconds, "p50_ms": run.latency.percentile(50) / 1000,
+            "p99_ms": run.latency.percentile(99) / 1000}  # fmt: skip
 
 
 def listener(context: zmq.Context[zmq.Socket[bytes]], pub_endpoint: str) -> zmq.Socket[bytes]:
@@ -184,64 +228,18 @@ def wait_subscribed(
 
 
 def broadcast_run(senders: list[zmq.Socket[bytes]], listeners: list[zmq.Socket[bytes]],
-                  messages: int) -> dict[str, Any]:  # fmt: skip
+                  messages: int, stall: float) -> dict[str, Any]:  # fmt: skip
     """Each sender broadcasts `messages`, WINDOW in flight; every listener hears each: throughput
     of the sends, latency from a SEND to each listener's copy."""
-    poller = zmq.Poller()
-    for sock in (*senders, *listeners):
-        poller.register(sock, zmq.POLLIN)
-    sent_at: dict[bytes, float] = {}
-    next_i = [0] * len(senders)
-    in_flight = [0] * len(senders)
-    acked = heard = 0
     total = messages * len(senders)
-    latency = LogHistogram()
-    each = {sock: LogHistogram() for sock in listeners}  # a listener's broker may be slower
-    index = {s: i for i, s in enumerate(senders)}
-    listener_set = set(listeners)
-
-    def top_up(i: int) -> None:
-        while in_flight[i] < WINDOW and next_i[i] < messages:
-            msg_id = f"b{i}-{next_i[i]}".encode()
-            sent_at[msg_id] = time.perf_counter()
-            senders[i].send_multipart(p.encode_send(msg_id, p.EVERYONE, "x" * 100))
-            next_i[i] += 1
-            in_flight[i] += 1
-
-    start = time.perf_counter()
-    for i in range(len(senders)):
-        top_up(i)
-    deadline = time.monotonic() + 300
-    while (acked < total or heard < total * len(listeners)) and time.monotonic() < deadline:
-        for sock, _ in poller.poll(1000):
-            while True:
-                try:
-                    frames = sock.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
-                    break
-                if sock in listener_set:
-                    event = p.decode_published(frames).event
-                    if isinstance(event, p.Message) and event.msg_id in sent_at:
-                        heard += 1
-                        waited = int((time.perf_counter() - sent_at[event.msg_id]) * 1e6)
-                        latency.record(waited)
-                        each[sock].record(waited)
-                    continue
-                reply = p.decode_event(frames)
-                i = index[sock]
-                if isinstance(reply, p.Ack):
-                    done = len(reply.ids())
-                    acked += done
-                    in_flight[i] -= done
-                elif isinstance(reply, p.Error):
-                    raise RuntimeError(f"refused: {reply}")
-                top_up(i)
-    elapsed = time.perf_counter() - start
-    if acked < total or heard < total * len(listeners):
-        raise RuntimeError(f"stalled: {acked} acked, {heard} heard of {total} x {len(listeners)}")
-    return {"messages": total, "listeners": len(listeners), "seconds": elapsed, "msg_per_s": total / elapsed,
-            "p50_ms": latency.percentile(50) / 1000, "p99_ms": latency.percentile(99) / 1000,
-            "p99_ms_by_listener": [h.percentile(99) / 1000 for h in each.values()]}  # fmt: skip
+    run = send_windowed(
+        senders, "b", [p.EVERYONE] * len(senders), messages, listeners,
+        lambda frames: p.decode_published(frames).event, copies=len(listeners), stall=stall,
+    )  # fmt: skip
+    return {"messages": total, "listeners": len(listeners), "heard": run.heard, "duplicated": run.duplicated,
+            "seconds": run.seconds, "msg_per_s": total / run.seconds,
+            "p50_ms": run.latency.percentile(50) / 1000, "p99_ms": run.latency.percentile(99) / 1000,
+            "p99_ms_by_listener": [h.percentile(99) / 1000 for h in run.by_receiver]}  # fmt: skip
 
 
 def measured(pids: dict[str, int], run: dict[str, Any], before: dict[str, float]) -> dict[str, Any]:
@@ -310,8 +308,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--quick", action="store_true", help="a tiny run, for the smoke test")
     args = parser.parse_args()
+    stall = STALL_SECONDS
     if args.quick:
         args.pairs, args.messages, args.broadcasters, args.broadcasts = 2, 20, 1, 20
+        stall = QUICK_STALL_SECONDS
     context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
     results: dict[str, Any] = {}
     folder = Path(tempfile.mkdtemp(prefix="zchat-bench-cluster-"))
@@ -325,13 +325,16 @@ def main() -> None:
             senders = [dealer(context, alone.endpoint, f"s{i}") for i in range(args.pairs)]
             recipients = [dealer(context, alone.endpoint, n) for n in names]
             before = cpu_now(pids)
-            results["alone"] = measured(pids, private_run(senders, recipients, names, args.messages), before)
+            results["alone"] = measured(
+                pids, private_run(senders, recipients, names, args.messages, stall), before
+            )
             broadcasters = [dealer(context, alone.endpoint, f"c{i}") for i in range(args.broadcasters)]
             listeners = [listener(context, alone.pub_endpoint) for _ in range(2)]
             wait_subscribed(broadcasters[0], listeners)
             before = cpu_now(pids)
-            results["broadcast_alone"] = measured(pids, broadcast_run(broadcasters, listeners, args.broadcasts),
-                                                  before)  # fmt: skip
+            results["broadcast_alone"] = measured(
+                pids, broadcast_run(broadcasters, listeners, args.broadcasts, stall), before
+            )
             for sock in (*senders, *recipients, *broadcasters, *listeners):
                 sock.close()
         nats, url = start_nats(folder)
@@ -347,7 +350,7 @@ def main() -> None:
             with Sampler(args.profile, sampled, "cross"):
                 before = cpu_now(pids)
                 results["cross"] = measured(
-                    pids, private_run(senders, recipients, names, args.messages), before
+                    pids, private_run(senders, recipients, names, args.messages, stall), before
                 )
             broadcasters = [dealer(context, brokers[0].endpoint, f"c{i}") for i in range(args.broadcasters)]
             listeners = [listener(context, b.pub_endpoint) for b in brokers]
@@ -355,7 +358,7 @@ def main() -> None:
             with Sampler(args.profile, sampled, "broadcast"):
                 before = cpu_now(pids)
                 results["broadcast_cross"] = measured(
-                    pids, broadcast_run(broadcasters, listeners, args.broadcasts), before
+                    pids, broadcast_run(broadcasters, listeners, args.broadcasts, stall), before
                 )
             for sock in (*senders, *recipients, *broadcasters, *listeners):
                 sock.close()
