@@ -6,7 +6,7 @@ from typing import Any
 
 import msgpack
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from zchat.common import protocol as p
@@ -319,3 +319,16 @@ def test_several_frames_headed_by_this_version_are_400_not_426() -> None:
     error = refused([p.SIGNATURE, b"HELLO", b"h1", b"alice", b""])
     assert (error.code, error.msg_id) == (Code.MALFORMED, b"")
     assert refused([b"ZCHAT/02", b"HELLO", b"h1"]).code == Code.BAD_VERSION
+
+
+@given(st.lists(st.one_of(st.binary(max_size=70), st.sampled_from([b"m1", b"a\nb", b"\n", b"x" * 64, b"x" * 65]),
+                          st.integers(0, 3)), min_size=1, max_size=8))  # fmt: skip
+@example([b"a\nb"])  # two ids' worth of characters in one: a single id still
+@example([b"m1", b"a\nb"])
+def test_received_ids_are_taken_exactly_when_every_one_is_a_message_id(ids: list[Any]) -> None:
+    valid = all(type(i) is bytes and p.MSG_ID_RE.fullmatch(i) for i in ids)  # section 3.2, one by one
+    frames = frame(b"RECEIVED", b"r1", b"alice", ids)
+    if valid:
+        assert p.decode_command(frames) == p.Received(b"r1", "alice", tuple(ids))
+    else:
+        assert (refused(frames).code, refused(frames).msg_id) == (Code.MALFORMED, b"r1")
