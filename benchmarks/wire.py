@@ -11,13 +11,13 @@ receiver checks the sequence number and measures latency from the time stamp
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
 
 import zmq
 
-from zchat.client.connection import decode_published_frame
 from zchat.common import protocol as p
 from zchat.common.heartbeat import set_client_heartbeats
 from zchat.common.protocol import LOBBY_TOPIC
@@ -71,6 +71,18 @@ def parse_body(data: bytes) -> tuple[int, int]:
     """(sequence number, send time in ns) of a body made by `body`."""
     seq, stamp, _ = data.split(b" ", 2)
     return int(seq), int(stamp)
+
+
+#: Broadcasts a load process holds decoded: each of its SUBs reads the same ones, a drain
+#: round at a time (fanout.DRAIN_BATCH, 512), so that it decodes each once, as a process of
+#: the library's clients does (client/connection.py), and the figures are the broker's
+#: fan-out rather than the load's Python (the forwarder's subscribers decode nothing).
+DECODED = 4096
+
+
+@functools.lru_cache(maxsize=DECODED)
+def _decoded(frame: bytes) -> p.Published:
+    return p.decode_published([frame])
 
 
 #: "SERVER_PUBLIC CLIENT_PUBLIC CLIENT_SECRET" (z85) to load a CURVE broker; set by benchmarks.curve.
@@ -199,9 +211,7 @@ class ZchatWire(Wire):
         return OTHER, b""
 
     def published(self, frames: list[bytes]) -> bytes | None:
-        # Once a process, as the library's clients decode them: every SUB of a load process
-        # gets the same bytes (client/connection.py).
-        event = (decode_published_frame(frames[0]) if len(frames) == 1 else p.decode_published(frames)).event
+        event = (_decoded(frames[0]) if len(frames) == 1 else p.decode_published(frames)).event
         if isinstance(event, p.Message):
             return event.body
         return None  # JOIN, LEAVE, SHUTDOWN...
