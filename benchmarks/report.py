@@ -21,7 +21,7 @@ def _n(value: float | None) -> str:
 
 
 def _get(row: Row | None, key: str) -> Any:
-    return row[key] if row else None
+    return row.get(key) if row else None  # a figure a row has not (a ratio with no ceiling row)
 
 
 def _ms(us: float | None) -> str:
@@ -161,8 +161,9 @@ def idle_table(rows: list[Row]) -> str:
         body.append([
             _n(ref["clients"]), f"{_get(z, 'register_s')}", _n(_get(z, "register_cpu_us_per_client")),
             cpu(z), cpu(c), ratio(z, "server_cpu_pct_ratio_to_ceiling"),
-            f"{_get(z, 'server_main_us_per_ping')} / {_get(c, 'server_main_us_per_ping')}",
-            f"{_get(z, 'rss_mib')} ({_get(z, 'rss_before_mib')})", f"{_get(c, 'rss_mib')} ({_get(c, 'rss_before_mib')})",
+            f"{_get(z, 'server_main_us_per_ping')} / {_get(c, 'server_main_us_per_ping')}" if c else "-",
+            f"{_get(z, 'rss_mib')} ({_get(z, 'rss_before_mib')})",
+            f"{_get(c, 'rss_mib')} ({_get(c, 'rss_before_mib')})" if c else "-",
             ratio(z, "rss_mib_ratio_to_ceiling"), _n(_get(z, "pings")), str(_get(z, "dropped")), _loss(z, c),
         ])  # fmt: skip
     return _table(["clients", "zchat register s", "zchat CPU us/registration", "zchat CPU % (main)",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -51,6 +52,9 @@ class Plan:
     #: Broadcasts beyond what the slowest SUB has received.
     broadcast_window: int = 2000
     profile_subscribers: int = 100
+    #: The largest idle row, zchat alone: as many of these clients as the hard open-file limit
+    #: lets one broker hold (one descriptor each: idle clients have no SUB); 0 for none.
+    idle_most: int = 0
 
     def pair_window(self, pairs: int) -> int:
         return max(4, self.private_window // pairs)
@@ -59,13 +63,13 @@ class Plan:
 FULL = Plan(
     duration=4.0, pairs=(1, 10, 100), subscribers=(10, 100, 500), latency_pairs=10, latency_subscribers=10,
     fixed_rates=(1000.0, 10000.0), max_fraction=0.5, idle_clients=(1000, 5000),
-    idle_heartbeat=4.0, idle_timeout=6.0, idle_window=6.0,
+    idle_heartbeat=4.0, idle_timeout=6.0, idle_window=6.0, idle_most=50_000,
 )  # fmt: skip
 QUICK = Plan(
     duration=0.5, pairs=(1, 4), subscribers=(4, 16), latency_pairs=4, latency_subscribers=4,
     fixed_rates=(1000.0, 2000.0), max_fraction=0.5, idle_clients=(50, 200),
     idle_heartbeat=0.25, idle_timeout=1.5, idle_window=0.5,
-    private_procs=2, subscriber_procs=2, idle_procs=2, profile_subscribers=16,
+    private_procs=2, subscriber_procs=2, idle_procs=2, profile_subscribers=16, idle_most=300,
 )  # fmt: skip
 
 
@@ -201,7 +205,41 @@ def idle(plan: Plan, log_dir: Path, say: Progress) -> list[dict[str, Any]]:
                 f"dropped {row['dropped']}"
             )
             rows.append(row)
+    if plan.idle_most:
+        clients = most_idle(plan.idle_most)
+        if clients < plan.idle_most:
+            say(f"idle: {clients:,} clients, not {plan.idle_most:,}: the hard open-file limit is "
+                f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,}, one descriptor a client")  # fmt: skip
+        row = say.measure(
+            run_idle,
+            "zchat",
+            clients,
+            procs=max(plan.idle_procs, -(-clients // CLIENTS_PER_LOAD)),
+            heartbeat=plan.idle_heartbeat,
+            timeout=plan.idle_timeout,
+            window=plan.idle_window,
+            log_dir=log_dir,
+        )
+        row["clients_asked"] = plan.idle_most
+        say(f"idle zchat {clients} clients: registered in {row['register_s']} s, server CPU {row['server_cpu_pct']} %, "
+            f"RSS {row['rss_mib']} MiB, dropped {row['dropped']}")  # fmt: skip
+        rows.append(row)
     return rows
+
+
+#: Descriptors the broker keeps besides its clients' (its store, ZAP pipes, the monitor...).
+SPARE_FILES = 1024
+#: Idle clients a load process holds at most (two descriptors each there: TCP and a mailbox).
+CLIENTS_PER_LOAD = 4000
+
+
+def most_idle(asked: int) -> int:
+    """As many of `asked` idle clients, in thousands, as one broker may hold under the hard
+    open-file limit (a container may not be allowed to raise it)."""
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY:
+        return asked
+    return min(asked, (hard - SPARE_FILES) // 1000 * 1000)
 
 
 def profile(plan: Plan, log_dir: Path, say: Progress) -> dict[str, Any]:
@@ -278,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     quiet_wait = args.quiet_wait if args.quiet_wait is not None else (0.0 if args.quick else 8.0)
     say = Progress(args.quiet_below, quiet_wait, args.repeat)
-    raise_fd_limit(4 * max(plan.idle_clients) + 4096)
+    raise_fd_limit(4 * max(*plan.idle_clients, plan.idle_most) + 4096)
     results: dict[str, Any] = {
         "meta": describe(quick=args.quick),
         "plan": {**asdict(plan), "repeat": args.repeat},

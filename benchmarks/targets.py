@@ -14,7 +14,10 @@ P99_LOW_LOAD_MS = 2.0
 P99_HALF_MAX_MS = 10.0
 IDLE_CLIENTS = 5000
 IDLE_RSS_MIB = 300
-IDLE_CPU_PCT = 10
+IDLE_CPU_PCT = 5
+#: The largest idle row (run.py's idle_most): its limits.
+MOST_IDLE_CPU_PCT = 25
+MOST_IDLE_RSS_MIB = 3 * 1024
 
 _SECTIONS = ("private_throughput", "broadcast_throughput", "latency", "idle_clients")
 
@@ -111,6 +114,19 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
                              row["rss_mib"] < IDLE_RSS_MIB, "MiB"))  # fmt: skip
         checks.append(_check(f"{IDLE_CLIENTS} idle clients: broker CPU", row["server_cpu_pct"],
                              f"< {IDLE_CPU_PCT} %", row["server_cpu_pct"] < IDLE_CPU_PCT, "%"))  # fmt: skip
+    for row in results.get("idle_clients") or []:
+        asked = row.get("clients_asked")
+        if asked is None:
+            continue
+        ran = row["clients"]
+        name = f"{asked:,} idle clients" + ("" if ran == asked else f" ({ran:,} run: the open-file limit)")
+        whole = ran == asked
+        checks.append(_check(f"{name}: broker CPU", row["server_cpu_pct"], f"< {MOST_IDLE_CPU_PCT} %",
+                             whole and row["server_cpu_pct"] < MOST_IDLE_CPU_PCT, "%"))  # fmt: skip
+        checks.append(_check(f"{name}: broker RSS", row["rss_mib"], f"< {MOST_IDLE_RSS_MIB} MiB",
+                             whole and row["rss_mib"] < MOST_IDLE_RSS_MIB, "MiB"))  # fmt: skip
+        checks.append(_check(f"{name}: time to register", row["register_s"], "stated", None, "s"))
+        checks.append(_check(f"{name}: dropped", row["dropped"], "0", row["dropped"] == 0))
     loss = loss_summary(results)
     checks.append(_check("lost + duplicated + unanswered, all runs",
                          loss["lost"] + loss["duplicated"] + loss["unanswered"], "0",

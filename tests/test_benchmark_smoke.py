@@ -73,4 +73,8 @@ def test_quick_benchmark_runs_every_workload_without_loss(tmp_path: Path) -> Non
     assert {r["kind"] for r in results["latency"]} == {"private", "broadcast"}
     assert all(r["latency"]["count"] > 0 for r in results["latency"])
     assert results["loss"]["lost"] == results["loss"]["duplicated"] == 0
+    (most,) = [r for r in results["idle_clients"] if r.get("clients_asked")]  # the largest row, zchat alone
+    assert (most["target"], most["clients"], most["clients_asked"], most["dropped"]) == ("zchat", 300, 300, 0)
+    checks = {t["check"]: t for t in results["targets"]}
+    assert checks["300 idle clients: dropped"]["met"] and "300 idle clients: broker CPU" in checks
     assert "## Private messages" in proc.stdout and "## Targets" in proc.stdout
