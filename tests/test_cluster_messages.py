@@ -38,7 +38,7 @@ def who(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> tuple[str, ..
         dealer.setsockopt(zmq.LINGER, 0)
         dealer.connect(endpoint)
         dealer.send_multipart(p.encode(p.Who(b"w")))
-        assert dealer.poll(DEADLINE * 1000), "no answer to WHO"
+        assert dealer.poll(int(DEADLINE * 1000)), "no answer to WHO"
         users = p.decode_event(dealer.recv_multipart())
     assert isinstance(users, p.Users)
     return users.names
@@ -308,7 +308,7 @@ def test_a_private_message_resent_at_once_to_a_user_on_another_broker_is_deliver
         sockets.append(dealer)
         dealer.connect(endpoint)
         dealer.send_multipart(p.encode(p.Hello(b"h", name, "")))
-        assert dealer.poll(DEADLINE * 1000), f"no WELCOME for {name}"
+        assert dealer.poll(int(DEADLINE * 1000)), f"no WELCOME for {name}"
         assert isinstance(p.decode_event(dealer.recv_multipart()), p.Welcome)
         return dealer
 
