@@ -281,6 +281,10 @@ class Rule(NamedTuple):
     handler: Callable[..., None]  # (core, peer, session or None, command, now, key)
 
 
+#: A SEND that came while the one it repeats was on its way: (peer, command, key), as received.
+Resend = tuple[bytes, p.Send, str]
+
+
 @dataclass(slots=True)
 class HeldAck:
     """ACKs of one session waiting for the commit, combined while time and status agree."""
@@ -381,6 +385,11 @@ class BrokerCore:
         #: remembered when the log gives them back, as on every broker, so that a second
         #: copy in the log is known for one (_kept_live).
         self._handing: set[tuple[str, bytes]] = set()
+        #: Private messages on their way to the recipient's connection, (sender key, id), whose
+        #: Delivered or Undelivered has not come back (in a cluster it comes from the recipient's
+        #: broker, wake-ups later): resends meanwhile wait here, and are handled once it has
+        #: (_settled), so that they are answered as the first turned out, never delivered twice.
+        self._delivering: dict[tuple[str, bytes], list[Resend] | None] = {}
 
     # --- input ---------------------------------------------------------------
 
@@ -474,8 +483,13 @@ class BrokerCore:
             return
         time_ms = int(now * 1000)
         status = self.store.seen(session.key, msg_id)
-        if status is None and self._handing and (session.key, msg_id) in self._handing:
-            status = "accepted"  # in a cluster: handed over, its KeptLive not read back yet
+        if status is None and (self._delivering or self._handing):
+            sent = (session.key, msg_id)
+            if sent in self._delivering:  # the first's outcome is not back yet: answered after it
+                self._delivering[sent] = [*(self._delivering[sent] or ()), (peer, command, key)]
+                return
+            if sent in self._handing:
+                status = "accepted"  # in a cluster: handed over, its KeptLive not read back yet
         if status is not None:  # a resend of what was accepted: answer again, deliver nothing
             self.counters["duplicate"] += 1
             self._ack(peer, session.key, msg_id, time_ms, status)
@@ -496,6 +510,7 @@ class BrokerCore:
         if recipient.away:  # told first: the ACK comes once the message is handed over
             self._reply(peer, p.AwayNotice(msg_id, recipient.name, recipient.away))
         message = _make(p.Message, (msg_id, session.name, recipient.name, time_ms, body))
+        self._delivering[(session.key, msg_id)] = None
         self._out.append(_make(Deliver, (recipient.peer, message, peer, session.key)))
 
     def _to_absent(self, session: Session, msg_id: bytes, target: str, body: bytes, time_ms: int) -> None:
@@ -939,6 +954,7 @@ class BrokerCore:
         sender is answered once it is kept (PROTOCOL.md 5.2, 13.4)."""
         peer, message, sender, sender_key = event.delivery
         msg_id, name, target, time_ms, body = message
+        resent = self._delivering.pop((sender_key, msg_id), None)
         if self.stuck:
             self.stuck.pop(peer, None)  # it reads again
         key = target.lower()
@@ -949,17 +965,20 @@ class BrokerCore:
         if self.relay is not None:  # into every broker's copy of the mailbox, acknowledged once logged
             self._handing.add((sender_key, msg_id))
             self.relay.relay(KeptLive(key, kept), Waiting(sender, sender_key, msg_id, time_ms))
-            return
-        self.store.remember(sender_key, msg_id, "accepted", time_ms)
-        self._enqueue(key, kept)
-        # Acknowledged after the commit that keeps it: should that fail, the ACK becomes 508.
-        self._ack(sender, sender_key, msg_id, time_ms)
+        else:
+            self.store.remember(sender_key, msg_id, "accepted", time_ms)
+            self._enqueue(key, kept)
+            # Acknowledged after the commit that keeps it: should that fail, the ACK becomes 508.
+            self._ack(sender, sender_key, msg_id, time_ms)
+        if resent:
+            self._settled(resent)
 
     def _undelivered(self, event: Undelivered) -> None:
         """A private message could not be handed to its recipient: tell the sender why."""
         d, busy, now = event
         self.now = now
         m = d.message
+        resent = self._delivering.pop((d.sender_key, m.msg_id), None)
         recipient = self.by_peer.get(d.peer)
         if busy:
             self.counters["undelivered.busy"] += 1
@@ -971,12 +990,29 @@ class BrokerCore:
                 since = self.stuck.setdefault(recipient.peer, now)
                 if now - since > self.settings.timeout:
                     self._drop_stuck(recipient, now)
-            return
-        # The recipient is gone but known: the message waits in its mailbox.
-        kept = StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body)
-        self._keep_for_later(d.sender, d.sender_key, m.target.lower(), kept, int(now * 1000))
-        if recipient is not None:
-            self._drop(recipient, now, "disconnected")
+        else:  # the recipient is gone but known: the message waits in its mailbox
+            kept = StoredMessage("", 0, m.msg_id, m.sender, m.target, m.time_ms, m.body)
+            self._keep_for_later(d.sender, d.sender_key, m.target.lower(), kept, int(now * 1000))
+            if recipient is not None:
+                self._drop(recipient, now, "disconnected")
+        if resent:
+            self._settled(resent)
+
+    def _settled(self, resent: list[Resend]) -> None:
+        """Resends that came while the first was on its way, handled now that its outcome is
+        known, as if they came just after it, at the time of the latest input (when the repeat
+        is answered, PROTOCOL.md 5.2): a duplicate answered with the first's status if it was
+        handed over or kept, a new message if it was refused (busy: the resend is the retry
+        its ERROR asks for). One whose connection ended meanwhile is not answered: its client
+        resends what was unanswered when it reconnects."""
+        for peer, command, key in resent:
+            session = self.by_peer.get(peer)
+            if session is None or self.fenced or self.shutting_down:
+                continue
+            try:
+                self._send(peer, session, command, self.now, key)
+            except Exception as e:  # that one command failed, not the broker
+                self._failed(peer, command.msg_id, e)
 
     def _blocked(self, event: Blocked) -> None:
         if event.peer in self.by_peer and event.peer not in self.stuck:

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.test_core import deliver, events, feed, make_core, register, replies, say
-from zchat.broker.core import BrokerCore, Delivered, Relayed, RelayStored
+from zchat.broker.core import BrokerCore, Deliver, Delivered, Relayed, RelayStored
 from zchat.broker.relay import (
     DUPLICATE_WINDOW_MS,
     Entry,
@@ -183,6 +183,23 @@ def test_a_private_message_kept_twice_is_kept_once_and_a_resend_meanwhile_is_a_d
     logged(core, kept, 2)  # the same, logged by another broker the sender failed over to
     assert [m.msg_id for m in core.store.mailbox("bob")] == [b"m1"]
     assert core.counters["duplicate.logged"] == 1
+
+
+def test_a_resend_before_the_other_broker_says_it_was_delivered_is_kept_and_delivered_once() -> None:
+    """The outcome of a Deliver to a session on another broker comes back wake-ups later:
+    a resend meanwhile waits for it, then is a duplicate like one after it."""
+    core, relays = cluster_core()
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    relays.take()
+    delivery = deliver(say(core, b"A", p.Send(b"m1", "bob", b"hi"), 2.0))
+    assert say(core, b"A", p.Send(b"m1", "bob", b"hi"), 2.1) == []  # waits for the first's outcome
+    settled = feed(core, Delivered(delivery), 2.2)
+    assert [e for e in settled if isinstance(e, Deliver)] == []
+    assert replies(settled, b"A") == [p.Ack(b"m1", 2100, "accepted")]  # the resend's: the first's waits
+    ((kept, waiting),) = relays.take()  # logged once
+    assert isinstance(kept, KeptLive) and waiting is not None
+    assert replies(feed(core, RelayStored(waiting, True), 2.3), b"A") == [p.Ack(b"m1", 2000, "accepted")]
 
 
 def test_a_private_message_the_log_did_not_keep_goes_the_whole_way_again_when_resent() -> None:

@@ -5,14 +5,17 @@ One nats-server and three brokers for the module; each test uses its own names.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
+import zmq
 
 from tests.chat import Watcher, chat
 from tests.cluster_support import cluster
 from tests.support import Broker, wait_for
 from zchat.client import events as ev
+from zchat.common import protocol as p
 
 pytestmark = pytest.mark.timeout(120)
 DEADLINE = 10.0
@@ -27,6 +30,18 @@ def three(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[Broker]]:
 def ack(outcome: ev.Outcome) -> ev.Ack:
     assert isinstance(outcome, ev.Ack), outcome
     return outcome
+
+
+def who(context: zmq.Context[zmq.Socket[bytes]], endpoint: str) -> tuple[str, ...]:
+    """Who `endpoint`'s broker lists online, asked on a DEALER of its own."""
+    with context.socket(zmq.DEALER) as dealer:
+        dealer.setsockopt(zmq.LINGER, 0)
+        dealer.connect(endpoint)
+        dealer.send_multipart(p.encode(p.Who(b"w")))
+        assert dealer.poll(int(DEADLINE * 1000)), "no answer to WHO"
+        users = p.decode_event(dealer.recv_multipart())
+    assert isinstance(users, p.Users)
+    return users.names
 
 
 def online(watcher: Watcher, *names: str) -> None:
@@ -276,3 +291,56 @@ def test_a_burst_of_private_messages_to_two_users_on_other_brokers_arrives_once_
             watcher.message(f"{name} 199")
             texts = [m.text for m in watcher.messages() if m.sender == "vi"]
             assert texts == [f"{name} {i}" for i in range(200)], texts[:5]
+
+
+def test_a_private_message_resent_at_once_to_a_user_on_another_broker_is_delivered_once(
+    three: list[Broker],
+) -> None:
+    """PROTOCOL.md 13.4: a resend (same sender, same id) is answered again, never delivered
+    twice, also when it comes before the other broker has said the first reached its recipient.
+    Raw DEALERs: the library would drop the second copy itself, and send each id once."""
+    context: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    sockets = []
+
+    def signed_in(endpoint: str, name: str) -> zmq.Socket[bytes]:
+        dealer = context.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.LINGER, 0)
+        sockets.append(dealer)
+        dealer.connect(endpoint)
+        dealer.send_multipart(p.encode(p.Hello(b"h", name, "")))
+        assert dealer.poll(int(DEADLINE * 1000)), f"no WELCOME for {name}"
+        assert isinstance(p.decode_event(dealer.recv_multipart()), p.Welcome)
+        return dealer
+
+    def events(dealer: zmq.Socket[bytes], until: float) -> Iterator[p.ServerEvent | p.PublishedEvent]:
+        while (left := until - time.monotonic()) > 0:
+            if dealer.poll(int(left * 1000) + 1):
+                yield p.decode_event(dealer.recv_multipart())
+
+    try:
+        ulla = signed_in(three[1].endpoint, "ulla")
+        wait_for(lambda: "ulla" in who(context, three[0].endpoint), DEADLINE, 0.05, "ulla online on b0")
+        sender = signed_in(three[0].endpoint, "yves")
+        for _ in range(2):  # back to back: the second before the first's outcome comes back
+            sender.send_multipart(p.encode(p.Send(b"m1", "ulla", b"only once")))
+        answers: list[p.ServerEvent | p.PublishedEvent] = []
+        for event in events(sender, time.monotonic() + DEADLINE):
+            answers.append(event)
+            if sum(len(a.ids()) for a in answers if isinstance(a, p.Ack)) >= 2:
+                break
+        acks = [a for a in answers if isinstance(a, p.Ack)]
+        assert [a.ids() for a in acks] in ([(b"m1", b"m1")], [(b"m1",), (b"m1",)]), answers
+        assert all(a.status == "accepted" for a in acks), answers
+        # A later message, after both are answered: once it is there, a second copy would be too.
+        sender.send_multipart(p.encode(p.Send(b"m2", "ulla", b"after")))
+        heard = []
+        for event in events(ulla, time.monotonic() + DEADLINE):
+            if isinstance(event, p.Message):
+                heard.append(event.msg_id)
+                if event.msg_id == b"m2":
+                    break
+        assert heard == [b"m1", b"m2"]
+    finally:
+        for dealer in sockets:
+            dealer.close()
+        context.term()

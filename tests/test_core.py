@@ -317,6 +317,56 @@ def test_a_failed_delivery_is_an_input_refused_when_busy_or_kept_when_gone(core:
     assert p.Message(b"m1", "alice", "bob", 1000, b"hi") in replies(back, b"B2")
 
 
+def resend_before_the_outcome(core: BrokerCore) -> Deliver:
+    """alice sends bob m1 and, before its delivery's outcome is back (in a cluster it comes
+    from bob's broker, wake-ups later), the same again: the first's Deliver."""
+    register(core, b"A", "alice")
+    register(core, b"B", "bob")
+    first = deliver(say(core, b"A", p.Send(b"m1", "bob", b"hi"), 1.0))
+    assert say(core, b"A", p.Send(b"m1", "bob", b"hi"), 1.1) == []  # neither delivered nor answered yet
+    return first
+
+
+def test_a_resend_before_its_first_is_delivered_is_answered_after_it_and_not_delivered_again(
+    core: BrokerCore,
+) -> None:
+    first = resend_before_the_outcome(core)
+    settled = feed(core, Delivered(first), 1.2)
+    assert [e for e in settled if isinstance(e, Deliver)] == []
+    assert replies(settled, b"A") == [p.Ack(b"m1", 1000, "accepted"), p.Ack(b"m1", 1100, "accepted")]
+    assert core.counters["duplicate"] == 1
+    assert [m.msg_id for m in core.store.mailbox("bob")] == [b"m1"]  # kept once, until bob confirms
+
+
+def test_a_resend_of_one_refused_busy_meanwhile_is_sent_as_a_new_message(core: BrokerCore) -> None:
+    first = resend_before_the_outcome(core)
+    settled = feed(core, Undelivered(first, busy=True, now=1.3))
+    # The first is refused (never reached bob), and the resend is what the refusal asks for.
+    assert [type(e) for e in replies(settled, b"A")] == [p.Error]
+    again = deliver(settled)
+    assert again.message == p.Message(b"m1", "alice", "bob", 1300, b"hi")
+    assert replies(feed(core, Delivered(again), 1.4), b"A") == [p.Ack(b"m1", 1300, "accepted")]
+
+
+def test_a_resend_of_one_whose_recipient_went_meanwhile_is_answered_stored_and_kept_once(
+    core: BrokerCore,
+) -> None:
+    first = resend_before_the_outcome(core)
+    settled = feed(core, Undelivered(first, busy=False, now=1.5))
+    assert [e for e in settled if isinstance(e, Deliver)] == []
+    assert replies(settled, b"A") == [p.Ack(b"m1", 1500, "stored", (b"m1",))]
+    back = register(core, b"B2", "bob", now=5.0)
+    assert [e.msg_id for e in replies(back, b"B2") if isinstance(e, p.Message)] == [b"m1"]
+
+
+def test_a_resend_whose_sender_left_before_its_first_was_delivered_is_not_answered(
+    core: BrokerCore,
+) -> None:
+    first = resend_before_the_outcome(core)
+    feed(core, Disconnected(b"A", 1.2))
+    assert replies(feed(core, Delivered(first), 1.3), b"A") == [p.Ack(b"m1", 1000, "accepted")]
+
+
 def test_shutdown_tells_every_client_and_refuses_what_follows(core: BrokerCore) -> None:
     register(core, b"A", "alice")
     effects = core.handle(Shutdown(5.0))
