@@ -219,6 +219,13 @@ def idle(plan: Plan, log_dir: Path, say: Progress) -> list[dict[str, Any]]:
             timeout=plan.idle_timeout,
             window=plan.idle_window,
             log_dir=log_dir,
+            # More than its default, 10,000; an I/O thread per 2,000 keeps libzmq's timers cheap.
+            server_args=(
+                "--max-clients",
+                str(clients),
+                "--io-threads",
+                str(max(1, clients // IDLE_PER_IO_THREAD)),
+            ),
         )
         row["clients_asked"] = plan.idle_most
         say(f"idle zchat {clients} clients: registered in {row['register_s']} s, server CPU {row['server_cpu_pct']} %, "
@@ -229,6 +236,8 @@ def idle(plan: Plan, log_dir: Path, say: Progress) -> list[dict[str, Any]]:
 
 #: Descriptors the broker keeps besides its clients' (its store, ZAP pipes, the monitor...).
 SPARE_FILES = 1024
+#: Clients an I/O thread of the broker heartbeats, in the largest row (docs/OPERATING.md).
+IDLE_PER_IO_THREAD = 2000
 #: Idle clients a load process holds at most (two descriptors each there: TCP and a mailbox).
 CLIENTS_PER_LOAD = 4000
 

@@ -193,14 +193,15 @@ def run_broadcast(
 
 
 def run_idle(
-    kind: str, clients: int, *, procs: int, heartbeat: float, timeout: float, window: float, log_dir: Path
-) -> dict[str, Any]:
+    kind: str, clients: int, *, procs: int, heartbeat: float, timeout: float, window: float, log_dir: Path,
+    server_args: tuple[str, ...] = (),
+) -> dict[str, Any]:  # fmt: skip
     """`clients` registered clients heartbeating on one server: its CPU and memory, registration time."""
     raise_fd_limit(4 * clients + 1024)  # inherited by the server and the workers
     groups = split(range(clients), procs)
     budget = SETUP_TIMEOUT + 2 * heartbeat + window + 30
     args = (
-        ("--heartbeat-interval", str(heartbeat), "--heartbeat-timeout", str(timeout))
+        ("--heartbeat-interval", str(heartbeat), "--heartbeat-timeout", str(timeout), *server_args)
         if kind == "zchat"
         else ()
     )

@@ -219,7 +219,7 @@ class BrokerServer:
             store = open_store(settings.store)  # first: a bad store fails before any port is taken
         #: The open-file limit now, and what --max-clients wants (said at start when short).
         self.open_files = raise_open_files(FILES_PER_CLIENT * settings.max_clients)
-        self.context = zmq.Context()
+        self.context = zmq.Context(io_threads=settings.io_threads)
         # The ZAP handler first: libzmq asks it about every connection, plain or encrypted.
         self.gate = Gate(settings.ban_exempt)
         self.zap = self.context.socket(zmq.REP)

@@ -60,6 +60,11 @@ class BrokerSettings:
     #: Registration limits: clients in all, and sessions per CURVE key.
     max_clients: int = 10_000
     max_per_key: int = 8
+    #: libzmq's I/O threads (its connections spread over them). Each keeps its connections'
+    #: heartbeat timers in one ordered list that a PONG's cancel walks, so an idle client costs
+    #: in proportion to the clients on its thread: past some 10,000, more threads keep the
+    #: heartbeats cheap; below, one is faster for traffic (docs/OPERATING.md).
+    io_threads: int = 1
     #: Rooms one user may be a member of, and rooms with members in all.
     max_rooms_per_user: int = 250
     max_rooms: int = 10_000

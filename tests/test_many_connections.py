@@ -159,3 +159,16 @@ def test_a_gateway_raises_its_file_limit_for_its_pages_or_says_it_cannot(tmp_pat
             gateway.stop()
     finally:
         broker.stop()
+
+
+def test_a_broker_spreads_its_connections_over_the_io_threads_it_is_given(tmp_path: Path) -> None:
+    broker = start_broker(tmp_path, "--io-threads", "4")
+    try:
+        names = [f"user{i}" for i in range(40)]
+        assert sorted(signed_in(broker.endpoint, names)) == sorted(names)
+        threads = [
+            (task / "comm").read_text().strip() for task in Path(f"/proc/{broker.process.pid}/task").iterdir()
+        ]
+        assert sorted(t for t in threads if t.startswith("ZMQbg/IO")) == [f"ZMQbg/IO/{i}" for i in range(4)]
+    finally:
+        broker.stop()
