@@ -120,11 +120,12 @@ def evaluate(results: dict[str, Any]) -> list[dict[str, Any]]:
             continue
         ran = row["clients"]
         name = f"{asked:,} idle clients" + ("" if ran == asked else f" ({ran:,} run: the open-file limit)")
+        # Fewer clients than asked tell nothing of the limits' being met: neither met nor missed.
         whole = ran == asked
         checks.append(_check(f"{name}: broker CPU", row["server_cpu_pct"], f"< {MOST_IDLE_CPU_PCT} %",
-                             whole and row["server_cpu_pct"] < MOST_IDLE_CPU_PCT, "%"))  # fmt: skip
+                             row["server_cpu_pct"] < MOST_IDLE_CPU_PCT if whole else None, "%"))  # fmt: skip
         checks.append(_check(f"{name}: broker RSS", row["rss_mib"], f"< {MOST_IDLE_RSS_MIB} MiB",
-                             whole and row["rss_mib"] < MOST_IDLE_RSS_MIB, "MiB"))  # fmt: skip
+                             row["rss_mib"] < MOST_IDLE_RSS_MIB if whole else None, "MiB"))  # fmt: skip
         checks.append(_check(f"{name}: time to register", row["register_s"], "stated", None, "s"))
         checks.append(_check(f"{name}: dropped", row["dropped"], "0", row["dropped"] == 0))
     loss = loss_summary(results)
