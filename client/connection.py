@@ -414,7 +414,7 @@ class Connection:
             return
         try:
             frame = frames[0] if len(frames) == 1 else None
-            published = decode_published_frame(frame) if type(frame) is bytes else p.decode_published(frames)
+            published = _decode_published(frame) if type(frame) is bytes else p.decode_published(frames)
         except p.ProtocolError as e:
             log.warning("ignored a malformed message from the broker: %s", e)
             return
@@ -1187,6 +1187,6 @@ _REQUEST_COMMANDS: dict[str, Callable[[Connection, Request, bytes], p.ClientComm
 
 
 @functools.lru_cache(maxsize=PUBLISHED_DECODED)  # thread-safe: the library's Clients share it
-def decode_published_frame(frame: bytes) -> p.Published:
+def _decode_published(frame: bytes) -> p.Published:
     """One published frame, decoded (see PUBLISHED_DECODED); a malformed one raises each time."""
     return p.decode_published([frame])

@@ -945,7 +945,7 @@ def test_the_sessions_of_a_process_decode_a_published_frame_once(monkeypatch: py
         return decode(frames)
 
     monkeypatch.setattr(p, "decode_published", counting)
-    c.decode_published_frame.cache_clear()
+    c._decode_published.cache_clear()
     pages = [Harness(), Harness()]
     for page in pages:
         page.sign_in(last_seq=3)
