@@ -205,8 +205,11 @@ def idle(plan: Plan, log_dir: Path, say: Progress) -> list[dict[str, Any]]:
                 f"dropped {row['dropped']}"
             )
             rows.append(row)
-    if plan.idle_most:
-        clients = most_idle(plan.idle_most)
+    clients = most_idle(plan.idle_most) if plan.idle_most else 0
+    if clients <= 0 and plan.idle_most:
+        say(f"idle: no room for the largest row under a hard open-file limit of "
+            f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,}")  # fmt: skip
+    if clients > 0:
         if clients < plan.idle_most:
             say(f"idle: {clients:,} clients, not {plan.idle_most:,}: the hard open-file limit is "
                 f"{resource.getrlimit(resource.RLIMIT_NOFILE)[1]:,}, one descriptor a client")  # fmt: skip

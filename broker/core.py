@@ -486,7 +486,11 @@ class BrokerCore:
         if status is None and (self._delivering or self._handing):
             sent = (session.key, msg_id)
             if sent in self._delivering:  # the first's outcome is not back yet: answered after it
-                self._delivering[sent] = [*(self._delivering[sent] or ()), (peer, command, key)]
+                waiting = self._delivering[sent]
+                if waiting is None:  # None until a resend comes: no list a message
+                    self._delivering[sent] = [(peer, command, key)]
+                else:
+                    waiting.append((peer, command, key))
                 return
             if sent in self._handing:
                 status = "accepted"  # in a cluster: handed over, its KeptLive not read back yet
@@ -1229,21 +1233,15 @@ class BrokerCore:
                     continue
             out.append(published)
         self._to_publish = []
-        if stored:
-            for peer, held in self._acks.items():
-                for h in held:
-                    if isinstance(h, HeldAck):
-                        ids = h.ids
-                        out.append(Reply(peer, p.Ack(ids[0], h.time_ms, h.status, tuple(ids[1:]))))
-                    else:
-                        out.append(Reply(peer, h))
-        else:
-            for peer, held in self._acks.items():
-                for h in held:
-                    if isinstance(h, HeldAck):
-                        self._answer_unstored(peer, h, refused)
-                    else:
-                        out.append(Reply(peer, h))
+        for peer, held in self._acks.items():
+            for h in held:
+                if not isinstance(h, HeldAck):  # a receipt: it goes out whatever the commit did
+                    out.append(Reply(peer, h))
+                elif stored:
+                    ids = h.ids
+                    out.append(Reply(peer, p.Ack(ids[0], h.time_ms, h.status, tuple(ids[1:]))))
+                else:
+                    self._answer_unstored(peer, h, refused)
         self._acks = {}
 
     def _commit(self) -> frozenset[tuple[str, bytes]] | None:
